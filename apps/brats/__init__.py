@@ -1,0 +1,1 @@
+"""The `medimg brats` app."""

@@ -1,0 +1,1 @@
+"""The `medimg concepts` app."""

@@ -1,0 +1,1 @@
+"""Packaged, commented defaults of every app: `keras_medimg.configs/<app>.yaml`."""

@@ -1,0 +1,306 @@
+"""Typed configs: dataclass trees loaded from YAML, with `--set a.b=c` overrides and did-you-mean errors.
+
+Each app declares one dataclass tree (its root config) built from the shared sections below and its own.
+The defaults live in the dataclasses; `configs/<app>.yaml` is the same tree written out with a comment on
+every key (a test keeps the two equal). A config is resolved in this order, later winning:
+
+1. the packaged `configs/<app>.yaml`, or the file given with `--config` (which replaces it; keys it leaves out
+   keep their defaults);
+2. typed command-line options (`--epochs 3` is `train.epochs=3`);
+3. repeated `--set section.key=value`, each value parsed as a YAML scalar (never evaluated as code).
+
+Unknown keys and values of the wrong type raise `ConfigError` naming the dotted key and the closest valid ones.
+The resolved config is saved as `config.yaml` in the run folder and reproduces the run when given back to
+`--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from keras_medimg.errors import ConfigError
+
+T = TypeVar("T")
+
+
+# === Shared sections ===
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build and how to freeze it (see `models.classifier.build_classifier`)."""
+
+    backbone: str = "densenet121"
+    weights: str | None = None  # null (random init) | imagenet | path to a .keras/.h5/.weights.h5 file or preset folder
+    image_size: int = 224
+    pooling: Literal["avg", "max"] = "avg"
+    hidden_units: int = 0  # 0 = no hidden dense layer between pooling and head
+    dropout: float = 0.0
+    freeze: str = "none"  # none | backbone | until:<layer name> | first:<N>; applies in the fine-tuning phase
+
+
+@dataclass
+class TrainConfig:
+    """How `training.trainer.fit` compiles and fits a model."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: Literal["constant", "exponential", "cosine"] = "constant"
+    decay_steps: int = 100  # exponential: multiply the rate by decay_rate every decay_steps steps
+    decay_rate: float = 0.9
+    warmup_epochs: float = 0.0  # cosine: linear warm-up length
+    loss: Literal["crossentropy", "binary_crossentropy", "focal"] = "crossentropy"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    class_weight: Literal["none", "balanced"] = "none"
+    head_epochs: int = 0  # phase 1: epochs with the backbone frozen (skipped when weights are random)
+    head_learning_rate: float = 1e-4
+    monitor: str = "val_loss"
+    early_stopping_patience: int = 5  # 0 disables early stopping
+    jit_compile: Literal["auto", True, False] = "auto"
+    mixed_precision: Literal["auto", True, False] = "auto"
+    distribute: Literal["none", "mirrored", "data_parallel"] = "none"
+    tensorboard: bool = False
+    verbose: int = 1
+
+
+@dataclass
+class ExportConfig:
+    """Which serving formats `medimg <app> export` writes; every one is verified by reloading it."""
+
+    formats: list[str] = field(default_factory=lambda: ["keras", "savedmodel", "onnx"])
+    atol: float = 1e-4  # largest allowed absolute difference between the export and the Keras model
+
+
+# === Loading and validation ===
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, Sequence):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of settings"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        return from_dict(tp, value, prefix=key)
+    if origin is Literal:
+        for allowed in typing.get_args(tp):
+            if value == allowed and type(value) is type(allowed):
+                return value
+        raise _Mismatch
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, key)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin in (list, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        key_type, value_type = typing.get_args(tp)
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is not None:
+            raise _Mismatch
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Mismatch
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Mismatch
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Mismatch
+        return value
+    raise TypeError(f"config field {key} has a type the loader does not support: {tp!r}")
+
+
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config tree, leaves and sections."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}{f.name}"
+        keys.append(dotted)
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += all_keys(tp, f"{dotted}.")
+    return keys
+
+
+def _unknown_key_error(cls: type, prefix: str, name: str, root: type | None = None) -> ConfigError:
+    siblings = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.5)
+    dotted = f"{prefix}{name}"
+    message = f"Unknown config key '{dotted}'."
+    if close:
+        message += " Did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
+    elif root is not None:
+        elsewhere = [k for k in all_keys(root) if k.rsplit(".", 1)[-1] == name]
+        if elsewhere:
+            message += " Did you mean " + " or ".join(f"'{k}'" for k in elsewhere) + "?"
+    where = f"'{prefix[:-1]}'" if prefix else "the top level"
+    message += f" Valid keys at {where}: {', '.join(siblings)}."
+    return ConfigError(message)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
+    """Build a config dataclass from a mapping, checking every key and type.
+
+    Keys the mapping leaves out keep their defaults.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Config section '{prefix[:-1] or 'top level'}' must be a mapping of key: value.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        if name not in names:
+            raise _unknown_key_error(cls, prefix, str(name))
+        dotted = f"{prefix}{name}"
+        try:
+            kwargs[name] = _coerce(value, hints[name], f"{dotted}.")
+        except _Mismatch:
+            raise ConfigError(
+                f"Config key '{dotted}' must be {_type_name(hints[name])}, got {value!r}. "
+                f"Fix it in the config file or with --set {dotted}=VALUE."
+            ) from None
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-ready dict of a config tree."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """Split one `--set section.key=value` into the dotted key and its YAML-scalar value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (for example train.epochs=5), got '{text}'.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: the value '{raw}' is not valid YAML ({exc}).") from None
+    return key, value
+
+
+def set_key(data: dict[str, Any], cls: type, dotted: str, value: Any) -> None:
+    """Set `dotted` (a.b.c) in a nested dict, checking every part against the dataclass tree `cls`."""
+    parts = dotted.split(".")
+    node, node_cls, prefix = data, cls, ""
+    for i, part in enumerate(parts):
+        names = {f.name for f in dataclasses.fields(node_cls)}
+        if part not in names:
+            raise _unknown_key_error(node_cls, prefix, part, root=cls)
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        sub_cls = typing.get_type_hints(node_cls)[part]
+        if not dataclasses.is_dataclass(sub_cls):
+            raise ConfigError(f"Config key '{prefix}{part}' is a value, not a section, so '{dotted}' does not exist.")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Config section '{prefix}{part}' must be a mapping.")
+        node_cls, prefix = sub_cls, f"{prefix}{part}."
+
+
+def defaults_path(app: str) -> Path:
+    """The packaged, commented defaults file of an app."""
+    return Path(str(resources.files("keras_medimg.configs").joinpath(f"{app}.yaml")))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of key: value at the top level.")
+    return data
+
+
+def load_config(
+    cls: type[T],
+    *,
+    app: str | None = None,
+    file: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> T:
+    """Resolve a config: defaults file (or `file`), then typed `options` (dotted key -> value, None = not given),
+    then `--set` `overrides`."""
+    if file is not None:
+        data, source = read_yaml(file), str(file)
+    elif app is not None:
+        data, source = read_yaml(defaults_path(app)), f"the packaged {app}.yaml"
+    else:
+        data, source = {}, "defaults"
+    for dotted, value in (options or {}).items():
+        if value is not None:
+            set_key(data, cls, dotted, value)
+    for text in overrides:
+        set_key(data, cls, *parse_set(text))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (config from {source})") from None
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text, loadable again with `--config`."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

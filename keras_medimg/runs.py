@@ -1,0 +1,165 @@
+"""Run folders and atomic writes.
+
+A run folder is a contract people script against (keep the names stable):
+
+    runs/<app>/<mode>[N]/
+        config.yaml        the resolved config; `--config` it to rerun
+        results.csv        one row per epoch
+        metrics.json       final numbers
+        predictions.csv    per-sample outputs
+        skipped.csv        bad input files that were skipped, and why
+        weights/best.keras, weights/last.keras
+        plots/*.png
+        export/
+
+Every file is written atomically: to a temporary file in the same folder, flushed to disk, then renamed over
+the target, so an interrupted run leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keras_medimg.errors import ConfigError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); on success rename it over `path`.
+
+    For writers that want a file name rather than a file object (`model.save`, `cv2.imwrite`). If the body
+    raises, the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to `path` atomically (fsync before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text to `path` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON, atomically. NumPy scalars and arrays are converted to plain numbers."""
+
+    def default(value: Any) -> Any:
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=default, allow_nan=True) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+    """Write dict rows as CSV, atomically. `fieldnames` defaults to the keys of the first row."""
+    rows = list(rows)
+    if fieldnames is None:
+        fieldnames = list(rows[0].keys()) if rows else []
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _claim(base: Path, exist_ok: bool) -> Path:
+    """Create and return `base`, or `base2`, `base3`... when it exists (Ultralytics' numbering)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if exist_ok:
+        base.mkdir(exist_ok=True)
+        return base
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}{n}")
+        try:
+            candidate.mkdir()  # mkdir is atomic: two runs started together never share a folder
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder and the helpers that write into it."""
+
+    dir: Path
+    app: str
+    mode: str
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run folder; its parent folders are created."""
+        target = self.dir.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def subdir(self, name: str) -> Path:
+        """A folder inside the run folder (`weights`, `plots`, `export`), created if needed."""
+        target = self.dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return write_json(self.path(name), obj)
+
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+        return write_csv(self.path(name), rows, fieldnames)
+
+    def save_config(self, cfg: Any) -> Path:
+        from keras_medimg.config import dump_yaml
+
+        header = f"# Resolved config of this run. Rerun with: medimg {self.app} {self.mode} --config {self.dir / 'config.yaml'}\n"
+        return atomic_write_text(self.path("config.yaml"), header + dump_yaml(cfg))
+
+
+def create_run(
+    app: str,
+    mode: str,
+    *,
+    project: str | Path | None = None,
+    name: str | None = None,
+    exist_ok: bool = False,
+) -> Run:
+    """Create the run folder `<project>/<app>/<name or mode>[N]` and return it.
+
+    `project` defaults to `runs` in the current folder. With `exist_ok` an existing folder of that name is
+    reused (its files are overwritten one by one, atomically) instead of numbering a new one.
+    """
+    folder = name or mode
+    if not _NAME.match(folder):
+        raise ConfigError(f"Run name '{folder}' may only hold letters, digits, '.', '_' and '-'. Choose another --name.")
+    root = Path(project) if project is not None else Path("runs")
+    return Run(dir=_claim(root / app / folder, exist_ok), app=app, mode=mode)
