@@ -1,1 +1,1 @@
-"""io"""
+"""Reading and writing medical images and their annotations (no Keras here)."""
