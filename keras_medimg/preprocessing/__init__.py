@@ -1,1 +1,1 @@
-"""preprocessing"""
+"""Pixel-level transforms: intensity, geometry, tiling and augmentation (no Keras models here)."""
