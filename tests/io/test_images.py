@@ -1,0 +1,73 @@
+"""8/16-bit image round trips, colour order and errors of io.images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_medimg.errors import InvalidInputError
+from keras_medimg.io.images import read_image, to_float, write_image
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_round_trip_is_exact(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 65536, size=(40, 48), dtype=np.uint16)
+    path = write_image(tmp_path / f"a{suffix}", pixels, bits=16)
+    back = read_image(path)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, pixels)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_colour_round_trip_keeps_rgb_order(tmp_path, suffix):
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    pixels[..., 0] = 200  # pure red: a BGR mix-up would come back blue
+    back = read_image(write_image(tmp_path / f"rgb{suffix}", pixels))
+    assert back.shape == (8, 8, 3)
+    np.testing.assert_array_equal(back, pixels)
+
+
+def test_float_input_is_scaled_to_bit_depth(tmp_path):
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    back16 = read_image(write_image(tmp_path / "f16.png", ramp, bits=16))
+    back8 = read_image(write_image(tmp_path / "f8.png", ramp, bits=8))
+    assert back16.dtype == np.uint16 and back16.max() == 65535 and back16.min() == 0
+    assert back8.dtype == np.uint8 and back8.max() == 255
+    np.testing.assert_allclose(to_float(back16), ramp, atol=1 / 65535)
+    np.testing.assert_allclose(to_float(back8), ramp, atol=1 / 255)
+
+
+def test_jpeg_is_8_bit_and_close(tmp_path):
+    pixels = np.full((16, 16), 120, np.uint8)
+    back = read_image(write_image(tmp_path / "a.jpg", pixels))
+    assert back.dtype == np.uint8 and np.abs(back.astype(int) - 120).max() <= 2
+    with pytest.raises(InvalidInputError, match="8 bits"):
+        write_image(tmp_path / "b.jpg", pixels, bits=16)
+
+
+def test_to_float_uses_dtype_max():
+    assert to_float(np.array([0, 65535], np.uint16)).tolist() == [0.0, 1.0]
+    assert to_float(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
+    assert to_float(np.array([-0.5, 2.0])).dtype == np.float32
+
+
+def test_integer_values_that_do_not_fit_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="do not fit"):
+        write_image(tmp_path / "a.png", np.array([[0, 300]], np.uint16), bits=8)
+
+
+def test_missing_and_unreadable_files_name_the_file(tmp_path):
+    with pytest.raises(InvalidInputError, match="does not exist") as info:
+        read_image(tmp_path / "nope.png")
+    assert info.value.path.name == "nope.png"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(InvalidInputError, match="bad.png"):
+        read_image(bad)
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    with pytest.raises(ValueError):
+        write_image(tmp_path / "a.png", np.zeros((4, 4, 2)))
+    assert list(tmp_path.iterdir()) == []
