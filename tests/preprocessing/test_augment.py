@@ -1,0 +1,80 @@
+"""Augmentations: seeded and deterministic, inside tf.data, boxes follow the pixels."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_medimg.errors import ConfigError
+from keras_medimg.preprocessing.augment import Augment, augment
+
+ALL = Augment(probability=1.0, rotation=45, zoom_min=0.5, zoom_max=2.0, hflip=True, brightness=0.1, contrast=0.3, blur=1.5, noise=0.05)
+
+
+def _image(size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.random((size, size, 3)).astype(np.float32)
+
+
+def _run(config: Augment, seed: int, size: int = 48) -> np.ndarray:
+    dataset = tf.data.Dataset.from_tensors(_image(size)).repeat(4)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds)).map(lambda x, s: augment(x, s, config), num_parallel_calls=4)
+    return np.stack(list(dataset.as_numpy_iterator()))
+
+
+def test_same_seed_same_result_and_different_elements_differ():
+    first, again, other = _run(ALL, 3), _run(ALL, 3), _run(ALL, 4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert not np.allclose(first[0], first[1])
+    assert first.dtype == np.float32 and first.shape == (4, 48, 48, 3)
+    assert first.min() >= 0.0 and first.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [Augment(probability=1, brightness=0.2), Augment(probability=1, contrast=0.5), Augment(probability=1, blur=2.0),
+     Augment(probability=1, noise=0.1), Augment(probability=1, rotation=30), Augment(probability=1, zoom_min=0.5, zoom_max=2)],
+)
+def test_each_augmentation_changes_the_image(config):
+    out = augment(_image(), tf.constant([1, 2]), config)
+    assert out.shape == (48, 48, 3)
+    assert not np.allclose(out.numpy(), _image())
+
+
+def test_probability_zero_is_identity():
+    config = Augment(probability=0.0, rotation=45, brightness=0.5, noise=0.2)
+    np.testing.assert_array_equal(augment(_image(), tf.constant([5, 6]), config).numpy(), _image())
+    assert not config.enabled and ALL.enabled
+
+
+def test_boxes_follow_flip_rotation_and_zoom():
+    image = np.zeros((64, 64, 1), np.float32)
+    image[10:26, 8:20] = 1.0
+    boxes = tf.constant([[8.0, 10.0, 20.0, 26.0]])
+    config = Augment(probability=1.0, rotation=40, zoom_min=0.7, zoom_max=1.4, hflip=True)
+    for seed in range(8):
+        out, moved = augment(image, tf.constant([seed, 0]), config, boxes=boxes)
+        ys, xs = np.nonzero(out.numpy()[..., 0] > 0.5)
+        x1, y1, x2, y2 = moved.numpy()[0]
+        # The moved box holds every pixel of the moved object (bilinear edges give up to a pixel).
+        assert xs.min() >= x1 - 1 and xs.max() + 1 <= x2 + 1 and ys.min() >= y1 - 1 and ys.max() + 1 <= y2 + 1
+
+
+def test_flip_alone_mirrors_boxes_exactly():
+    image = np.zeros((8, 10, 1), np.float32)
+    image[:, 1:3] = 1.0
+    flipped = [augment(image, tf.constant([s, 1]), Augment(hflip=True), boxes=tf.constant([[1.0, 0.0, 3.0, 8.0]])) for s in range(6)]
+    boxes = {tuple(b.numpy()[0]) for _, b in flipped}
+    assert boxes == {(1.0, 0.0, 3.0, 8.0), (7.0, 0.0, 9.0, 8.0)}
+    for out, box in flipped:
+        x1, x2 = int(box.numpy()[0, 0]), int(box.numpy()[0, 2])
+        assert out.numpy()[:, x1:x2].min() == 1.0
+
+
+def test_config_from_yaml_values_is_checked():
+    assert Augment.from_dict({"rotation": 15, "hflip": True}).rotation == 15
+    with pytest.raises(ConfigError, match="rotaton"):
+        Augment.from_dict({"rotaton": 15})
+    with pytest.raises(ConfigError, match="zoom_min"):
+        Augment(zoom_min=2.0, zoom_max=1.0)
