@@ -1,0 +1,559 @@
+"""Compile and fit a Keras model into a run folder, and resume a run that was killed.
+
+`fit` turns a `TrainConfig` into an optimiser, a learning-rate schedule, a loss and metrics, fits the model with
+callbacks that write into the run folder, and returns a `FitResult`:
+
+    weights/best.keras   the best epoch so far on `config.monitor` (over the whole run, all phases)
+    weights/last.keras   the model and optimiser state after the last completed epoch (and at the end of a phase)
+    results.csv          one row per epoch: `epoch` (counted over the whole run), `phase`, losses, metrics
+    state.json           how far the run got: the next epoch, the best value, which phases finished
+    tensorboard/         when `config.tensorboard`
+
+Every file is written atomically, so a run killed at any moment can be resumed with `fit(..., resume=True)`:
+it reloads `weights/last.keras` (weights and optimiser state, so the schedule continues where it stopped), drops
+rows of `results.csv` from epochs that did not finish, and continues at the next epoch. Keras' own
+`BackupAndRestore` deletes its backup when a `fit` call ends, so it cannot tell a later call that an earlier
+phase (head-only training) already finished; `state.json` can.
+
+A two-phase run is two `fit` calls on one run folder: the second passes `initial_epoch=first.next_epoch` and a
+different `phase_name`, and `results.csv` keeps one row per epoch with its phase.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_medimg.config import TrainConfig
+from keras_medimg.errors import ConfigError
+from keras_medimg.runs import Run, atomic_path, write_csv, write_json
+
+STATE_FILE = "state.json"
+RESULTS_FILE = "results.csv"
+
+
+@dataclass
+class FitResult:
+    """What one `fit` call (one training phase) did.
+
+    Args:
+        history: this phase's rows of results.csv as column -> list of values (epochs before a resume included).
+        monitor: the metric that chose the best epoch.
+        best_epoch: 0-based epoch (counted over the whole run) with the best `monitor` value, None if none finished.
+        best_value: that value.
+        best_path: weights/best.keras, None when no epoch finished.
+        last_path: weights/last.keras.
+        epochs_run: epochs this call trained (0 when a resumed phase had already finished).
+        next_epoch: the epoch the next phase starts at (pass it as `initial_epoch`).
+        stopped_early: early stopping ended the phase before `config.epochs`.
+        diverged: the loss became NaN or infinite and training stopped.
+        phase: the phase name written in results.csv.
+    """
+
+    history: dict[str, list[Any]]
+    monitor: str
+    best_epoch: int | None
+    best_value: float | None
+    best_path: Path | None
+    last_path: Path
+    epochs_run: int
+    next_epoch: int
+    stopped_early: bool
+    diverged: bool
+    phase: str
+
+
+# === Seeds, devices, precision ===
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and the backend (weights init, dropout, shuffling) for a reproducible run."""
+    keras.utils.set_random_seed(seed)
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU (or TPU)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return False
+
+
+def resolve_jit_compile(config: TrainConfig) -> bool:
+    """`jit_compile` as a bool: "auto" means on only with a GPU (XLA measured slower on our CPUs)."""
+    return gpu_available() if config.jit_compile == "auto" else bool(config.jit_compile)
+
+
+def resolve_mixed_precision(config: TrainConfig) -> bool:
+    """`mixed_precision` as a bool: "auto" means on only with a GPU (float16 compute is slow on CPUs)."""
+    return gpu_available() if config.mixed_precision == "auto" else bool(config.mixed_precision)
+
+
+def setup_precision(config: TrainConfig) -> str:
+    """Set the global dtype policy from `config.mixed_precision`; call it BEFORE building the model.
+
+    Keras fixes a layer's compute dtype when the layer is created, so the policy cannot be changed by `fit`.
+
+    Args:
+        config: the training section.
+
+    Returns:
+        The policy name now in force ("mixed_float16" or "float32").
+    """
+    policy = "mixed_float16" if resolve_mixed_precision(config) else "float32"
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+# === Optimiser, schedule, loss, metrics ===
+
+
+def balanced_class_weight(labels: Sequence[int], num_classes: int) -> dict[int, float]:
+    """Class weights n_samples / (n_classes * count) as scikit-learn's "balanced"; absent classes weigh 1.
+
+    Args:
+        labels: integer class index of every training sample.
+        num_classes: number of classes of the model's head.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(labels, dtype="int64")
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    result = {i: 1.0 for i in range(num_classes)}
+    result.update({int(c): float(w) for c, w in zip(present, weights)})
+    return result
+
+
+def make_learning_rate(config: TrainConfig, steps_per_epoch: int | None) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate or schedule of `config.schedule`.
+
+    Args:
+        config: the training section (`learning_rate`, `schedule`, `decay_steps`, `decay_rate`, `warmup_epochs`,
+            `epochs`).
+        steps_per_epoch: batches per epoch; the cosine schedule needs it to know its length.
+    """
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "exponential":
+        # Staircase as in the ImageCLEF 2024 code: the rate drops in steps (x0.9 every 100 steps), not smoothly.
+        return keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate, decay_steps=config.decay_steps, decay_rate=config.decay_rate, staircase=True
+        )
+    if config.schedule == "cosine":
+        if not steps_per_epoch:
+            raise ConfigError(
+                "train.schedule=cosine needs the number of batches per epoch, but the training dataset has an "
+                "unknown or infinite length. Use a finite dataset or train.schedule=constant|exponential."
+            )
+        total = max(1, config.epochs * steps_per_epoch)
+        warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
+        if warmup <= 0:
+            return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup
+        )
+    raise ConfigError(f"Unknown train.schedule '{config.schedule}'. Choose constant, exponential or cosine.")
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int | None = None) -> keras.optimizers.Optimizer:
+    """The optimiser of `config.optimizer` with its learning-rate schedule.
+
+    Args:
+        config: the training section.
+        steps_per_epoch: batches per epoch (needed by the cosine schedule only).
+    """
+    rate = make_learning_rate(config, steps_per_epoch)
+    decay = config.weight_decay or None
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+    raise ConfigError(f"Unknown train.optimizer '{config.optimizer}'. Choose adam, adamw or sgd.")
+
+
+def make_loss(config: TrainConfig, *, multilabel: bool, sparse: bool, from_logits: bool = False) -> keras.losses.Loss:
+    """The loss of `config.loss` for this head.
+
+    "crossentropy" means the cross-entropy that fits the head: categorical for one label per image, binary for
+    multi-label; "binary_crossentropy" forces binary; "focal" is the focal version of the fitting one.
+
+    Args:
+        config: the training section (`loss`, `focal_gamma`, `label_smoothing`).
+        multilabel: sigmoid head with multi-hot (or 0/1) labels.
+        sparse: single-label labels are class indices rather than one-hot rows.
+        from_logits: the model outputs logits rather than probabilities.
+    """
+    smoothing = config.label_smoothing
+    if multilabel or config.loss == "binary_crossentropy":
+        if config.loss == "focal":
+            return keras.losses.BinaryFocalCrossentropy(
+                gamma=config.focal_gamma, label_smoothing=smoothing, from_logits=from_logits
+            )
+        return keras.losses.BinaryCrossentropy(label_smoothing=smoothing, from_logits=from_logits)
+    if config.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(
+            gamma=config.focal_gamma, label_smoothing=smoothing, from_logits=from_logits
+        )
+    if sparse:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing, from_logits=from_logits)
+
+
+def make_metrics(*, multilabel: bool) -> list[Any]:
+    """Accuracy for one label per image; binary accuracy, ROC-AUC and micro F1 (threshold 0.5) for multi-label."""
+    if not multilabel:
+        return ["accuracy"]
+    return [
+        keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        keras.metrics.AUC(multi_label=True, name="auc"),
+        keras.metrics.F1Score(average="micro", threshold=0.5, name="f1"),
+    ]
+
+
+def _head_activation(model: keras.Model) -> str | None:
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return getattr(activation, "__name__", None)
+
+
+def _label_spec(dataset: Any) -> tuple[int, str]:
+    """Rank and dtype of the label tensor of a batched tf.data dataset of (images, labels[, weights])."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise ValueError("fit expects a tf.data.Dataset of (images, labels) or (images, labels, sample_weights).")
+    return len(spec[1].shape), spec[1].dtype.name
+
+
+def _steps_per_epoch(dataset: Any) -> int | None:
+    cardinality = int(dataset.cardinality())
+    return cardinality if cardinality > 0 else None
+
+
+# === Run-folder state ===
+
+
+def _read_state(run: Run) -> dict[str, Any] | None:
+    path = run.dir / STATE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_results(run: Run) -> tuple[list[str], list[dict[str, str]]]:
+    path = run.dir / RESULTS_FILE
+    if not path.is_file():
+        return [], []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _truncate_results(run: Run, start_epoch: int) -> None:
+    """Drop rows of epochs >= start_epoch: they are about to be trained (again)."""
+    fields, rows = _read_results(run)
+    if not fields:
+        return
+    kept = [row for row in rows if int(row["epoch"]) < start_epoch]
+    if kept:
+        write_csv(run.dir / RESULTS_FILE, kept, fields)
+    else:
+        (run.dir / RESULTS_FILE).unlink()
+
+
+def _phase_history(run: Run, phase: str) -> dict[str, list[Any]]:
+    fields, rows = _read_results(run)
+    rows = [row for row in rows if row.get("phase") == phase]
+    history: dict[str, list[Any]] = {}
+    for name in fields:
+        if name == "phase":
+            continue
+        values = [row[name] for row in rows]
+        history[name] = [int(v) for v in values] if name == "epoch" else [_number(v) for v in values]
+    return history
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _load_model_weights(model: keras.Model, path: Path) -> None:
+    """Copy the layer weights of a saved model into `model`, leaving its (new) optimiser alone."""
+    saved = keras.saving.load_model(path, compile=False)
+    model.set_weights(saved.get_weights())
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+class _PhaseCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger that adds a `phase` column, without putting a string into the logs other callbacks read."""
+
+    def __init__(self, filename: str, phase: str):
+        super().__init__(filename, append=True)
+        self.phase = phase
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, {**(logs or {}), "phase": self.phase})
+
+
+class _RunCheckpoint(keras.callbacks.Callback):
+    """Writes best.keras, last.keras and state.json atomically at the end of every epoch.
+
+    state.json is written last: whatever it says has finished is on disk.
+    """
+
+    def __init__(self, run: Run, state: dict[str, Any], phase: str, monitor: str):
+        super().__init__()
+        self.run = run
+        self.state = state
+        self.phase = phase
+        self.monitor = monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.diverged = False
+
+    def _improved(self, value: float) -> bool:
+        best = self.state["best"]["value"]
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        logs = logs or {}
+        if not _finite(logs.get("loss")):
+            self.diverged = True  # a NaN epoch is not a state worth resuming from
+            return
+        if self.monitor not in logs:
+            raise ConfigError(
+                f"train.monitor is '{self.monitor}', which this model does not report. "
+                f"Choose one of: {', '.join(sorted(logs))}."
+            )
+        value = float(logs[self.monitor])
+        if _finite(value) and self._improved(value):
+            _save_model(self.model, self.run.path("weights", "best.keras"))
+            self.state["best"] = {"value": value, "epoch": epoch}
+        _save_model(self.model, self.run.path("weights", "last.keras"))
+        self.state["epoch"] = epoch + 1
+        self.state["phases"][self.phase]["next_epoch"] = epoch + 1
+        write_json(self.run.path(STATE_FILE), self.state)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self.diverged:
+            return
+        # EarlyStopping (earlier in the list) has restored the best weights by now; the next phase starts from
+        # exactly this model, so last.keras holds it.
+        _save_model(self.model, self.run.path("weights", "last.keras"))
+        self.state["phases"][self.phase]["complete"] = True
+        write_json(self.run.path(STATE_FILE), self.state)
+
+
+# === fit ===
+
+
+def fit(
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any | None,
+    *,
+    config: TrainConfig,
+    run: Run,
+    class_weight: Mapping[int, float] | None = None,
+    resume: bool = False,
+    initial_epoch: int = 0,
+    phase_name: str | None = None,
+    multilabel: bool | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FitResult:
+    """Compile `model` from `config` and train it for `config.epochs` epochs, writing into `run`.
+
+    Build the model (and call `setup_precision`) inside `distribute.strategy_scope(...)` when distributing; `fit`
+    compiles in the scope that is active when it is called.
+
+    Args:
+        model: a built Keras model whose head outputs probabilities (softmax or sigmoid) or logits (linear).
+        train_ds: batched tf.data.Dataset of (images, labels) or (images, labels, sample_weights); labels are class
+            indices or one-hot rows for one label per image, multi-hot rows for multi-label.
+        val_ds: the validation dataset in the same form, or None (then `config.monitor` must not start with val_).
+        config: the training section.
+        run: the run folder.
+        class_weight: class index -> weight (see `balanced_class_weight`); required when config.class_weight is
+            "balanced". Not for multi-label heads.
+        resume: continue this run from its state.json: a finished phase is skipped, an interrupted one continues
+            at its next epoch with the saved optimiser state.
+        initial_epoch: the run-wide epoch this phase starts at (the previous phase's `FitResult.next_epoch`).
+        phase_name: the `phase` column of results.csv (default "train").
+        multilabel: sigmoid head with multi-hot labels; None infers it from the last layer's activation.
+        callbacks: extra Keras callbacks, run after the run-folder ones.
+
+    Returns:
+        FitResult of this phase.
+    """
+    phase = phase_name or "train"
+    if val_ds is None and config.monitor.startswith("val_"):
+        raise ConfigError(
+            f"train.monitor is '{config.monitor}' but no validation data was given. "
+            "Provide validation data or set train.monitor=loss."
+        )
+    if config.class_weight == "balanced" and class_weight is None:
+        raise ValueError("config.class_weight is 'balanced': pass class_weight=balanced_class_weight(labels, n).")
+    _check_precision(model, config)
+
+    activation = _head_activation(model)
+    if multilabel is None:
+        multilabel = activation == "sigmoid"
+    if multilabel and class_weight is not None:
+        raise ConfigError("Class weights apply to one label per image only; set train.class_weight=none for multi-label.")
+    num_outputs = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
+    label_rank, label_dtype = _label_spec(train_ds)
+    sparse = label_rank == 1 or (label_rank == 2 and label_dtype.startswith("int") and num_outputs != 1)
+    binary_loss = multilabel or config.loss == "binary_crossentropy"
+    # Sparse labels become one-hot rows wherever Keras has no sparse loss (focal, label smoothing, binary losses).
+    needs_one_hot = sparse and num_outputs != 1 and (binary_loss or config.loss == "focal" or config.label_smoothing > 0)
+    if needs_one_hot or (binary_loss and num_outputs == 1):
+        train_ds = _encode_labels(train_ds, num_outputs, one_hot=needs_one_hot)
+        val_ds = _encode_labels(val_ds, num_outputs, one_hot=needs_one_hot) if val_ds is not None else None
+        sparse = False
+
+    state = _read_state(run) if (resume or initial_epoch > 0) else None
+    if state is None:
+        state = {"epoch": 0, "phase": phase, "monitor": config.monitor, "best": {"value": None, "epoch": None}, "phases": {}}
+    phase_state = state["phases"].get(phase) if resume else None
+    start = initial_epoch
+
+    loss = make_loss(config, multilabel=binary_loss, sparse=sparse, from_logits=activation == "linear")
+    model.compile(
+        optimizer=make_optimizer(config, _steps_per_epoch(train_ds)),
+        loss=loss,
+        metrics=make_metrics(multilabel=binary_loss),
+        jit_compile=resolve_jit_compile(config),
+    )
+
+    last_path = run.path("weights", "last.keras")
+    if phase_state is not None and phase_state.get("complete"):
+        _load_model_weights(model, last_path)
+        return _result(run, state, phase, config, epochs_run=0, stopped_early=phase_state.get("stopped_early", False),
+                       diverged=False)
+    if phase_state is not None and last_path.is_file():
+        # An interrupted phase: same model, same optimiser, so its saved state (step count included) loads back.
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(last_path)
+        start = phase_state["next_epoch"]
+        end = phase_state["start"] + config.epochs
+    else:
+        if resume and last_path.is_file() and state["phases"]:
+            _load_model_weights(model, last_path)  # an earlier phase finished; this one starts from its model
+        end = start + config.epochs
+        state["phases"][phase] = {"start": start, "next_epoch": start, "complete": False}
+    state["phase"] = phase
+    _truncate_results(run, start)
+
+    checkpoint = _RunCheckpoint(run, state, phase, config.monitor)
+    early = None
+    run_callbacks: list[keras.callbacks.Callback] = [_PhaseCSVLogger(str(run.path(RESULTS_FILE)), phase)]
+    if config.early_stopping_patience > 0:
+        early = keras.callbacks.EarlyStopping(
+            monitor=config.monitor,
+            mode=checkpoint.mode,
+            patience=config.early_stopping_patience,
+            restore_best_weights=True,
+            verbose=min(config.verbose, 1),
+        )
+        run_callbacks.append(early)
+    run_callbacks += [keras.callbacks.TerminateOnNaN(), checkpoint]
+    if config.tensorboard:
+        run_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.subdir("tensorboard"))))
+
+    epochs_before = start
+    if start < end:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=end,
+            initial_epoch=start,
+            class_weight=dict(class_weight) if class_weight is not None else None,
+            callbacks=run_callbacks + list(callbacks),
+            verbose=config.verbose,
+            shuffle=False,  # tf.data datasets shuffle themselves; Keras would only warn
+        )
+    else:
+        # Every epoch finished but the kill came before the phase was marked complete.
+        checkpoint.set_model(model)
+        checkpoint.on_train_end()
+    stopped_early = bool(early is not None and early.stopped_epoch > 0)
+    state["phases"][phase]["stopped_early"] = stopped_early
+    write_json(run.path(STATE_FILE), state)
+    return _result(
+        run, state, phase, config,
+        epochs_run=state["phases"][phase]["next_epoch"] - epochs_before,
+        stopped_early=stopped_early,
+        diverged=checkpoint.diverged,
+    )
+
+
+def _result(run: Run, state: dict[str, Any], phase: str, config: TrainConfig, *, epochs_run: int,
+            stopped_early: bool, diverged: bool) -> FitResult:
+    best_path = run.dir / "weights" / "best.keras"
+    return FitResult(
+        history=_phase_history(run, phase),
+        monitor=config.monitor,
+        best_epoch=state["best"]["epoch"],
+        best_value=state["best"]["value"],
+        best_path=best_path if best_path.is_file() else None,
+        last_path=run.dir / "weights" / "last.keras",
+        epochs_run=epochs_run,
+        next_epoch=state["phases"][phase]["next_epoch"],
+        stopped_early=stopped_early,
+        diverged=diverged,
+        phase=phase,
+    )
+
+
+def _encode_labels(dataset: Any, num_classes: int | None, *, one_hot: bool) -> Any:
+    """Labels as float rows: one-hot for class indices, (batch, 1) for a single sigmoid output."""
+    import tensorflow as tf
+
+    def encode(images, labels, *weights):
+        labels = tf.reshape(labels, [-1]) if one_hot else labels
+        labels = tf.one_hot(tf.cast(labels, "int32"), num_classes) if one_hot else tf.reshape(tf.cast(labels, "float32"), [-1, 1])
+        return (images, labels, *weights)
+
+    return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _check_precision(model: keras.Model, config: TrainConfig) -> None:
+    wanted = resolve_mixed_precision(config)
+    built_mixed = model.dtype_policy.name.startswith("mixed")
+    if wanted != built_mixed:
+        raise ConfigError(
+            f"train.mixed_precision resolves to {wanted} but the model was built with the "
+            f"'{model.dtype_policy.name}' dtype policy. Call training.trainer.setup_precision(config) before "
+            "building the model, or set train.mixed_precision to match."
+        )
