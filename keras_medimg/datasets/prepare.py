@@ -1,0 +1,395 @@
+"""`prepare`: turn a folder or manifest of DICOM/PNG/JPEG/TIFF files into windowed 16-bit PNGs plus a manifest.
+
+The heavy per-file work (DICOM decode, VOI window, foreground crop, CLAHE) happens once, in parallel processes,
+so training pipelines only decode PNGs. The output folder holds:
+
+    images/<relative path of the source, suffix .png>
+    manifest.csv     one row per image: id, source, output, sizes, crop, modality, view, laterality, carried columns
+    skipped.csv      bad files and why (empty but for its header when there were none)
+    prepare.json     the settings, so a rerun with other settings converts everything again
+
+A rerun keeps every output that is newer than its source and was made with the same settings (resume).
+Nothing is ever written inside an input folder. No DICOM PHI reaches any of these files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import json
+import multiprocessing
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.io.images import IMAGE_SUFFIXES
+from keras_medimg.runs import write_csv, write_json
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+MANIFEST_COLUMNS = (
+    "id", "source", "output", "rows", "cols", "source_rows", "source_cols",
+    "crop_y0", "crop_y1", "crop_x0", "crop_x1", "scale", "modality", "view", "laterality", "window",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `prepare_images` does to every file; outputs made with other settings are not reused."""
+
+    window: str | int | tuple = "auto"
+    crop: bool = False
+    margin: float = 0.02
+    clahe: bool = False
+    clip_limit: float = 2.0
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class _Task:
+    id: str
+    source: Path
+    output: Path
+    is_dicom: bool
+    carried: Mapping[str, str]
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare_images` did.
+
+    Args:
+        out_dir: the output folder.
+        manifest: path of `manifest.csv`.
+        skipped_csv: path of `skipped.csv`.
+        rows: the manifest rows.
+        converted: images converted in this call.
+        reused: images kept from an earlier call (newer than their source, same settings).
+        skipped: `(path, reason)` of every bad file.
+    """
+
+    out_dir: Path
+    manifest: Path
+    skipped_csv: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    converted: int = 0
+    reused: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# === Finding the inputs ===
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    # DICOM files often have no suffix at all (IM000001); the 'DICM' marker at byte 128 tells.
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _folder_sources(folder: Path) -> list[tuple[Path, Path, dict[str, str], int | None]]:
+    sources = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES or _is_dicom_file(path)):
+            sources.append((path, path.relative_to(folder), {}, None))
+    return sources
+
+
+def _csv_sources(manifest: Path) -> list[tuple[Path, Path, dict[str, str], int | None]]:
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise InvalidInputError(
+                manifest, f"The manifest needs a 'path' column naming each image; its columns are {reader.fieldnames or []}."
+            )
+        sources = []
+        for row in reader:
+            line = reader.line_num
+            given = Path(row.pop("path") or "")
+            path = given if given.is_absolute() else manifest.parent / given
+            relative = given if not given.is_absolute() else Path(given.name)
+            sources.append((path, relative, {k: v for k, v in row.items() if k is not None}, line))
+    return sources
+
+
+def _assign_ids(path_rel: list[tuple[Path, Path]]) -> list[str]:
+    """Ids from relative paths without suffix; where two sources share one, DICOM files use their SOPInstanceUID."""
+    from keras_medimg.io.dicom import read_dicom_meta
+
+    stems = [rel.with_suffix("").as_posix() for _, rel in path_rel]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    ids = []
+    for (path, rel), stem in zip(path_rel, stems):
+        if counts[stem] == 1:
+            ids.append(stem)
+            continue
+        uid = None
+        if _is_dicom_file(path):
+            try:
+                uid = read_dicom_meta(path).sop_instance_uid
+            except InvalidInputError:
+                uid = None
+        parent = rel.parent.as_posix()
+        unique = uid or f"{rel.stem}_{rel.suffix.lstrip('.').lower() or 'file'}"
+        ids.append(unique if parent == "." else f"{parent}/{unique}")
+    return ids
+
+
+# === Safety ===
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _refuse_overlap(out_dir: Path, folders: Iterable[Path], manifests: Iterable[Path]) -> None:
+    for folder in folders:
+        if _inside(out_dir, folder) or _inside(folder, out_dir):
+            raise ConfigError(
+                f"The output folder {out_dir} overlaps the input folder {folder}; prepare never writes among its inputs. "
+                "Choose an output folder outside it."
+            )
+    for manifest in manifests:
+        if _inside(manifest, out_dir):
+            raise ConfigError(f"The output folder {out_dir} holds the input manifest {manifest}. Choose another output folder.")
+
+
+# === The work of one file (runs in worker processes) ===
+
+
+def _convert(task: _Task, settings: Settings) -> tuple[str, Any]:
+    """Convert one file; return ("ok", manifest row) or ("skip", (path, reason, line))."""
+    import numpy as np
+
+    from keras_medimg.io.dicom import read_dicom
+    from keras_medimg.io.images import read_image, to_float, write_image
+    from keras_medimg.preprocessing.geometry import foreground_crop
+    from keras_medimg.preprocessing.intensity import clahe
+
+    try:
+        if task.is_dicom:
+            image = read_dicom(task.source, window=settings.window)
+            if image.meta.number_of_frames > 1:
+                raise InvalidInputError(
+                    task.source, f"The file holds {image.meta.number_of_frames} frames; prepare converts single images. Export the frames you need."
+                )
+            pixels, meta = image.pixels, image.meta
+            info = {"modality": meta.modality, "view": meta.view_position, "laterality": meta.image_laterality, "window": meta.window}
+        else:
+            pixels = to_float(read_image(task.source))
+            info = {"modality": None, "view": None, "laterality": None, "window": None}
+    except InvalidInputError as exc:
+        return "skip", (str(exc.path), exc.reason, exc.line)
+    if pixels.ndim == 3 and np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]):
+        pixels = pixels[..., 0]  # grey images saved as RGB (common for JPEG)
+    source_rows, source_cols = pixels.shape[:2]
+    bounds = (0, source_rows, 0, source_cols)
+    if settings.crop:
+        pixels, bounds = foreground_crop(pixels, margin=settings.margin)
+    scale = 1.0
+    if settings.size is not None and max(pixels.shape[:2]) != settings.size:
+        import cv2
+
+        scale = settings.size / max(pixels.shape[:2])
+        new_size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+        pixels = cv2.resize(pixels, new_size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if settings.clahe:
+        pixels = _clahe_any(pixels, settings.clip_limit, clahe)
+    write_image(task.output, pixels, bits=16)
+    row = {
+        "id": task.id, "source": str(task.source), "output": "", "rows": pixels.shape[0], "cols": pixels.shape[1],
+        "source_rows": source_rows, "source_cols": source_cols,
+        "crop_y0": bounds[0], "crop_y1": bounds[1], "crop_x0": bounds[2], "crop_x1": bounds[3], "scale": round(scale, 8),
+        **info,
+    }
+    return "ok", row
+
+
+def _clahe_any(pixels, clip_limit: float, clahe):
+    """CLAHE of a grey image, or of the luminance of a colour one (equalising R, G, B apart would shift colours)."""
+    import cv2
+    import numpy as np
+
+    if pixels.ndim == 2:
+        return clahe(pixels, clip_limit=clip_limit)
+    sixteen = np.round(np.clip(pixels, 0, 1) * 65535).astype(np.uint16)
+    ycrcb = cv2.cvtColor(sixteen, cv2.COLOR_RGB2YCrCb)
+    ycrcb[..., 0] = clahe(ycrcb[..., 0], clip_limit=clip_limit)
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2RGB).astype(np.float32) / 65535
+
+
+def _convert_star(args: tuple[_Task, Settings]) -> tuple[str, Any]:
+    return _convert(*args)
+
+
+# === Orchestration ===
+
+
+def _previous_rows(out_dir: Path, settings: Settings) -> dict[str, dict[str, str]]:
+    """Manifest rows of an earlier run with the same settings, by output path; empty when there is none."""
+    try:
+        previous = json.loads((out_dir / "prepare.json").read_text(encoding="utf-8"))
+        if previous.get("settings") != json.loads(json.dumps(asdict(settings))):
+            return {}
+        with open(out_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
+            return {row["output"]: row for row in csv.DictReader(fh)}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _is_current(task: _Task) -> bool:
+    try:
+        return task.output.stat().st_mtime >= task.source.stat().st_mtime
+    except OSError:
+        return False
+
+
+def prepare_images(
+    inputs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    window: str | int | tuple = "auto",
+    crop: bool = False,
+    margin: float = 0.02,
+    clahe: bool = False,
+    clip_limit: float = 2.0,
+    size: int | None = None,
+    workers: int = 1,
+    strict: bool = False,
+) -> PrepareResult:
+    """Convert DICOM/PNG/JPEG/TIFF files into windowed, optionally cropped and CLAHE-enhanced 16-bit PNGs.
+
+    Args:
+        inputs: a folder (searched recursively; suffix-less files are taken when they are DICOM), a manifest CSV
+            with a `path` column (relative to the CSV; an `id` column, if any, names the outputs; other columns
+            are carried into the output manifest), or a list of these.
+        out_dir: the output folder; it may not overlap an input folder.
+        window: VOI choice for DICOM files, as `io.dicom.read_dicom` takes it.
+        crop: crop each image to its foreground (Otsu + largest connected component + `margin`).
+        margin: crop margin as a fraction of the image height and width.
+        clahe: apply CLAHE (on the luminance for colour images).
+        clip_limit: CLAHE clip limit.
+        size: resize so that the longer side has this many pixels (aspect ratio kept); None keeps the size.
+        workers: number of worker processes (1 converts in this process).
+        strict: raise on the first bad file instead of skipping it and listing it in `skipped.csv`.
+
+    Returns:
+        A `PrepareResult`; `manifest.csv`, `skipped.csv` and `prepare.json` are written in `out_dir`.
+
+    Raises:
+        ConfigError: `out_dir` overlaps an input folder or holds an input manifest, or an input is neither a
+            folder nor a CSV file.
+        InvalidInputError: a manifest has no `path` column; with `strict`, the first bad file.
+    """
+    out_dir = Path(out_dir).resolve()
+    settings = Settings(window=window, crop=crop, margin=margin, clahe=clahe, clip_limit=clip_limit, size=size)
+    given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    sources, folders, manifests = [], [], []
+    for item in map(lambda p: Path(p).resolve(), given):
+        if item.is_dir():
+            folders.append(item)
+            sources += _folder_sources(item)
+        elif item.is_file() and item.suffix.lower() == ".csv":
+            manifests.append(item)
+            sources += _csv_sources(item)
+        else:
+            raise ConfigError(f"The input {item} is neither a folder nor a CSV manifest. Give a folder of images or a CSV with a 'path' column.")
+    folders += sorted({path.parent for path, *_ in sources if not any(_inside(path, f) for f in folders)})
+    _refuse_overlap(out_dir, folders, manifests)
+
+    skipped: list[tuple[str, str]] = []
+
+    def skip(path: str, reason: str, line: int | None) -> None:
+        if strict:
+            raise InvalidInputError(path, reason, line=line)
+        skipped.append((path, reason if line is None else f"line {line}: {reason}"))
+
+    present = []
+    for path, rel, carried, line in sources:
+        if path.is_file():
+            present.append((path, rel, carried, line))
+        else:
+            skip(str(path), "The file listed in the manifest does not exist. Fix the path or remove the row.", line)
+    ids = _assign_ids([(path, rel) for path, rel, _, _ in present])
+    tasks, seen = [], set()
+    for task_id, (path, _, carried, line) in zip(ids, present):
+        task_id = carried.get("id") or task_id
+        if Path(task_id).is_absolute() or ".." in Path(task_id).parts:
+            skip(str(path), f"The id '{task_id}' would place the output outside the output folder. Use a plain name.", line)
+            continue
+        if task_id in seen:
+            skip(str(path), f"The id '{task_id}' is used by an earlier file too. Give every image its own id.", line)
+            continue
+        seen.add(task_id)
+        carried = {(k if k not in MANIFEST_COLUMNS else f"input_{k}"): v for k, v in carried.items() if k != "id"}
+        tasks.append(_Task(task_id, path, out_dir / "images" / f"{task_id}.png", _is_dicom_file(path), carried))
+
+    previous = _previous_rows(out_dir, settings)
+    result = PrepareResult(out_dir=out_dir, manifest=out_dir / "manifest.csv", skipped_csv=out_dir / "skipped.csv")
+    to_convert = []
+    rows_by_id: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        earlier = previous.get(_relative(task.output, out_dir))
+        if earlier is not None and _is_current(task):
+            rows_by_id[task.id] = {**{k: earlier.get(k, "") for k in MANIFEST_COLUMNS}, **task.carried}
+            result.reused += 1
+        else:
+            to_convert.append(task)
+
+    results = _run(to_convert, settings, workers)
+    try:
+        for task, (kind, payload) in zip(to_convert, results):
+            if kind == "skip":
+                skip(*payload)
+                continue
+            payload["output"] = _relative(task.output, out_dir)
+            rows_by_id[task.id] = {**payload, **task.carried}
+            result.converted += 1
+    finally:
+        results.close()  # with strict, stops the pool at the first bad file
+
+    result.rows = [rows_by_id[task.id] for task in tasks if task.id in rows_by_id]
+    result.skipped = skipped
+    carried_columns = list(dict.fromkeys(k for task in tasks for k in task.carried))
+    write_csv(result.manifest, result.rows, [*MANIFEST_COLUMNS, *carried_columns])
+    write_csv(result.skipped_csv, [{"path": p, "reason": r} for p, r in skipped], ["path", "reason"])
+    write_json(
+        out_dir / "prepare.json",
+        {"settings": asdict(settings), "images": len(result.rows), "converted": result.converted, "reused": result.reused, "skipped": len(skipped)},
+    )
+    return result
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _run(tasks: list[_Task], settings: Settings, workers: int) -> Generator[tuple[str, Any], None, None]:
+    """Results of `_convert` in task order, from this process or a pool of `workers` processes."""
+    if workers <= 1 or len(tasks) <= 1:
+        return (_convert(task, settings) for task in tasks)
+    return _pool_map(tasks, settings, workers)
+
+
+def _pool_map(tasks: list[_Task], settings: Settings, workers: int) -> Generator[tuple[str, Any], None, None]:
+    # spawn, not fork: a parent that already imported TensorFlow or torch must not be forked.
+    context = multiprocessing.get_context("spawn")
+    chunksize = max(1, len(tasks) // (workers * 4))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        try:
+            yield from pool.map(_convert_star, [(task, settings) for task in tasks], chunksize=chunksize)
+        except BaseException:
+            # strict mode stopped at a bad file (or the user interrupted): drop the work not started yet.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
