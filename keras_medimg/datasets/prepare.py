@@ -280,7 +280,9 @@ def prepare_images(
         clahe: apply CLAHE (on the luminance for colour images).
         clip_limit: CLAHE clip limit.
         size: resize so that the longer side has this many pixels (aspect ratio kept); None keeps the size.
-        workers: number of worker processes (1 converts in this process).
+        workers: number of worker processes (1 converts in this process). Workers are spawned, not forked
+            (safe after TensorFlow or torch were imported), so a script calling this with workers > 1 needs the
+            usual `if __name__ == "__main__":` guard.
         strict: raise on the first bad file instead of skipping it and listing it in `skipped.csv`.
 
     Returns:
