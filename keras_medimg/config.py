@@ -117,7 +117,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise _Mismatch
-        return from_dict(tp, value, prefix=key)
+        return from_dict(tp, value, prefix=key)  # sections suggest among their own keys
     if origin is Literal:
         for allowed in typing.get_args(tp):
             if value == allowed and type(value) is type(allowed):
@@ -177,21 +177,20 @@ def all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _unknown_key_error(cls: type, prefix: str, name: str, root: type | None = None) -> ConfigError:
     siblings = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.5)
+    # The same key in another section ("epochs" -> "train.epochs") beats a near-spelling among siblings.
+    suggestions = [k for k in all_keys(root) if k.rsplit(".", 1)[-1] == name] if root is not None else []
+    if not suggestions:
+        suggestions = [f"{prefix}{c}" for c in difflib.get_close_matches(name, siblings, n=3, cutoff=0.5)]
     dotted = f"{prefix}{name}"
     message = f"Unknown config key '{dotted}'."
-    if close:
-        message += " Did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
-    elif root is not None:
-        elsewhere = [k for k in all_keys(root) if k.rsplit(".", 1)[-1] == name]
-        if elsewhere:
-            message += " Did you mean " + " or ".join(f"'{k}'" for k in elsewhere) + "?"
+    if suggestions:
+        message += " Did you mean " + " or ".join(f"'{k}'" for k in suggestions) + "?"
     where = f"'{prefix[:-1]}'" if prefix else "the top level"
     message += f" Valid keys at {where}: {', '.join(siblings)}."
     return ConfigError(message)
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "", root: type | None = None) -> T:
     """Build a config dataclass from a mapping, checking every key and type.
 
     Keys the mapping leaves out keep their defaults.
@@ -203,7 +202,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         if name not in names:
-            raise _unknown_key_error(cls, prefix, str(name))
+            raise _unknown_key_error(cls, prefix, str(name), root=root or cls)
         dotted = f"{prefix}{name}"
         try:
             kwargs[name] = _coerce(value, hints[name], f"{dotted}.")

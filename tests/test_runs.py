@@ -1,0 +1,71 @@
+"""Run-folder numbering and atomic writes."""
+
+import json
+
+import pytest
+
+from keras_medimg.errors import ConfigError
+from keras_medimg.runs import atomic_path, atomic_write_text, create_run, write_csv, write_json
+
+
+def test_run_folders_are_numbered(tmp_path):
+    first = create_run("concepts", "train", project=tmp_path)
+    second = create_run("concepts", "train", project=tmp_path)
+    third = create_run("concepts", "train", project=tmp_path)
+    assert [r.dir.name for r in (first, second, third)] == ["train", "train2", "train3"]
+    assert first.dir == tmp_path / "concepts" / "train"
+
+
+def test_name_and_exist_ok(tmp_path):
+    named = create_run("brats", "train", project=tmp_path, name="effnet")
+    (named.dir / "keep.txt").write_text("x")
+    again = create_run("brats", "train", project=tmp_path, name="effnet", exist_ok=True)
+    assert again.dir == named.dir and (again.dir / "keep.txt").exists()
+    assert create_run("brats", "train", project=tmp_path, name="effnet").dir.name == "effnet2"
+
+
+def test_bad_run_name(tmp_path):
+    with pytest.raises(ConfigError, match="Run name"):
+        create_run("brats", "train", project=tmp_path, name="../escape")
+
+
+def test_run_helpers_write_into_the_folder(tmp_path):
+    run = create_run("concepts", "train", project=tmp_path)
+    run.write_json("metrics.json", {"f1": 0.5})
+    run.write_csv("predictions.csv", [{"id": "a", "p": 1}, {"id": "b", "p": 0}])
+    assert json.loads((run.dir / "metrics.json").read_text()) == {"f1": 0.5}
+    assert (run.dir / "predictions.csv").read_text() == "id,p\na,1\nb,0\n"
+    assert run.subdir("weights").is_dir()
+    assert run.path("plots", "cm.png").parent.is_dir()
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "results.csv"
+    atomic_write_text(target, "old\n")
+
+    def rows():
+        yield {"epoch": 0}
+        raise KeyboardInterrupt  # the run is killed while the CSV is being produced
+
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(target, rows())
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no temporary files left behind
+
+
+def test_atomic_path_keeps_the_suffix(tmp_path):
+    with atomic_path(tmp_path / "weights" / "best.keras") as tmp:
+        assert tmp.name.endswith(".keras") and tmp.parent == tmp_path / "weights"
+        tmp.write_bytes(b"model")
+    assert (tmp_path / "weights" / "best.keras").read_bytes() == b"model"
+
+
+def test_write_json_handles_numpy(tmp_path):
+    import numpy as np
+
+    write_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(3)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 0.5, "b": [0, 1, 2]}
