@@ -1,0 +1,468 @@
+"""From `Sample` records to batches for `model.fit`, with tf.data, on every Keras backend.
+
+    check files (header and trailer) -> [shuffle paths] -> decode (tf.io PNG/JPEG, NumPy bridge for DICOM
+    and TIFF) -> grey/RGB to `channels` -> resize (plain or letterbox) -> [median] -> [cache] -> [shuffle]
+    -> [augment, training only, seeded per element] -> batch -> normalise -> prefetch
+
+Keras 3 fits a `tf.data.Dataset` on the TensorFlow, PyTorch and JAX backends alike, so one input pipeline
+serves them all. The cache holds the decoded, resized images before augmentation, so augmentation stays random
+epoch after epoch while the expensive decoding runs once.
+
+Bad files are found cheaply before the pipeline starts (missing, empty, not an image, truncated); they are
+listed in `skipped` as `{"path", "reason"}` for the run's `skipped.csv`, or raise `InvalidInputError` with
+`strict`. A file that passes that check but fails to decode later is skipped too: DICOM and TIFF files (decoded
+in Python) are then added to `skipped` while the pipeline runs; PNG/JPEG files are dropped with a logged warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tensorflow as tf
+
+from keras_medimg.datasets.records import Sample
+from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.preprocessing.augment import Augment
+from keras_medimg.preprocessing.normalize import Normalization
+
+LabelMode = Literal["int", "multi_hot"] | None
+_PNG, _JPEG, _BRIDGE = 0, 1, 2  # how a file is decoded: tf.io.decode_png, tf.io.decode_jpeg, NumPy bridge
+_SHUFFLE_BUFFER = 1024  # images held for shuffling after a cache; before a cache the whole path list is shuffled
+_CACHE_VERSION = 1  # bump when the decoded images would change, so old disk caches are not reused
+
+
+# === Checking files before the pipeline ===
+
+
+def check_image_file(path: str | Path) -> tuple[int | None, str | None]:
+    """Find how to decode a file from its first and last bytes, without decoding it.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        `(decoder, None)` for a usable file, or `(None, reason)` saying what is wrong (missing, empty, not a
+        PNG/JPEG/TIFF/DICOM file, truncated).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
+    except FileNotFoundError:
+        return None, "The file does not exist."
+    except OSError as exc:
+        return None, f"The file cannot be read ({exc.strerror})."
+    if size == 0:
+        return None, "The file is empty."
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if b"IEND" not in tail:
+            return None, "The PNG file is truncated (it has no IEND chunk at its end)."
+        return _PNG, None
+    if head.startswith(b"\xff\xd8\xff"):
+        if b"\xff\xd9" not in tail:
+            return None, "The JPEG file is truncated (it has no end-of-image marker)."
+        return _JPEG, None
+    if head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*") or path.suffix.lower() == ".dcm":
+        return _BRIDGE, None
+    return None, "The file is not a PNG, JPEG, TIFF or DICOM image."
+
+
+def _check_files(samples: Sequence[Sample]) -> list[tuple[int | None, str | None]]:
+    # The checks are two small reads per file; threads overlap the disk waits on large datasets.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(check_image_file, [s.path for s in samples]))
+
+
+def _report(problems: list[tuple[Path, str]], skipped: list[dict[str, str]] | None, strict: bool) -> None:
+    if not problems:
+        return
+    if strict:
+        path, reason = problems[0]
+        more = f" ({len(problems) - 1} more bad file(s), e.g. {problems[1][0]})" if len(problems) > 1 else ""
+        raise InvalidInputError(path, f"{reason} Replace or remove it, or run without --strict to skip bad files.{more}")
+    if skipped is not None:
+        skipped += [{"path": str(path), "reason": reason} for path, reason in problems]
+
+
+# === Labels ===
+
+
+def _class_names(samples: Sequence[Sample], label_mode: LabelMode) -> list[str]:
+    names = {s.label for s in samples if s.label is not None} if label_mode == "int" else {n for s in samples for n in s.labels}
+    return sorted(names)
+
+
+def encode_labels(samples: Sequence[Sample], label_mode: LabelMode, class_names: Sequence[str]) -> np.ndarray | None:
+    """The targets of `samples`: int32 class indices, or a float32 multi-hot matrix (labels outside
+    `class_names` are ignored, as the ImageCLEF vocabulary needs); None for `label_mode=None`."""
+    if label_mode is None:
+        return None
+    if label_mode == "int":
+        index = {name: i for i, name in enumerate(class_names)}
+        for sample in samples:
+            if sample.label not in index:
+                what = "has no label" if sample.label is None else f"has the label '{sample.label}'"
+                raise InvalidInputError(
+                    sample.path, f"The image {what}, which is not one of the classes {', '.join(class_names)}. Fix the dataset's labels."
+                )
+        return np.array([index[s.label] for s in samples], dtype=np.int32)
+    if label_mode == "multi_hot":
+        from sklearn.preprocessing import MultiLabelBinarizer
+
+        binarizer = MultiLabelBinarizer(classes=list(class_names))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="unknown class", category=UserWarning)
+            return binarizer.fit_transform([s.labels for s in samples]).astype(np.float32)
+    raise ConfigError(f"label_mode must be 'int', 'multi_hot' or None, not {label_mode!r}.")
+
+
+def class_weights(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[int, float]:
+    """Balanced class weights for `model.fit(class_weight=...)`: `n / (classes present * count)`.
+
+    A class without samples gets 1.0 (it never occurs, so its weight does not matter but must exist).
+    """
+    counts = np.bincount(encode_labels(samples, "int", class_names), minlength=len(class_names))
+    present = int((counts > 0).sum())
+    return {i: float(len(samples) / (present * c)) if c else 1.0 for i, c in enumerate(counts)}
+
+
+# === Decoding, inside tf.data ===
+
+
+class _Bridge:
+    """Decodes files TensorFlow cannot (DICOM, TIFF) in Python, and records the ones that fail."""
+
+    def __init__(self, skipped: list[dict[str, str]] | None, strict: bool):
+        self.skipped = skipped
+        self.strict = strict
+        self.recorded: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, path: bytes) -> tuple[np.ndarray, bool]:
+        from keras_medimg.io.images import read_image, to_float
+
+        name = path.decode()
+        try:
+            if Path(name).suffix.lower() in (".tif", ".tiff"):
+                pixels = to_float(read_image(name))
+            else:
+                pixels = self._dicom(name)
+        except InvalidInputError as exc:
+            if self.strict:
+                raise
+            self._record(name, exc.reason)
+            return np.zeros((1, 1, 1), np.float32), False
+        return (pixels[:, :, None] if pixels.ndim == 2 else pixels).astype(np.float32), True
+
+    @staticmethod
+    def _dicom(name: str) -> np.ndarray:
+        from keras_medimg.io.dicom import read_dicom
+
+        image = read_dicom(name)
+        # A multi-frame file (tomosynthesis, cine) contributes its first frame to a 2D pipeline.
+        return image.pixels[0] if image.meta.number_of_frames > 1 else image.pixels
+
+    def _record(self, name: str, reason: str) -> None:
+        with self.lock:
+            if name not in self.recorded and self.skipped is not None:
+                self.recorded.add(name)
+                self.skipped.append({"path": name, "reason": reason})
+
+
+def _decode(path, decoder, bridge: _Bridge):
+    def png():
+        # dtype=uint16 keeps 16-bit PNGs whole and scales 8-bit ones by 257, so /65535 is right for both.
+        image = tf.io.decode_png(tf.io.read_file(path), channels=0, dtype=tf.uint16)
+        return tf.cast(image, tf.float32) / 65535.0, tf.constant(True)
+
+    def jpeg():
+        return tf.cast(tf.io.decode_jpeg(tf.io.read_file(path), channels=0), tf.float32) / 255.0, tf.constant(True)
+
+    def numpy_bridge():
+        image, ok = tf.numpy_function(bridge, [path], [tf.float32, tf.bool], stateful=False)
+        return tf.ensure_shape(image, [None, None, None]), tf.ensure_shape(ok, [])
+
+    return tf.switch_case(decoder, [png, jpeg, numpy_bridge])
+
+
+def _to_channels(image, channels: int):
+    """Drop alpha, then copy grey to three channels or average colour to one."""
+    have = tf.shape(image)[-1]
+    image = image[..., : tf.where(have >= 3, 3, 1)]
+    if channels == 3:
+        return tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image)
+    return tf.cond(tf.shape(image)[-1] == 3, lambda: tf.image.rgb_to_grayscale(image), lambda: image)
+
+
+def _median(image, size: int):
+    """Median filter of odd `size` on a `(S, S, C)` image, border reflected."""
+    radius = size // 2
+    height, width = image.shape[0], image.shape[1]
+    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    shifted = [padded[dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)]
+    return tf.sort(tf.stack(shifted), axis=0)[size * size // 2]
+
+
+def _loader(image_size: int, channels: int, resize: str, denoise_median: int, bridge: _Bridge):
+    def load(path, decoder, target):
+        image, ok = _decode(path, decoder, bridge)
+        image = _to_channels(image, channels)
+        if resize == "letterbox":
+            image = tf.image.resize_with_pad(image, image_size, image_size, antialias=True)
+        else:
+            image = tf.image.resize(image, [image_size, image_size], antialias=True)
+        image = tf.ensure_shape(image, [image_size, image_size, channels])
+        if denoise_median > 1:
+            image = _median(image, denoise_median)
+        return image, target, ok
+
+    return load
+
+
+# === The pipeline ===
+
+
+def make_dataset(
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    training: bool,
+    batch_size: int,
+    channels: int = 3,
+    normalization: Normalization | None = None,
+    augment: Augment | None = None,
+    label_mode: LabelMode = "int",
+    class_names: Sequence[str] | None = None,
+    cache: str | Path | None = None,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
+    denoise_median: int = 0,
+    resize: Literal["plain", "letterbox"] = "plain",
+    skipped: list[dict[str, str]] | None = None,
+    strict: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Build the input pipeline of a list of samples.
+
+    Args:
+        samples: the images (PNG 8/16-bit, JPEG, DICOM, TIFF; decided by the file's bytes, not its name).
+        image_size: side of the square images the model takes.
+        training: apply `augment` (and shuffle, unless `shuffle` says otherwise).
+        batch_size: images per batch.
+        channels: 3 (grey copied to RGB, for ImageNet backbones) or 1.
+        normalization: the backbone's input normalisation, applied last; None leaves pixels in [0, 1].
+        augment: augmentations for training; None or a disabled `Augment` for none.
+        label_mode: "int" (class index of `Sample.label`), "multi_hot" (float vector of `Sample.labels`,
+            MultiLabelBinarizer with `class_names`), or None (images only, e.g. for prediction).
+        class_names: the classes in index order; None takes the sorted labels found in `samples`.
+        cache: None, "memory", or a folder for an on-disk cache of the decoded, resized images (one file set
+            per sample list and settings; it is complete after the first full pass).
+        shuffle: shuffle every epoch; None means `training`.
+        seed: seeds the shuffle and the augmentation.
+        deterministic: keep element order fixed under parallel decoding (same batches every run for a seed).
+            Without shuffling the order of `samples` is always kept, so predictions line up with them.
+        denoise_median: odd median-filter size applied after resizing; 0 for none.
+        resize: "plain" stretches to the square; "letterbox" keeps the aspect ratio and pads with 0.
+        skipped: a list that receives `{"path", "reason"}` for every bad file skipped.
+        strict: raise `InvalidInputError` on the first bad file instead of skipping it.
+        drop_remainder: drop the last, smaller batch.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches, images float32 `(B, image_size, image_size,
+        channels)`, labels int32 `(B,)` or float32 `(B, classes)`; or of images alone for `label_mode=None`.
+
+    Raises:
+        InvalidInputError: a bad file with `strict`, a label outside `class_names`, or no usable image left.
+        ConfigError: an invalid setting.
+    """
+    _check_settings(channels, resize, denoise_median, batch_size, normalization)
+    if not samples:
+        raise ConfigError("make_dataset got no samples. Check the dataset folder and the split.")
+    if label_mode is not None and class_names is None:
+        class_names = _class_names(samples, label_mode)
+    targets = encode_labels(samples, label_mode, class_names or [])
+    decoders, kept = _usable(samples, skipped, strict)
+    if targets is not None:
+        targets = targets[kept]
+    return _pipeline(
+        [samples[i] for i in kept], decoders, targets,
+        image_size=image_size, training=training, batch_size=batch_size, channels=channels,
+        normalization=normalization, augment=augment, cache=cache, shuffle=training if shuffle is None else shuffle,
+        seed=seed, deterministic=deterministic, denoise_median=denoise_median, resize=resize,
+        skipped=skipped, strict=strict, drop_remainder=drop_remainder,
+    )  # fmt: skip
+
+
+def _check_settings(channels: int, resize: str, denoise_median: int, batch_size: int, normalization: Normalization | None) -> None:
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, not {channels}.")
+    if resize not in ("plain", "letterbox"):
+        raise ConfigError(f"resize must be 'plain' or 'letterbox', not {resize!r}.")
+    if denoise_median < 0 or (denoise_median > 1 and denoise_median % 2 == 0):
+        raise ConfigError(f"denoise_median must be 0 or an odd filter size, not {denoise_median}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, not {batch_size}.")
+    if normalization is not None and len(normalization.mean) not in (1, channels):
+        raise ConfigError(
+            f"The normalisation has {len(normalization.mean)} channel means but the pipeline makes {channels}-channel images. "
+            "Use channels=3 for ImageNet backbones."
+        )
+
+
+def _usable(samples: Sequence[Sample], skipped: list[dict[str, str]] | None, strict: bool) -> tuple[list[int], list[int]]:
+    """Decoders of the usable files and their indices in `samples`; the others are reported."""
+    decoders, kept, problems = [], [], []
+    for index, (sample, (decoder, reason)) in enumerate(zip(samples, _check_files(samples))):
+        if decoder is None:
+            problems.append((sample.path, reason))
+        else:
+            decoders.append(decoder)
+            kept.append(index)
+    _report(problems, skipped, strict)
+    if not kept:
+        raise InvalidInputError(samples[0].path.parent, "None of the images can be read (see skipped files). Check the dataset.")
+    return decoders, kept
+
+
+def _decoded(image, target, ok):
+    return ok
+
+
+def _without_flag(image, target, ok):
+    return image, target
+
+
+def _images_only(images, target):
+    return images
+
+
+def _cache_name(samples: Sequence[Sample], settings: tuple[Any, ...]) -> str:
+    digest = hashlib.sha256(repr((_CACHE_VERSION, settings)).encode())
+    for sample in samples:
+        digest.update(str(Path(sample.path).resolve()).encode() + b"\0")
+    return f"medimg-{digest.hexdigest()[:16]}"
+
+
+def _pipeline(
+    samples: Sequence[Sample],
+    decoders: Sequence[int],
+    targets: np.ndarray | None,
+    *,
+    image_size: int,
+    training: bool,
+    batch_size: int,
+    channels: int,
+    normalization: Normalization | None,
+    augment: Augment | None,
+    cache: str | Path | None,
+    shuffle: bool,
+    seed: int,
+    deterministic: bool,
+    denoise_median: int,
+    resize: str,
+    skipped: list[dict[str, str]] | None,
+    strict: bool,
+    drop_remainder: bool,
+) -> tf.data.Dataset:
+    count = len(samples)
+    deterministic = deterministic or not shuffle
+    paths = [str(s.path) for s in samples]
+    with_targets = targets is not None
+    # A dummy target keeps one element structure; it is dropped again before batching.
+    target_tensor = targets if with_targets else np.zeros(count, np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(decoders, np.int32), target_tensor))
+    if shuffle:
+        # Ahead of a cache the order is fixed once (a cache replays its first pass); otherwise every epoch.
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=cache is None)
+
+    load = _loader(image_size, channels, resize, denoise_median, _Bridge(skipped, strict))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.filter(_decoded).map(_without_flag)
+    if not strict:
+        dataset = dataset.ignore_errors(log_warning=True)
+
+    if cache == "memory":
+        dataset = dataset.cache()
+    elif cache is not None:
+        folder = Path(cache)
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = (image_size, channels, resize, denoise_median, tuple(decoders))
+        dataset = dataset.cache(str(folder / _cache_name(samples, settings)))
+    if shuffle and cache is not None:
+        dataset = dataset.shuffle(min(count, _SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+
+    if training and augment is not None and augment.enabled:
+        # Each element takes the next seed pair of a seeded stream, so its augmentation does not depend on which
+        # thread runs it; the stream is re-drawn every epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def augment_element(item, pair):
+            return augment(item[0], pair), item[1]
+
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            augment_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+        )
+
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if normalization is not None:
+        # Normalising whole batches is one vectorised op instead of one per image.
+        def normalize(images, target):
+            return normalization.apply(images), target
+
+        dataset = dataset.map(normalize)
+    if not with_targets:
+        dataset = dataset.map(_images_only)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def load_images_numpy(
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    channels: int = 3,
+    normalization: Normalization | None = None,
+    resize: Literal["plain", "letterbox"] = "plain",
+    denoise_median: int = 0,
+    batch_size: int = 32,
+    skipped: list[dict[str, str]] | None = None,
+    strict: bool = False,
+) -> tuple[np.ndarray, list[Sample]]:
+    """Load images for prediction as one NumPy array, through the same decoding as `make_dataset`.
+
+    Args:
+        samples: the images.
+        image_size, channels, normalization, resize, denoise_median, skipped, strict: as for `make_dataset`.
+        batch_size: images decoded per step.
+
+    Returns:
+        float32 `(N, image_size, image_size, channels)` images and the `N` samples they are (bad files are left
+        out, in `skipped`), in the order of `samples`.
+    """
+    _check_settings(channels, resize, denoise_median, batch_size, normalization)
+    if not samples:
+        return np.zeros((0, image_size, image_size, channels), np.float32), []
+    decoders, kept = _usable(samples, skipped, strict)
+    dataset = _pipeline(
+        [samples[i] for i in kept], decoders, np.asarray(kept, np.int32),
+        image_size=image_size, training=False, batch_size=batch_size, channels=channels,
+        normalization=normalization, augment=None, cache=None, shuffle=False, seed=0, deterministic=True,
+        denoise_median=denoise_median, resize=resize, skipped=skipped, strict=strict, drop_remainder=False,
+    )  # fmt: skip
+    images, indices = [], []
+    for batch, index in dataset.as_numpy_iterator():
+        images.append(batch)
+        indices += index.tolist()
+    return np.concatenate(images), [samples[i] for i in indices]

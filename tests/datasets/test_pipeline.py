@@ -1,0 +1,177 @@
+"""make_dataset: decoding every format, labels, bad files, determinism, caches, and model.fit on this backend."""
+
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pydicom.data
+import pytest
+
+from keras_medimg.datasets.pipeline import check_image_file, class_weights, load_images_numpy, make_dataset
+from keras_medimg.datasets.records import Sample
+from keras_medimg.errors import InvalidInputError
+from keras_medimg.io.images import write_image
+from keras_medimg.preprocessing.augment import Augment
+from keras_medimg.preprocessing.normalize import IMAGENET, Normalization
+
+CLASSES = ["benign", "malignant"]
+
+
+@pytest.fixture
+def samples(tmp_path, make_image) -> list[Sample]:
+    """Eight images in every format the pipeline decodes natively, grey and colour."""
+    formats = [(".png", 16, 1), (".png", 8, 3), (".jpg", 8, 1), (".jpg", 8, 3), (".tif", 16, 1), (".png", 16, 3), (".jpg", 8, 1), (".png", 8, 1)]
+    result = []
+    for i, (suffix, bits, channels) in enumerate(formats):
+        path = make_image(tmp_path / f"img{i}{suffix}", (24 + 4 * i, 30), bits=bits, channels=channels, seed=i)
+        result.append(Sample(id=f"img{i}", path=path, label=CLASSES[i % 2], labels=["C1"] if i % 2 else ["C1", "C2", "C9"]))
+    return result
+
+
+def _batches(dataset):
+    """Every batch as a tuple of arrays: (images, labels), or (images,) for a dataset without labels."""
+    return [batch if isinstance(batch, tuple) else (batch,) for batch in dataset.as_numpy_iterator()]
+
+
+def test_batches_have_the_model_input_shape_and_int_labels(samples):
+    batches = _batches(make_dataset(samples, image_size=16, training=False, batch_size=3))
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    assert [len(b[0]) for b in batches] == [3, 3, 2]
+    assert images.shape == (8, 16, 16, 3) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.05
+    assert labels.tolist() == [0, 1] * 4 and labels.dtype == np.int32
+    # Grey files are copied to three equal channels.
+    np.testing.assert_array_equal(images[0, ..., 0], images[0, ..., 2])
+
+
+def test_sixteen_bit_png_keeps_its_precision(tmp_path):
+    value = 40001
+    path = write_image(tmp_path / "flat.png", np.full((8, 8), value, np.uint16), bits=16)
+    (image,) = _batches(make_dataset([Sample("flat", path)], image_size=8, training=False, batch_size=1, label_mode=None, channels=1))
+    np.testing.assert_allclose(image[0], value / 65535, rtol=1e-6)
+
+
+def test_multi_hot_labels_and_images_only(samples):
+    dataset = make_dataset(samples, image_size=8, training=False, batch_size=8, label_mode="multi_hot", class_names=["C1", "C2"])
+    ((_, targets),) = _batches(dataset)
+    assert targets.dtype == np.float32 and targets[:2].tolist() == [[1, 1], [1, 0]]  # C9 is outside the vocabulary
+    (only,) = _batches(make_dataset(samples, image_size=8, training=False, batch_size=8, label_mode=None))
+    assert only[0].shape == (8, 8, 8, 3)
+
+
+def test_normalization_is_applied_last(samples):
+    plain = _batches(make_dataset(samples, image_size=8, training=False, batch_size=8))[0][0]
+    normed = _batches(make_dataset(samples, image_size=8, training=False, batch_size=8, normalization=IMAGENET))[0][0]
+    np.testing.assert_allclose(normed, IMAGENET.apply(plain), atol=1e-5)
+    with pytest.raises(Exception, match="channel"):
+        make_dataset(samples, image_size=8, training=False, batch_size=8, channels=1, normalization=IMAGENET)
+
+
+def test_bad_files_are_skipped_and_listed_or_stop_a_strict_run(samples, tmp_path):
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(samples[0].path.read_bytes()[:100])
+    (tmp_path / "notes.png").write_text("not an image")
+    bad = [Sample("t", truncated, label="benign"), Sample("n", tmp_path / "notes.png", label="benign"), Sample("m", tmp_path / "missing.jpg", label="benign")]
+    skipped = []
+    batches = _batches(make_dataset(samples + bad, image_size=8, training=False, batch_size=16, skipped=skipped))
+    assert len(batches[0][0]) == 8
+    assert [Path(s["path"]).name for s in skipped] == ["truncated.png", "notes.png", "missing.jpg"]
+    assert "truncated" in skipped[0]["reason"] and "not a PNG" in skipped[1]["reason"] and "does not exist" in skipped[2]["reason"]
+    with pytest.raises(InvalidInputError, match="truncated.png.*--strict"):
+        make_dataset(samples + bad, image_size=8, training=False, batch_size=4, strict=True)
+
+
+def test_unknown_label_names_the_file(samples):
+    samples[3].label = "cyst"
+    with pytest.raises(InvalidInputError, match="img3.jpg.*'cyst'"):
+        make_dataset(samples, image_size=8, training=True, batch_size=4, class_names=CLASSES)
+
+
+def test_dicom_goes_through_the_numpy_bridge_and_broken_ones_are_recorded(tmp_path):
+    source = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    good = shutil.copy(source, tmp_path / "ct.dcm")
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(source.read_bytes()[:1000])  # valid header, pixel data cut off
+    skipped = []
+    dataset = make_dataset([Sample("ct", good), Sample("broken", broken)], image_size=16, training=False, batch_size=2, label_mode=None, skipped=skipped)
+    (images,) = _batches(dataset)
+    assert images[0].shape == (1, 16, 16, 3) and 0 <= images[0].min() and images[0].max() <= 1 and images[0].std() > 0
+    assert [Path(s["path"]).name for s in skipped] == ["broken.dcm"]
+    _batches(dataset)
+    assert len(skipped) == 1  # a second epoch does not list it again
+
+
+AUGMENT = Augment(probability=0.8, rotation=30, zoom_min=0.8, zoom_max=1.25, hflip=True, brightness=0.1, noise=0.05)
+
+
+def test_deterministic_mode_repeats_batches_and_epochs_differ(samples):
+    def build():
+        return make_dataset(samples, image_size=16, training=True, batch_size=4, augment=AUGMENT, seed=7, deterministic=True)
+
+    first, second = build(), build()
+    epoch1 = _batches(first)
+    for (x1, y1), (x2, y2) in zip(epoch1, _batches(second)):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    epoch2 = _batches(first)
+    assert not np.allclose(epoch1[0][0], epoch2[0][0])
+
+
+def test_caches_replay_decoded_images_and_keep_augmenting(samples, tmp_path):
+    folder = tmp_path / "cache"
+    plain = _batches(make_dataset(samples, image_size=16, training=False, batch_size=8))
+    cached = make_dataset(samples, image_size=16, training=False, batch_size=8, cache=folder)
+    for _ in range(2):
+        np.testing.assert_array_equal(_batches(cached)[0][0], plain[0][0])
+    assert any(folder.iterdir())
+    in_memory = make_dataset(samples, image_size=16, training=True, batch_size=8, augment=AUGMENT, cache="memory", seed=1)
+    one, two = _batches(in_memory), _batches(in_memory)
+    assert sorted(one[0][1].tolist()) == sorted(two[0][1].tolist())
+    assert not np.allclose(np.sort(one[0][0].ravel()), np.sort(two[0][0].ravel()))
+
+
+def test_letterbox_and_median(tmp_path):
+    path = write_image(tmp_path / "wide.png", np.ones((10, 40), np.float32), bits=16)
+    kwargs = dict(image_size=20, training=False, batch_size=1, label_mode=None, channels=1)
+    (letterboxed,) = _batches(make_dataset([Sample("w", path)], resize="letterbox", **kwargs))
+    rows = letterboxed[0][0, :, :, 0].mean(axis=1)
+    assert rows[0] == 0 and rows[-1] == 0 and rows[10] > 0.9
+    speckled = np.ones((20, 20), np.float32)
+    speckled[5, 12] = speckled[0, 0] = 0.0  # dark specks the median removes, also at the border
+    path = write_image(tmp_path / "speckled.png", speckled, bits=16)
+    (denoised,) = _batches(make_dataset([Sample("s", path)], denoise_median=3, **kwargs))
+    assert denoised[0].min() == 1.0
+
+
+def test_load_images_numpy_keeps_sample_order(samples, tmp_path):
+    bad = Sample("bad", tmp_path / "missing.png")
+    skipped = []
+    images, kept = load_images_numpy([samples[2], bad, samples[0]], image_size=8, batch_size=1, skipped=skipped)
+    assert images.shape == (2, 8, 8, 3) and [s.id for s in kept] == ["img2", "img0"] and len(skipped) == 1
+
+
+def test_class_weights_balance_the_classes(samples):
+    weights = class_weights(samples[:3] + [samples[4]], CLASSES + ["normal"])
+    assert weights == {0: 4 / (2 * 3), 1: 4 / (2 * 1), 2: 1.0}
+
+
+def test_check_image_file_reads_only_the_ends(samples, tmp_path):
+    assert check_image_file(samples[0].path) == (0, None)
+    assert check_image_file(samples[2].path) == (1, None)
+    assert check_image_file(tmp_path / "nothing.png")[0] is None
+
+
+def test_a_tiny_model_trains_from_the_pipeline(samples):
+    dataset = make_dataset(samples, image_size=16, training=True, batch_size=4, augment=AUGMENT, normalization=Normalization())
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = model.fit(dataset, epochs=2, verbose=0, class_weight=class_weights(samples, CLASSES))
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+    multi = make_dataset(samples, image_size=16, training=True, batch_size=4, label_mode="multi_hot", class_names=["C1", "C2", "C9"])
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    assert np.isfinite(model.fit(multi, epochs=1, verbose=0).history["loss"]).all()
