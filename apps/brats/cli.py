@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+
+from keras_medimg.apps.options import backend_option, common_options, config_options, resolve_config, run_options
 
 
 @click.group()
@@ -14,3 +18,144 @@ def brats() -> None:
     removed into glioma, meningioma, pituitary or no tumour. Data: the Kaggle brain-tumour MRI layout plus a
     YOLO box set; grey-scale, median-filter denoising, 224x224, rotation/zoom/brightness augmentation.
     """
+
+
+def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
+    from keras_medimg.apps.brats.config import BratsConfig
+
+    return resolve_config(BratsConfig, "brats", config_file, overrides, options)
+
+
+def _run(project: str | None, name: str | None, exist_ok: bool, mode: str):
+    from keras_medimg.runs import create_run
+
+    return create_run("brats", mode, project=project, name=name, exist_ok=exist_ok)
+
+
+def _done(result: Any) -> None:
+    skipped = result.run.dir / "skipped.csv"
+    count = max(0, len(skipped.read_text(encoding="utf-8").splitlines()) - 1) if skipped.is_file() else 0
+    if count:
+        click.echo(f"{count} unreadable file(s) were skipped; see {skipped}.")
+    click.echo(f"Results saved to {result.run.dir}")
+
+
+@brats.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=None, help="Random seed of the generator.")
+@config_options
+def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Write the synthetic brain-MRI set to OUT_DIR: Training/Testing class folders, a YOLO box set, masks."""
+    from keras_medimg.apps.brats import pipeline
+
+    cfg = _config(config_file, overrides, {"seed": seed})
+    root = pipeline.demo_data(out_dir, cfg)
+    click.echo(f"Demo data written to {root} (train with: medimg brats train --data {root})")
+
+
+@brats.command()
+@common_options
+@click.option("--stage", type=click.Choice(["detect", "segment", "classify", "all"]), default="all", show_default=True,
+              help="Which stage(s) to train.")
+@click.option("--backbone", default=None, help="Classifier backbone (model.backbone), e.g. efficientnetv2b3.")
+@click.option("--epochs", type=int, default=None, help="Classifier epochs (train.epochs).")
+@click.option("--detect-epochs", type=int, default=None, help="Detector epochs (detect.epochs).")
+def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: int | None, data: str | None,
+          seed: int | None, strict: bool | None, config_file: str | None, overrides: tuple[str, ...],
+          project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Train detect -> segment -> classify (default: all stages, on the demo data when --data is not given)."""
+    from keras_medimg.apps.brats import pipeline
+
+    cfg = _config(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict,
+                                           "model.backbone": backbone, "train.epochs": epochs,
+                                           "detect.epochs": detect_epochs})
+    result = pipeline.train(cfg, stage, run=_run(project, name, exist_ok, "train"))
+    classify = result.metrics.get("classify")
+    if classify:
+        report = classify["test"]
+        click.echo(f"\nClassifier ({classify['backbone']}) on the test split: accuracy {report['accuracy']:.4f}, "
+                   f"macro F1 {report['macro']['f1']:.4f}")
+        click.echo(result.table)
+    _done(result)
+
+
+@brats.command()
+@click.argument("source", type=click.Path(exists=False))
+@click.option("--weights", "weights", required=True, type=click.Path(), help="The folder of a `brats train` run.")
+@click.option("--gradcam", is_flag=True, default=None, help="Also write a Grad-CAM overlay per image.")
+@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
+@backend_option
+@config_options
+@run_options
+def predict(source: str, weights: str, gradcam: bool | None, strict: bool | None, config_file: str | None,
+            overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Run the whole pipeline on SOURCE (an image or a folder): class, probability, box, mask, overlay."""
+    from keras_medimg.apps.brats import pipeline
+
+    cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.source": source,
+                                           "predict.gradcam": gradcam, "strict": strict})
+    result = pipeline.predict(cfg, run=_run(project, name, exist_ok, "predict"))
+    m = result.metrics
+    click.echo(f"Predicted {m['images']} image(s) at {m['images_per_second']:.2f} images/s.")
+    _done(result)
+
+
+@brats.command()
+@click.option("--weights", "weights", required=True, type=click.Path(), help="The folder of a `brats train` run.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Dataset to evaluate on (default: the data the run was trained on).")
+@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
+@backend_option
+@config_options
+@run_options
+def evaluate(weights: str, data: str | None, strict: bool | None, config_file: str | None,
+             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Detector precision/recall/F1/accuracy/mAP50 and classifier accuracy, macro P/R/F1, confusion matrix."""
+    from keras_medimg.apps.brats import pipeline
+
+    cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "strict": strict})
+    result = pipeline.evaluate(cfg, run=_run(project, name, exist_ok, "evaluate"))
+    detect = result.metrics.get("detect")
+    if detect:
+        click.echo("Detector: " + pipeline._detector_line(detect))
+    report = result.metrics["classify"]["test"]
+    click.echo(f"Classifier: accuracy {report['accuracy']:.4f}, macro precision {report['macro']['precision']:.4f}, "
+               f"recall {report['macro']['recall']:.4f}, F1 {report['macro']['f1']:.4f}")
+    click.echo(result.table)
+    _done(result)
+
+
+@brats.command()
+@common_options
+@click.option("--backbones", default=None,
+              help="Comma-separated backbones, e.g. inceptionv3,densenet121,xception,vgg16,efficientnetv2b3.")
+@click.option("--epochs", type=int, default=None, help="Classifier epochs for each backbone (train.epochs).")
+def compare(backbones: str | None, epochs: int | None, data: str | None, seed: int | None, strict: bool | None,
+            config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
+            exist_ok: bool) -> None:
+    """Train several backbones on the same crops and split; write a CSV, a Markdown table and a bar chart."""
+    from keras_medimg.apps.brats import pipeline
+
+    names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones else None
+    cfg = _config(config_file, overrides, {"compare.backbones": names, "data.root": data, "seed": seed,
+                                           "strict": strict, "train.epochs": epochs})
+    result = pipeline.compare(cfg, run=_run(project, name, exist_ok, "compare"))
+    click.echo(result.table)
+    _done(result)
+
+
+@brats.command()
+@click.option("--weights", "weights", required=True, type=click.Path(), help="The folder of a `brats train` run.")
+@backend_option
+@config_options
+@run_options
+def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None,
+           name: str | None, exist_ok: bool) -> None:
+    """Export the classifier (SavedModel, ONNX), the detector (ONNX) and a metadata.json of the pipeline."""
+    from keras_medimg.apps.brats import pipeline
+
+    cfg = _config(config_file, overrides, {"predict.weights": weights})
+    result = pipeline.export(cfg, run=_run(project, name, exist_ok, "export"))
+    for part, files in result.metrics["files"].items():
+        click.echo(f"{part}: {files}")
+    _done(result)

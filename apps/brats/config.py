@@ -1,0 +1,111 @@
+"""The config tree of `medimg brats` (defaults here; `configs/brats.yaml` is the same tree, commented).
+
+Demo defaults are sized so that `medimg brats train` runs end to end on a 2-core CPU in minutes; the study's
+own values are given in the YAML comments and can be set with `--set`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from keras_medimg.config import ExportConfig, ModelConfig, TrainConfig
+from keras_medimg.preprocessing.augment import Augment
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+BACKBONES = ["inceptionv3", "densenet121", "xception", "vgg16", "efficientnetv2b3"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images are: the Kaggle classification layout, the YOLO box set, the ground-truth masks."""
+
+    root: str | None = None  # folder with Training/ and Testing/<class>/ images; null = the built-in demo data
+    classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    detection: str | None = None  # YOLO data.yaml of the box set; null = <root>/detection/data.yaml
+    masks: str | None = None  # folder of ground-truth masks <image id>.png; null = <root>/masks (if present)
+    val_fraction: float = 0.15  # share of Training held out (stratified) to pick the best classifier epoch
+    demo_n_per_class: int = 60  # demo data: images per class
+    demo_size: int = 128  # demo data: image side in pixels
+    demo_test_fraction: float = 0.25  # demo data: share of images in Testing/
+
+
+@dataclass
+class DetectConfig:
+    """Stage 1: Ultralytics YOLOv8 finds the tumour box."""
+
+    model: str = "yolov8n"  # yolov8n | yolov8s | yolov8m | yolov8l | yolov8x (or any Ultralytics model .yaml)
+    weights: str | None = None  # null = from scratch; a local .pt to fine-tune (never downloaded)
+    epochs: int = 30
+    imgsz: int = 128
+    batch: int = 16
+    conf: float = 0.25  # box confidence threshold at prediction and for P/R/F1
+    iou: float = 0.7  # NMS IoU threshold
+    device: str = "cpu"  # cpu | 0 | cuda:0 ...
+    workers: int = 0
+    patience: int = 100
+
+
+@dataclass
+class SegmentConfig:
+    """Stage 2: SAM outlines the lesion from the detector's box."""
+
+    model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    checkpoint: str | None = None  # local SAM checkpoint (sam_vit_b_01ec64.pth ...); null = use `fallback`
+    decoder: str | None = None  # a fine-tuned mask decoder (weights/sam_decoder.pth of a segment run)
+    fallback: Literal["box", "error"] = "box"  # without a checkpoint: crop the box unmasked, or stop with an error
+    finetune: bool = False  # fine-tune SAM's mask decoder on the ground-truth masks (train --stage segment)
+    finetune_epochs: int = 5
+    finetune_learning_rate: float = 1e-4
+    max_images: int = 200  # at most this many masked images are used to fine-tune / measure Dice
+
+
+@dataclass
+class ClassifyConfig:
+    """Stage 3: the lesion crop is classified."""
+
+    crop_source: Literal["detector", "truth"] = "detector"  # boxes/masks used to crop the training images
+    detector: str | None = None  # detector for --stage classify: a train run folder or a .pt (null = this run's)
+    margin: float = 0.1  # grow each box by this share of its size before cropping
+    mask_background: bool = True  # blank pixels outside the SAM mask (when there is one)
+    grayscale: bool = True  # read images as grey (copied to the backbone's 3 channels)
+    denoise_median: int = 3  # median-filter size after resizing (odd; 0 = off)
+    augment: Augment = field(
+        default_factory=lambda: Augment(probability=0.5, rotation=45.0, zoom_min=0.5, zoom_max=2.0, brightness=0.2)
+    )
+
+
+@dataclass
+class PredictConfig:
+    """`medimg brats predict`."""
+
+    weights: str | None = None  # the train run folder (holds config.yaml and weights/)
+    source: str | None = None  # an image or a folder of images
+    gradcam: bool = False  # also write a Grad-CAM overlay per image
+
+
+@dataclass
+class CompareConfig:
+    """`medimg brats compare`: several backbones trained on the same split."""
+
+    backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
+
+
+@dataclass
+class BratsConfig:
+    """The whole `medimg brats` config."""
+
+    seed: int = 0
+    strict: bool = False  # stop at the first bad image instead of skipping it (listed in skipped.csv)
+    data: DataConfig = field(default_factory=DataConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(backbone="efficientnetv2b3", image_size=128))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=12, batch_size=16, learning_rate=1e-3, early_stopping_patience=0,
+                                            monitor="val_accuracy", verbose=2)
+    )
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    export: ExportConfig = field(default_factory=lambda: ExportConfig(formats=["savedmodel", "onnx"]))
