@@ -1,0 +1,296 @@
+"""Reader for the ImageCLEFmedical caption / ROCOv2 concept-detection layout.
+
+    <root>/
+        cui_mapping.csv                  CUI,Canonical name
+        train_concepts.csv               ID,CUIs      (CUIs joined by ';')
+        train_concepts_manual.csv        ID,CUIs      (manually validated modality / body-region concepts; optional)
+        train/<ID>.jpg
+        valid_concepts.csv, valid_concepts_manual.csv, valid/<ID>.jpg
+        test/<ID>.jpg                    (the challenge gives no test concepts)
+
+Each image becomes a `Sample` whose `labels` are its CUIs (`meta["manual"]` holds the manual ones). Readers
+check everything that can be checked without decoding pixels (columns, duplicate IDs, image presence, CUIs
+missing from the mapping, an empty split) and report every problem with its file and line in one error.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from keras_medimg.datasets.records import Sample
+from keras_medimg.errors import InvalidInputError
+
+CONCEPT_COLUMNS = ("ID", "CUIs")
+MAPPING_COLUMNS = ("CUI", "Canonical name")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "valid", "test")
+
+#: How many problems an error message lists before it only gives the count.
+SHOWN_PROBLEMS = 5
+
+Problem = tuple[int | None, str]
+
+
+class ConceptRow(NamedTuple):
+    """One row of a concepts CSV: its 1-based line, the image ID and its CUIs (stripped, upper-cased)."""
+
+    line: int
+    id: str
+    cuis: tuple[str, ...]
+
+
+def parse_cuis(text: str) -> tuple[str, ...]:
+    """Split a `;`-separated CUI field into stripped, upper-cased CUIs, dropping empty entries.
+
+    Args:
+        text: the CUI field of one row, e.g. `"C0040405; c0817096"`.
+
+    Returns:
+        The CUIs in their order in the field, duplicates kept (callers decide about them).
+    """
+    return tuple(cui for cui in (part.strip().upper() for part in text.split(";")) if cui)
+
+
+def problems_error(path: str | Path, problems: Sequence[Problem], what: str) -> InvalidInputError:
+    """One `InvalidInputError` listing the first few (line, problem) pairs of a file and how many there are.
+
+    Args:
+        path: the file the problems are in.
+        problems: (1-based line or None, problem) pairs in file order; at least one.
+        what: what to do about them, as a full sentence.
+    """
+    shown = "; ".join(f"line {line}: {text}" if line is not None else text for line, text in problems[:SHOWN_PROBLEMS])
+    more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
+    count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+    return InvalidInputError(path, f"{count}: {shown}{more}. {what}", line=problems[0][0])
+
+
+def csv_rows(path: str | Path) -> list[tuple[int, list[str]]]:
+    """The rows of a CSV file with their 1-based line numbers.
+
+    Args:
+        path: the CSV file (UTF-8, an optional byte-order mark is ignored).
+
+    Raises:
+        InvalidInputError: the file is missing or is not readable UTF-8 CSV.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(path, "The file does not exist. Check the path and the dataset layout.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            return [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(path, f"The file is not a readable UTF-8 CSV file ({exc}).") from None
+
+
+def _check_header(path: Path, rows: list[tuple[int, list[str]]], columns: Sequence[str]) -> None:
+    if not rows:
+        raise InvalidInputError(path, f"The file is empty; it needs the header {','.join(columns)} and one row per entry.")
+    header = [name.strip() for name in rows[0][1]]
+    missing = [name for name in columns if name not in header]
+    if missing or header[: len(columns)] != list(columns):
+        raise InvalidInputError(
+            path,
+            f"The header must start with the columns {','.join(columns)}, but it reads {','.join(header) or '(nothing)'}; "
+            f"missing: {', '.join(missing) or 'none (wrong order)'}. Fix the first line of the file.",
+            line=rows[0][0],
+        )
+
+
+def read_cui_mapping(path: str | Path) -> dict[str, str]:
+    """Read `cui_mapping.csv` (`CUI,Canonical name`) into CUI -> canonical name.
+
+    Args:
+        path: the mapping file.
+
+    Raises:
+        InvalidInputError: a missing column, a row without a CUI or name, or a CUI given twice.
+    """
+    path = Path(path)
+    rows = csv_rows(path)
+    _check_header(path, rows, MAPPING_COLUMNS)
+    mapping: dict[str, str] = {}
+    problems: list[Problem] = []
+    for line, row in rows[1:]:
+        cui = row[0].strip().upper() if row else ""
+        name = row[1].strip() if len(row) > 1 else ""
+        if not cui or not name:
+            problems.append((line, "each row needs a CUI and its canonical name"))
+        elif cui in mapping:
+            problems.append((line, f"CUI {cui} is given twice"))
+        else:
+            mapping[cui] = name
+    if problems:
+        raise problems_error(path, problems, "Fix the mapping file; each row must read CUI,Canonical name.")
+    return mapping
+
+
+def read_concepts_csv(path: str | Path, *, mapping: dict[str, str] | None = None) -> list[ConceptRow]:
+    """Read and check one concepts CSV (`ID,CUIs`).
+
+    Args:
+        path: `{split}_concepts.csv` or `{split}_concepts_manual.csv`.
+        mapping: CUI -> canonical name; when given, every CUI must be in it.
+
+    Raises:
+        InvalidInputError: a missing column, a row without an ID, an ID given twice, a CUI repeated in a row, a
+            CUI missing from the mapping, or no rows at all; all of them listed in one error.
+    """
+    path = Path(path)
+    rows = csv_rows(path)
+    _check_header(path, rows, CONCEPT_COLUMNS)
+    records: list[ConceptRow] = []
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for line, row in rows[1:]:
+        image_id = row[0].strip() if row else ""
+        cuis = parse_cuis(row[1]) if len(row) > 1 else ()
+        if not image_id:
+            problems.append((line, "the row has no image ID"))
+            continue
+        if len(row) > 2:
+            problems.append((line, f"the row has {len(row)} fields; join the CUIs with ';', not ','"))
+            continue
+        if image_id in seen:
+            problems.append((line, f"image ID '{image_id}' is given twice"))
+            continue
+        seen.add(image_id)
+        repeated = sorted({cui for cui in cuis if cuis.count(cui) > 1})
+        if repeated:
+            problems.append((line, f"image '{image_id}' repeats {', '.join(repeated)}"))
+        unknown = [cui for cui in cuis if mapping is not None and cui not in mapping]
+        if unknown:
+            problems.append((line, f"{', '.join(unknown)} of image '{image_id}' is not in cui_mapping.csv"))
+        records.append(ConceptRow(line, image_id, cuis))
+    if problems:
+        raise problems_error(path, problems, "Fix these rows; each must read ID,CUI;CUI;... with CUIs listed in cui_mapping.csv.")
+    if not records:
+        raise InvalidInputError(path, "The file lists no images. Give a split that holds at least one image.")
+    return records
+
+
+def _images_by_id(folder: Path) -> dict[str, Path]:
+    """Image files of a folder by stem; when a stem has several, the first suffix of IMAGE_SUFFIXES wins."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    for entry in os.scandir(folder):
+        stem, suffix = os.path.splitext(entry.name)
+        suffix = suffix.lower()
+        if suffix not in IMAGE_SUFFIXES or not entry.is_file():
+            continue
+        current = found.get(stem)
+        if current is None or IMAGE_SUFFIXES.index(suffix) < IMAGE_SUFFIXES.index(current.suffix.lower()):
+            found[stem] = Path(entry.path)
+    return found
+
+
+def concepts_path(root: str | Path, split: str, *, manual: bool = False) -> Path:
+    """The concepts CSV of a split: `<root>/{split}_concepts.csv` or `{split}_concepts_manual.csv`."""
+    return Path(root) / f"{split}_concepts{'_manual' if manual else ''}.csv"
+
+
+def read_imageclef(root: str | Path, split: str = "train", *, check_images: bool = True) -> list[Sample]:
+    """Read one split of an ImageCLEFmedical / ROCOv2 concept-detection folder.
+
+    Args:
+        root: the dataset folder (holding `cui_mapping.csv`, `{split}_concepts.csv` and `{split}/`).
+        split: `train`, `valid`, `test` or any other prefix of a `{split}_concepts.csv` file.
+        check_images: check that every listed image exists in `<root>/<split>/`.
+
+    Returns:
+        One `Sample` per row of `{split}_concepts.csv`, in file order: `labels` are its CUIs,
+        `meta["manual"]` its manually validated CUIs (empty when there is no manual file), `meta["line"]` the row.
+
+    Raises:
+        InvalidInputError: with the file and line of every problem (see `read_concepts_csv`), or for images that
+            are listed but absent.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InvalidInputError(root, "The dataset folder does not exist. Pass the folder holding cui_mapping.csv to --data.")
+    concepts_file = concepts_path(root, split)
+    if not concepts_file.is_file():
+        available = sorted(p.name[: -len("_concepts.csv")] for p in root.glob("*_concepts.csv"))
+        raise InvalidInputError(
+            concepts_file,
+            f"The split '{split}' has no concepts file. Splits found in {root}: {', '.join(available) or 'none'}; "
+            "an ImageCLEF folder holds {split}_concepts.csv, cui_mapping.csv and a {split}/ image folder.",
+        )
+    mapping = read_cui_mapping(root / "cui_mapping.csv")
+    rows = read_concepts_csv(concepts_file, mapping=mapping)
+    manual = _read_manual(root, split, mapping, {row.id for row in rows})
+    images = _images_by_id(root / split)
+    if check_images:
+        missing = [(row.line, f"image '{row.id}' has no file {split}/{row.id}.jpg") for row in rows if row.id not in images]
+        if missing:
+            raise problems_error(concepts_file, missing, f"Add the images to {root / split} or remove their rows.")
+    return [
+        Sample(
+            id=row.id,
+            path=images.get(row.id, root / split / f"{row.id}.jpg"),
+            labels=list(row.cuis),
+            meta={"manual": list(manual.get(row.id, ())), "line": row.line, "split": split},
+        )
+        for row in rows
+    ]
+
+
+def _read_manual(root: Path, split: str, mapping: dict[str, str], ids: set[str]) -> dict[str, tuple[str, ...]]:
+    path = concepts_path(root, split, manual=True)
+    if not path.is_file():
+        return {}
+    rows = read_concepts_csv(path, mapping=mapping)
+    strangers = [(row.line, f"image ID '{row.id}' is not in {split}_concepts.csv") for row in rows if row.id not in ids]
+    if strangers:
+        raise problems_error(path, strangers, "The manual concepts must describe images of the same split.")
+    return {row.id: row.cuis for row in rows}
+
+
+def list_images(source: str | Path) -> list[Sample]:
+    """The images to predict: every image of a folder, or the IDs listed in a CSV.
+
+    A CSV needs an `ID` column (an ImageCLEF concepts file works); its images are looked up in
+    `<csv folder>/<split>/` when the CSV is named `<split>_...csv` and that folder exists, else beside the CSV.
+
+    Args:
+        source: a folder of .jpg/.jpeg/.png images, or a CSV file.
+
+    Returns:
+        Samples without labels, sorted by ID for a folder and in file order for a CSV.
+
+    Raises:
+        InvalidInputError: no images, an ID column missing, or a listed image absent.
+    """
+    source = Path(source)
+    if source.is_dir():
+        images = _images_by_id(source)
+        if not images:
+            raise InvalidInputError(source, f"The folder holds no {'/'.join(IMAGE_SUFFIXES)} images. Pass a folder of images or a CSV of IDs.")
+        return [Sample(id=image_id, path=path) for image_id, path in sorted(images.items())]
+    rows = csv_rows(source)
+    if not rows or not rows[0][1] or rows[0][1][0].strip() != "ID":
+        raise InvalidInputError(source, "The CSV must start with an ID column (header ID). Fix its first line.", line=1)
+    split_folder = source.parent / source.stem.split("_")[0]
+    folder = split_folder if split_folder.is_dir() else source.parent
+    images = _images_by_id(folder)
+    samples, problems = [], []
+    for line, row in rows[1:]:
+        image_id = row[0].strip() if row else ""
+        if not image_id:
+            continue
+        if image_id not in images:
+            problems.append((line, f"image '{image_id}' has no file in {folder}"))
+        else:
+            samples.append(Sample(id=image_id, path=images[image_id]))
+    if problems:
+        raise problems_error(source, problems, "Add the missing images or remove their rows.")
+    if not samples:
+        raise InvalidInputError(source, "The CSV lists no images. Give at least one ID.")
+    return samples
