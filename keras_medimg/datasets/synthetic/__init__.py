@@ -1,1 +1,62 @@
-"""synthetic"""
+"""Demo-data generators: small, deterministic datasets in each study's real on-disk format.
+
+`medimg <app> train` without `--data` trains on one of these, read by the same readers as the real data. Each
+generator writes into a folder it is given; `ensure_demo_data` caches its output under
+`$MEDIMG_HOME/demo/<name>-<hash of the parameters>` (MEDIMG_HOME defaults to ~/.cache/keras-medimg).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def medimg_home() -> Path:
+    """keras-medimg's cache folder: `$MEDIMG_HOME`, else `~/.cache/keras-medimg`."""
+    return Path(os.environ.get("MEDIMG_HOME") or Path.home() / ".cache" / "keras-medimg")
+
+
+def ensure_demo_data(name: str, generate: Callable[..., Any], **params: Any) -> Path:
+    """Return the folder of a demo dataset, generating it the first time.
+
+    The dataset is generated into a temporary folder beside its final place and renamed into place in one
+    step, so an interrupted generation leaves nothing half-written, and two processes generating at once both
+    end up with one complete copy (the loser's is removed).
+
+    Args:
+        name: the dataset's name (`brain`, `concepts`, ...), the first part of the folder name.
+        generate: `generate(out_dir, **params)` writes the dataset into `out_dir`. Its `version` attribute, if
+            any, is part of the cache key, so a changed generator does not reuse old files.
+        params: the generator's keyword arguments; every distinct set gets its own folder.
+
+    Returns:
+        The dataset folder.
+    """
+    key = json.dumps(
+        {"params": params, "generator": f"{generate.__module__}.{generate.__qualname__}", "version": getattr(generate, "version", 1)},
+        sort_keys=True,
+        default=str,
+    )
+    target = medimg_home() / "demo" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        generate(staging, **params)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            # Another process renamed its complete copy into place first (the target is a non-empty folder).
+            if not target.is_dir():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
