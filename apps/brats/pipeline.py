@@ -228,8 +228,14 @@ class LesionChain:
         return Lesion(box, mask, self.crop(image, box, mask))
 
 
-def load_sam_predictor(cfg: BratsConfig, decoder: Path | None = None) -> tuple[Any, dict[str, Any]]:
+def load_sam_predictor(cfg: BratsConfig, decoder: Path | None = None, *,
+                       announce: bool = True) -> tuple[Any, dict[str, Any]]:
     """SAM's predictor from `segment.checkpoint`, or None with the fallback stated in the returned record.
+
+    Args:
+        cfg: the config (segment section).
+        decoder: a fine-tuned mask decoder to load over the checkpoint's.
+        announce: print the fallback warning (once per command is enough).
 
     Returns:
         (predictor or None, record for metrics.json: {"mode": "sam" | "box_fallback", ...}).
@@ -243,8 +249,8 @@ def load_sam_predictor(cfg: BratsConfig, decoder: Path | None = None) -> tuple[A
         message = ("SAM is not used: segment.checkpoint is not set, so the segment stage falls back to "
                    "segment.fallback=box (the detector's box is cropped without masking the background). Pass "
                    "--set segment.checkpoint=PATH to a local sam_vit_b_01ec64.pth to segment with SAM.")
-        _say(f"WARNING: {message}")
-        log.warning(message)
+        if announce:
+            _say(f"WARNING: {message}")
         return None, {"mode": "box_fallback", "reason": message}
     from keras_medimg.detection.sam import load_sam, make_predictor
 
@@ -367,9 +373,10 @@ def train_segment_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any
     return record
 
 
-def _chain_for(cfg: BratsConfig, detector_path: Path | None, decoder: Path | None = None) -> tuple[LesionChain, dict]:
+def _chain_for(cfg: BratsConfig, detector_path: Path | None, decoder: Path | None = None, *,
+               announce: bool = True) -> tuple[LesionChain, dict]:
     detector = _load_detector_file(detector_path) if detector_path is not None else None
-    predictor, record = load_sam_predictor(cfg, decoder)
+    predictor, record = load_sam_predictor(cfg, decoder, announce=announce)
     return LesionChain(detector, predictor, cfg), record
 
 
@@ -388,8 +395,8 @@ def _detector_path(cfg: BratsConfig, run: Run) -> Path | None:
     return None
 
 
-def make_crops(cfg: BratsConfig, run: Run, root: Path,
-               skipped: list[dict[str, str]]) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: list[dict[str, str]], *,
+               announce: bool = True) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
     """Crop the Training images (split into train/val) and the Testing images into run/crops/<split>/.
 
     Returns:
@@ -401,7 +408,8 @@ def make_crops(cfg: BratsConfig, run: Run, root: Path,
     testing = classification_samples(root, "Testing", cfg.data.classes)
     train, val, _ = train_val_test_split(training, val=cfg.data.val_fraction, test=0.0, seed=cfg.seed)
     decoder = run.dir / "weights" / DECODER_FILE
-    chain, sam_record = _chain_for(cfg, _detector_path(cfg, run), decoder if decoder.is_file() else None)
+    chain, sam_record = _chain_for(cfg, _detector_path(cfg, run), decoder if decoder.is_file() else None,
+                                   announce=announce)
     truth = mask_index(cfg, root) if cfg.classify.crop_source == "truth" else None
     source = "ground-truth masks" if truth is not None else "detector" + (" + SAM" if chain.sam_predictor else " boxes")
     _say(f"[classify] cropping {len(train)} train, {len(val)} val, {len(testing)} test images with the {source}")
@@ -538,7 +546,7 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None) -> Ru
     if stage in ("segment", "all"):
         metrics["segment"] = train_segment_stage(cfg, run, root)
     if stage in ("classify", "all"):
-        crops, sam_record = make_crops(cfg, run, root, skipped)
+        crops, sam_record = make_crops(cfg, run, root, skipped, announce="segment" not in metrics)
         metrics.setdefault("segment", sam_record)
         model = train_classifier(cfg, run, crops, skipped)
         report, table = evaluate_classifier(model, cfg, run, crops["test"], skipped)

@@ -1,0 +1,127 @@
+"""`medimg brats` end to end on a tiny set: train (all stages) -> predict -> evaluate -> export, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from keras_medimg.apps.brats import pipeline
+from keras_medimg.apps.cli import cli
+from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.runs import create_run
+
+from .conftest import tiny_config, write_brain_set
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, brain_set):
+    """One tiny `train --stage all` run shared by the tests of this module."""
+    project = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(brain_set)
+    result = pipeline.train(cfg, run=create_run("brats", "train", project=project))
+    return result
+
+
+def test_train_all_writes_the_run_folder(trained):
+    folder = trained.run.dir
+    for name in ("config.yaml", "metrics.json", "results.csv", "predictions.csv", "skipped.csv",
+                 "weights/best.keras", "weights/last.keras", "weights/detector.pt", "plots/confusion_matrix.png"):
+        assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    # Without a SAM checkpoint the fallback is stated, never silent.
+    assert metrics["segment"]["mode"] == "box_fallback" and "segment.checkpoint" in metrics["segment"]["reason"]
+    assert {"precision", "recall", "f1", "accuracy", "map50"} <= set(metrics["detect"]["test"])
+    report = metrics["classify"]["test"]
+    assert 0.0 <= report["accuracy"] <= 1.0 and set(report["per_class"]) == set(pipeline.BratsConfig().data.classes)
+    # Ultralytics' own run lives inside ours.
+    assert (folder / "detect" / "train" / "results.csv").is_file()
+    crops = list((folder / "crops" / "test").rglob("*.png"))
+    assert len(crops) == len(_rows(folder / "predictions.csv"))
+
+
+def test_predict_writes_every_output_and_skips_unreadable(trained, brain_set, tmp_path):
+    images = tmp_path / "new"
+    images.mkdir()
+    for path in sorted((brain_set / "Testing" / "glioma").iterdir())[:2]:
+        shutil.copy(path, images / path.name)
+    (images / "broken.png").write_bytes(b"not an image")
+    before = sorted(p.name for p in images.iterdir())
+    cfg = tiny_config(brain_set, **{"predict.weights": trained.run.dir, "predict.source": images})
+    result = pipeline.predict(cfg, run=create_run("brats", "predict", project=tmp_path / "runs"))
+    rows = _rows(result.run.dir / "predictions.csv")
+    assert len(rows) == 2
+    for row in rows:
+        assert row["predicted"] in pipeline.BratsConfig().data.classes
+        assert 0.0 <= float(row["probability"]) <= 1.0
+        assert Path(row["overlay"]).is_file()
+    skipped = _rows(result.run.dir / "skipped.csv")
+    assert [Path(r["path"]).name for r in skipped] == ["broken.png"]
+    assert sorted(p.name for p in images.iterdir()) == before  # the user's folder is untouched
+    assert result.metrics["images_per_second"] > 0
+
+
+def test_evaluate_and_export_through_the_cli(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["brats", "evaluate", "--weights", str(trained.run.dir)])
+    assert result.exit_code == 0, result.output
+    assert "mAP50" in result.output and "macro" in result.output
+    metrics = json.loads((tmp_path / "runs" / "brats" / "evaluate" / "metrics.json").read_text())
+    assert "confusion_matrix" in metrics["classify"]["test"]
+    result = runner.invoke(cli, ["brats", "export", "--weights", str(trained.run.dir), "--set", "export.formats=[onnx]"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "brats" / "export" / "export"
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert [s["stage"] for s in metadata["stages"]] == ["detect", "segment", "classify"]
+    assert (out / "detector.onnx").is_file()
+    assert Path(metadata["files"]["classifier"]["paths"]["onnx"]).exists()
+
+
+def test_missing_class_folder_is_a_clear_error(tmp_path):
+    root = write_brain_set(tmp_path / "data", n_per_class=1)
+    shutil.rmtree(root / "Training" / "pituitary")
+    with pytest.raises(InvalidInputError, match="pituitary"):
+        pipeline.classification_samples(root, "Training", pipeline.BratsConfig().data.classes)
+
+
+def test_box_outside_image_and_orphan_label_are_errors(tmp_path):
+    root = write_brain_set(tmp_path / "data", n_per_class=1)
+    labels = root / "detection" / "labels" / "train"
+    (labels / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(InvalidInputError, match="orphan.txt"):
+        pipeline._check_box_set(root / "detection" / "data.yaml")
+    (labels / "orphan.txt").unlink()
+    first = sorted(p for p in labels.iterdir() if p.read_text())[0]
+    first.write_text("0 0.95 0.5 0.4 0.1\n")
+    with pytest.raises(InvalidInputError, match=first.name):
+        pipeline._check_box_set(root / "detection" / "data.yaml")
+
+
+def test_classify_stage_without_detector_says_what_to_pass(tmp_path, brain_set):
+    cfg = tiny_config(brain_set)
+    run = create_run("brats", "train", project=tmp_path)
+    with pytest.raises(ConfigError, match="classify.detector"):
+        pipeline._detector_path(cfg, run)
+
+
+def test_sam_checkpoint_of_wrong_type_fails_through_the_cli(tmp_path, brain_set):
+    import torch
+
+    wrong = tmp_path / "sam_vit_l_0b3195.pth"
+    state = {"image_encoder.patch_embed.proj.weight": torch.zeros(1024, 3, 16, 16)}
+    state.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(24)})
+    torch.save(state, wrong)
+    result = CliRunner().invoke(cli, ["brats", "train", "--stage", "segment", "--data", str(brain_set),
+                                      "--project", str(tmp_path / "runs"), "--set", f"segment.checkpoint={wrong}"])
+    assert result.exit_code == 2
+    assert "sam_vit_l_0b3195.pth" in result.output and "vit_b" in result.output
