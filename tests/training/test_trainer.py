@@ -185,3 +185,15 @@ def test_auto_settings_are_off_without_a_gpu():
         pytest.skip("this machine has a GPU")
     assert trainer.resolve_jit_compile(TrainConfig()) is False
     assert trainer.resolve_mixed_precision(TrainConfig()) is False
+
+
+def test_mixed_precision_policy_set_before_building(run, data):
+    train, val = data
+    try:
+        assert trainer.setup_precision(quick(mixed_precision=True)) == "mixed_float16"
+        model = tiny_classifier()
+        result = fit(model, train, val, config=quick(epochs=1, mixed_precision=True), run=run)
+        assert np.isfinite(result.history["loss"][0])
+        assert keras.saving.load_model(result.last_path).dtype_policy.name == "mixed_float16"
+    finally:
+        keras.config.set_dtype_policy("float32")
