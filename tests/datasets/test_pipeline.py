@@ -13,7 +13,7 @@ from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import InvalidInputError
 from keras_medimg.io.images import write_image
 from keras_medimg.preprocessing.augment import Augment
-from keras_medimg.preprocessing.normalize import IMAGENET, Normalization
+from keras_medimg.preprocessing.normalize import CAFFE, IMAGENET, Normalization
 
 CLASSES = ["benign", "malignant"]
 
@@ -67,6 +67,18 @@ def test_normalization_is_applied_last(samples):
     np.testing.assert_allclose(normed, IMAGENET.apply(plain), atol=1e-5)
     with pytest.raises(Exception, match="channel"):
         make_dataset(samples, image_size=8, training=False, batch_size=8, channels=1, normalization=IMAGENET)
+
+
+@pytest.mark.parametrize("normalization", [None, IMAGENET, CAFFE])
+def test_grey_pngs_stay_one_channel_until_batched_with_the_same_result(samples, normalization):
+    grey = [s for s in samples if s.path.suffix == ".png" and check_image_file(s.path).grey]
+    assert len(grey) == 2
+    (batch,) = _batches(make_dataset(grey, image_size=8, training=False, batch_size=8, channels=1, label_mode=None))
+    expected = np.repeat(batch[0], 3, axis=-1)
+    if normalization is not None:
+        expected = normalization.apply(expected)
+    (rgb,) = _batches(make_dataset(grey, image_size=8, training=False, batch_size=8, label_mode=None, normalization=normalization))
+    np.testing.assert_allclose(rgb[0], expected, rtol=1e-5, atol=1e-4)
 
 
 def test_bad_files_are_skipped_and_listed_or_stop_a_strict_run(samples, tmp_path):
@@ -158,8 +170,9 @@ def test_class_weights_balance_the_classes(samples):
 
 
 def test_check_image_file_reads_only_the_ends(samples, tmp_path):
-    assert check_image_file(samples[0].path) == (0, None)
-    assert check_image_file(samples[2].path) == (1, None)
+    assert check_image_file(samples[0].path) == (0, None, True)  # a grey 16-bit PNG
+    assert check_image_file(samples[2].path) == (1, None, False)
+    assert check_image_file(samples[1].path).grey is False  # an RGB PNG
     assert check_image_file(tmp_path / "nothing.png")[0] is None
 
 
