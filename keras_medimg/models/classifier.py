@@ -148,7 +148,11 @@ def apply_freeze(model: keras.Model, policy: str) -> None:
     check_freeze(policy)
     kind, argument = _parse_freeze(policy)
     backbone = backbone_of(model)
-    model.trainable = True  # policies are absolute: undo whatever an earlier phase froze
+    # Policies are absolute: undo whatever an earlier phase froze. Each layer is set explicitly because a
+    # model's trainable setter does not reach the layers of a nested model on every backend.
+    model.trainable = True
+    for layer in [backbone, *backbone_layers(backbone)]:
+        layer.trainable = True
     if kind == "none":
         return
     if kind == "backbone":
@@ -244,7 +248,7 @@ def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
     Raises:
         InvalidInputError: the file is missing or is not a loadable Keras model.
     """
-    import keras_hub  # noqa: F401  registers keras-hub layers (Swin) for deserialisation
+    import zipfile
 
     from keras_medimg.models import convnextv2  # noqa: F401  registers GRN, DropPath, ConvNeXtV2Backbone
 
@@ -252,6 +256,10 @@ def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
     if not path.is_file():
         raise InvalidInputError(path, "does not exist; pass the path of a .keras model file.")
     try:
+        with zipfile.ZipFile(path) as archive:
+            uses_keras_hub = b'"keras_hub' in archive.read("config.json")
+        if uses_keras_hub:
+            import keras_hub  # noqa: F401  registers keras-hub layers (Swin); slow to import, so only when used
         return keras.saving.load_model(path, compile=compile)
     except Exception as exc:
         raise InvalidInputError(path, f"cannot be loaded as a Keras model ({type(exc).__name__}: {exc}); "
