@@ -143,7 +143,9 @@ def balanced_class_weight(labels: Sequence[int], num_classes: int) -> dict[int, 
     return result
 
 
-def make_learning_rate(config: TrainConfig, steps_per_epoch: int | None) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def make_learning_rate(
+    config: TrainConfig, steps_per_epoch: int | None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The learning rate or schedule of `config.schedule`.
 
     Args:
@@ -425,37 +427,24 @@ def fit(
     if config.class_weight == "balanced" and class_weight is None:
         raise ValueError("config.class_weight is 'balanced': pass class_weight=balanced_class_weight(labels, n).")
     _check_precision(model, config)
+    head = _Head.of(model, train_ds, config, multilabel)
+    if head.multilabel and class_weight is not None:
+        raise ConfigError("Class weights apply to one label per image only; set train.class_weight=none.")
+    train_ds = head.encode(train_ds)
+    val_ds = head.encode(val_ds) if val_ds is not None else None
 
-    activation = _head_activation(model)
-    if multilabel is None:
-        multilabel = activation == "sigmoid"
-    if multilabel and class_weight is not None:
-        raise ConfigError("Class weights apply to one label per image only; set train.class_weight=none for multi-label.")
-    num_outputs = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
-    label_rank, label_dtype = _label_spec(train_ds)
-    sparse = label_rank == 1 or (label_rank == 2 and label_dtype.startswith("int") and num_outputs != 1)
-    binary_loss = multilabel or config.loss == "binary_crossentropy"
-    # Sparse labels become one-hot rows wherever Keras has no sparse loss (focal, label smoothing, binary losses).
-    needs_one_hot = sparse and num_outputs != 1 and (binary_loss or config.loss == "focal" or config.label_smoothing > 0)
-    if needs_one_hot or (binary_loss and num_outputs == 1):
-        train_ds = _encode_labels(train_ds, num_outputs, one_hot=needs_one_hot)
-        val_ds = _encode_labels(val_ds, num_outputs, one_hot=needs_one_hot) if val_ds is not None else None
-        sparse = False
-
-    state = _read_state(run) if (resume or initial_epoch > 0) else None
-    if state is None:
-        state = {"epoch": 0, "phase": phase, "monitor": config.monitor, "best": {"value": None, "epoch": None}, "phases": {}}
-    phase_state = state["phases"].get(phase) if resume else None
-    start = initial_epoch
-
-    loss = make_loss(config, multilabel=binary_loss, sparse=sparse, from_logits=activation == "linear")
     model.compile(
         optimizer=make_optimizer(config, _steps_per_epoch(train_ds)),
-        loss=loss,
-        metrics=make_metrics(multilabel=binary_loss),
+        loss=make_loss(config, multilabel=head.binary_loss, sparse=head.sparse, from_logits=head.from_logits),
+        metrics=make_metrics(multilabel=head.binary_loss),
         jit_compile=resolve_jit_compile(config),
     )
 
+    state = _read_state(run) if (resume or initial_epoch > 0) else None
+    if state is None:
+        state = {"epoch": 0, "phase": phase, "monitor": config.monitor, "best": {"value": None, "epoch": None},
+                 "phases": {}}
+    phase_state = state["phases"].get(phase) if resume else None
     last_path = run.path("weights", "last.keras")
     if phase_state is not None and phase_state.get("complete"):
         _load_model_weights(model, last_path)
@@ -465,33 +454,21 @@ def fit(
         # An interrupted phase: same model, same optimiser, so its saved state (step count included) loads back.
         model.optimizer.build(model.trainable_variables)
         model.load_weights(last_path)
-        start = phase_state["next_epoch"]
-        end = phase_state["start"] + config.epochs
+        start, end = phase_state["next_epoch"], phase_state["start"] + config.epochs
     else:
         if resume and last_path.is_file() and state["phases"]:
             _load_model_weights(model, last_path)  # an earlier phase finished; this one starts from its model
-        end = start + config.epochs
+        start, end = initial_epoch, initial_epoch + config.epochs
         state["phases"][phase] = {"start": start, "next_epoch": start, "complete": False}
     state["phase"] = phase
     _truncate_results(run, start)
 
     checkpoint = _RunCheckpoint(run, state, phase, config.monitor)
-    early = None
-    run_callbacks: list[keras.callbacks.Callback] = [_PhaseCSVLogger(str(run.path(RESULTS_FILE)), phase)]
-    if config.early_stopping_patience > 0:
-        early = keras.callbacks.EarlyStopping(
-            monitor=config.monitor,
-            mode=checkpoint.mode,
-            patience=config.early_stopping_patience,
-            restore_best_weights=True,
-            verbose=min(config.verbose, 1),
-        )
-        run_callbacks.append(early)
-    run_callbacks += [keras.callbacks.TerminateOnNaN(), checkpoint]
+    early = _early_stopping(config, checkpoint.mode)
+    run_callbacks = [_PhaseCSVLogger(str(run.path(RESULTS_FILE)), phase), *([early] if early else []),
+                     keras.callbacks.TerminateOnNaN(), checkpoint]
     if config.tensorboard:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.subdir("tensorboard"))))
-
-    epochs_before = start
     if start < end:
         model.fit(
             train_ds,
@@ -504,18 +481,75 @@ def fit(
             shuffle=False,  # tf.data datasets shuffle themselves; Keras would only warn
         )
     else:
-        # Every epoch finished but the kill came before the phase was marked complete.
+        # Every epoch had finished, but the kill came before the phase was marked complete.
         checkpoint.set_model(model)
         checkpoint.on_train_end()
     stopped_early = bool(early is not None and early.stopped_epoch > 0)
     state["phases"][phase]["stopped_early"] = stopped_early
     write_json(run.path(STATE_FILE), state)
-    return _result(
-        run, state, phase, config,
-        epochs_run=state["phases"][phase]["next_epoch"] - epochs_before,
-        stopped_early=stopped_early,
-        diverged=checkpoint.diverged,
+    return _result(run, state, phase, config, epochs_run=state["phases"][phase]["next_epoch"] - start,
+                   stopped_early=stopped_early, diverged=checkpoint.diverged)
+
+
+def _early_stopping(config: TrainConfig, mode: str) -> keras.callbacks.EarlyStopping | None:
+    if config.early_stopping_patience <= 0:
+        return None
+    return keras.callbacks.EarlyStopping(
+        monitor=config.monitor,
+        mode=mode,
+        patience=config.early_stopping_patience,
+        restore_best_weights=True,
+        verbose=min(config.verbose, 1),
     )
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What the model's head and the labels imply for the loss, and how labels must be re-encoded."""
+
+    multilabel: bool
+    binary_loss: bool
+    sparse: bool
+    from_logits: bool
+    num_outputs: int | None
+    one_hot: bool
+    single_sigmoid: bool
+
+    @classmethod
+    def of(cls, model: keras.Model, dataset: Any, config: TrainConfig, multilabel: bool | None) -> "_Head":
+        activation = _head_activation(model)
+        multilabel = activation == "sigmoid" if multilabel is None else multilabel
+        num_outputs = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
+        rank, dtype = _label_spec(dataset)
+        sparse = rank == 1 or (rank == 2 and dtype.startswith("int") and num_outputs != 1)
+        binary_loss = multilabel or config.loss == "binary_crossentropy"
+        # Class indices become one-hot rows wherever Keras has no sparse loss (focal, smoothing, binary losses).
+        one_hot = sparse and num_outputs != 1 and (binary_loss or config.loss == "focal" or config.label_smoothing > 0)
+        single_sigmoid = binary_loss and num_outputs == 1
+        return cls(
+            multilabel=multilabel,
+            binary_loss=binary_loss,
+            sparse=sparse and not (one_hot or single_sigmoid),
+            from_logits=activation == "linear",
+            num_outputs=num_outputs,
+            one_hot=one_hot,
+            single_sigmoid=single_sigmoid,
+        )
+
+    def encode(self, dataset: Any) -> Any:
+        """Labels as float rows: one-hot for class indices, (batch, 1) for a single sigmoid output."""
+        if not (self.one_hot or self.single_sigmoid):
+            return dataset
+        import tensorflow as tf
+
+        def encode(images, labels, *weights):
+            if self.one_hot:
+                labels = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), "int32"), self.num_outputs)
+            else:
+                labels = tf.reshape(tf.cast(labels, "float32"), [-1, 1])
+            return (images, labels, *weights)
+
+        return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _result(run: Run, state: dict[str, Any], phase: str, config: TrainConfig, *, epochs_run: int,
@@ -534,18 +568,6 @@ def _result(run: Run, state: dict[str, Any], phase: str, config: TrainConfig, *,
         diverged=diverged,
         phase=phase,
     )
-
-
-def _encode_labels(dataset: Any, num_classes: int | None, *, one_hot: bool) -> Any:
-    """Labels as float rows: one-hot for class indices, (batch, 1) for a single sigmoid output."""
-    import tensorflow as tf
-
-    def encode(images, labels, *weights):
-        labels = tf.reshape(labels, [-1]) if one_hot else labels
-        labels = tf.one_hot(tf.cast(labels, "int32"), num_classes) if one_hot else tf.reshape(tf.cast(labels, "float32"), [-1, 1])
-        return (images, labels, *weights)
-
-    return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _check_precision(model: keras.Model, config: TrainConfig) -> None:

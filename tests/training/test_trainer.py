@@ -197,3 +197,12 @@ def test_mixed_precision_policy_set_before_building(run, data):
         assert keras.saving.load_model(result.last_path).dtype_policy.name == "mixed_float16"
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_single_sigmoid_output_takes_integer_labels(run, data):
+    train, val = data
+    set_seed(0)
+    result = fit(tiny_classifier(1, activation="sigmoid"), train, val,
+                 config=quick(epochs=2, loss="binary_crossentropy"), run=run)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert "val_auc" in result.history
