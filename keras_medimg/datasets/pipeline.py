@@ -211,7 +211,7 @@ def _decode_resized(path, decoder, bridge: _Bridge, resize):
 
 
 def _to_channels(image, channels: int):
-    """Drop alpha, then copy grey to three channels or average colour to one."""
+    """Drop alpha, then copy grey to three channels or turn colour into luminance for one."""
     have = tf.shape(image)[-1]
     image = image[..., : tf.where(have >= 3, 3, 1)]
     if channels == 3:
