@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     reference = next((r["seconds_per_step"] for r in rows if r["runner"] == "plain PyTorch" and "error" not in r), None)
-    print(f"DenseNet-121 training step, {SIZE}x{SIZE}, batch {BATCH}, {args.steps} timed steps after {args.warmup} warm-up")
+    print(f"DenseNet-121 training step, {SIZE}x{SIZE}, batch {BATCH}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'runner':<18} {'jit':<4} {'variant':<15} {'s/step':>8} {'images/s':>9} {'vs PyTorch':>11}")
     for row in rows:
         if "error" in row:

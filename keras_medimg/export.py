@@ -201,8 +201,11 @@ def write_tensorflow_formats(model: keras.Model, out_dir: Path, formats: Sequenc
         )
 
 
-def _write_tensorflow_formats_in_child(keras_path: Path, out_dir: Path, formats: Sequence[str], shape: Sequence[int]) -> None:
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+def _write_tensorflow_formats_in_child(
+    keras_path: Path, out_dir: Path, formats: Sequence[str], shape: Sequence[int]
+) -> None:
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     command = [sys.executable, "-m", "keras_medimg.export", str(keras_path), str(out_dir), json.dumps(list(formats)),
                json.dumps(list(shape))]
     done = subprocess.run(command, env=env, capture_output=True, text=True)

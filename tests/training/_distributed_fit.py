@@ -30,7 +30,8 @@ def main(mode: str, run_dir: str) -> None:
     config = TrainConfig(epochs=2, learning_rate=0.05, verbose=0, early_stopping_patience=0, distribute=mode)
     with strategy_scope(config.distribute) as strategy:
         model = tiny_classifier()
-        result = fit(model, make_dataset(*make_images(64)), make_dataset(*make_images(32, seed=1)), config=config, run=run)
+        train, val = make_dataset(*make_images(64)), make_dataset(*make_images(32, seed=1))
+        result = fit(model, train, val, config=config, run=run)
     print(json.dumps({"replicas": replicas(strategy), "loss": result.history["loss"]}))
 
 
