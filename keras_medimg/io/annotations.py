@@ -295,7 +295,7 @@ class YoloData:
 
 def write_yolo_data_yaml(
     path: str | Path,
-    root: str | Path,
+    root: str | Path | None,
     train: str | Sequence[str],
     val: str | Sequence[str],
     class_names: Sequence[str],
@@ -306,7 +306,8 @@ def write_yolo_data_yaml(
 
     Args:
         path: the YAML file to write.
-        root: the dataset folder (`path:`); split entries are relative to it.
+        root: the dataset folder (`path:`); split entries are relative to it. None leaves `path:` out, so the
+            YAML's own folder is the root and the dataset still works after it is moved or renamed.
         train: image folder(s) or list file(s) of the training split, relative to `root`.
         val: the same for the validation split.
         class_names: class names in index order (`names:` is written as an index -> name mapping).
@@ -315,7 +316,8 @@ def write_yolo_data_yaml(
     Returns:
         `path`.
     """
-    content: dict[str, Any] = {"path": str(root), "train": _yaml_split(train), "val": _yaml_split(val)}
+    content: dict[str, Any] = {} if root is None else {"path": str(root)}
+    content.update(train=_yaml_split(train), val=_yaml_split(val))
     if test is not None:
         content["test"] = _yaml_split(test)
     content["nc"] = len(class_names)

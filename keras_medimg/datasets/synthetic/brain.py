@@ -28,12 +28,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
 from keras_medimg.datasets.kaggle_brain import CLASSES
-from keras_medimg.io.annotations import Box, write_yolo
+from keras_medimg.io.annotations import Box, write_yolo, write_yolo_data_yaml
 from keras_medimg.io.images import write_image
-from keras_medimg.runs import atomic_write_text
 
 DETECTION_CLASSES = ("glioma", "meningioma", "pituitary")
 _ABBREVIATION = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary": "pi"}
@@ -86,11 +84,9 @@ def _write_image_files(out: Path, image_id: str, kaggle_split: str, name: str, s
 
 
 def _write_data_yaml(path: Path) -> None:
-    # No `path:` key: Ultralytics and read_yolo_data_yaml then take the YAML's folder as the root, so the dataset
-    # still works after ensure_demo_data renames its folder into place (or a user moves it).
-    content = {"train": "images/train", "val": "images/val", "test": "images/test", "nc": len(DETECTION_CLASSES)}
-    content["names"] = dict(enumerate(DETECTION_CLASSES))
-    atomic_write_text(path, "# Synthetic brain-tumour detection set (keras_medimg.datasets.synthetic.brain).\n" + yaml.safe_dump(content, sort_keys=False))
+    # No `path:` key (root=None): Ultralytics and read_yolo_data_yaml then take the YAML's folder as the root, so
+    # the dataset still works after ensure_demo_data renames its folder into place (or a user moves it).
+    write_yolo_data_yaml(path, None, "images/train", "images/val", DETECTION_CLASSES, test="images/test")
 
 
 # === Rendering one slice ===
