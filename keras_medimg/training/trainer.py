@@ -330,7 +330,8 @@ class _PhaseCSVLogger(keras.callbacks.CSVLogger):
 class _RunCheckpoint(keras.callbacks.Callback):
     """Writes best.keras, last.keras and state.json atomically at the end of every epoch.
 
-    state.json is written last: whatever it says has finished is on disk.
+    Keras' ModelCheckpoint writes in place, so a kill during a save would leave half a file; here each file is
+    renamed into place, and state.json is written last: whatever it says has finished is on disk.
     """
 
     def __init__(self, run: Run, state: dict[str, Any], phase: str, monitor: str):
