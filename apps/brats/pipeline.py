@@ -660,38 +660,31 @@ def predict(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
     crops_dir = run.subdir("crops")
     classes = trained.data.classes
     seconds_classify = 0.0
-    for path in files:
-        try:
-            image = _read_grey(path)
-        except InvalidInputError as exc:
-            if cfg.strict:
-                raise
-            skipped.append({"path": str(path), "reason": exc.reason})
-            continue
-        lesion = chain(image)
-        stem = path.stem
-        crop_path = crops_dir / f"{stem}.png"
-        write_image(crop_path, lesion.crop, bits=16 if lesion.crop.dtype == np.uint16 else 8)
+    # Chunks keep memory flat on big folders while the classifier still sees whole batches.
+    chunk = max(1, trained.train.batch_size)
+    for first in range(0, len(files), chunk):
+        found = []
+        for path in files[first:first + chunk]:
+            try:
+                image = _read_grey(path)
+            except InvalidInputError as exc:
+                if cfg.strict:
+                    raise
+                skipped.append({"path": str(path), "reason": exc.reason})
+                continue
+            lesion = chain(image)
+            crop_path = write_image(crops_dir / f"{path.stem}.png", lesion.crop,
+                                    bits=16 if lesion.crop.dtype == np.uint16 else 8)
+            found.append((path, image, lesion, Sample(id=path.stem, path=crop_path)))
         tick = time.perf_counter()
-        probs, kept = classify_crops(model, trained, [Sample(id=stem, path=crop_path)], skipped)
+        probs, kept = classify_crops(model, trained, [item[3] for item in found], skipped)
         seconds_classify += time.perf_counter() - tick
-        if not kept:
-            continue
-        index = int(probs[0].argmax())
-        label = f"{classes[index]} {probs[0][index]:.2f}"
-        mask_file = ""
-        if lesion.mask is not None:
-            mask_file = str(write_image(run.path("masks", f"{stem}.png"), lesion.mask.astype(np.uint8) * 255))
-        overlay_file = write_image(run.path("overlays", f"{stem}.png"), _overlay(image, lesion, label))
-        gradcam_file = _gradcam(model, trained, crop_path, run, stem) if cfg.predict.gradcam else ""
-        box = lesion.box
-        rows.append({
-            "id": stem, "path": str(path), "predicted": classes[index], "probability": float(probs[0][index]),
-            **{f"p_{name}": float(p) for name, p in zip(classes, probs[0])},
-            "x1": box.x1 if box else "", "y1": box.y1 if box else "", "x2": box.x2 if box else "",
-            "y2": box.y2 if box else "", "box_score": box.score if box else "",
-            "mask": mask_file, "overlay": str(overlay_file), "gradcam": gradcam_file,
-        })
+        by_id = {sample.id: p for sample, p in zip(kept, probs)}
+        for path, image, lesion, crop in found:
+            if crop.id in by_id:
+                rows.append(_prediction_row(run, path, image, lesion, by_id[crop.id], classes,
+                                            _gradcam(model, trained, crop.path, run, crop.id) if cfg.predict.gradcam
+                                            else ""))
     seconds = time.perf_counter() - started
     fields = ["id", "path", "predicted", "probability", *[f"p_{c}" for c in classes], "x1", "y1", "x2", "y2",
               "box_score", "mask", "overlay", "gradcam"]
@@ -703,6 +696,27 @@ def predict(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
                "ms_per_image": timing, "images_per_second": images / seconds if seconds else 0.0}
     _finish(run, metrics, skipped)
     return RunResult(run, metrics)
+
+
+def _prediction_row(run: Run, path: Path, image: np.ndarray, lesion: Lesion, probs: np.ndarray,
+                    classes: Sequence[str], gradcam_file: str) -> dict[str, Any]:
+    """Write the mask and overlay PNGs of one image and return its predictions.csv row."""
+    from keras_medimg.io.images import write_image
+
+    index = int(probs.argmax())
+    mask_file = ""
+    if lesion.mask is not None:
+        mask_file = str(write_image(run.path("masks", f"{path.stem}.png"), lesion.mask.astype(np.uint8) * 255))
+    overlay_file = write_image(run.path("overlays", f"{path.stem}.png"),
+                               _overlay(image, lesion, f"{classes[index]} {probs[index]:.2f}"))
+    box = lesion.box
+    return {
+        "id": path.stem, "path": str(path), "predicted": classes[index], "probability": float(probs[index]),
+        **{f"p_{name}": float(p) for name, p in zip(classes, probs)},
+        "x1": box.x1 if box else "", "y1": box.y1 if box else "", "x2": box.x2 if box else "",
+        "y2": box.y2 if box else "", "box_score": box.score if box else "",
+        "mask": mask_file, "overlay": str(overlay_file), "gradcam": gradcam_file,
+    }
 
 
 def _gradcam(model: Any, cfg: BratsConfig, crop_path: Path, run: Run, stem: str) -> str:

@@ -32,6 +32,7 @@ def trained(tmp_path_factory, brain_set):
     return result
 
 
+@pytest.mark.slow  # one tiny train + export: ~45 CPU-seconds, over a minute on a busy 2-core machine
 def test_train_all_writes_the_run_folder(trained):
     folder = trained.run.dir
     for name in ("config.yaml", "metrics.json", "results.csv", "predictions.csv", "skipped.csv",
@@ -49,6 +50,7 @@ def test_train_all_writes_the_run_folder(trained):
     assert len(crops) == len(_rows(folder / "predictions.csv"))
 
 
+@pytest.mark.slow  # one tiny train + export: ~45 CPU-seconds, over a minute on a busy 2-core machine
 def test_predict_writes_every_output_and_skips_unreadable(trained, brain_set, tmp_path):
     images = tmp_path / "new"
     images.mkdir()
@@ -70,6 +72,7 @@ def test_predict_writes_every_output_and_skips_unreadable(trained, brain_set, tm
     assert result.metrics["images_per_second"] > 0
 
 
+@pytest.mark.slow  # one tiny train + export: ~45 CPU-seconds, over a minute on a busy 2-core machine
 def test_evaluate_and_export_through_the_cli(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
