@@ -236,7 +236,7 @@ def tune_thresholds(
         shown = np.where(n_predicted == 0, int(settings.top1), n_predicted)
         rows.append({"threshold": float(t), "primary_f1": search.f1(tp, n_predicted), "concepts_per_image": float(shown.mean())})
     best = max(rows, key=lambda row: (np.nan_to_num(row["primary_f1"], nan=-1.0), -abs(row["threshold"] - 0.5)))
-    thresholds = np.full(len(concepts), best["threshold"], dtype=np.float32)
+    thresholds = np.full(len(concepts), best["threshold"], dtype=np.float64)
     if settings.per_concept:
         support = search.hits.sum(axis=0)
         tp, n_predicted = search.counts(thresholds)
@@ -364,7 +364,7 @@ def load_detector(weights: str | Path | None) -> ConceptModel:
     return ConceptModel(
         model=model,
         concepts=list(record["concepts"]),
-        thresholds=np.asarray(record["thresholds"], np.float32),
+        thresholds=np.asarray(record["thresholds"], np.float64),
         names=dict(record.get("names", {})),
         image_size=int(record["image_size"]),
         normalization=dict(record["normalization"]),
@@ -472,7 +472,7 @@ def train(cfg: ConceptsConfig, *, run: Run | None = None) -> RunResult:
     best_path = run.dir / "weights" / "best.keras"
     model = load_model(best_path if best_path.is_file() else run.dir / "weights" / "last.keras")
     detector = ConceptModel(
-        model, concepts, np.full(len(concepts), 0.5, np.float32), names, m.image_size,
+        model, concepts, np.full(len(concepts), 0.5), names, m.image_size,
         _normalization(m.backbone).to_dict(), cfg.thresholds.top1, cfg.thresholds.max_concepts, m.backbone,
     )  # fmt: skip
     probabilities, kept = detector.probabilities(valid_samples, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
@@ -550,31 +550,45 @@ def predict(cfg: ConceptsConfig, *, run: Run | None = None) -> RunResult:
     detector = load_detector(cfg.predict.weights)
     source = Path(cfg.predict.images) if cfg.predict.images else _default_images(cfg)
     samples = list_images(source)
+    loaded = time.perf_counter()
     skipped: list[dict[str, str]] = []
-    probabilities, kept = detector.probabilities(samples, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
+    kept, found = predict_samples(detector, samples, run, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
+    finished = time.perf_counter()
+    metrics = {
+        "images": len(samples),
+        "predicted": len(kept),
+        "skipped": len(samples) - len(kept),
+        "concepts_per_image": float(np.mean([len(found.get(s.id, [])) for s in samples])),
+        "source": str(source),
+        "weights": str(cfg.predict.weights),
+        "load_seconds": loaded - started,
+        "predict_seconds": finished - loaded,
+        "images_per_second": len(samples) / max(finished - loaded, 1e-9),
+        "submission": str(run.dir / "submission.csv"),
+    }
+    run.write_json("metrics.json", metrics)
+    return RunResult(run, metrics)
+
+
+def predict_samples(
+    detector: ConceptModel, samples: Sequence[Sample], run: Run, *, batch_size: int, skipped: list[dict[str, str]], strict: bool
+) -> tuple[list[Sample], dict[str, list[tuple[str, float]]]]:
+    """Read, preprocess and predict `samples`, then write submission.csv, predictions.csv and skipped.csv.
+
+    Returns:
+        The samples that could be read, and ID -> (CUI, probability) pairs, most probable first.
+    """
+    probabilities, kept = detector.probabilities(samples, batch_size=batch_size, skipped=skipped, strict=strict)
     found = dict(zip((s.id for s in kept), detector.predict_cuis(probabilities)))
     rows = [(s.id, [cui for cui, _ in found.get(s.id, [])]) for s in samples]
-    submission = atomic_write_text(run.path("submission.csv"), _submission_text(rows))
+    atomic_write_text(run.path("submission.csv"), _submission_text(rows))
     run.write_csv(
         "predictions.csv",
         ({"ID": s.id, "CUI": cui, "name": detector.names.get(cui, ""), "probability": f"{p:.6f}"} for s in samples for cui, p in found.get(s.id, [])),
         PREDICTION_FIELDS,
     )
     run.write_csv("skipped.csv", skipped, SKIPPED_FIELDS)
-    seconds = time.perf_counter() - started
-    metrics = {
-        "images": len(samples),
-        "predicted": len(kept),
-        "skipped": len(samples) - len(kept),
-        "concepts_per_image": float(np.mean([len(cuis) for _, cuis in rows])) if rows else 0.0,
-        "source": str(source),
-        "weights": str(cfg.predict.weights),
-        "seconds": seconds,
-        "images_per_second": len(samples) / seconds if seconds else 0.0,
-        "submission": str(submission),
-    }
-    run.write_json("metrics.json", metrics)
-    return RunResult(run, metrics)
+    return kept, found
 
 
 def _default_images(cfg: ConceptsConfig) -> Path:

@@ -1,0 +1,157 @@
+"""`medimg concepts`: thresholds by hand, and a tiny train -> predict -> evaluate -> export cycle through the CLI."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from keras_medimg.apps.concepts.config import ThresholdConfig
+from keras_medimg.apps.concepts.pipeline import select, tune_thresholds
+from keras_medimg.metrics.imageclef import primary_f1, read_submission, read_truth
+
+# === Thresholds ===
+
+
+def test_select_thresholds_top1_and_order():
+    probabilities = np.array([[0.9, 0.2, 0.6], [0.1, 0.3, 0.2], [0.5, 0.5, 0.5]], np.float32)
+    chosen = select(probabilities, 0.5)
+    assert [c.tolist() for c in chosen] == [[0, 2], [1], [0, 1, 2]]  # image 2: nothing >= 0.5, top-1 added
+    assert select(probabilities, 0.5, top1=False)[1].tolist() == []
+    assert select(probabilities, np.array([0.95, 0.1, 0.5]))[0].tolist() == [2, 1]  # per-concept thresholds
+    assert select(probabilities, 0.1, max_concepts=2)[0].tolist() == [0, 2]
+
+
+def test_tune_thresholds_picks_the_best_global_threshold_by_primary_f1():
+    concepts = ["A", "B", "C"]
+    probabilities = np.array([[0.9, 0.35, 0.1], [0.2, 0.8, 0.35], [0.6, 0.1, 0.45]], np.float32)
+    truth = [["A", "B"], ["B", "C"], ["A", "X"]]  # X: a concept the model has no output for
+    thresholds, best, rows = tune_thresholds(probabilities, truth, concepts, ThresholdConfig(candidates=[0.3, 0.5]))
+    # 0.3: {A,B} {B,C} {A,C} -> 1, 1, 0.5;  0.5: {A} {B} {A} -> 2/3, 2/3, 2/3
+    assert [round(r["primary_f1"], 4) for r in rows] == [round(2.5 / 3, 4), round(2 / 3, 4)]
+    assert best == 0.3 and thresholds.tolist() == [0.3, 0.3, 0.3]
+    assert rows[0]["concepts_per_image"] == 2.0
+
+
+def test_per_concept_tuning_never_lowers_the_validation_score():
+    rng = np.random.default_rng(0)
+    concepts = [f"C{i}" for i in range(8)]
+    truth = [[c for c in concepts if rng.random() < 0.3] for _ in range(120)]
+    hits = np.array([[c in t for c in concepts] for t in truth], np.float32)
+    probabilities = np.clip(hits * rng.uniform(0.2, 0.9, hits.shape) + rng.uniform(0, 0.5, hits.shape), 0, 1)
+    settings = ThresholdConfig(per_concept=True, per_concept_min_support=3)
+    thresholds, best, rows = tune_thresholds(probabilities, truth, concepts, settings)
+    assert rows[-1]["threshold"] == "per-concept"
+    assert rows[-1]["primary_f1"] >= max(r["primary_f1"] for r in rows[:-1]) - 1e-9
+    # The vectorised search scores exactly what the official formula gives for the chosen thresholds.
+    predictions = {i: [concepts[c] for c in idx] for i, idx in enumerate(select(probabilities, thresholds))}
+    assert rows[-1]["primary_f1"] == pytest.approx(primary_f1(dict(enumerate(truth)), predictions))
+
+
+# === The CLI, end to end on a tiny model ===
+
+
+def test_train_writes_the_run_folder_and_says_why_the_head_phase_is_skipped(trained_run):
+    run, output = trained_run
+    for name in ("config.yaml", "results.csv", "metrics.json", "thresholds.csv", "skipped.csv", "concepts_valid.csv",
+                 "weights/best.keras", "weights/last.keras", "weights/concepts.json"):
+        assert (run / name).is_file(), name
+    assert "skipping the 5 frozen-backbone head epochs" in output
+    assert "baseline" in output and f"Results saved to {run}" in output
+    record = json.loads((run / "weights" / "concepts.json").read_text())
+    assert record["concepts"] == sorted(record["concepts"]) and len(record["thresholds"]) == len(record["concepts"])
+    assert record["names"]["C0040405"] == "X-Ray Computed Tomography"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["valid"]["primary_f1"] <= 1.0 and metrics["baseline"]["k"] >= 1
+    assert [p["phase"] for p in metrics["phases"]] == ["train"]
+
+
+def test_predict_writes_the_official_submission_and_evaluate_scores_it(trained_run, tiny_data, tmp_path, medimg):
+    run, _ = trained_run
+    result = medimg("concepts", "predict", "--weights", str(run), "--images", str(tiny_data / "test"),
+                    "--project", str(tmp_path), "--name", "predict")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "concepts" / "predict"
+    submission = folder / "submission.csv"
+    truth = read_truth(tiny_data / "test_concepts.csv")
+    predicted = read_submission(submission, truth)  # passes the official validation
+    assert set(predicted) == set(truth) and all(predicted.values())  # top-1: never empty
+    rows = list(csv.DictReader(open(folder / "predictions.csv")))
+    assert set(rows[0]) == {"ID", "CUI", "name", "probability"} and rows[0]["name"]
+    assert sum(len(v) for v in predicted.values()) == len(rows)
+
+    scored = medimg("concepts", "evaluate", "--submission", str(submission), "--truth", str(tiny_data / "test_concepts.csv"),
+                    "--project", str(tmp_path), "--name", "evaluate")
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads((tmp_path / "concepts" / "evaluate" / "metrics.json").read_text())
+    assert metrics["primary_f1"] == pytest.approx(primary_f1(truth, predicted))
+    assert metrics["manual"].endswith("test_concepts_manual.csv") and metrics["secondary_images"] == 6
+    assert "primary F1" in scored.output and "secondary F1" in scored.output and "baseline" in scored.output
+
+
+def test_predict_accepts_a_keras_file_and_skips_unreadable_images(trained_run, tiny_data, tmp_path, medimg):
+    run, _ = trained_run
+    images = tmp_path / "images"
+    shutil.copytree(tiny_data / "test", images)
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    result = medimg("concepts", "predict", "--weights", str(run / "weights" / "best.keras"), "--images", str(images),
+                    "--project", str(tmp_path), "--name", "predict")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "concepts" / "predict"
+    lines = (folder / "submission.csv").read_text().splitlines()
+    assert "broken," in lines and len(lines) == 1 + 7  # the unreadable image keeps its (empty) row
+    assert "broken.jpg" in (folder / "skipped.csv").read_text()
+    assert sorted(os.listdir(images)) == sorted(os.listdir(tiny_data / "test") + ["broken.jpg"])  # inputs untouched
+
+
+def test_evaluate_rejects_a_bad_submission_with_its_line(tiny_data, tmp_path, medimg):
+    bad = tmp_path / "run.csv"
+    bad.write_text("ID,CUIs\nsynthetic_test_000001,C0040405\nunknown_image,C0040405\n")
+    result = medimg("concepts", "evaluate", "--submission", str(bad), "--truth", str(tiny_data / "test"),
+                    "--project", str(tmp_path))
+    assert result.exit_code == 2
+    assert "line 3" in result.output and "'unknown_image' is not in the ground truth" in result.output
+
+
+def test_train_on_a_broken_dataset_names_the_file_and_line(tiny_data, tmp_path, medimg):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "train" / "synthetic_train_000003.jpg").unlink()
+    result = medimg("concepts", "train", "--data", str(data), "--project", str(tmp_path))
+    assert result.exit_code == 2
+    assert "train_concepts.csv, line 4" in result.output and "synthetic_train_000003" in result.output
+
+
+def test_export_records_concepts_and_thresholds(trained_run, tmp_path, medimg):
+    run, _ = trained_run
+    result = medimg("concepts", "export", "--weights", str(run), "--set", "export.formats=[keras]",
+                    "--project", str(tmp_path), "--name", "export")
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((tmp_path / "concepts" / "export" / "export" / "metadata.json").read_text())
+    record = json.loads((run / "weights" / "concepts.json").read_text())
+    assert metadata["concepts"] == record["concepts"] and metadata["thresholds"] == record["thresholds"]
+    assert metadata["output"]["shape"] == [None, len(record["concepts"])]
+
+
+@pytest.mark.slow
+def test_export_savedmodel_and_onnx(trained_run, tmp_path, medimg):
+    run, _ = trained_run
+    result = medimg("concepts", "export", "--weights", str(run), "--project", str(tmp_path), "--name", "export")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "concepts" / "export" / "export"
+    assert (folder / "saved_model").is_dir() and (folder / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_default_demo_run_beats_the_frequency_baseline(tmp_path, medimg, monkeypatch):
+    """The issue's check: defaults, demo data, train -> predict -> evaluate, F1 clearly above the baseline."""
+    monkeypatch.setenv("MEDIMG_HOME", str(tmp_path / "home"))
+    assert medimg("concepts", "train", "--project", str(tmp_path), "--name", "train").exit_code == 0
+    run = tmp_path / "concepts" / "train"
+    assert medimg("concepts", "predict", "--weights", str(run), "--project", str(tmp_path), "--name", "predict").exit_code == 0
+    submission = tmp_path / "concepts" / "predict" / "submission.csv"
+    assert medimg("concepts", "evaluate", "--submission", str(submission), "--project", str(tmp_path), "--name", "evaluate").exit_code == 0
+    metrics = json.loads((tmp_path / "concepts" / "evaluate" / "metrics.json").read_text())
+    assert metrics["primary_f1"] > metrics["baseline"]["primary_f1"] + 0.2
