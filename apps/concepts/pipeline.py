@@ -191,21 +191,26 @@ class _ThresholdSearch:
             n_predicted = np.where(empty, 1, n_predicted)
         if not self.counted.any():
             return float("nan")
-        total = (self.n_true + n_predicted)[self.counted]
-        return float(np.mean(np.where(total > 0, 2.0 * tp[self.counted] / np.maximum(total, 1), 0.0)))
+        return float(np.mean(2.0 * tp[self.counted] / (self.n_true + n_predicted)[self.counted]))
 
-    def tune_concept(self, c: int, thresholds: np.ndarray, candidates: Sequence[float], tp: np.ndarray, n_predicted: np.ndarray) -> tuple[float, float]:
-        """Best threshold of concept `c` with the others fixed, and the F1 it gives."""
+    def tune_concept(
+        self, c: int, thresholds: np.ndarray, candidates: Sequence[float], tp: np.ndarray, n_predicted: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The best threshold of concept `c` with the others fixed, and the per-image counts it gives.
+
+        Only column `c` changes, so the counts are updated rather than recomputed: O(N) per candidate.
+        """
         old = self.probabilities[:, c] >= thresholds[c]
         base_tp = tp - (old & self.hits[:, c])
         base_n = n_predicted - old
-        best = (thresholds[c], self.f1(tp, n_predicted))
+        best = (float(thresholds[c]), self.f1(tp, n_predicted), tp, n_predicted)
         for t in candidates:
             new = self.probabilities[:, c] >= t
-            score = self.f1(base_tp + (new & self.hits[:, c]), base_n + new)
+            new_tp, new_n = base_tp + (new & self.hits[:, c]), base_n + new
+            score = self.f1(new_tp, new_n)
             if score > best[1] + 1e-12:
-                best = (float(t), score)
-        return best
+                best = (float(t), score, new_tp, new_n)
+        return best[0], best[2], best[3]
 
 
 def tune_thresholds(
@@ -213,7 +218,7 @@ def tune_thresholds(
 ) -> tuple[np.ndarray, float, list[dict[str, Any]]]:
     """Choose thresholds on a validation set by the primary F1.
 
-    Every global candidate is scored; the best one is kept (the first, on ties). With `settings.per_concept`,
+    Every global candidate is scored; the best one is kept (on ties, the one closest to 0.5). With `settings.per_concept`,
     each concept on at least `per_concept_min_support` validation images then gets the candidate that maximises
     the primary F1 with the other thresholds fixed (one pass, most frequent concept first).
 
@@ -221,7 +226,8 @@ def tune_thresholds(
         probabilities: (N, C) validation probabilities.
         truth: the N images' true CUIs.
         concepts: the C output concepts.
-        settings: candidates, per-concept tuning, top-1.
+        settings: candidates, per-concept tuning, top-1 (`max_concepts` is left out of the search: it only
+            matters for images with more than that many concepts above threshold).
 
     Returns:
         (C,) thresholds, the best global threshold, and the table rows (`threshold`, `primary_f1`,
@@ -243,8 +249,7 @@ def tune_thresholds(
         for c in np.argsort(-support, kind="stable"):
             if support[c] < settings.per_concept_min_support:
                 break
-            thresholds[c], _ = search.tune_concept(c, thresholds, settings.candidates, tp, n_predicted)
-            tp, n_predicted = search.counts(thresholds)
+            thresholds[c], tp, n_predicted = search.tune_concept(c, thresholds, settings.candidates, tp, n_predicted)
         shown = np.where(n_predicted == 0, int(settings.top1), n_predicted)
         rows.append({"threshold": "per-concept", "primary_f1": search.f1(tp, n_predicted), "concepts_per_image": float(shown.mean())})
     return thresholds, best["threshold"], rows

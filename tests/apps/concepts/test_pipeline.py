@@ -155,3 +155,17 @@ def test_default_demo_run_beats_the_frequency_baseline(tmp_path, medimg, monkeyp
     assert medimg("concepts", "evaluate", "--submission", str(submission), "--project", str(tmp_path), "--name", "evaluate").exit_code == 0
     metrics = json.loads((tmp_path / "concepts" / "evaluate" / "metrics.json").read_text())
     assert metrics["primary_f1"] > metrics["baseline"]["primary_f1"] + 0.2
+
+
+def test_evaluate_reads_a_split_folder_with_concepts_and_manual_files(tmp_path, medimg):
+    split = tmp_path / "valid"
+    split.mkdir()
+    (split / "concepts.csv").write_text("ID,CUIs\na,C0040405;C0817096;C0027651\nb,C1306645;C0817096\n")
+    (split / "concepts_manual.csv").write_text("ID,CUIs\na,C0040405;C0817096\nb,C1306645;C0817096\n")
+    submission = tmp_path / "run.csv"
+    submission.write_text("a,C0040405;C0817096\nb,C0040405\n")  # no header: allowed too
+    result = medimg("concepts", "evaluate", "--submission", str(submission), "--truth", str(split), "--project", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "concepts" / "evaluate" / "metrics.json").read_text())
+    # primary: a 2*2/(3+2) = 0.8, b 0 -> 0.4;  secondary: a 1, b 0 -> 0.5
+    assert metrics["primary_f1"] == pytest.approx(0.4) and metrics["secondary_f1"] == pytest.approx(0.5)
