@@ -37,7 +37,7 @@ APP = "concepts"
 CONCEPTS_FILE = "concepts.json"
 SKIPPED_FIELDS = ["path", "reason"]
 PREDICTION_FIELDS = ["ID", "CUI", "name", "probability"]
-CHUNK = 512  # images decoded and predicted at a time, so memory stays flat on a large test set
+CHUNK = 512  # images decoded and predicted at a time by the fallback path, so memory stays flat
 
 
 @dataclass
@@ -299,20 +299,49 @@ class ConceptModel:
         }
 
     def probabilities(self, samples: Sequence[Sample], *, batch_size: int, skipped: list[dict[str, str]], strict: bool) -> tuple[np.ndarray, list[Sample]]:
-        """(N, C) probabilities of the readable samples, in their order, and those samples."""
-        from keras_medimg.datasets.pipeline import load_images_numpy
+        """(N, C) probabilities of the readable samples, in their order, and those samples.
+
+        One tf.data pipeline streams into the model, so decoding overlaps inference. Files that fail its up-front
+        check are left out (and listed in `skipped`); if a file that passed the check still fails to decode,
+        the outputs no longer line up with the samples, and the images are predicted again chunk by chunk with
+        each image's position carried along.
+        """
+        from keras_medimg.datasets.pipeline import make_dataset
+
+        before = len(skipped)
+        dataset = make_dataset(
+            samples, image_size=self.image_size, training=False, batch_size=batch_size, channels=3,
+            normalization=self._normalization(), label_mode=None, skipped=skipped, strict=strict,
+        )  # fmt: skip
+        bad = {entry["path"] for entry in skipped[before:]}
+        kept = [s for s in samples if str(s.path) not in bad]
+        outputs = np.asarray(self.model.predict(dataset, verbose=0))
+        if len(outputs) == len(kept):
+            return outputs, kept
+        del skipped[before:]
+        return self._probabilities_by_chunk(samples, batch_size=batch_size, skipped=skipped, strict=strict)
+
+    def _normalization(self):
         from keras_medimg.preprocessing.normalize import Normalization
 
-        normalization = Normalization.from_dict(self.normalization)
+        return Normalization.from_dict(self.normalization)
+
+    def _probabilities_by_chunk(self, samples: Sequence[Sample], *, batch_size: int, skipped: list[dict[str, str]], strict: bool) -> tuple[np.ndarray, list[Sample]]:
+        from keras_medimg.datasets.pipeline import load_images_numpy
+
         outputs, kept = [], []
         for start in range(0, len(samples), CHUNK):
             images, chunk_kept = load_images_numpy(
-                samples[start : start + CHUNK], image_size=self.image_size, channels=3, normalization=normalization,
+                samples[start : start + CHUNK], image_size=self.image_size, channels=3, normalization=self._normalization(),
                 batch_size=batch_size, skipped=skipped, strict=strict,
             )  # fmt: skip
             if chunk_kept:
                 outputs.append(np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0)))
                 kept += chunk_kept
+        listed = {entry["path"] for entry in skipped}
+        kept_paths = {str(s.path) for s in kept}
+        skipped += [{"path": str(s.path), "reason": "The image could not be decoded."} for s in samples
+                    if str(s.path) not in kept_paths and str(s.path) not in listed]  # fmt: skip
         if not kept:
             return np.zeros((0, len(self.concepts)), np.float32), []
         return np.concatenate(outputs), kept
@@ -703,7 +732,7 @@ def export(cfg: ConceptsConfig, *, run: Run | None = None) -> RunResult:
     sample = np.random.default_rng(cfg.seed).uniform(0, 1, (2, size, size, 3)).astype("float32")
     result = export_model(
         detector.model, run.subdir("export"), formats=cfg.export.formats, atol=cfg.export.atol, sample_input=sample,
-        metadata={"app": APP, "task": "ImageCLEFmedical concept detection", "output": "one sigmoid probability per concept, in the order of 'concepts'",
+        metadata={"app": APP, "task": "ImageCLEFmedical concept detection", "output_order": "one sigmoid probability per concept, in the order of 'concepts'",
                   **detector.record()},
     )  # fmt: skip
     metrics = {

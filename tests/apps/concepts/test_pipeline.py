@@ -96,14 +96,22 @@ def test_predict_accepts_a_keras_file_and_skips_unreadable_images(trained_run, t
     images = tmp_path / "images"
     shutil.copytree(tiny_data / "test", images)
     (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    # Passes the cheap header/trailer check, fails to decode: predictions must still line up with the images.
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
     result = medimg("concepts", "predict", "--weights", str(run / "weights" / "best.keras"), "--images", str(images),
                     "--project", str(tmp_path), "--name", "predict")
     assert result.exit_code == 0, result.output
     folder = tmp_path / "concepts" / "predict"
     lines = (folder / "submission.csv").read_text().splitlines()
-    assert "broken," in lines and len(lines) == 1 + 7  # the unreadable image keeps its (empty) row
-    assert "broken.jpg" in (folder / "skipped.csv").read_text()
-    assert sorted(os.listdir(images)) == sorted(os.listdir(tiny_data / "test") + ["broken.jpg"])  # inputs untouched
+    assert "broken," in lines and "corrupt," in lines and len(lines) == 1 + 8  # unreadable images keep empty rows
+    skipped = (folder / "skipped.csv").read_text()
+    assert "broken.jpg" in skipped and "corrupt.jpg" in skipped
+    by_stream = dict(line.split(",") for line in lines[1:])
+    clean = medimg("concepts", "predict", "--weights", str(run), "--images", str(tiny_data / "test"),
+                   "--project", str(tmp_path), "--name", "clean")
+    reference = dict(line.split(",") for line in (tmp_path / "concepts" / "clean" / "submission.csv").read_text().splitlines()[1:])
+    assert clean.exit_code == 0 and all(by_stream[k] == v for k, v in reference.items())
+    assert sorted(os.listdir(images)) == sorted(os.listdir(tiny_data / "test") + ["broken.jpg", "corrupt.jpg"])  # inputs untouched
 
 
 def test_evaluate_rejects_a_bad_submission_with_its_line(tiny_data, tmp_path, medimg):
