@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
             return time.perf_counter() - started
 
         end_to_end(), model_alone()  # warm-up: tracing, thread pools, file cache
-        e2e = _best([end_to_end() for _ in range(args.repeat)])
-        alone = _best([model_alone() for _ in range(args.repeat)])
+        # Interleaved, so a change in the load of a shared machine hits both the same way.
+        timings = [(end_to_end(), model_alone()) for _ in range(args.repeat)]
+        e2e = _best([t[0] for t in timings])
+        alone = _best([t[1] for t in timings])
 
     n = len(samples)
     result = {
