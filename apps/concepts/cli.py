@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -19,12 +18,6 @@ def concepts() -> None:
     validation split), and a submission is scored by the official primary F1 (all concepts) and secondary F1
     (the manually validated modality and body-region concepts), as in ImageCLEFmedical 2024 / ROCOv2.
     """
-
-
-def _quiet_openmp() -> None:
-    """Let idle OpenMP threads sleep instead of spin before torch loads: on a small, shared CPU (2 cores here) the
-    spinning threads of torch fight tf.data's threads and other processes, and a training step got 20x slower."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
@@ -71,7 +64,6 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
           data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
           overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Train a concept detector and tune its thresholds (on the demo data when --data is not given)."""
-    _quiet_openmp()
     from keras_medimg.apps.concepts import pipeline
     from keras_medimg.apps.concepts.config import STUDY
 
@@ -96,7 +88,6 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
 def predict(weights: str, images: str | None, strict: bool | None, config_file: str | None,
             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Predict concepts and write submission.csv (official format) and predictions.csv."""
-    _quiet_openmp()
     from keras_medimg.apps.concepts import pipeline
 
     cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.images": images, "strict": strict})
@@ -141,7 +132,6 @@ def evaluate(submission: str, truth: str | None, manual: str | None, mapping: st
 def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
            exist_ok: bool) -> None:
     """Export the trained model as SavedModel and ONNX with its concepts and thresholds in metadata.json."""
-    _quiet_openmp()
     from keras_medimg.apps.concepts import pipeline
 
     cfg = _config(config_file, overrides, {"predict.weights": weights})
