@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from keras_medimg.config import TrainConfig
-from keras_medimg.errors import ConfigError
+from keras_medimg.errors import ConfigError, require
 from keras_medimg.runs import Run, atomic_path, write_csv, write_json
 
 STATE_FILE = "state.json"
@@ -425,6 +425,9 @@ def fit(
             f"train.monitor is '{config.monitor}' but no validation data was given. "
             "Provide validation data or set train.monitor=loss."
         )
+    if config.tensorboard:
+        # Without it Keras' TensorBoard callback fails at the first epoch's end, after training started.
+        require("tensorboard", extra="tensorboard", feature="train.tensorboard=true")
     if config.class_weight == "balanced" and class_weight is None:
         raise ValueError("config.class_weight is 'balanced': pass class_weight=balanced_class_weight(labels, n).")
     _check_precision(model, config)

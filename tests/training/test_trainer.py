@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 
 import keras
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_medimg.config import TrainConfig
-from keras_medimg.errors import ConfigError
+from keras_medimg.errors import ConfigError, MissingDependencyError
 from keras_medimg.runs import create_run
 from keras_medimg.training import trainer
 from keras_medimg.training.trainer import balanced_class_weight, fit, make_learning_rate, set_seed
@@ -154,9 +155,21 @@ def test_multilabel_head_gets_binary_metrics(run):
 
 def test_early_stopping_stops_when_nothing_improves(run, data):
     train, val = data
-    result = fit(tiny_classifier(), train, val,
-                 config=quick(epochs=6, optimizer="sgd", learning_rate=0.0, early_stopping_patience=1), run=run)
+    config = quick(epochs=6, optimizer="sgd", learning_rate=0.0, early_stopping_patience=1)
+    result = fit(tiny_classifier(), train, val, config=config, run=run)
     assert result.stopped_early and result.epochs_run == 2
+
+
+def test_tensorboard_logs_or_says_what_to_install(run, data):
+    train, val = data
+    config = quick(epochs=1, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(MissingDependencyError, match="tensorboard"):
+            fit(tiny_classifier(), train, val, config=config, run=run)
+        assert not (run.dir / "results.csv").exists()
+        return
+    fit(tiny_classifier(), train, val, config=config, run=run)
+    assert any((run.dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 def test_nan_loss_stops_and_keeps_no_nan_checkpoint(run):
