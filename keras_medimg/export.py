@@ -7,7 +7,7 @@
 
 SavedModel and ONNX are TensorFlow graphs. A model trained under torch or JAX is saved as .keras and reloaded
 under the TensorFlow backend in a child process (`python -m keras_medimg.export`), which writes both; the parent
-then verifies them against the model it was given. Every export is reloaded (`keras.saving.load_model`,
+then verifies them against the model it was given. Every export is reloaded (`models.classifier.load_model`,
 `tf.saved_model.load`, onnxruntime) and run on the same sample batch; a largest absolute difference above `atol`
 raises `ExportError`.
 """
@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_medimg.backend import package_version
 from keras_medimg.errors import InvalidInputError, MedImgError
+from keras_medimg.models.classifier import load_model
 from keras_medimg.runs import atomic_path, write_json
 
 FORMATS = ("keras", "savedmodel", "onnx")
@@ -130,7 +131,7 @@ def _load(model_or_path: keras.Model | str | Path) -> keras.Model:
     path = Path(model_or_path)
     if not path.is_file() or path.suffix != ".keras":
         raise InvalidInputError(path, "Expected a .keras model file, e.g. a run's weights/best.keras.")
-    return keras.saving.load_model(path, compile=False)
+    return load_model(path)
 
 
 def _input_shape(model: keras.Model, sample_input: np.ndarray | None) -> tuple[int, ...]:
@@ -236,7 +237,7 @@ def _verify(fmt: str, path: Path, images: np.ndarray, expected: np.ndarray, atol
 
 
 def _run_keras(path: Path, images: np.ndarray) -> np.ndarray:
-    return _predict(keras.saving.load_model(path, compile=False), images)
+    return _predict(load_model(path), images)
 
 
 def _run_saved_model(path: Path, images: np.ndarray) -> np.ndarray:
@@ -256,7 +257,7 @@ def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
 def _main(argv: Sequence[str]) -> None:
     """Child-process entry: reload a .keras file under TensorFlow and write the TensorFlow formats."""
     keras_path, out_dir, formats, shape = argv
-    model = keras.saving.load_model(keras_path, compile=False)
+    model = load_model(keras_path)  # registers our and keras-hub's layers (ConvNeXt V2, Swin) first
     write_tensorflow_formats(model, Path(out_dir), json.loads(formats), json.loads(shape))
 
 

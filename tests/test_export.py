@@ -73,3 +73,13 @@ def test_bad_arguments(tmp_path):
         export_model(tmp_path / "x.keras", tmp_path, formats=["tflite"])
     with pytest.raises(InvalidInputError, match=".keras model file"):
         export_model(tmp_path / "missing.keras", tmp_path / "out", formats=["keras"])
+
+
+def test_our_own_layers_survive_the_export_child(tmp_path):
+    # ConvNeXt V2 layers are ours: the TensorFlow child process (torch/JAX backends) must register them to reload.
+    from keras_medimg.models.classifier import build_classifier
+
+    model = build_classifier("convnextv2_atto", 2, input_shape=(32, 32, 3))
+    sample = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype("float32")
+    result = export_model(model, tmp_path, formats=["keras", "savedmodel"], metadata={}, sample_input=sample)
+    assert max(result.max_abs_diff.values()) <= 1e-4

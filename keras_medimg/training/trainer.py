@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_medimg.config import TrainConfig
 from keras_medimg.errors import ConfigError, require
+from keras_medimg.models.classifier import load_model
 from keras_medimg.runs import Run, atomic_path, write_csv, write_json
 
 STATE_FILE = "state.json"
@@ -303,7 +304,7 @@ def _number(text: str) -> float | str:
 
 def _load_model_weights(model: keras.Model, path: Path) -> None:
     """Copy the layer weights of a saved model into `model`, leaving its (new) optimiser alone."""
-    saved = keras.saving.load_model(path, compile=False)
+    saved = load_model(path)
     model.set_weights(saved.get_weights())
 
 

@@ -15,6 +15,7 @@ from keras_medimg.apps.cli import cli
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_default_train_is_offline_and_beats_chance(tmp_path, monkeypatch):
     def refuse(self, address):
         raise AssertionError(f"brats train tried to reach {address}")

@@ -153,6 +153,7 @@ def test_export_savedmodel_and_onnx(trained_run, tmp_path, medimg):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_default_demo_run_beats_the_frequency_baseline(tmp_path, medimg, monkeypatch):
     """The issue's check: defaults, demo data, train -> predict -> evaluate, F1 clearly above the baseline."""
     monkeypatch.setenv("MEDIMG_HOME", str(tmp_path / "home"))
