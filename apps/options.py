@@ -70,6 +70,15 @@ def common_options(func: F) -> F:
     return config_options(run_options(func))
 
 
+resume_option = click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Continue a killed or finished run folder from its last completed epoch, with its saved config.yaml "
+    "(--set still overrides, e.g. more epochs).",
+)
+
+
 def resolve_config(
     cls: type[T],
     app: str,

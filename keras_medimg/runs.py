@@ -163,3 +163,14 @@ def create_run(
         raise ConfigError(f"Run name '{folder}' may only hold letters, digits, '.', '_' and '-'. Choose another --name.")
     root = Path(project) if project is not None else Path("runs")
     return Run(dir=_claim(root / app / folder, exist_ok), app=app, mode=mode)
+
+
+def open_run(folder: str | Path, app: str, mode: str) -> Run:
+    """An existing run folder, to continue it (`--resume`): it must hold the `config.yaml` of an earlier run."""
+    folder = Path(folder)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(
+            f"'{folder}' is not a run folder of `medimg {app} {mode}` (it has no config.yaml). "
+            f"Pass the folder printed by the run you want to continue, e.g. runs/{app}/{mode}."
+        )
+    return Run(dir=folder, app=app, mode=mode)

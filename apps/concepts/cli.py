@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from keras_medimg.apps.options import backend_option, common_options, config_options, resolve_config, run_options
+from keras_medimg.apps.options import (
+    backend_option,
+    common_options,
+    config_options,
+    resolve_config,
+    resume_option,
+    run_options,
+)
 
 
 @click.group()
@@ -60,18 +67,25 @@ def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides
 @click.option("--epochs", type=int, default=None, help="Total epochs over both phases (train.epochs).")
 @click.option("--image-size", type=int, default=None, help="Input side in pixels (model.image_size).")
 @click.option("--study", is_flag=True, help="Use the study's sizes: 224x224 input, batch 32, 30 epochs, 5 head epochs.")
+@resume_option
 def train(backbone: str | None, weights: str | None, epochs: int | None, image_size: int | None, study: bool,
-          data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
+          resume: str | None, data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
           overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Train a concept detector and tune its thresholds (on the demo data when --data is not given)."""
     from keras_medimg.apps.concepts import pipeline
     from keras_medimg.apps.concepts.config import STUDY
+    from keras_medimg.runs import open_run
 
     options = dict(STUDY) if study else {}
     options.update({"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
                     "model.weights": weights, "train.epochs": epochs, "model.image_size": image_size})
-    cfg = _config(config_file, overrides, options)
-    result = pipeline.train(cfg, run=_run(project, name, exist_ok, "train"))
+    if resume:
+        run = open_run(resume, "concepts", "train")
+        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
+    else:
+        run = _run(project, name, exist_ok, "train")
+        cfg = _config(config_file, overrides, options)
+    result = pipeline.train(cfg, run=run, resume=bool(resume))
     click.echo("\nThresholds on the validation split:")
     click.echo(result.table)
     _done(result)

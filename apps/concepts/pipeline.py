@@ -428,7 +428,8 @@ def _normalization(backbone: str):
     return get_spec(backbone).input_normalization(3)
 
 
-def _fit_phases(cfg: ConceptsConfig, model: Any, train_ds: Any, valid_ds: Any, run: Run) -> list[dict[str, Any]]:
+def _fit_phases(cfg: ConceptsConfig, model: Any, train_ds: Any, valid_ds: Any, run: Run, *,
+                resume: bool = False) -> list[dict[str, Any]]:
     """The study's two phases (head on a frozen backbone at head_learning_rate, then fine-tuning from the
     freeze policy at learning_rate); with random weights one phase trains the whole network."""
     from keras_medimg.models.classifier import apply_freeze, finetune_phases
@@ -452,7 +453,7 @@ def _fit_phases(cfg: ConceptsConfig, model: Any, train_ds: Any, valid_ds: Any, r
         apply_freeze(model, phase.freeze)
         phase_cfg = replace(t, epochs=phase.epochs - phase.initial_epoch, learning_rate=rate)
         _say(f"[{phase.name}] {phase_cfg.epochs} epochs, freeze '{phase.freeze}', learning rate {rate:g}, schedule {t.schedule}")
-        result = fit(model, train_ds, valid_ds, config=phase_cfg, run=run, initial_epoch=next_epoch, phase_name=phase.name, multilabel=True)
+        result = fit(model, train_ds, valid_ds, config=phase_cfg, run=run, initial_epoch=next_epoch, phase_name=phase.name, multilabel=True, resume=resume)
         next_epoch = result.next_epoch
         done.append({"phase": phase.name, "freeze": phase.freeze, "learning_rate": rate, "epochs_run": result.epochs_run,
                      "best_epoch": result.best_epoch, "best_value": result.best_value, "stopped_early": result.stopped_early})  # fmt: skip
@@ -467,12 +468,13 @@ def _threshold_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: ConceptsConfig, *, run: Run | None = None) -> RunResult:
+def train(cfg: ConceptsConfig, *, run: Run | None = None, resume: bool = False) -> RunResult:
     """Train a concept detector, tune its thresholds on the validation split and score it there.
 
     Args:
         cfg: the resolved config.
         run: the run folder (default: a new runs/concepts/train[N]).
+        resume: continue `run` from its last completed epoch (finished phases are skipped).
 
     Returns:
         RunResult with metrics.json's content and the threshold table.
@@ -500,7 +502,7 @@ def train(cfg: ConceptsConfig, *, run: Run | None = None) -> RunResult:
         pooling=m.pooling, hidden_units=m.hidden_units, dropout=m.dropout,
     )  # fmt: skip
     _say(f"{m.backbone} at {m.image_size}x{m.image_size}, weights {m.weights}, head Dense({m.hidden_units}) -> {len(concepts)} sigmoid outputs")
-    phases = _fit_phases(cfg, model, train_ds, valid_ds, run)
+    phases = _fit_phases(cfg, model, train_ds, valid_ds, run, resume=resume)
     train_seconds = time.perf_counter() - started
 
     best_path = run.dir / "weights" / "best.keras"

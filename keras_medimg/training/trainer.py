@@ -410,7 +410,8 @@ def fit(
         run: the run folder.
         class_weight: class index -> weight (see `balanced_class_weight`); required when config.class_weight is
             "balanced". Not for multi-label heads.
-        resume: continue this run from its state.json: a finished phase is skipped, an interrupted one continues
+        resume: continue this run from its state.json: a finished phase is skipped (unless it is the last one and
+            `config.epochs` now asks for more), an interrupted one continues
             at its next epoch with the saved optimiser state.
         initial_epoch: the run-wide epoch this phase starts at (the previous phase's `FitResult.next_epoch`).
         phase_name: the `phase` column of results.csv (default "train").
@@ -451,6 +452,8 @@ def fit(
                  "phases": {}}
     phase_state = state["phases"].get(phase) if resume else None
     last_path = run.path("weights", "last.keras")
+    if phase_state is not None and phase_state.get("complete") and _extends(state, phase, phase_state, config):
+        phase_state["complete"] = False  # the latest phase, resumed with more epochs: train on from where it ended
     if phase_state is not None and phase_state.get("complete"):
         _load_model_weights(model, last_path)
         return _result(run, state, phase, config, epochs_run=0, stopped_early=phase_state.get("stopped_early", False),
@@ -494,6 +497,12 @@ def fit(
     write_json(run.path(STATE_FILE), state)
     return _result(run, state, phase, config, epochs_run=state["phases"][phase]["next_epoch"] - start,
                    stopped_early=stopped_early, diverged=checkpoint.diverged)
+
+
+def _extends(state: dict[str, Any], phase: str, phase_state: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether resuming asks a finished phase for more epochs (only the run's last phase, if it did not stop early)."""
+    return (state.get("phase") == phase and not phase_state.get("stopped_early")
+            and phase_state["start"] + config.epochs > phase_state["next_epoch"])
 
 
 def _early_stopping(config: TrainConfig, mode: str) -> keras.callbacks.EarlyStopping | None:

@@ -6,8 +6,10 @@ import os
 import shutil
 
 import numpy as np
+from click.testing import CliRunner
 import pytest
 
+from keras_medimg.apps.cli import cli
 from keras_medimg.apps.concepts.config import ThresholdConfig
 from keras_medimg.apps.concepts.pipeline import select, tune_thresholds
 from keras_medimg.metrics.imageclef import primary_f1, read_submission, read_truth
@@ -178,3 +180,21 @@ def test_evaluate_reads_a_split_folder_with_concepts_and_manual_files(tmp_path, 
     metrics = json.loads((tmp_path / "concepts" / "evaluate" / "metrics.json").read_text())
     # primary: a 2*2/(3+2) = 0.8, b 0 -> 0.4;  secondary: a 1, b 0 -> 0.5
     assert metrics["primary_f1"] == pytest.approx(0.4) and metrics["secondary_f1"] == pytest.approx(0.5)
+
+
+def test_resume_continues_a_run_at_its_next_epoch(tiny_data, tmp_path, medimg, tiny):
+    first = medimg("concepts", "train", "--data", str(tiny_data), "--project", str(tmp_path), "--name", "r", *tiny)
+    assert first.exit_code == 0, first.output
+    run = tmp_path / "concepts" / "r"
+    again = medimg("concepts", "train", "--resume", str(run), "--set", "train.epochs=2")
+    assert again.exit_code == 0, again.output
+    with open(run / "results.csv", newline="") as fh:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]
+    assert epochs == [0, 1]  # epoch 0 kept from the first run, only epoch 1 trained again
+    assert "epochs: 2" in (run / "config.yaml").read_text()
+    assert sorted(p.name for p in (tmp_path / "concepts").iterdir()) == ["r"]  # no new run folder
+
+
+def test_resume_needs_a_run_folder(tmp_path, medimg):
+    result = CliRunner().invoke(cli, ["concepts", "train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run folder" in result.output
