@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from keras_medimg.apps.options import backend_option, common_options, config_options, resolve_config, run_options
+from keras_medimg.apps.options import (
+    backend_option,
+    common_options,
+    config_options,
+    resolve_config,
+    resume_option,
+    run_options,
+)
 
 
 @click.group()
@@ -60,16 +67,23 @@ def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides
 @click.option("--backbone", default=None, help="Classifier backbone (model.backbone), e.g. efficientnetv2b3.")
 @click.option("--epochs", type=int, default=None, help="Classifier epochs (train.epochs).")
 @click.option("--detect-epochs", type=int, default=None, help="Detector epochs (detect.epochs).")
-def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: int | None, data: str | None,
-          seed: int | None, strict: bool | None, config_file: str | None, overrides: tuple[str, ...],
-          project: str | None, name: str | None, exist_ok: bool) -> None:
+@resume_option
+def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: int | None, resume: str | None,
+          data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
+          overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Train detect -> segment -> classify (default: all stages, on the demo data when --data is not given)."""
     from keras_medimg.apps.brats import pipeline
+    from keras_medimg.runs import open_run
 
-    cfg = _config(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict,
-                                           "model.backbone": backbone, "train.epochs": epochs,
-                                           "detect.epochs": detect_epochs})
-    result = pipeline.train(cfg, stage, run=_run(project, name, exist_ok, "train"))
+    options = {"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
+               "train.epochs": epochs, "detect.epochs": detect_epochs}
+    if resume:
+        run = open_run(resume, "brats", "train")
+        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
+    else:
+        run = _run(project, name, exist_ok, "train")
+        cfg = _config(config_file, overrides, options)
+    result = pipeline.train(cfg, stage, run=run, resume=bool(resume))
     classify = result.metrics.get("classify")
     if classify:
         report = classify["test"]

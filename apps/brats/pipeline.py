@@ -35,7 +35,7 @@ from keras_medimg.config import load_config
 from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import Box
-from keras_medimg.runs import Run, create_run, write_csv, write_json
+from keras_medimg.runs import Run, atomic_path, create_run, write_csv, write_json
 
 log = logging.getLogger("keras_medimg.brats")
 
@@ -320,8 +320,8 @@ def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]
     result = train_detector(data_yaml, run.subdir("detect"), model=d.model, weights=d.weights, epochs=d.epochs,
                             imgsz=d.imgsz, batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers,
                             patience=d.patience)
-    target = run.path("weights", DETECTOR_FILE)
-    shutil.copyfile(result.best, target)
+    with atomic_path(run.path("weights", DETECTOR_FILE)) as target:  # present only once the stage has finished
+        shutil.copyfile(result.best, target)
     _say(f"[detect] done in {result.seconds:.0f} s; validation " +
          ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
     return {"model": d.model, "weights": d.weights, "epochs": d.epochs, "imgsz": d.imgsz, "seconds": result.seconds,
@@ -440,8 +440,9 @@ def _datasets(cfg: BratsConfig, crops: dict[str, list[Sample]], skipped: list[di
 
 
 def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
-                     skipped: list[dict[str, str]]) -> Any:
-    """Build the registry backbone + head and fit it on the crops; returns the best model."""
+                     skipped: list[dict[str, str]], *, resume: bool = False) -> Any:
+    """Build the registry backbone + head and fit it on the crops (continuing `run` when resuming); returns the
+    best model."""
     from keras_medimg.models.classifier import build_classifier, load_model
     from keras_medimg.training.trainer import fit, set_seed
 
@@ -454,7 +455,7 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     train_cfg = cfg.train if val_ds is not None else replace(cfg.train, monitor="loss")
     _say(f"[classify] training {m.backbone} ({m.image_size}x{m.image_size}, weights={m.weights}) for "
          f"{train_cfg.epochs} epochs on {len(crops['train'])} crops")
-    result = fit(model, train_ds, val_ds, config=train_cfg, run=run)
+    result = fit(model, train_ds, val_ds, config=train_cfg, run=run, resume=resume)
     return load_model(result.best_path or result.last_path)
 
 
@@ -519,13 +520,15 @@ def _finish(run: Run, metrics: dict[str, Any], skipped: list[dict[str, str]]) ->
     run.write_csv("skipped.csv", skipped, SKIPPED_FIELDS)
 
 
-def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None) -> RunResult:
+def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None, resume: bool = False) -> RunResult:
     """Train the chosen stage(s) into a new run folder, then evaluate on the test split.
 
     Args:
         cfg: the resolved config.
         stage: "detect", "segment", "classify" or "all" (in that order).
         run: the run folder (default: a new runs/brats/train[N]).
+        resume: continue `run`: a finished detector (weights/detector.pt) is kept, and the classifier continues
+            from its last completed epoch.
 
     Returns:
         RunResult with metrics.json's content and the per-class table when the classifier was trained.
@@ -540,7 +543,11 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None) -> Ru
     started = time.perf_counter()
     table = ""
     if stage in ("detect", "all"):
-        metrics["detect"] = train_detect_stage(cfg, run, root)
+        if resume and (run.dir / "weights" / DETECTOR_FILE).is_file():
+            _say(f"[detect] resuming: keeping the detector this run already trained ({DETECTOR_FILE})")
+            metrics["detect"] = {"model": cfg.detect.model, "resumed": True}
+        else:
+            metrics["detect"] = train_detect_stage(cfg, run, root)
         metrics["detect"]["test"] = evaluate_detector(cfg, run.dir / "weights" / DETECTOR_FILE, root)
         _say("[detect] test: " + _detector_line(metrics["detect"]["test"]))
     if stage in ("segment", "all"):
@@ -548,7 +555,7 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None) -> Ru
     if stage in ("classify", "all"):
         crops, sam_record = make_crops(cfg, run, root, skipped, announce="segment" not in metrics)
         metrics.setdefault("segment", sam_record)
-        model = train_classifier(cfg, run, crops, skipped)
+        model = train_classifier(cfg, run, crops, skipped, resume=resume)
         report, table = evaluate_classifier(model, cfg, run, crops["test"], skipped)
         metrics["classify"] = {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size,
                                "crop_source": cfg.classify.crop_source, "test": report}

@@ -128,3 +128,15 @@ def test_sam_checkpoint_of_wrong_type_fails_through_the_cli(tmp_path, brain_set)
                                       "--project", str(tmp_path / "runs"), "--set", f"segment.checkpoint={wrong}"])
     assert result.exit_code == 2
     assert "sam_vit_l_0b3195.pth" in result.output and "vit_b" in result.output
+
+
+@pytest.mark.slow  # two tiny trains: over a minute on a busy 2-core machine
+def test_resume_keeps_the_detector_and_continues_the_classifier(brain_set, tmp_path):
+    run = create_run("brats", "train", project=tmp_path)
+    pipeline.train(tiny_config(brain_set), run=run)
+    detector = run.dir / "weights" / "detector.pt"
+    trained_at = detector.stat().st_mtime_ns
+    result = pipeline.train(tiny_config(brain_set, **{"train.epochs": 2}), run=run, resume=True)
+    assert result.metrics["detect"]["resumed"] is True and detector.stat().st_mtime_ns == trained_at
+    assert [int(row["epoch"]) for row in _rows(run.dir / "results.csv")] == [0, 1]
+    assert "accuracy" in result.metrics["classify"]["test"]
