@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -88,3 +89,12 @@ def resolve_config(
 ) -> T:
     """Defaults (or --config), then typed options (dotted key -> value; None means not given), then --set."""
     return load_config(cls, app=app, file=config_file, options=options, overrides=overrides)
+
+
+def print_run_summary(run_dir: Path) -> None:
+    """End every command the same way: how many input files were skipped (if any), then where the results are."""
+    skipped = run_dir / "skipped.csv"
+    count = max(0, len(skipped.read_text(encoding="utf-8").splitlines()) - 1) if skipped.is_file() else 0
+    if count:
+        click.echo(f"{count} unreadable file(s) were skipped; see {skipped}.")
+    click.echo(f"Results saved to {run_dir}")

@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,21 @@ class Run:
 
         header = f"# Resolved config of this run. Rerun with: medimg {self.app} {self.mode} --config {self.dir / 'config.yaml'}\n"
         return atomic_write_text(self.path("config.yaml"), header + dump_yaml(cfg))
+
+
+@dataclass
+class RunResult:
+    """What an app command produced: its run folder, what it wrote to metrics.json, and a table for the terminal.
+
+    Args:
+        run: the run folder.
+        metrics: the content of metrics.json.
+        table: a text table for the terminal (e.g. per-class results); may be empty.
+    """
+
+    run: Run
+    metrics: dict[str, Any] = field(default_factory=dict)
+    table: str = ""
 
 
 def create_run(

@@ -10,6 +10,7 @@ from keras_medimg.apps.options import (
     backend_option,
     common_options,
     config_options,
+    print_run_summary,
     resolve_config,
     resume_option,
     run_options,
@@ -37,14 +38,6 @@ def _run(project: str | None, name: str | None, exist_ok: bool, mode: str):
     from keras_medimg.runs import create_run
 
     return create_run("brats", mode, project=project, name=name, exist_ok=exist_ok)
-
-
-def _done(result: Any) -> None:
-    skipped = result.run.dir / "skipped.csv"
-    count = max(0, len(skipped.read_text(encoding="utf-8").splitlines()) - 1) if skipped.is_file() else 0
-    if count:
-        click.echo(f"{count} unreadable file(s) were skipped; see {skipped}.")
-    click.echo(f"Results saved to {result.run.dir}")
 
 
 @brats.command("demo-data")
@@ -90,7 +83,7 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
         click.echo(f"\nClassifier ({classify['backbone']}) on the test split: accuracy {report['accuracy']:.4f}, "
                    f"macro F1 {report['macro']['f1']:.4f}")
         click.echo(result.table)
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @brats.command()
@@ -111,7 +104,7 @@ def predict(source: str, weights: str, gradcam: bool | None, strict: bool | None
     result = pipeline.predict(cfg, run=_run(project, name, exist_ok, "predict"))
     m = result.metrics
     click.echo(f"Predicted {m['images']} image(s) at {m['images_per_second']:.2f} images/s.")
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @brats.command()
@@ -136,7 +129,7 @@ def evaluate(weights: str, data: str | None, strict: bool | None, config_file: s
     click.echo(f"Classifier: accuracy {report['accuracy']:.4f}, macro precision {report['macro']['precision']:.4f}, "
                f"recall {report['macro']['recall']:.4f}, F1 {report['macro']['f1']:.4f}")
     click.echo(result.table)
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @brats.command()
@@ -155,7 +148,7 @@ def compare(backbones: str | None, epochs: int | None, data: str | None, seed: i
                                            "strict": strict, "train.epochs": epochs})
     result = pipeline.compare(cfg, run=_run(project, name, exist_ok, "compare"))
     click.echo(result.table)
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @brats.command()
@@ -172,4 +165,4 @@ def export(weights: str, config_file: str | None, overrides: tuple[str, ...], pr
     result = pipeline.export(cfg, run=_run(project, name, exist_ok, "export"))
     for part, files in result.metrics["files"].items():
         click.echo(f"{part}: {files}")
-    _done(result)
+    print_run_summary(result.run.dir)

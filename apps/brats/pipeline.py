@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from keras_medimg.config import load_config
 from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import Box
-from keras_medimg.runs import Run, atomic_path, create_run, write_csv, write_json
+from keras_medimg.runs import Run, RunResult, atomic_path, create_run, write_json
 
 log = logging.getLogger("keras_medimg.brats")
 
@@ -44,21 +44,6 @@ STAGES = ("detect", "segment", "classify", "all")
 DETECTOR_FILE = "detector.pt"
 DECODER_FILE = "sam_decoder.pth"
 SKIPPED_FIELDS = ["path", "reason"]
-
-
-@dataclass
-class RunResult:
-    """What a brats command produced.
-
-    Args:
-        run: the run folder.
-        metrics: what was written to metrics.json.
-        table: a text table for the terminal (per-class results), may be empty.
-    """
-
-    run: Run
-    metrics: dict[str, Any] = field(default_factory=dict)
-    table: str = ""
 
 
 def _say(message: str) -> None:

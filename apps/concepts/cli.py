@@ -10,6 +10,7 @@ from keras_medimg.apps.options import (
     backend_option,
     common_options,
     config_options,
+    print_run_summary,
     resolve_config,
     resume_option,
     run_options,
@@ -37,14 +38,6 @@ def _run(project: str | None, name: str | None, exist_ok: bool, mode: str):
     from keras_medimg.runs import create_run
 
     return create_run("concepts", mode, project=project, name=name, exist_ok=exist_ok)
-
-
-def _done(result: Any) -> None:
-    skipped = result.run.dir / "skipped.csv"
-    count = max(0, len(skipped.read_text(encoding="utf-8").splitlines()) - 1) if skipped.is_file() else 0
-    if count:
-        click.echo(f"{count} unreadable image(s) were skipped; see {skipped}.")
-    click.echo(f"Results saved to {result.run.dir}")
 
 
 @concepts.command("demo-data")
@@ -88,7 +81,7 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
     result = pipeline.train(cfg, run=run, resume=bool(resume))
     click.echo("\nThresholds on the validation split:")
     click.echo(result.table)
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @concepts.command()
@@ -109,7 +102,7 @@ def predict(weights: str, images: str | None, strict: bool | None, config_file: 
     m = result.metrics
     click.echo(f"{m['predicted']} of {m['images']} images predicted ({m['concepts_per_image']:.2f} concepts per image, "
                f"{m['images_per_second']:.1f} images/s). Submission: {m['submission']}")
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @concepts.command()
@@ -135,7 +128,7 @@ def evaluate(submission: str, truth: str | None, manual: str | None, mapping: st
                f"({m['secondary_images']} images)   micro F1 {m['micro_f1']:.4f}   macro F1 {m['macro_f1']:.4f}")
     click.echo(f"baseline (top-{m['baseline']['k']} most frequent concepts for every image): primary F1 "
                f"{m['baseline']['primary_f1']:.4f}")
-    _done(result)
+    print_run_summary(result.run.dir)
 
 
 @concepts.command()
@@ -153,4 +146,4 @@ def export(weights: str, config_file: str | None, overrides: tuple[str, ...], pr
     for fmt, path in result.metrics["files"].items():
         click.echo(f"{fmt}: {path} (max abs diff {result.metrics['max_abs_diff'][fmt]:.2e})")
     click.echo(f"metadata: {result.metrics['metadata']}")
-    _done(result)
+    print_run_summary(result.run.dir)

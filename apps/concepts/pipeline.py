@@ -18,7 +18,7 @@ import io
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from keras_medimg.datasets.imageclef import list_images, read_cui_mapping, read_
 from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.metrics import imageclef as scoring
-from keras_medimg.runs import Run, atomic_write_text, create_run, write_json
+from keras_medimg.runs import Run, RunResult, atomic_write_text, create_run, write_json
 
 log = logging.getLogger("keras_medimg.concepts")
 
@@ -38,21 +38,6 @@ CONCEPTS_FILE = "concepts.json"
 SKIPPED_FIELDS = ["path", "reason"]
 PREDICTION_FIELDS = ["ID", "CUI", "name", "probability"]
 CHUNK = 512  # images decoded and predicted at a time by the fallback path, so memory stays flat
-
-
-@dataclass
-class RunResult:
-    """What a concepts command produced.
-
-    Args:
-        run: the run folder.
-        metrics: what was written to metrics.json.
-        table: a text table for the terminal, may be empty.
-    """
-
-    run: Run
-    metrics: dict[str, Any] = field(default_factory=dict)
-    table: str = ""
 
 
 def _say(message: str) -> None:

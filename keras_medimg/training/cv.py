@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_medimg.config import TrainConfig
 from keras_medimg.datasets.records import Sample
-from keras_medimg.runs import Run, write_json
+from keras_medimg.runs import Run
 from keras_medimg.training.trainer import fit, set_seed
 
 Folds = list[tuple[list[Sample], list[Sample]]]
