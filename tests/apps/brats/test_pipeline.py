@@ -140,3 +140,17 @@ def test_resume_keeps_the_detector_and_continues_the_classifier(brain_set, tmp_p
     assert result.metrics["detect"]["resumed"] is True and detector.stat().st_mtime_ns == trained_at
     assert [int(row["epoch"]) for row in _rows(run.dir / "results.csv")] == [0, 1]
     assert "accuracy" in result.metrics["classify"]["test"]
+
+
+@pytest.mark.slow  # one tiny detector and two tiny classifiers
+def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
+    cfg = tiny_config(brain_set, **{"compare.backbones": "[vgg16, densenet121]", "model.image_size": 64})
+    result = pipeline.compare(cfg, run=create_run("brats", "compare", project=tmp_path))
+    folder = result.run.dir
+    rows = _rows(folder / "comparison.csv")
+    assert [row["backbone"] for row in rows] == ["vgg16", "densenet121"]
+    assert all(0.0 <= float(row["f1"]) <= 1.0 for row in rows)
+    assert "| vgg16 |" in (folder / "comparison.md").read_text()
+    assert (folder / "plots" / "comparison_f1.png").stat().st_size > 0
+    assert (folder / "vgg16" / "weights" / "best.keras").is_file()
+    assert (folder / "densenet121" / "weights" / "best.keras").is_file()
