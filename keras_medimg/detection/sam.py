@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_medimg.errors import InvalidInputError, WeightsUnavailableError, require
 from keras_medimg.io.annotations import Box
+from keras_medimg.io.images import to_rgb_uint8
 
 CHECKPOINT_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 
@@ -181,21 +182,6 @@ def _load_into(module: Any, state: dict[str, Any], path: Path) -> None:
 # === Inference ===
 
 
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        if np.issubdtype(image.dtype, np.floating):
-            image = np.clip(image * 255.0 + 0.5, 0, 255)
-        else:
-            image = image.astype("float64") * (255.0 / max(int(image.max()), 1))
-        image = image.astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return np.ascontiguousarray(image)
-
-
 def make_predictor(sam: Any):
     """A `segment_anything.SamPredictor` for `sam` (it caches one image's embedding at a time)."""
     segment_anything = require("segment_anything", package="segment-anything", extra="detect",
@@ -237,7 +223,7 @@ def segment_boxes(predictor: Any, image: np.ndarray, boxes: Sequence[Box]) -> np
     height, width = np.asarray(image).shape[:2]
     if not boxes:
         return np.zeros((0, height, width), bool)
-    predictor.set_image(_as_rgb_uint8(image))
+    predictor.set_image(to_rgb_uint8(image))
     with torch.no_grad():
         logits = _prompt_logits(predictor.model, predictor, np.array([b[:4] for b in boxes], np.float32))
     return (logits > 0).cpu().numpy()
@@ -348,7 +334,7 @@ def _embed(predictor: Any, samples: Sequence[tuple[np.ndarray, Sequence[Box], np
     for image, boxes, mask in samples:
         if not boxes:
             continue
-        predictor.set_image(_as_rgb_uint8(image))
+        predictor.set_image(to_rgb_uint8(image))
         box_array = np.array([b[:4] for b in boxes], np.float32)
         embedded.append({
             "features": predictor.features.detach(),

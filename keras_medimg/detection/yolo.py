@@ -26,6 +26,7 @@ import yaml
 
 from keras_medimg.errors import InvalidInputError, WeightsUnavailableError, require
 from keras_medimg.io.annotations import Box
+from keras_medimg.io.images import to_rgb_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
@@ -282,20 +283,7 @@ def load_detector(path: str | Path):
 
 def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
     """Ultralytics expects OpenCV-style BGR uint8 images."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        if np.issubdtype(image.dtype, np.floating):
-            image = np.clip(image * 255.0 + 0.5, 0, 255)
-        else:
-            image = image.astype("float64") * (255.0 / max(int(image.max()), 1))
-        image = image.astype(np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    elif image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    else:
-        image = image[..., ::-1]  # RGB -> BGR
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(to_rgb_uint8(image)[..., ::-1])
 
 
 def detect(

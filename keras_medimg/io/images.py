@@ -66,6 +66,29 @@ def to_float(array: np.ndarray) -> np.ndarray:
     return np.clip(array, 0.0, 1.0).astype(np.float32)
 
 
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB copy of any image, for models trained on 8-bit photos (YOLO, SAM).
+
+    Float pixels are taken as [0, 1]; other integer depths are stretched by the image's own maximum, so a 12-bit
+    scan stored in uint16 still fills 0-255. Grey (H, W) or (H, W, 1) is repeated into three channels.
+
+    Returns:
+        a C-contiguous (H, W, 3) uint8 array.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating):
+            image = np.clip(image * 255.0 + 0.5, 0, 255)
+        else:
+            image = image.astype("float64") * (255.0 / max(int(image.max()), 1))
+        image = image.astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image)
+
+
 def _to_bits(array: np.ndarray, bits: int) -> np.ndarray:
     dtype = np.uint8 if bits == 8 else np.uint16
     top = np.iinfo(dtype).max

@@ -71,3 +71,17 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(ValueError):
         write_image(tmp_path / "a.png", np.zeros((4, 4, 2)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_to_rgb_uint8_for_8_bit_models():
+    import numpy as np
+
+    from keras_medimg.io.images import to_rgb_uint8
+
+    grey16 = np.array([[0, 2048], [4095, 1024]], np.uint16)  # a 12-bit scan in uint16 fills 0-255
+    out = to_rgb_uint8(grey16)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8 and out[1, 0].tolist() == [255, 255, 255]
+    assert to_rgb_uint8(np.array([[0.0, 1.0]], np.float32))[0, 1, 0] == 255
+    rgb = np.zeros((1, 1, 3), np.uint8)
+    rgb[..., 0] = 7
+    assert to_rgb_uint8(rgb)[0, 0].tolist() == [7, 0, 0]
