@@ -13,8 +13,6 @@ Keras is imported inside the functions that need it, so `evaluate` runs without 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from keras_medimg.apps.concepts.config import ConceptsConfig, ThresholdConfig
-from keras_medimg.datasets.imageclef import list_images, read_cui_mapping, read_imageclef
+from keras_medimg.datasets.imageclef import concepts_csv_text, list_images, read_cui_mapping, read_imageclef
 from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.metrics import imageclef as scoring
@@ -545,14 +543,6 @@ def _plot_curves(run: Run) -> None:
 # === predict ===
 
 
-def _submission_text(rows: Sequence[tuple[str, Sequence[str]]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["ID", "CUIs"])
-    writer.writerows((image_id, ";".join(cuis)) for image_id, cuis in rows)
-    return buffer.getvalue()
-
-
 def predict(cfg: ConceptsConfig, *, run: Run | None = None) -> RunResult:
     """Predict the concepts of a folder (or CSV) of images and write the official run file.
 
@@ -602,7 +592,7 @@ def predict_samples(
     probabilities, kept = detector.probabilities(samples, batch_size=batch_size, skipped=skipped, strict=strict)
     found = dict(zip((s.id for s in kept), detector.predict_cuis(probabilities)))
     rows = [(s.id, [cui for cui, _ in found.get(s.id, [])]) for s in samples]
-    atomic_write_text(run.path("submission.csv"), _submission_text(rows))
+    atomic_write_text(run.path("submission.csv"), concepts_csv_text(rows))
     run.write_csv(
         "predictions.csv",
         ({"ID": s.id, "CUI": cui, "name": detector.names.get(cui, ""), "probability": f"{p:.6f}"} for s in samples for cui, p in found.get(s.id, [])),

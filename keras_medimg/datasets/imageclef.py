@@ -16,8 +16,9 @@ missing from the mapping, an empty split) and report every problem with its file
 from __future__ import annotations
 
 import csv
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -294,3 +295,12 @@ def list_images(source: str | Path) -> list[Sample]:
     if not samples:
         raise InvalidInputError(source, "The CSV lists no images. Give at least one ID.")
     return samples
+
+
+def concepts_csv_text(rows: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """The `ID,CUIs` CSV of the ImageCLEF layout (and of a submission): one row per image, CUIs joined by `;`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["ID", "CUIs"])
+    writer.writerows((image_id, ";".join(cuis)) for image_id, cuis in rows)
+    return buffer.getvalue()

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_medimg.datasets.imageclef import concepts_csv_text
 from keras_medimg.io.images import write_image
 from keras_medimg.runs import atomic_write_text
 
@@ -378,14 +379,6 @@ def draw_case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[str
     return (image * 255).round().astype(np.uint8), manual + findings, manual
 
 
-def _concepts_csv(rows: list[tuple[str, list[str]]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["ID", "CUIs"])
-    writer.writerows((image_id, ";".join(cuis)) for image_id, cuis in rows)
-    return buffer.getvalue()
-
-
 def generate_concepts(
     out_dir: str | Path,
     *,
@@ -425,6 +418,6 @@ def generate_concepts(
             write_image(out_dir / split / f"{image_id}.jpg", image)
             concepts.append((image_id, cuis))
             manual.append((image_id, manual_cuis))
-        atomic_write_text(out_dir / f"{split}_concepts.csv", _concepts_csv(concepts))
-        atomic_write_text(out_dir / f"{split}_concepts_manual.csv", _concepts_csv(manual))
+        atomic_write_text(out_dir / f"{split}_concepts.csv", concepts_csv_text(concepts))
+        atomic_write_text(out_dir / f"{split}_concepts_manual.csv", concepts_csv_text(manual))
     return out_dir
