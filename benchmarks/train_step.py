@@ -1,15 +1,17 @@
 """Images/s of one DenseNet-121 training step (224x224, batch 8) per Keras backend, jit on and off, vs plain PyTorch.
 
 Each measurement runs in its own child process (a backend is fixed when Keras is imported): build the model
-(random weights), run `--warmup` steps, then time `--steps` steps. Prints a table and writes JSON.
+(random weights), run `--warmup` steps, then time `--steps` steps one by one; the table shows the median step.
+Prints a table and writes JSON.
 
     python benchmarks/train_step.py                       # all backends, jit off and on, plain PyTorch
     python benchmarks/train_step.py --backends torch --jit off --steps 5 --out runs/bench/train_step.json
 
-Plain PyTorch is measured in NCHW (its default) and channels_last memory format. The Keras torch step pays for
-two things plain PyTorch does not: every convolution transposes NHWC<->NCHW (keras.applications' DenseNet refuses
-channels_first), and BatchNormalization is unfused element-wise arithmetic; jit "on" is torch.compile, which can
-fuse both.
+Plain PyTorch is measured in NCHW (its default) and channels_last memory format. On the torch backend two Keras
+variants run: "stock" is keras.applications' DenseNet-121 as Keras ships it, where every convolution copies its
+input NHWC -> NCHW -> channels_last and BatchNormalization is a dozen unfused element-wise ops; "medimg" is the
+model `build_classifier("densenet121", ...)` gives, with `keras_medimg.models.torch_kernels` installed (one fused
+batch norm, no copies around convolutions). jit "on" is XLA on TensorFlow/JAX and torch.compile on torch.
 """
 
 from __future__ import annotations
@@ -27,23 +29,36 @@ SIZE = 224
 CLASSES = 4
 
 
-def _keras_step(jit: bool, warmup: int, steps: int) -> dict:
+def _keras_step(jit: bool, warmup: int, steps: int, variant: str) -> dict:
     import keras
     import numpy as np
 
     shape = (SIZE, SIZE, 3)
-    model = keras.applications.DenseNet121(weights=None, input_shape=shape, classes=CLASSES)
+    if variant == "medimg":
+        from keras_medimg.models.classifier import build_classifier
+
+        model = build_classifier("densenet121", CLASSES, input_shape=shape, dropout=0.0)
+    else:
+        model = keras.applications.DenseNet121(weights=None, input_shape=shape, classes=CLASSES)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(BATCH, *shape)).astype("float32")
     labels = rng.integers(0, CLASSES, BATCH)
+    return _time_steps(lambda: model.train_on_batch(images, labels), warmup, steps)
+
+
+def _time_steps(step, warmup: int, steps: int) -> dict:
+    """Median seconds per step (robust to another program briefly sharing the 2 cores), and the mean."""
+    import statistics
+
     for _ in range(warmup):
-        model.train_on_batch(images, labels)
-    start = time.perf_counter()
+        step()
+    times = []
     for _ in range(steps):
-        model.train_on_batch(images, labels)
-    seconds = (time.perf_counter() - start) / steps
-    return {"seconds_per_step": seconds}
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"seconds_per_step": statistics.median(times), "mean_seconds_per_step": statistics.fmean(times)}
 
 
 def _torch_step(warmup: int, steps: int, variant: str) -> dict:
@@ -65,19 +80,14 @@ def _torch_step(warmup: int, steps: int, variant: str) -> dict:
         loss_fn(model(images), labels).backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return {"seconds_per_step": (time.perf_counter() - start) / steps}
+    return _time_steps(step, warmup, steps)
 
 
 def _child(args: argparse.Namespace) -> None:
     if args.child == "pytorch":
         result = _torch_step(args.warmup, args.steps, args.variant)
     else:
-        result = _keras_step(args.jit == "on", args.warmup, args.steps)
+        result = _keras_step(args.jit == "on", args.warmup, args.steps, args.variant)
     import torch
 
     result["threads"] = torch.get_num_threads()
@@ -85,11 +95,13 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _measure(kind: str, jit: str, variant: str, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": kind if kind != "pytorch" else "torch", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # OMP_WAIT_POLICY=PASSIVE is what `medimg` runs with (torch threads must not spin against tf.data)
+    env = {**os.environ, "KERAS_BACKEND": kind if kind != "pytorch" else "torch", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "OMP_WAIT_POLICY": "PASSIVE"}
     command = [sys.executable, __file__, "--child", kind, "--jit", jit, "--variant", variant,
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=args.timeout)
     row = {"runner": "plain PyTorch" if kind == "pytorch" else f"Keras {kind}", "jit": jit, "variant": variant,
            "wall_seconds": round(time.perf_counter() - started, 1)}
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default="tensorflow,torch,jax")
     parser.add_argument("--jit", default="off,on", help="off, on or off,on")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out", default="runs/benchmarks/train_step.json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -117,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     plan = [("pytorch", "off", "default"), ("pytorch", "off", "channels_last")]
-    plan += [(backend, jit, "default") for backend in args.backends.split(",") for jit in args.jit.split(",")]
+    for backend in args.backends.split(","):
+        for variant in ("stock", "medimg") if backend == "torch" else ("stock",):
+            plan += [(backend, jit, variant) for jit in args.jit.split(",")]
     rows = []
     for kind, jit, variant in plan:
         rows.append(_measure(kind, jit, variant, args))

@@ -251,7 +251,9 @@ def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
     import zipfile
 
     from keras_medimg.models import convnextv2  # noqa: F401  registers GRN, DropPath, ConvNeXtV2Backbone
+    from keras_medimg.models import torch_kernels
 
+    torch_kernels.install()
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(path, "does not exist; pass the path of a .keras model file.")
