@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_medimg.config import TrainConfig
 from keras_medimg.errors import ConfigError, require
+from keras_medimg.models import torch_kernels
 from keras_medimg.models.classifier import load_model
 from keras_medimg.runs import Run, atomic_path, write_csv, write_json
 
@@ -433,6 +434,7 @@ def fit(
     if config.class_weight == "balanced" and class_weight is None:
         raise ValueError("config.class_weight is 'balanced': pass class_weight=balanced_class_weight(labels, n).")
     _check_precision(model, config)
+    torch_kernels.install()  # a model built outside the registry trains with the fast torch kernels too
     head = _Head.of(model, train_ds, config, multilabel)
     if head.multilabel and class_weight is not None:
         raise ConfigError("Class weights apply to one label per image only; set train.class_weight=none.")
