@@ -61,10 +61,11 @@ def test_multi_hot_labels_and_images_only(samples):
     assert only[0].shape == (8, 8, 8, 3)
 
 
-def test_normalization_is_applied_last(samples):
+@pytest.mark.parametrize("normalization", [IMAGENET, CAFFE])  # CAFFE also reverses colour images to BGR
+def test_normalization_is_applied_last(samples, normalization):
     plain = _batches(make_dataset(samples, image_size=8, training=False, batch_size=8))[0][0]
-    normed = _batches(make_dataset(samples, image_size=8, training=False, batch_size=8, normalization=IMAGENET))[0][0]
-    np.testing.assert_allclose(normed, IMAGENET.apply(plain), atol=1e-5)
+    normed = _batches(make_dataset(samples, image_size=8, training=False, batch_size=8, normalization=normalization))[0][0]
+    np.testing.assert_allclose(normed, normalization.apply(plain), rtol=1e-5, atol=1e-4)
     with pytest.raises(Exception, match="channel"):
         make_dataset(samples, image_size=8, training=False, batch_size=8, channels=1, normalization=IMAGENET)
 
