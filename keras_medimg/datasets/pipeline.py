@@ -13,8 +13,8 @@ epoch after epoch while the expensive decoding runs once.
 
 Bad files are found cheaply before the pipeline starts (missing, empty, not an image, truncated); they are
 listed in `skipped` as `{"path", "reason"}` for the run's `skipped.csv`, or raise `InvalidInputError` with
-`strict`. A file that passes that check but fails to decode later is skipped too: DICOM and TIFF files (decoded
-in Python) are then added to `skipped` while the pipeline runs; PNG/JPEG files are dropped with a logged warning.
+`strict`. A file that passes that check but fails to decode later (corrupt data inside) is skipped too and added
+to `skipped` while the pipeline runs (a strict run stops naming it).
 """
 
 from __future__ import annotations
@@ -185,11 +185,59 @@ class _Bridge:
         # A multi-frame file (tomosynthesis, cine) contributes its first frame to a 2D pipeline.
         return image.pixels[0] if image.meta.number_of_frames > 1 else image.pixels
 
+    def undecodable(self, name: str) -> None:
+        """Record a PNG/JPEG file that TensorFlow failed to decode, or stop a strict run."""
+        reason = ("The image data is corrupt: it could not be decoded, although the file's start and end look "
+                  "intact. Re-export the image or remove it.")
+        if self.strict:
+            raise InvalidInputError(name, f"{reason} Or run without --strict to skip bad files.")
+        self._record(name, reason)
+
     def _record(self, name: str, reason: str) -> None:
         with self.lock:
             if name not in self.recorded and self.skipped is not None:
                 self.recorded.add(name)
                 self.skipped.append({"path": name, "reason": reason})
+
+
+class _Arrivals:
+    """Finds the files TensorFlow dropped on a decoding error, which tf.data does not name.
+
+    tf.data has no try/except: an op error while decoding (corrupt data inside a file that passed the header and
+    trailer check) can only be dropped with `ignore_errors`. So each decoded element reports its path as it
+    arrives, and a marker after the last element of a pass compares arrivals with the files expected. Files
+    missing at the end are decoded again here, and only the ones that fail again are recorded (or stop a strict
+    run), so iterators that overlap or stop early never cause a false report.
+    """
+
+    def __init__(self, paths: Sequence[str], decoders: Sequence[int], bridge: _Bridge):
+        self.expected = [(path, decoder) for path, decoder in zip(paths, decoders) if decoder != _BRIDGE]
+        self.bridge = bridge
+        self.arrived: set[bytes] = set()
+        self.lock = threading.Lock()
+
+    def arrive(self, path: bytes) -> bool:
+        with self.lock:
+            self.arrived.add(path)
+        return True
+
+    def end_of_pass(self) -> bool:
+        with self.lock:
+            missing = [(path, decoder) for path, decoder in self.expected if path.encode() not in self.arrived]
+            self.arrived = set()
+        for path, decoder in missing:
+            if path not in self.bridge.recorded and not _decodes(path, decoder):
+                self.bridge.undecodable(path)
+        return False  # the marker is not an image
+
+
+def _decodes(path: str, decoder: int) -> bool:
+    try:
+        data = tf.io.read_file(path)
+        (tf.io.decode_png(data) if decoder == _PNG else tf.io.decode_jpeg(data)).numpy()
+    except (tf.errors.OpError, OSError):
+        return False
+    return True
 
 
 def _decode_resized(path, decoder, bridge: _Bridge, resize):
@@ -248,7 +296,7 @@ def _loader(image_size: int, channels: int, resize: str, denoise_median: int, br
         image = tf.ensure_shape(_to_channels(image, channels), [image_size, image_size, channels])
         if denoise_median > 1:
             image = _median(image, denoise_median)
-        return image, target, ok
+        return image, target, ok, path
 
     return load
 
@@ -450,11 +498,21 @@ def _pipeline(
     # Grey sources stay one channel through decoding, cache and augmentation (a third of the work and memory)
     # and are copied to three channels per batch.
     work_channels = 1 if grey else channels
-    load = _loader(image_size, work_channels, resize, denoise_median, _Bridge(skipped, strict))
+    bridge = _Bridge(skipped, strict)
+    load = _loader(image_size, work_channels, resize, denoise_median, bridge)
+    arrivals = _Arrivals(paths, decoders, bridge)
+
+    def arrived(image, target, ok, path):
+        return image, target, tf.logical_and(ok, tf.numpy_function(arrivals.arrive, [path], tf.bool, stateful=True))
+
+    def end_of_pass(_):
+        ok = tf.ensure_shape(tf.numpy_function(arrivals.end_of_pass, [], tf.bool, stateful=True), [])
+        return tf.zeros([image_size, image_size, work_channels]), target_tensor[0], ok
+
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.ignore_errors().map(arrived)
+    dataset = dataset.concatenate(tf.data.Dataset.range(1).map(end_of_pass))
     dataset = dataset.filter(_decoded).map(_without_flag)
-    if not strict:
-        dataset = dataset.ignore_errors(log_warning=True)
 
     if cache == "memory":
         dataset = dataset.cache()

@@ -122,8 +122,6 @@ def _csv_sources(manifest: Path) -> list[tuple[Path, Path, dict[str, str], int |
 
 def _assign_ids(path_rel: list[tuple[Path, Path]]) -> list[str]:
     """Ids from relative paths without suffix; where two sources share one, DICOM files use their SOPInstanceUID."""
-    from keras_medimg.io.dicom import read_dicom_meta
-
     stems = [rel.with_suffix("").as_posix() for _, rel in path_rel]
     counts: dict[str, int] = {}
     for stem in stems:
@@ -135,6 +133,8 @@ def _assign_ids(path_rel: list[tuple[Path, Path]]) -> list[str]:
             continue
         uid = None
         if _is_dicom_file(path):
+            from keras_medimg.io.dicom import read_dicom_meta  # pydicom takes 0.3 s to import; only when needed
+
             try:
                 uid = read_dicom_meta(path).sop_instance_uid
             except InvalidInputError:
@@ -377,21 +377,44 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _run(tasks: list[_Task], settings: Settings, workers: int) -> Generator[tuple[str, Any], None, None]:
-    """Results of `_convert` in task order, from this process or a pool of `workers` processes."""
+    """Results of `_convert` in task order, from this process or a pool of `workers` processes.
+
+    Each worker converts on one core (OpenCV's own threads off): `workers` is the number of cores used, and two
+    workers do not fight over the same cores with OpenCV's thread pools.
+    """
     if workers <= 1 or len(tasks) <= 1:
-        return (_convert(task, settings) for task in tasks)
+        return _in_process(tasks, settings)
     return _pool_map(tasks, settings, workers)
+
+
+def _in_process(tasks: list[_Task], settings: Settings) -> Generator[tuple[str, Any], None, None]:
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        for task in tasks:
+            yield _convert(task, settings)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _pool_map(tasks: list[_Task], settings: Settings, workers: int) -> Generator[tuple[str, Any], None, None]:
     # spawn, not fork: a parent that already imported TensorFlow or torch must not be forked.
     context = multiprocessing.get_context("spawn")
-    chunksize = max(1, len(tasks) // (workers * 4))
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    # Small chunks: a file takes tens of milliseconds, so a worker left idle at the end by a big last chunk
+    # costs more than the extra messages.
+    chunksize = max(1, min(8, len(tasks) // (workers * 16)))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
         try:
             yield from pool.map(_convert_star, [(task, settings) for task in tasks], chunksize=chunksize)
         except BaseException:
             # strict mode stopped at a bad file (or the user interrupted): drop the work not started yet.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-

@@ -96,6 +96,34 @@ def test_bad_files_are_skipped_and_listed_or_stop_a_strict_run(samples, tmp_path
         make_dataset(samples + bad, image_size=8, training=False, batch_size=4, strict=True)
 
 
+def _corrupt_inside(path: Path, out: Path) -> Path:
+    """A copy of an image whose start and end are intact but whose compressed data in the middle is garbage."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle - 40 : middle + 40] = bytes(range(80))
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_files_corrupt_inside_are_listed_when_decoding_fails_or_stop_a_strict_run(samples, tmp_path):
+    # (libjpeg decodes most damaged JPEG data into a damaged picture without an error; broken zlib data in a
+    # PNG always fails, so a PNG is the file that must be caught.)
+    bad = Sample("png", _corrupt_inside(samples[0].path, tmp_path / "inside.png"), label="benign")
+    assert check_image_file(bad.path).decoder is not None  # the cheap check before the pipeline cannot see it
+    for deterministic in (False, True):
+        skipped = []
+        dataset = make_dataset([*samples[:4], bad, *samples[4:]], image_size=8, training=False, batch_size=16,
+                               skipped=skipped, deterministic=deterministic, label_mode=None)
+        (images,) = _batches(dataset)[0]
+        assert len(images) == 8  # every good image arrives, in order, and the bad one does not
+        reference = _batches(make_dataset(samples, image_size=8, training=False, batch_size=16, label_mode=None))[0][0]
+        np.testing.assert_array_equal(images, reference)
+        assert [Path(s["path"]).name for s in skipped] == ["inside.png"]
+        assert "corrupt" in skipped[0]["reason"]
+    with pytest.raises(Exception, match="inside.png.*--strict"):
+        _batches(make_dataset([*samples, bad], image_size=8, training=False, batch_size=16, strict=True))
+
+
 def test_unknown_label_names_the_file(samples):
     samples[3].label = "cyst"
     with pytest.raises(InvalidInputError, match="img3.jpg.*'cyst'"):
