@@ -85,3 +85,34 @@ def test_to_rgb_uint8_for_8_bit_models():
     rgb = np.zeros((1, 1, 3), np.uint8)
     rgb[..., 0] = 7
     assert to_rgb_uint8(rgb)[0, 0].tolist() == [7, 0, 0]
+
+
+def _png_row_filters(path) -> set[int]:
+    """The filter type byte of every row of a non-interlaced PNG."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    offset, idat, header = 8, b"", None
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        offset += 12 + length
+    width, height, depth, colour = header[:4]
+    row = 1 + width * (depth // 8) * {0: 1, 2: 3}[colour]
+    raw = zlib.decompress(idat)
+    assert len(raw) == row * height
+    return {raw[i * row] for i in range(height)}
+
+
+@pytest.mark.parametrize("bits,shape", [(16, (40, 30)), (8, (40, 30, 3))])
+def test_png_rows_use_the_fast_decoding_up_filter(tmp_path, bits, shape):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 2**bits, shape).astype(np.uint16 if bits == 16 else np.uint8)
+    path = write_image(tmp_path / "noisy.png", pixels, bits=bits)
+    assert _png_row_filters(path) == {2}  # "up": decodes 1.5x faster than the Paeth rows libpng would pick
+    np.testing.assert_array_equal(read_image(path), pixels)
