@@ -182,7 +182,8 @@ class _Bridge:
         from keras_medimg.io.dicom import read_dicom
 
         image = read_dicom(name)
-        # A multi-frame file (tomosynthesis, cine) contributes its first frame to a 2D pipeline.
+        # A multi-frame file (tomosynthesis, cine) contributes its first frame to a 2D pipeline; `prepare`
+        # writes every frame as an image of its own.
         return image.pixels[0] if image.meta.number_of_frames > 1 else image.pixels
 
     def undecodable(self, name: str) -> None:

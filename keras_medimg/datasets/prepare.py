@@ -4,7 +4,9 @@ The heavy per-file work (DICOM decode, VOI window, foreground crop, CLAHE) happe
 so training pipelines only decode PNGs. The output folder holds:
 
     images/<relative path of the source, suffix .png>
-    manifest.csv     one row per image: id, source, output, sizes, crop, modality, view, laterality, carried columns
+    images/<relative path of the source>_f0001.png, _f0002.png, ...  the frames of a multi-frame DICOM
+    manifest.csv     one row per image: id, source, output, frame, sizes, crop, modality, view, laterality,
+                     carried columns
     skipped.csv      bad files and why (empty but for its header when there were none)
     prepare.json     the settings, so a rerun with other settings converts everything again
 
@@ -29,7 +31,7 @@ from keras_medimg.runs import write_csv, write_json
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 MANIFEST_COLUMNS = (
-    "id", "source", "output", "rows", "cols", "source_rows", "source_cols",
+    "id", "source", "output", "frame", "rows", "cols", "source_rows", "source_cols",
     "crop_y0", "crop_y1", "crop_x0", "crop_x1", "scale", "modality", "view", "laterality", "window",
 )
 
@@ -64,8 +66,8 @@ class PrepareResult:
         manifest: path of `manifest.csv`.
         skipped_csv: path of `skipped.csv`.
         rows: the manifest rows.
-        converted: images converted in this call.
-        reused: images kept from an earlier call (newer than their source, same settings).
+        converted: files converted in this call (a multi-frame DICOM is one file and several rows).
+        reused: files whose outputs were kept from an earlier call (newer than their source, same settings).
         skipped: `(path, reason)` of every bad file.
     """
 
@@ -168,28 +170,40 @@ def _refuse_overlap(out_dir: Path, folders: Iterable[Path], manifests: Iterable[
 
 
 def _convert(task: _Task, settings: Settings) -> tuple[str, Any]:
-    """Convert one file; return ("ok", manifest row) or ("skip", (path, reason, line))."""
-    import numpy as np
-
+    """Convert one file; return ("ok", manifest rows: one per frame) or ("skip", (path, reason, line))."""
     from keras_medimg.io.dicom import read_dicom
-    from keras_medimg.io.images import read_image, to_float, write_image
-    from keras_medimg.preprocessing.geometry import foreground_crop
-    from keras_medimg.preprocessing.intensity import clahe
+    from keras_medimg.io.images import read_image, to_float
 
     try:
         if task.is_dicom:
             image = read_dicom(task.source, window=settings.window)
-            if image.meta.number_of_frames > 1:
-                raise InvalidInputError(
-                    task.source, f"The file holds {image.meta.number_of_frames} frames; prepare converts single images. Export the frames you need."
-                )
-            pixels, meta = image.pixels, image.meta
+            meta = image.meta
+            # A multi-frame file (tomosynthesis, cine, a stack) gives one PNG per frame.
+            frames = list(image.pixels) if meta.number_of_frames > 1 else [image.pixels]
             info = {"modality": meta.modality, "view": meta.view_position, "laterality": meta.image_laterality, "window": meta.window}
         else:
-            pixels = to_float(read_image(task.source))
+            frames = [to_float(read_image(task.source))]
             info = {"modality": None, "view": None, "laterality": None, "window": None}
     except InvalidInputError as exc:
         return "skip", (str(exc.path), exc.reason, exc.line)
+    if len(frames) == 1:
+        return "ok", [{"id": task.id, "source": str(task.source), **_convert_pixels(frames[0], task.output, settings), "frame": "", **info}]
+    rows = []
+    for number, pixels in enumerate(frames, start=1):
+        output = task.output.with_name(f"{task.output.stem}_f{number:04d}.png")
+        rows.append({"id": f"{task.id}_f{number:04d}", "source": str(task.source), **_convert_pixels(pixels, output, settings),
+                     "frame": number, **info})
+    return "ok", rows
+
+
+def _convert_pixels(pixels, output: Path, settings: Settings) -> dict[str, Any]:
+    """Crop, resize and equalise one image as `settings` say, write it to `output`; its manifest columns."""
+    import numpy as np
+
+    from keras_medimg.io.images import write_image
+    from keras_medimg.preprocessing.geometry import foreground_crop
+    from keras_medimg.preprocessing.intensity import clahe
+
     if pixels.ndim == 3 and np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]):
         pixels = pixels[..., 0]  # grey images saved as RGB (common for JPEG)
     source_rows, source_cols = pixels.shape[:2]
@@ -205,14 +219,12 @@ def _convert(task: _Task, settings: Settings) -> tuple[str, Any]:
         pixels = cv2.resize(pixels, new_size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     if settings.clahe:
         pixels = _clahe_any(pixels, settings.clip_limit, clahe)
-    write_image(task.output, pixels, bits=16)
-    row = {
-        "id": task.id, "source": str(task.source), "output": "", "rows": pixels.shape[0], "cols": pixels.shape[1],
+    write_image(output, pixels, bits=16)
+    return {
+        "output": str(output), "rows": pixels.shape[0], "cols": pixels.shape[1],
         "source_rows": source_rows, "source_cols": source_cols,
         "crop_y0": bounds[0], "crop_y1": bounds[1], "crop_x0": bounds[2], "crop_x1": bounds[3], "scale": round(scale, 8),
-        **info,
     }
-    return "ok", row
 
 
 def _clahe_any(pixels, clip_limit: float, clahe):
@@ -235,23 +247,36 @@ def _convert_star(args: tuple[_Task, Settings]) -> tuple[str, Any]:
 # === Orchestration ===
 
 
-def _previous_rows(out_dir: Path, settings: Settings) -> dict[str, dict[str, str]]:
-    """Manifest rows of an earlier run with the same settings, by output path; empty when there is none."""
+def _previous_rows(out_dir: Path, settings: Settings) -> dict[str, list[dict[str, str]]]:
+    """Manifest rows of an earlier run with the same settings, by source file; empty when there is none."""
     try:
         previous = json.loads((out_dir / "prepare.json").read_text(encoding="utf-8"))
         if previous.get("settings") != json.loads(json.dumps(asdict(settings))):
             return {}
+        by_source: dict[str, list[dict[str, str]]] = {}
         with open(out_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
-            return {row["output"]: row for row in csv.DictReader(fh)}
+            for row in csv.DictReader(fh):
+                by_source.setdefault(row["source"], []).append(row)
+        return by_source
     except (OSError, ValueError, KeyError):
         return {}
 
 
-def _is_current(task: _Task) -> bool:
+def _current_rows(task: _Task, previous: dict[str, list[dict[str, str]]], out_dir: Path) -> list[dict[str, str]] | None:
+    """The earlier rows of `task` (one, or one per frame) if all their outputs are newer than the source."""
+    rows = [
+        row for row in previous.get(str(task.source), [])
+        if row["id"] == task.id or (row.get("frame") and row["id"].startswith(f"{task.id}_f"))
+    ]  # fmt: skip
+    if not rows or any(row["output"] != _relative(task.output, out_dir) for row in rows if not row.get("frame")):
+        return None
     try:
-        return task.output.stat().st_mtime >= task.source.stat().st_mtime
+        source_time = task.source.stat().st_mtime
+        if all((out_dir / row["output"]).stat().st_mtime >= source_time for row in rows):
+            return rows
     except OSError:
-        return False
+        pass
+    return None
 
 
 def prepare_images(
@@ -339,11 +364,11 @@ def prepare_images(
     previous = _previous_rows(out_dir, settings)
     result = PrepareResult(out_dir=out_dir, manifest=out_dir / "manifest.csv", skipped_csv=out_dir / "skipped.csv")
     to_convert = []
-    rows_by_id: dict[str, dict[str, Any]] = {}
+    rows_by_id: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
-        earlier = previous.get(_relative(task.output, out_dir))
-        if earlier is not None and _is_current(task):
-            rows_by_id[task.id] = {**{k: earlier.get(k, "") for k in MANIFEST_COLUMNS}, **task.carried}
+        earlier = _current_rows(task, previous, out_dir)
+        if earlier is not None:
+            rows_by_id[task.id] = [{**{k: row.get(k, "") for k in MANIFEST_COLUMNS}, **task.carried} for row in earlier]
             result.reused += 1
         else:
             to_convert.append(task)
@@ -354,13 +379,14 @@ def prepare_images(
             if kind == "skip":
                 skip(*payload)
                 continue
-            payload["output"] = _relative(task.output, out_dir)
-            rows_by_id[task.id] = {**payload, **task.carried}
+            for row in payload:
+                row["output"] = _relative(Path(row["output"]), out_dir)
+            rows_by_id[task.id] = [{**row, **task.carried} for row in payload]
             result.converted += 1
     finally:
         results.close()  # with strict, stops the pool at the first bad file
 
-    result.rows = [rows_by_id[task.id] for task in tasks if task.id in rows_by_id]
+    result.rows = [row for task in tasks for row in rows_by_id.get(task.id, [])]
     result.skipped = skipped
     carried_columns = list(dict.fromkeys(k for task in tasks for k in task.carried))
     write_csv(result.manifest, result.rows, [*MANIFEST_COLUMNS, *carried_columns])

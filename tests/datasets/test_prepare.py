@@ -38,7 +38,9 @@ def write_dicom(path: Path, pixels: np.ndarray, *, uid: str | None = None, photo
     ds.PatientName, ds.PatientID = PATIENT_NAME, "PID-31337-ZZ"
     ds.PhotometricInterpretation = photometric
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
-    ds.Rows, ds.Columns = pixels.shape
+    if pixels.ndim == 3:  # a multi-frame image
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.PixelData = pixels.astype("<u2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     dcmwrite(path, ds, enforce_file_format=True)
@@ -158,3 +160,28 @@ def test_two_workers_give_the_same_outputs(tmp_path, dataset_folder):
     assert [r["id"] for r in serial.rows] == [r["id"] for r in parallel.rows]
     for a, b in zip(serial.rows, parallel.rows):
         np.testing.assert_array_equal(read_image(serial.out_dir / a["output"]), read_image(parallel.out_dir / b["output"]))
+
+
+def test_multi_frame_dicom_gives_one_png_per_frame_and_resumes(tmp_path):
+    folder = tmp_path / "dbt"
+    frames = np.stack([body_image(seed=i) * (i + 1) // 3 for i in range(3)])
+    frames[1, :5] = 0  # frames differ, so each PNG must be its own frame
+    write_dicom(folder / "stack.dcm", frames)
+    write_dicom(folder / "single.dcm", body_image(seed=9))
+    result = prepare_images(folder, tmp_path / "out")
+    rows = read_csv(result.manifest)
+    assert [(r["id"], r["frame"]) for r in rows] == [("single", ""), ("stack_f0001", "1"), ("stack_f0002", "2"), ("stack_f0003", "3")]
+    assert result.converted == 2
+    assert {r["source"] for r in rows[1:]} == {str((folder / "stack.dcm").resolve())}
+    images = [read_image(result.out_dir / r["output"]) for r in rows[1:]]
+    assert all(image.shape == (48, 64) and image.dtype == np.uint16 for image in images)
+    assert images[1][:5].max() == 0 and images[0][:5].max() > 0
+    assert not np.array_equal(images[0], images[2])
+
+    again = prepare_images(folder, tmp_path / "out")
+    assert (again.converted, again.reused) == (0, 2)
+    assert [r["id"] for r in read_csv(again.manifest)] == [r["id"] for r in rows]
+    (result.out_dir / rows[2]["output"]).unlink()  # a lost frame makes its file convert again
+    third = prepare_images(folder, tmp_path / "out")
+    assert (third.converted, third.reused) == (1, 1)
+    assert (result.out_dir / rows[2]["output"]).is_file()
