@@ -15,7 +15,9 @@ convolve and normalise natively. So `install()` replaces:
   renorm or synchronisation): one fused `torch.native_batch_norm`, and the moving statistics updated from its
   batch mean and (biased) variance exactly as Keras updates them.
 
-Everything else (other ranks, channels-first, masks, renorm, ...) goes to the original Keras code. Outputs,
+Everything else (other ranks, channels-first, masks, renorm, ...) goes to the original Keras code, and so does
+code that torch.compile traces (`jit_compile=True`): it fuses the element-wise ops itself, and Inductor fails on
+these paths with dynamic shapes (measured on DenseNet-121: "cannot determine truth value of Relational"). Outputs,
 gradients and moving statistics agree with the originals to float32 round-off (`tests/models/
 test_torch_kernels.py`). Models and `.keras` files are untouched: the layers stay stock Keras layers.
 
@@ -103,7 +105,12 @@ def _conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation
     import torch.nn.functional as F
 
     data_format = data_format or keras.config.image_data_format()
-    if data_format != "channels_last" or getattr(inputs, "ndim", None) != 4 or padding not in ("same", "valid"):
+    if (
+        data_format != "channels_last"
+        or getattr(inputs, "ndim", None) != 4
+        or padding not in ("same", "valid")
+        or torch.compiler.is_compiling()  # torch.compile fuses Keras' own ops itself (and needs them: see above)
+    ):
         return _ORIGINAL["conv"](inputs, kernel, strides, padding, data_format, dilation_rate)
     from keras.src.backend.torch.core import convert_to_tensor
 
@@ -133,7 +140,8 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
     import torch
 
     fast = (
-        mask is None
+        not torch.compiler.is_compiling()
+        and mask is None
         and getattr(inputs, "ndim", None) == 4
         and list(self._reduction_axes) == [0, 1, 2]
         and not self.renorm

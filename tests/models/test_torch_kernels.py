@@ -194,3 +194,23 @@ def test_registry_models_get_the_fast_kernels_on_torch():
 
     build_backbone("vgg16", input_shape=(32, 32, 3))
     assert torch_kernels.installed() == (keras.backend.backend() == "torch")
+
+
+@on_torch
+def test_code_traced_by_torch_compile_uses_keras_own_ops(original, rng, monkeypatch):
+    # Inductor fails on the fast paths with dynamic shapes (DenseNet-121 with jit_compile=True), so traced code
+    # must take Keras' own ops; torch.compile fuses those itself.
+    import torch
+
+    calls = []
+    monkeypatch.setitem(torch_kernels._ORIGINAL, "conv", lambda *a: calls.append("conv") or original["conv"](*a))
+    monkeypatch.setitem(torch_kernels._ORIGINAL, "batch_norm_call",
+                        lambda layer, *a, **k: calls.append("bn") or original["batch_norm_call"](layer, *a, **k))
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    norm = keras.layers.BatchNormalization()
+    inputs = torch.tensor(rng.standard_normal((2, 8, 8, 3)).astype("float32"))
+    eager = norm(conv(inputs), training=False)
+    assert calls == []
+    compiled = torch.compile(lambda x: norm(conv(x), training=False), backend="eager")(inputs)
+    assert "conv" in calls and "bn" in calls
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(compiled), keras.ops.convert_to_numpy(eager), rtol=1e-5, atol=1e-5)
