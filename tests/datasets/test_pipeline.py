@@ -217,3 +217,21 @@ def test_a_tiny_model_trains_from_the_pipeline(samples):
     model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="sigmoid")])
     model.compile(optimizer="adam", loss="binary_crossentropy")
     assert np.isfinite(model.fit(multi, epochs=1, verbose=0).history["loss"]).all()
+
+
+@pytest.mark.parametrize("size", [(512, 512), (300, 410), (150, 120)])  # shrinking, mixed, enlarging
+def test_numpy_png_decoding_matches_tensorflows_decode_and_resize(tmp_path, size):
+    import cv2
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random(size) * 65535).astype(np.uint16)
+    up = write_image(tmp_path / "up.png", pixels, bits=16)  # "up" rows: the fast decoder
+    paeth = tmp_path / "paeth.png"  # libpng's own row filters: the OpenCV fallback
+    cv2.imwrite(str(paeth), pixels, [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH])
+    ((batch,),) = _batches(make_dataset([Sample("up", up), Sample("paeth", paeth)], image_size=224, training=False,
+                                     batch_size=2, channels=1, label_mode=None))
+    np.testing.assert_array_equal(batch[0], batch[1])
+    method = "area" if max(size) > 224 else "bilinear"
+    expected = tf.image.resize(pixels[..., None].astype(np.float32) / 65535, [224, 224], method=method).numpy()
+    np.testing.assert_allclose(batch[0], expected, atol=1e-4)
