@@ -217,15 +217,14 @@ class _Arrivals:
     """Finds the JPEG files TensorFlow dropped on a decoding error, which tf.data does not name.
 
     tf.data has no try/except: an op error while decoding (corrupt data inside a file that passed the header and
-    trailer check) can only be dropped with `ignore_errors`. (PNG and bridge files are decoded in NumPy, which
-    records its own failures.) So each decoded element reports its path as it
+    trailer check) can only be dropped with `ignore_errors`. So each decoded JPEG reports its path as it
     arrives, and a marker after the last element of a pass compares arrivals with the files expected. Files
     missing at the end are decoded again here, and only the ones that fail again are recorded (or stop a strict
     run), so iterators that overlap or stop early never cause a false report.
     """
 
     def __init__(self, paths: Sequence[str], decoders: Sequence[int], bridge: _Bridge):
-        self.expected = [(path, decoder) for path, decoder in zip(paths, decoders) if decoder == _JPEG]
+        self.expected = [path for path, decoder in zip(paths, decoders) if decoder == _JPEG]
         self.bridge = bridge
         self.arrived: set[bytes] = set()
         self.lock = threading.Lock()
@@ -237,17 +236,17 @@ class _Arrivals:
 
     def end_of_pass(self) -> bool:
         with self.lock:
-            missing = [(path, decoder) for path, decoder in self.expected if path.encode() not in self.arrived]
+            missing = [path for path in self.expected if path.encode() not in self.arrived]
             self.arrived = set()
         if self.bridge.strict_error is not None:
             raise self.bridge.strict_error
-        for path, decoder in missing:
-            if path not in self.bridge.recorded and not _decodes(path, decoder):
+        for path in missing:
+            if path not in self.bridge.recorded and not _jpeg_decodes(path):
                 self.bridge.undecodable(path)
         return False  # the marker is not an image
 
 
-def _decodes(path: str, decoder: int) -> bool:
+def _jpeg_decodes(path: str) -> bool:
     try:
         tf.io.decode_jpeg(tf.io.read_file(path)).numpy()
     except (tf.errors.OpError, OSError):

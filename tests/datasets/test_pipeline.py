@@ -235,3 +235,19 @@ def test_numpy_png_decoding_matches_tensorflows_decode_and_resize(tmp_path, size
     method = "area" if max(size) > 224 else "bilinear"
     expected = tf.image.resize(pixels[..., None].astype(np.float32) / 65535, [224, 224], method=method).numpy()
     np.testing.assert_allclose(batch[0], expected, atol=1e-4)
+
+
+def test_jpegs_tensorflow_cannot_decode_are_named_or_stop_a_strict_run(samples, tmp_path):
+    # JPEGs are decoded by TensorFlow, whose errors tf.data can only drop; the arrivals tracker names the file.
+    jpeg = next(s for s in samples if s.path.suffix == ".jpg")
+    data = jpeg.path.read_bytes()
+    bad = tmp_path / "garbled.jpg"
+    bad.write_bytes(data[:3] + bytes(range(200)) + data[-2:])  # intact start and end markers, no JPEG inside
+    assert check_image_file(bad).decoder is not None
+    skipped = []
+    (images,) = _batches(make_dataset([*samples, Sample("g", bad)], image_size=8, training=False, batch_size=16,
+                                      skipped=skipped, label_mode=None))[0]
+    assert len(images) == 8
+    assert [Path(s["path"]).name for s in skipped] == ["garbled.jpg"] and "corrupt" in skipped[0]["reason"]
+    with pytest.raises(Exception, match="garbled.jpg.*--strict"):
+        _batches(make_dataset([*samples, Sample("g", bad)], image_size=8, training=False, batch_size=16, label_mode=None, strict=True))
