@@ -36,6 +36,28 @@ def current_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
+def gpu_available() -> bool:
+    """Whether the current backend sees an accelerator: a GPU or TPU (TensorFlow, JAX) or a CUDA GPU (torch).
+
+    The one device probe of the package: `training.trainer` resolves its "auto" settings (XLA, mixed precision)
+    with it. Apple's MPS does not count: float16 compute and XLA are not what make it fast.
+    """
+    backend = current_backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return False
+
+
 def package_version(dist: str) -> str | None:
     """Installed version of a distribution, or None when it is not installed."""
     try:
