@@ -8,7 +8,8 @@ concepts (UMLS CUIs) joined by `;`. The official evaluator first validates the f
   the two sets binarised over their union, and 0 when nothing predicted is true); the mean over the images,
   where images whose ground truth is empty do not count;
 - **secondary F1**: the same against the manually validated concepts (`concepts_manual.csv`), after keeping
-  on both sides only the CUIs of `SECONDARY_CUIS` (image modality and body region) and leaving out images
+  on both sides only the CUIs of the edition's allow-list (`secondary_cuis(edition)`: image modality and body
+  region; the 2024 evaluator keeps 14 CUIs, 2025 added optical coherence tomography) and leaving out images
   whose filtered ground truth is empty.
 
 Two details are this module's reading of the task description rather than a copy of the official script:
@@ -27,12 +28,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from keras_medimg.datasets.imageclef import csv_rows, parse_cuis, problems_error
+from keras_medimg.errors import ConfigError
 
-#: The CUIs the secondary score keeps: modalities, then body regions (ImageCLEFmedical 2024 / ROCOv2).
-SECONDARY_CUIS = frozenset(
+#: The CUIs the secondary score keeps in the 2024 edition (the study's): modalities, then body regions.
+_SECONDARY_2024 = frozenset(
     {
         "C0002978",  # angiogram
         "C0040405",  # X-Ray Computed Tomography
@@ -40,7 +43,6 @@ SECONDARY_CUIS = frozenset(
         "C0032743",  # Positron-Emission Tomography
         "C0041618",  # Ultrasonography
         "C1306645",  # Plain x-ray
-        "C0920367",  # Tomography, Optical Coherence
         "C1140618",  # Upper Extremity
         "C0037949",  # Vertebral column
         "C0030797",  # Pelvis
@@ -51,6 +53,40 @@ SECONDARY_CUIS = frozenset(
         "C0000726",  # Abdomen
     }
 )
+
+#: The official secondary allow-list of each edition's evaluator; 2025 added optical coherence tomography.
+SECONDARY_CUIS_BY_EDITION: Mapping[int, frozenset[str]] = MappingProxyType(
+    {
+        2024: _SECONDARY_2024,
+        2025: _SECONDARY_2024 | {"C0920367"},  # Tomography, Optical Coherence
+    }
+)
+
+#: The edition scored when none is given: the study's year.
+DEFAULT_EDITION = 2024
+
+#: Every CUI some edition's secondary score keeps (what a demo data set may use as modality or body region).
+SECONDARY_CUIS = frozenset().union(*SECONDARY_CUIS_BY_EDITION.values())
+
+
+def secondary_cuis(edition: int = DEFAULT_EDITION) -> frozenset[str]:
+    """The CUIs the secondary score of one ImageCLEFmedical edition keeps.
+
+    Args:
+        edition: the year of the challenge whose evaluator to follow.
+
+    Raises:
+        ConfigError: an edition whose list is not known here, naming the known ones.
+    """
+    # bool is an int: True must not quietly select edition 1.
+    if isinstance(edition, bool) or edition not in SECONDARY_CUIS_BY_EDITION:
+        known = ", ".join(str(year) for year in sorted(SECONDARY_CUIS_BY_EDITION))
+        raise ConfigError(
+            f"The ImageCLEFmedical edition {edition!r} has no secondary concept list here; the known editions are "
+            f"{known}. Set the edition to one of them (the list of the year your ground truth comes from)."
+        )
+    return SECONDARY_CUIS_BY_EDITION[edition]
+
 
 #: The official limit of concepts per image in a run file.
 MAX_CONCEPTS = 100
@@ -190,18 +226,21 @@ def primary_f1(truth: Concepts, predictions: Concepts) -> float:
     return _mean_f1(truth, predictions, None)[0]
 
 
-def secondary_f1(manual_truth: Concepts, predictions: Concepts, *, keep: Iterable[str] = SECONDARY_CUIS) -> float:
-    """The official secondary score: the primary F1 on `keep` CUIs only, against the manual ground truth.
+def secondary_f1(manual_truth: Concepts, predictions: Concepts, *, edition: int = DEFAULT_EDITION) -> float:
+    """The official secondary score: the primary F1 on the edition's allow-listed CUIs, against the manual truth.
 
     Args:
         manual_truth: image ID -> manually validated CUIs (from `concepts_manual.csv`).
         predictions: image ID -> predicted CUIs.
-        keep: the CUIs that count (the official list by default).
+        edition: the challenge year whose allow-list counts (`secondary_cuis`).
 
     Returns:
         The score in [0, 1], or NaN when no image has a kept CUI in its manual ground truth.
+
+    Raises:
+        ConfigError: an unknown edition.
     """
-    return _mean_f1(manual_truth, predictions, frozenset(cui.upper() for cui in keep))[0]
+    return _mean_f1(manual_truth, predictions, secondary_cuis(edition))[0]
 
 
 def concept_table(
@@ -310,6 +349,7 @@ class ConceptScores:
         images: ground-truth images counted by the primary score.
         secondary_images: manual ground-truth images counted by the secondary score.
         table: the per-concept rows of `concept_table`.
+        edition: the challenge year whose secondary allow-list was used.
     """
 
     primary_f1: float
@@ -319,6 +359,7 @@ class ConceptScores:
     images: int
     secondary_images: int
     table: list[dict[str, Any]] = field(default_factory=list)
+    edition: int = DEFAULT_EDITION
 
     def summary(self) -> dict[str, Any]:
         """The scalar scores, for metrics.json."""
@@ -329,6 +370,7 @@ class ConceptScores:
             "macro_f1": self.macro_f1,
             "images": self.images,
             "secondary_images": self.secondary_images,
+            "edition": self.edition,
         }
 
 
@@ -338,6 +380,7 @@ def score(
     *,
     manual_truth: Concepts | None = None,
     names: Mapping[str, str] | None = None,
+    edition: int = DEFAULT_EDITION,
 ) -> ConceptScores:
     """All scores of a set of predictions (already validated, e.g. by `read_submission`).
 
@@ -346,11 +389,17 @@ def score(
         predictions: image ID -> predicted CUIs.
         manual_truth: image ID -> manually validated CUIs, for the secondary score.
         names: CUI -> canonical name, for the per-concept table.
+        edition: the challenge year whose secondary allow-list counts (checked even without `manual_truth`, so
+            a wrong setting fails at once rather than on the run that has a manual ground truth).
+
+    Raises:
+        ConfigError: an unknown edition.
     """
+    keep = secondary_cuis(edition)
     primary, images = _mean_f1(truth, predictions, None)
     secondary, secondary_images = math.nan, 0
     if manual_truth is not None:
-        secondary, secondary_images = _mean_f1(manual_truth, predictions, SECONDARY_CUIS)
+        secondary, secondary_images = _mean_f1(manual_truth, predictions, keep)
     table = concept_table(truth, predictions, names=names)
     micro, macro = micro_macro_f1(table)
-    return ConceptScores(primary, secondary, micro, macro, images, secondary_images, table)
+    return ConceptScores(primary, secondary, micro, macro, images, secondary_images, table, edition)

@@ -8,10 +8,11 @@ import pytest
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from keras_medimg.errors import InvalidInputError
+from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.metrics.imageclef import (
     MAX_CONCEPTS,
     SECONDARY_CUIS,
+    SECONDARY_CUIS_BY_EDITION,
     best_frequency_baseline,
     concept_table,
     frequency_baseline,
@@ -21,10 +22,12 @@ from keras_medimg.metrics.imageclef import (
     read_submission,
     read_truth,
     score,
+    secondary_cuis,
     secondary_f1,
 )
 
 CT, MRI, CHEST, ABDOMEN, MASS, FRACTURE = "C0040405", "C0024485", "C0817096", "C0000726", "C0027651", "C0016658"
+OCT = "C0920367"
 
 
 def official_image_f1(truth, predicted):
@@ -79,9 +82,53 @@ def test_secondary_f1_keeps_only_the_official_cuis_on_both_sides():
     assert secondary_f1(manual, predictions) == pytest.approx((2 / 3 + 1) / 2)
 
 
-def test_secondary_list_is_the_official_fifteen():
-    assert len(SECONDARY_CUIS) == 15
-    assert {"C0002978", "C0040405", "C0024485", "C0032743", "C0041618", "C1306645", "C0920367"} < SECONDARY_CUIS
+OFFICIAL_2024 = {
+    "C0002978", "C0040405", "C0024485", "C0032743", "C0041618", "C1306645",  # modalities
+    "C1140618", "C0037949", "C0030797", "C0023216", "C0037303", "C0817096", "C0006141", "C0000726",  # regions
+}
+
+
+def test_secondary_lists_by_edition_are_the_official_ones():
+    assert secondary_cuis(2024) == OFFICIAL_2024  # the 2024 evaluator's 14
+    assert secondary_cuis(2025) == OFFICIAL_2024 | {OCT}  # 2025 added optical coherence tomography
+    assert secondary_cuis() == secondary_cuis(2024)  # the study's year is the default
+    assert SECONDARY_CUIS == secondary_cuis(2025)  # every CUI some edition keeps
+
+
+@pytest.mark.parametrize("edition", [2023, 2026, "2024", True])
+def test_unknown_edition_is_a_config_error_naming_the_known_ones(edition):
+    with pytest.raises(ConfigError, match="known editions are 2024, 2025"):
+        secondary_cuis(edition)
+    with pytest.raises(ConfigError):
+        secondary_f1({"a": [CT]}, {"a": [CT]}, edition=edition)
+    with pytest.raises(ConfigError):
+        score({"a": [CT]}, {"a": [CT]}, edition=edition)  # fails without a manual truth too
+
+
+def test_an_oct_image_counts_in_2025_but_not_in_2024():
+    manual = {"oct": [OCT], "ct": [CT, CHEST]}
+    predictions = {"oct": [OCT, MASS], "ct": [CT]}
+    # 2024: OCT is filtered away, so "oct" has an empty truth and does not count; "ct" scores 2/3.
+    assert secondary_f1(manual, predictions, edition=2024) == pytest.approx(2 / 3)
+    # 2025: "oct" counts and scores 1 (MASS is filtered from the prediction): (1 + 2/3) / 2.
+    assert secondary_f1(manual, predictions, edition=2025) == pytest.approx(5 / 6)
+    # A model that misses OCT loses in 2025 only.
+    missed = {"oct": [MASS], "ct": [CT]}
+    assert secondary_f1(manual, missed, edition=2024) == pytest.approx(2 / 3)
+    assert secondary_f1(manual, missed, edition=2025) == pytest.approx(1 / 3)
+    assert secondary_f1(manual, predictions) == secondary_f1(manual, predictions, edition=2024)
+
+
+def test_score_uses_and_records_the_edition():
+    truth = {"oct": [OCT, MASS], "ct": [CT, CHEST]}
+    manual = {"oct": [OCT], "ct": [CT, CHEST]}
+    predictions = {"oct": [MASS], "ct": [CT, CHEST]}
+    old, new = (score(truth, predictions, manual_truth=manual, edition=e) for e in (2024, 2025))
+    assert (old.secondary_f1, old.secondary_images) == (1.0, 1)
+    assert (new.secondary_f1, new.secondary_images) == (0.5, 2)
+    assert old.primary_f1 == new.primary_f1  # the primary score does not depend on the edition
+    assert (old.summary()["edition"], new.summary()["edition"]) == (2024, 2025)
+    assert set(SECONDARY_CUIS_BY_EDITION) == {2024, 2025}
 
 
 def write(tmp_path, name, text):
