@@ -1,5 +1,8 @@
 """k-fold cross-validation: a fresh model per fold, each fold in its own run folder, mean and std of the metrics.
 
+Every fold trains with `trainer.fit_plan`, so a fold is trained exactly as a single run is: same precision, same
+head-then-fine-tune phases, same class weights.
+
     <run>/fold_0/ ... fold_<k-1>/   a full training run folder each (results.csv, weights/, metrics.json)
     <run>/metrics.json              per-fold metrics, their mean and sample standard deviation
 """
@@ -18,7 +21,7 @@ import numpy as np
 from keras_medimg.config import TrainConfig
 from keras_medimg.datasets.records import Sample
 from keras_medimg.runs import Run
-from keras_medimg.training.trainer import fit, set_seed
+from keras_medimg.training.trainer import fit_plan, set_seed
 
 Folds = list[tuple[list[Sample], list[Sample]]]
 
@@ -79,22 +82,33 @@ def cross_validate(
     seed: int = 0,
     split: Callable[[Sequence[Sample], int, int], Folds] | None = None,
     resume: bool = False,
+    weights: str | Path | None = None,
+    freeze: str = "none",
+    class_names: Sequence[str] | None = None,
+    multilabel: bool | None = None,
 ) -> CVResult:
     """Train and evaluate one fresh model per fold and write per-fold and summary metrics.
 
     Args:
         samples: every labelled sample of the study.
-        build_model: returns a new, uncompiled model (called once per fold, after clearing the Keras session).
-        make_datasets: (train samples, val samples) -> (train dataset, val dataset) for `trainer.fit`.
+        build_model: returns a new, uncompiled model (called once per fold by `trainer.fit_plan`, after clearing
+            the Keras session).
+        make_datasets: (train samples, val samples) -> (train dataset, val dataset) for `trainer.fit_plan`.
         k: number of folds.
         config: the training section, used for every fold.
         run: the cross-validation run folder; fold i trains in `fold_<i>/`.
         evaluate: (trained model, val samples) -> metrics dict (nested dicts allowed, e.g. a classification
-            report); the model is as `fit` left it (best weights restored when early stopping is on).
+            report); the model is as the last phase left it (best weights restored when early stopping is on).
         seed: seeds the split and, as seed + i, fold i's weights and shuffling.
         split: (samples, k, seed) -> k (train, val) pairs; default `datasets.splits.kfold` (stratified,
             patient-grouped).
         resume: folds whose metrics.json exists are not trained again; an interrupted fold resumes.
+        weights: the backbone weights `build_model` uses (`model.weights`); with weights and `config.head_epochs`,
+            every fold trains the head first, then fine-tunes (see `trainer.fit_plan`).
+        freeze: the freeze policy of the fine-tuning phase (`model.freeze`).
+        class_names: the classes in head order; each fold's `Sample.label`s become the class indices that
+            `config.class_weight: balanced` counts. Needed only for balanced class weights.
+        multilabel: sigmoid head with multi-hot labels; None infers it from the model's last layer.
 
     Returns:
         CVResult.
@@ -110,15 +124,16 @@ def cross_validate(
         # Each fold starts from a clean graph and its own seed, so folds are independent and reproducible.
         keras.backend.clear_session()
         set_seed(seed + i)
-        model = build_model()
         train_ds, val_ds = make_datasets(list(train), list(val))
-        fitted = fit(model, train_ds, val_ds, config=config, run=fold_run, resume=resume)
+        plan = fit_plan(build_model, train_ds, val_ds, config=config, run=fold_run, weights=weights, freeze=freeze,
+                        labels=_class_indices(train, class_names), multilabel=multilabel, resume=resume)
         record = {
             "fold": i,
             "train_size": len(train),
             "val_size": len(val),
-            "best_epoch": fitted.best_epoch,
-            "metrics": dict(evaluate(model, list(val))),
+            "best_epoch": plan.best_epoch,
+            "phases": plan.phases,
+            "metrics": dict(evaluate(plan.model, list(val))),
         }
         fold_run.write_json("metrics.json", record)
         results.append(record)
@@ -126,3 +141,12 @@ def cross_validate(
     mean, std = summarize([r["metrics"] for r in results])
     metrics_path = run.write_json("metrics.json", {"k": k, "seed": seed, "folds": results, "mean": mean, "std": std})
     return CVResult(folds=results, mean=mean, std=std, metrics_path=metrics_path)
+
+
+def _class_indices(samples: Sequence[Sample], class_names: Sequence[str] | None) -> np.ndarray | None:
+    """Class index of every sample's label, for balanced class weights; None without a class list."""
+    if class_names is None:
+        return None
+    from keras_medimg.datasets.pipeline import encode_labels
+
+    return encode_labels(samples, "int", class_names)

@@ -15,28 +15,35 @@ rows of `results.csv` from epochs that did not finish, and continues at the next
 `BackupAndRestore` deletes its backup when a `fit` call ends, so it cannot tell a later call that an earlier
 phase (head-only training) already finished; `state.json` can.
 
-A two-phase run is two `fit` calls on one run folder: the second passes `initial_epoch=first.next_epoch` and a
-different `phase_name`, and `results.csv` keeps one row per epoch with its phase.
+`fit_plan` is what the apps and `cv.cross_validate` call: it sets the dtype policy (`train.mixed_precision`) and
+the distribution (`train.distribute`), builds the model under both, and runs the fine-tuning plan of
+`models.classifier.finetune_phases` (head on a frozen backbone at `train.head_learning_rate`, then the freeze
+policy at `train.learning_rate`) as one `fit` call per phase on one run folder. Each phase starts at the run-wide
+epoch where the previous one ended, and `results.csv` keeps one row per epoch with its phase.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_medimg.backend import gpu_available
 from keras_medimg.config import TrainConfig
 from keras_medimg.errors import ConfigError, require
 from keras_medimg.models import torch_kernels
-from keras_medimg.models.classifier import load_model
+from keras_medimg.models.classifier import Phase, apply_freeze, finetune_phases, load_model
 from keras_medimg.runs import Run, atomic_path, write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 RESULTS_FILE = "results.csv"
@@ -81,24 +88,6 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def gpu_available() -> bool:
-    """Whether the active Keras backend sees a GPU (or TPU)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    return False
-
-
 def resolve_jit_compile(config: TrainConfig) -> bool:
     """`jit_compile` as a bool: "auto" means on only with a GPU (XLA measured slower on our CPUs)."""
     return gpu_available() if config.jit_compile == "auto" else bool(config.jit_compile)
@@ -113,6 +102,7 @@ def setup_precision(config: TrainConfig) -> str:
     """Set the global dtype policy from `config.mixed_precision`; call it BEFORE building the model.
 
     Keras fixes a layer's compute dtype when the layer is created, so the policy cannot be changed by `fit`.
+    `fit_plan` calls it for you (and puts the previous policy back once the model is built).
 
     Args:
         config: the training section.
@@ -129,18 +119,31 @@ def setup_precision(config: TrainConfig) -> str:
 
 
 def balanced_class_weight(labels: Sequence[int], num_classes: int) -> dict[int, float]:
-    """Class weights n_samples / (n_classes * count) as scikit-learn's "balanced"; absent classes weigh 1.
+    """Class weights n_samples / (n_present_classes * count), scikit-learn's "balanced" over the classes present.
+
+    A class without training samples weighs 1.0: it never occurs in a batch, so its weight is never used, but
+    Keras wants one for every class. No labels at all give every class 1.0.
 
     Args:
         labels: integer class index of every training sample.
-        num_classes: number of classes of the model's head.
+        num_classes: number of classes of the model's head (2 for a single sigmoid output).
+
+    Returns:
+        class index -> weight for every class 0 .. num_classes - 1, for `fit(class_weight=...)`.
     """
     from sklearn.utils.class_weight import compute_class_weight
 
-    labels = np.asarray(labels, dtype="int64")
+    labels = np.asarray(labels, dtype="int64").reshape(-1)
+    result = {i: 1.0 for i in range(num_classes)}
+    if labels.size == 0:
+        return result
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ConfigError(
+            f"Class weights: the training labels range over {labels.min()}..{labels.max()}, but the model has "
+            f"{num_classes} classes (0..{num_classes - 1}). Check that the class list matches the model's head."
+        )
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
-    result = {i: 1.0 for i in range(num_classes)}
     result.update({int(c): float(w) for c, w in zip(present, weights)})
     return result
 
@@ -391,6 +394,7 @@ def fit(
     config: TrainConfig,
     run: Run,
     class_weight: Mapping[int, float] | None = None,
+    labels: Sequence[int] | None = None,
     resume: bool = False,
     initial_epoch: int = 0,
     phase_name: str | None = None,
@@ -409,8 +413,9 @@ def fit(
         val_ds: the validation dataset in the same form, or None (then `config.monitor` must not start with val_).
         config: the training section.
         run: the run folder.
-        class_weight: class index -> weight (see `balanced_class_weight`); required when config.class_weight is
-            "balanced". Not for multi-label heads.
+        class_weight: class index -> weight; overrides `config.class_weight`. Not for multi-label heads.
+        labels: class index of every training sample; with `config.class_weight` "balanced" (and no
+            `class_weight`) the weights are `balanced_class_weight(labels, classes of the head)`.
         resume: continue this run from its state.json: a finished phase is skipped (unless it is the last one and
             `config.epochs` now asks for more), an interrupted one continues
             at its next epoch with the saved optimiser state.
@@ -431,13 +436,10 @@ def fit(
     if config.tensorboard:
         # Without it Keras' TensorBoard callback fails at the first epoch's end, after training started.
         require("tensorboard", extra="tensorboard", feature="train.tensorboard=true")
-    if config.class_weight == "balanced" and class_weight is None:
-        raise ValueError("config.class_weight is 'balanced': pass class_weight=balanced_class_weight(labels, n).")
     _check_precision(model, config)
     torch_kernels.install()  # a model built outside the registry trains with the fast torch kernels too
     head = _Head.of(model, train_ds, config, multilabel)
-    if head.multilabel and class_weight is not None:
-        raise ConfigError("Class weights apply to one label per image only; set train.class_weight=none.")
+    class_weight = _class_weight(config, head, class_weight, labels)
     train_ds = head.encode(train_ds)
     val_ds = head.encode(val_ds) if val_ds is not None else None
 
@@ -586,12 +588,206 @@ def _result(run: Run, state: dict[str, Any], phase: str, config: TrainConfig, *,
     )
 
 
+def _class_weight(config: TrainConfig, head: _Head, given: Mapping[int, float] | None,
+                  labels: Sequence[int] | None) -> Mapping[int, float] | None:
+    """The class weights to train with: the given ones, else the balanced ones when the config asks for them."""
+    wanted = given is not None or config.class_weight == "balanced"
+    if wanted and head.multilabel:
+        raise ConfigError(
+            "train.class_weight=balanced applies to one label per image, but this model has a multi-label "
+            "(sigmoid) head, where each label is its own yes/no question. Set train.class_weight=none."
+        )
+    if given is not None or config.class_weight != "balanced":
+        return given
+    if labels is None:
+        raise ConfigError(
+            "train.class_weight is 'balanced', but no training labels were given to count the classes. Pass "
+            "labels= (the class index of every training sample) to fit_plan or fit, or set train.class_weight=none."
+        )
+    num_classes = head.num_outputs if head.num_outputs and head.num_outputs > 1 else 2
+    weights = balanced_class_weight(labels, num_classes)
+    log.info("Balanced class weights: %s.", ", ".join(f"{c}: {w:.3g}" for c, w in weights.items()))
+    return weights
+
+
 def _check_precision(model: keras.Model, config: TrainConfig) -> None:
+    """Refuse a model whose dtype policy contradicts an explicit `train.mixed_precision`.
+
+    "auto" never refuses: it is a preference, not a demand, so a model built under the other policy (before
+    `setup_precision`, or loaded from a file) trains as it was built, with a log line saying so.
+    """
     wanted = resolve_mixed_precision(config)
     built_mixed = model.dtype_policy.name.startswith("mixed")
+    if wanted != built_mixed and config.mixed_precision == "auto":
+        log.info("train.mixed_precision=auto would train in %s, but the model was built with the '%s' dtype "
+                 "policy, so it trains in that. Build it after training.trainer.setup_precision(config) (fit_plan "
+                 "does) to change that.", "mixed_float16" if wanted else "float32", model.dtype_policy.name)
+        return
     if wanted != built_mixed:
         raise ConfigError(
             f"train.mixed_precision resolves to {wanted} but the model was built with the "
             f"'{model.dtype_policy.name}' dtype policy. Call training.trainer.setup_precision(config) before "
             "building the model, or set train.mixed_precision to match."
         )
+
+
+# === Phased plans ===
+
+
+@dataclass
+class PlanResult:
+    """What `fit_plan` did.
+
+    Args:
+        model: the trained model as the last phase left it (best weights restored when early stopping is on).
+        fits: the `FitResult` of every phase that ran or was resumed, in order.
+        phases: one dict per phase for metrics.json: phase, freeze, learning_rate, initial_epoch, next_epoch,
+            epochs_run, best_epoch, best_value, stopped_early, diverged.
+        precision: the dtype policy the model was built under ("float32" or "mixed_float16").
+    """
+
+    model: keras.Model
+    fits: list[FitResult]
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "float32"
+
+    @property
+    def best_path(self) -> Path | None:
+        """weights/best.keras, the best epoch over all phases; None when no epoch finished."""
+        return self.fits[-1].best_path if self.fits else None
+
+    @property
+    def last_path(self) -> Path:
+        """weights/last.keras, the model after the last phase."""
+        return self.fits[-1].last_path
+
+    @property
+    def best_epoch(self) -> int | None:
+        """Run-wide epoch of the best `train.monitor` value, over all phases."""
+        return self.fits[-1].best_epoch if self.fits else None
+
+    @property
+    def diverged(self) -> bool:
+        """A phase's loss became NaN or infinite; the phases after it did not run."""
+        return any(result.diverged for result in self.fits)
+
+
+def plan_phases(config: TrainConfig, *, weights: str | Path | None, freeze: str) -> list[Phase]:
+    """The phases `fit_plan` runs for this config (see `models.classifier.finetune_phases`).
+
+    `train.head_epochs` larger than `train.epochs` is cut to `train.epochs` (with a log line): the head phase
+    then is the whole run. The phases' learning-rate factor is 1, because the config names both rates itself
+    (`train.head_learning_rate` for the head phase, `train.learning_rate` for the others); see `phase_learning_rate`.
+
+    Args:
+        config: the training section (`epochs`, `head_epochs`).
+        weights: the backbone weights the model was built with (`model.weights`); None skips the head phase.
+        freeze: the freeze policy of the fine-tuning (or only) phase (`model.freeze`).
+    """
+    head_epochs = config.head_epochs
+    if head_epochs > config.epochs:
+        log.warning("train.head_epochs (%d) is more than train.epochs (%d): training the head for all %d epochs.",
+                    head_epochs, config.epochs, config.epochs)
+        head_epochs = config.epochs
+    return finetune_phases(weights, head_epochs, config.epochs, freeze, finetune_lr_factor=1.0)
+
+
+def phase_learning_rate(config: TrainConfig, phase: Phase) -> float:
+    """The (initial) learning rate of a phase: `train.head_learning_rate` for the "head" phase,
+    `train.learning_rate` for any other, times the phase's `learning_rate_factor`."""
+    base = config.head_learning_rate if phase.name == "head" else config.learning_rate
+    return base * phase.learning_rate_factor
+
+
+def fit_plan(
+    build_model: Callable[[], keras.Model],
+    train_ds: Any,
+    val_ds: Any | None,
+    *,
+    config: TrainConfig,
+    run: Run,
+    weights: str | Path | None,
+    freeze: str = "none",
+    labels: Sequence[int] | None = None,
+    multilabel: bool | None = None,
+    resume: bool = False,
+    phases: Sequence[Phase] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> PlanResult:
+    """Build a model under the configured precision and distribution and train it phase by phase into `run`.
+
+    The model is built inside `distribute.strategy_scope(train.distribute)` after `setup_precision(config)` (the
+    global dtype policy is put back afterwards; the model keeps its own). Each phase then applies its freeze policy,
+    and `fit`s `phase.epochs - phase.initial_epoch` epochs at `phase_learning_rate(config, phase)`, starting at the
+    run-wide epoch where the previous phase ended (earlier when early stopping ended it early). With `resume`,
+    finished phases are skipped (their model is reloaded) and an interrupted one continues at its next epoch.
+    A phase whose loss diverges ends the plan.
+
+    Args:
+        build_model: returns a new, uncompiled model; one built by `models.classifier.build_classifier` for a
+            plan that freezes (a model without a "backbone" layer can run only plans whose freeze is "none").
+        train_ds: the batched training dataset, as for `fit`.
+        val_ds: the validation dataset, or None (then `train.monitor` must not start with "val_").
+        config: the training section (`epochs`, `head_epochs`, `head_learning_rate`, `learning_rate`,
+            `class_weight`, `mixed_precision`, `distribute`, ...).
+        run: the run folder.
+        weights: the backbone weights the model is built with (`model.weights`): None (random) skips the head phase.
+        freeze: the freeze policy of the fine-tuning (or only) phase (`model.freeze`).
+        labels: class index of every training sample; needed when `train.class_weight` is "balanced".
+        multilabel: sigmoid head with multi-hot labels; None infers it from the last layer's activation.
+        resume: continue `run` from its state.json.
+        phases: run these phases instead of `plan_phases(config, weights=weights, freeze=freeze)`.
+        callbacks: extra Keras callbacks, given to every phase.
+
+    Returns:
+        PlanResult: the trained model, each phase's FitResult, a metrics.json summary per phase.
+    """
+    from keras_medimg.training.distribute import strategy_scope
+
+    plan = list(phases) if phases is not None else plan_phases(config, weights=weights, freeze=freeze)
+    if not plan:
+        raise ConfigError("fit_plan was given no phases to train; pass phases=None for the configured plan.")
+    with strategy_scope(config.distribute):
+        previous = keras.config.dtype_policy()
+        precision = setup_precision(config)
+        try:
+            model = build_model()
+        finally:
+            # Layers keep the policy they were built under; later models (SAM, evaluation) get the caller's.
+            keras.config.set_dtype_policy(previous)
+        log.info("Built %s with the %s dtype policy.", model.name, precision)
+        result = PlanResult(model=model, fits=[], precision=precision)
+        next_epoch = 0
+        for phase in plan:
+            fitted = _fit_phase(model, phase, train_ds, val_ds, config=config, run=run, initial_epoch=next_epoch,
+                                labels=labels, multilabel=multilabel, resume=resume, callbacks=callbacks)
+            result.fits.append(fitted)
+            result.phases.append({
+                "phase": phase.name, "freeze": phase.freeze, "learning_rate": phase_learning_rate(config, phase),
+                "initial_epoch": next_epoch, "next_epoch": fitted.next_epoch, "epochs_run": fitted.epochs_run,
+                "best_epoch": fitted.best_epoch, "best_value": fitted.best_value,
+                "stopped_early": fitted.stopped_early, "diverged": fitted.diverged,
+            })
+            next_epoch = fitted.next_epoch
+            if fitted.diverged:
+                log.warning("Phase '%s' stopped: the loss became NaN or infinite. Lower train.learning_rate (or "
+                            "train.head_learning_rate) and train again.", phase.name)
+                break
+    return result
+
+
+def _fit_phase(model: keras.Model, phase: Phase, train_ds: Any, val_ds: Any | None, *, config: TrainConfig,
+               run: Run, initial_epoch: int, **fit_options: Any) -> FitResult:
+    """Freeze as the phase says and fit it with its own epoch count and learning rate."""
+    if phase.freeze != "none" or _has_backbone(model):
+        apply_freeze(model, phase.freeze)
+    rate = phase_learning_rate(config, phase)
+    phase_config = replace(config, epochs=phase.epochs - phase.initial_epoch, learning_rate=rate)
+    log.info("Phase '%s': %d epochs from epoch %d, freeze '%s', learning rate %g, schedule %s.", phase.name,
+             phase_config.epochs, initial_epoch, phase.freeze, rate, config.schedule)
+    return fit(model, train_ds, val_ds, config=phase_config, run=run, initial_epoch=initial_epoch,
+               phase_name=phase.name, **fit_options)
+
+
+def _has_backbone(model: keras.Model) -> bool:
+    return any(layer.name == "backbone" for layer in model.layers)
