@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from keras_medimg.datasets.records import Sample
-from keras_medimg.errors import InvalidInputError
+from keras_medimg.datasets.sources import find_images, list_images  # noqa: F401  (list_images: predict sources)
+from keras_medimg.errors import InvalidInputError, problems_error
 
 CONCEPT_COLUMNS = ("ID", "CUIs")
 MAPPING_COLUMNS = ("CUI", "Canonical name")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "valid", "test")
-
-#: How many problems an error message lists before it only gives the count.
-SHOWN_PROBLEMS = 5
 
 Problem = tuple[int | None, str]
 
@@ -54,20 +50,6 @@ def parse_cuis(text: str) -> tuple[str, ...]:
         The CUIs in their order in the field, duplicates kept (callers decide about them).
     """
     return tuple(cui for cui in (part.strip().upper() for part in text.split(";")) if cui)
-
-
-def problems_error(path: str | Path, problems: Sequence[Problem], what: str) -> InvalidInputError:
-    """One `InvalidInputError` listing the first few (line, problem) pairs of a file and how many there are.
-
-    Args:
-        path: the file the problems are in.
-        problems: (1-based line or None, problem) pairs in file order; at least one.
-        what: what to do about them, as a full sentence.
-    """
-    shown = "; ".join(f"line {line}: {text}" if line is not None else text for line, text in problems[:SHOWN_PROBLEMS])
-    more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
-    count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
-    return InvalidInputError(path, f"{count}: {shown}{more}. {what}", line=problems[0][0])
 
 
 def csv_rows(path: str | Path) -> list[tuple[int, list[str]]]:
@@ -176,22 +158,6 @@ def read_concepts_csv(path: str | Path, *, mapping: dict[str, str] | None = None
     return records
 
 
-def _images_by_id(folder: Path) -> dict[str, Path]:
-    """Image files of a folder by stem; when a stem has several, the first suffix of IMAGE_SUFFIXES wins."""
-    found: dict[str, Path] = {}
-    if not folder.is_dir():
-        return found
-    for entry in os.scandir(folder):
-        stem, suffix = os.path.splitext(entry.name)
-        suffix = suffix.lower()
-        if suffix not in IMAGE_SUFFIXES or not entry.is_file():
-            continue
-        current = found.get(stem)
-        if current is None or IMAGE_SUFFIXES.index(suffix) < IMAGE_SUFFIXES.index(current.suffix.lower()):
-            found[stem] = Path(entry.path)
-    return found
-
-
 def concepts_path(root: str | Path, split: str, *, manual: bool = False) -> Path:
     """The concepts CSV of a split: `<root>/{split}_concepts.csv` or `{split}_concepts_manual.csv`."""
     return Path(root) / f"{split}_concepts{'_manual' if manual else ''}.csv"
@@ -227,11 +193,9 @@ def read_imageclef(root: str | Path, split: str = "train", *, check_images: bool
     mapping = read_cui_mapping(root / "cui_mapping.csv")
     rows = read_concepts_csv(concepts_file, mapping=mapping)
     manual = _read_manual(root, split, mapping, {row.id for row in rows})
-    images = _images_by_id(root / split)
-    if check_images:
-        missing = [(row.line, f"image '{row.id}' has no file {split}/{row.id}.jpg") for row in rows if row.id not in images]
-        if missing:
-            raise problems_error(concepts_file, missing, f"Add the images to {root / split} or remove their rows.")
+    images, missing = find_images(root / split, [(row.line, row.id) for row in rows])
+    if check_images and missing:
+        raise problems_error(concepts_file, missing, f"Add the images to {root / split}, give ambiguous IDs with their suffix, or remove their rows.")
     return [
         Sample(
             id=row.id,
@@ -252,49 +216,6 @@ def _read_manual(root: Path, split: str, mapping: dict[str, str], ids: set[str])
     if strangers:
         raise problems_error(path, strangers, "The manual concepts must describe images of the same split.")
     return {row.id: row.cuis for row in rows}
-
-
-def list_images(source: str | Path) -> list[Sample]:
-    """The images to predict: every image of a folder, or the IDs listed in a CSV.
-
-    A CSV needs an `ID` column (an ImageCLEF concepts file works); its images are looked up in
-    `<csv folder>/<split>/` when the CSV is named `<split>_...csv` and that folder exists, else beside the CSV.
-
-    Args:
-        source: a folder of .jpg/.jpeg/.png images, or a CSV file.
-
-    Returns:
-        Samples without labels, sorted by ID for a folder and in file order for a CSV.
-
-    Raises:
-        InvalidInputError: no images, an ID column missing, or a listed image absent.
-    """
-    source = Path(source)
-    if source.is_dir():
-        images = _images_by_id(source)
-        if not images:
-            raise InvalidInputError(source, f"The folder holds no {'/'.join(IMAGE_SUFFIXES)} images. Pass a folder of images or a CSV of IDs.")
-        return [Sample(id=image_id, path=path) for image_id, path in sorted(images.items())]
-    rows = csv_rows(source)
-    if not rows or not rows[0][1] or rows[0][1][0].strip() != "ID":
-        raise InvalidInputError(source, "The CSV must start with an ID column (header ID). Fix its first line.", line=1)
-    split_folder = source.parent / source.stem.split("_")[0]
-    folder = split_folder if split_folder.is_dir() else source.parent
-    images = _images_by_id(folder)
-    samples, problems = [], []
-    for line, row in rows[1:]:
-        image_id = row[0].strip() if row else ""
-        if not image_id:
-            continue
-        if image_id not in images:
-            problems.append((line, f"image '{image_id}' has no file in {folder}"))
-        else:
-            samples.append(Sample(id=image_id, path=images[image_id]))
-    if problems:
-        raise problems_error(source, problems, "Add the missing images or remove their rows.")
-    if not samples:
-        raise InvalidInputError(source, "The CSV lists no images. Give at least one ID.")
-    return samples
 
 
 def concepts_csv_text(rows: Iterable[tuple[str, Sequence[str]]]) -> str:

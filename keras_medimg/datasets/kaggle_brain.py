@@ -1,7 +1,8 @@
 """Reader of the Kaggle brain-tumour MRI layout: `<root>/Training|Testing/<class>/<image>.jpg`.
 
 The four classes are the folders glioma, meningioma, notumor and pituitary (Msoud Nickparvar's Kaggle set, the
-brats study's classification data). JPEG and PNG files are accepted.
+brats study's classification data). Every image file keras-medimg reads is accepted (`io.images.IMAGE_SUFFIXES`,
+DICOM also without a suffix); the images are JPEG in the published set.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.datasets.records import Sample
+from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.io.images import IMAGE_SUFFIXES, is_image_file
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 SPLITS = ("Training", "Testing")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_kaggle_brain(root: str | Path, split: str = "Training", class_names: Sequence[str] = CLASSES) -> list[Sample]:
@@ -28,7 +29,8 @@ def read_kaggle_brain(root: str | Path, split: str = "Training", class_names: Se
         class_names: the valid class folder names.
 
     Returns:
-        One `Sample` per image (id = file stem, label = class folder), sorted by class then file name.
+        One `Sample` per image (id = file stem; `<class>/<stem>` for a stem found in several class folders, and
+        `<class>/<file name>` for files that share a stem in one folder), sorted by class then file name.
 
     Raises:
         InvalidInputError: the split folder is missing or empty, a class folder is unknown (the message lists
@@ -71,9 +73,9 @@ def _class_samples(class_dir: Path, split: str) -> list[Sample]:
     files = sorted(p for p in class_dir.iterdir() if not p.name.startswith("."))
     samples = []
     for path in files:
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not path.is_file() or not is_image_file(path):
             raise InvalidInputError(
-                path, f"Class folders may hold only {', '.join(IMAGE_SUFFIXES)} images; move or remove this entry."
+                path, f"Class folders may hold only images ({', '.join(IMAGE_SUFFIXES)}, or DICOM); move or remove this entry."
             )
         samples.append(Sample(id=path.stem, path=path, label=class_dir.name, meta={"split": split}))
     if not samples:
@@ -82,8 +84,13 @@ def _class_samples(class_dir: Path, split: str) -> list[Sample]:
 
 
 def _make_ids_unique(samples: list[Sample]) -> None:
-    """Prefix the class to file stems that occur in more than one class folder, so ids key predictions."""
+    """Prefix the class to file stems that occur in more than one class folder, and keep the suffix of files
+    that share a stem in one folder (a.png, a.jpg), so ids key predictions."""
     counts = Counter(sample.id for sample in samples)
     for sample in samples:
         if counts[sample.id] > 1:
             sample.id = f"{sample.label}/{sample.id}"
+    counts = Counter(sample.id for sample in samples)
+    for sample in samples:
+        if counts[sample.id] > 1:
+            sample.id = f"{sample.label}/{sample.path.name}"

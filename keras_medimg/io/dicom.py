@@ -30,6 +30,9 @@ from keras_medimg.preprocessing.intensity import window as apply_window
 
 Window = str | int | tuple[float, float] | tuple[float, float, str]
 
+#: Suffixes read as DICOM. Files without one of these are DICOM too when `is_dicom` finds the marker.
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -87,6 +90,29 @@ class MedImage:
 
 
 # === Reading the header ===
+
+
+def is_dicom(path: str | Path) -> bool:
+    """Whether a file is to be read as DICOM: its suffix is .dcm/.dicom, or its bytes say so.
+
+    Scanners often write DICOM files without a suffix (IM000001) or named by their UID (1.2.840...123); a
+    DICOM Part 10 file carries the 'DICM' marker after its 128-byte preamble, so 132 bytes tell.
+
+    Args:
+        path: any file.
+
+    Returns:
+        True for a DICOM suffix or the marker; False otherwise, also for a file that cannot be opened.
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
 
 
 def _read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:

@@ -1,44 +1,155 @@
-"""8- and 16-bit PNG, JPEG and TIFF files as NumPy arrays, bit depth kept.
+"""Image files as NumPy arrays: 8- and 16-bit PNG, JPEG, TIFF and BMP with their bit depth kept, and one
+entry point, `read_pixels`, that reads every file keras-medimg accepts (DICOM included) as float32 in [0, 1].
 
 Arrays are grey `(H, W)` or colour `(H, W, 3)` in RGB order; OpenCV's BGR order stays inside this module.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from keras_medimg.errors import InvalidInputError
+from keras_medimg.io.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from keras_medimg.runs import atomic_write_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-_EIGHT_BIT_ONLY = (".jpg", ".jpeg")
+#: Raster formats OpenCV reads and writes. BMP is in because detection datasets (YOLO, VOC) ship it.
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Every suffix a reader of a folder of images accepts. A file with another suffix is DICOM when `is_dicom`
+#: finds the DICM marker in it (scanners write IM000001 or UID-named files).
+IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
+_EIGHT_BIT_ONLY = (".jpg", ".jpeg", ".bmp")
+
+#: The largest image read, in pixels (2**28: a 16384 x 16384 image, 512 MiB at 16 bits). A file whose header
+#: claims more is refused before decoding: a 74-byte PNG can claim 10**10 pixels and make a decoder allocate
+#: tens of gigabytes. Readers take a `max_pixels` argument to raise it for a known large scan.
+MAX_PIXELS = 2**28
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a PNG, JPEG or TIFF file without changing its bit depth.
+def is_image_file(path: str | Path) -> bool:
+    """Whether keras-medimg reads this file as an image: an accepted suffix, or DICOM by its content.
+
+    Args:
+        path: any file.
+
+    Returns:
+        True for a suffix in `IMAGE_SUFFIXES`, or for another file that carries the DICOM marker.
+    """
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
+
+
+def image_shape(data: bytes) -> tuple[int, int] | None:
+    """`(height, width)` from the header of a PNG, JPEG, BMP or TIFF file, without decoding it.
+
+    Args:
+        data: the file's bytes, or its first bytes (64 KiB hold the header of nearly every JPEG).
+
+    Returns:
+        The size the header claims, or None when `data` is none of these formats or the header is not in it.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(height), abs(width)  # a negative height marks a top-down bitmap
+    if data[:3] == b"\xff\xd8\xff":
+        return _jpeg_shape(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_shape(data)
+    return None
+
+
+def _jpeg_shape(data: bytes) -> tuple[int, int] | None:
+    # Walk the marker segments to the first start-of-frame (SOF0-SOF15 but DHT C4, JPG C8 and DAC CC).
+    pos = 2
+    while pos + 9 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return height, width
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    return None
+
+
+def _tiff_shape(data: bytes) -> tuple[int, int] | None:
+    # The first image file directory: ImageWidth (256) and ImageLength (257), each SHORT or LONG.
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    if offset + 2 > len(data):
+        return None
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    size = {}
+    for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
+        if tag in (256, 257) and kind in (3, 4):
+            size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), data[entry + 8 : entry + (10 if kind == 3 else 12)])[0]
+    return (size[257], size[256]) if len(size) == 2 else None
+
+
+def check_pixel_count(path: str | Path, shape: tuple[int, int] | None, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image whose header claims more than `max_pixels` pixels (or none at all).
+
+    Args:
+        path: the file, for the message.
+        shape: `(height, width)` from `image_shape`; None (unknown) passes.
+        max_pixels: the limit.
+
+    Raises:
+        InvalidInputError: the size is 0 or over the limit.
+    """
+    if shape is None:
+        return
+    height, width = shape
+    if height * width > max_pixels:
+        raise InvalidInputError(
+            path,
+            f"The image header claims {width} x {height} pixels, more than the {max_pixels:,} this tool reads "
+            "(a damaged or hostile file). Replace it, or pass a larger max_pixels for a genuinely huge scan.",
+        )
+    if height * width == 0:
+        raise InvalidInputError(path, f"The image header claims {width} x {height} pixels: the image is empty. Replace it.")
+
+
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read a PNG, JPEG, TIFF or BMP file without changing its bit depth.
 
     Args:
         path: the image file.
+        max_pixels: refuse files whose header claims more pixels than this, before decoding them.
 
     Returns:
         `uint8` or `uint16` pixels (float32 for floating-point TIFF), grey `(H, W)` or RGB `(H, W, 3)`.
         An alpha channel is dropped.
 
     Raises:
-        InvalidInputError: the file is missing or is not an image OpenCV can decode.
+        InvalidInputError: the file is missing, claims more than `max_pixels` pixels, or is not an image OpenCV
+            can decode.
     """
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(path, "The image file does not exist. Check the path or the manifest that names it.")
     # imdecode on the bytes (rather than imread on the name) also opens paths with non-ASCII characters.
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    check_pixel_count(path, image_shape(data[:65536].tobytes()) if data.size else None, max_pixels)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:  # OpenCV's own size limit, for a header the check above cannot parse
+        image = None
     if image is None:
         raise InvalidInputError(
-            path, "The file is not a readable PNG, JPEG or TIFF image (empty, truncated or another format). Replace it or remove it."
+            path, "The file is not a readable PNG, JPEG, TIFF or BMP image (empty, truncated or another format). Replace it or remove it."
         )
     if image.ndim == 3 and image.shape[2] == 1:
         return image[:, :, 0]
@@ -47,6 +158,31 @@ def read_image(path: str | Path) -> np.ndarray:
     if image.ndim == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
+
+
+def read_pixels(path: str | Path, *, window: str | int | tuple = "auto", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read any file keras-medimg accepts as float32 pixels in [0, 1]: the one reader for folders of images.
+
+    DICOM files (by suffix or content, see `is_dicom`) go through `io.dicom.read_dicom` (modality LUT, VOI
+    window, MONOCHROME1 inverted); a multi-frame file gives its first frame. Other files go through
+    `read_image` and are scaled by the maximum of their bit depth.
+
+    Args:
+        path: a PNG, JPEG, TIFF, BMP or DICOM file.
+        window: the DICOM VOI transform (see `read_dicom`); ignored for other files.
+        max_pixels: the largest image read (see `MAX_PIXELS`).
+
+    Returns:
+        float32 `(H, W)` grey or `(H, W, 3)` RGB pixels in [0, 1].
+
+    Raises:
+        InvalidInputError: the file is missing, too large, or cannot be decoded.
+    """
+    if is_dicom(path):
+        image = read_dicom(path, window=window, frame=0)  # frame 0 is the whole image of a single-frame file
+        check_pixel_count(path, image.pixels.shape[:2], max_pixels)
+        return image.pixels
+    return to_float(read_image(path, max_pixels=max_pixels))
 
 
 # PNG colour type -> samples per pixel, for the types `decode_png_rows` handles (palette and sub-byte depths go
@@ -183,14 +319,14 @@ _PNG_PARAMS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP] if hasattr(cv2
 
 
 def write_image(path: str | Path, array: np.ndarray, *, bits: int = 8) -> Path:
-    """Write pixels as a PNG, JPEG or TIFF file, atomically.
+    """Write pixels as a PNG, JPEG, TIFF or BMP file, atomically.
 
     Args:
-        path: the output file; its suffix chooses the format (.png, .jpg/.jpeg, .tif/.tiff).
+        path: the output file; its suffix chooses the format (.png, .jpg/.jpeg, .tif/.tiff, .bmp).
         array: grey `(H, W)` or RGB `(H, W, 3)` pixels. Float arrays are taken to be in [0, 1] and scaled to the
             bit depth; integer arrays are written as they are (their values must fit the bit depth); boolean
             arrays become 0 and the maximum value.
-        bits: 8 or 16. JPEG holds 8 bits only.
+        bits: 8 or 16. JPEG and BMP hold 8 bits only.
 
     Returns:
         `path`.
@@ -199,10 +335,10 @@ def write_image(path: str | Path, array: np.ndarray, *, bits: int = 8) -> Path:
     suffix = path.suffix.lower()
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, not {bits}.")
-    if suffix not in IMAGE_SUFFIXES:
-        raise InvalidInputError(path, f"Cannot write images with the suffix '{path.suffix}'. Use one of {', '.join(IMAGE_SUFFIXES)}.")
+    if suffix not in RASTER_SUFFIXES:
+        raise InvalidInputError(path, f"Cannot write images with the suffix '{path.suffix}'. Use one of {', '.join(RASTER_SUFFIXES)}.")
     if bits == 16 and suffix in _EIGHT_BIT_ONLY:
-        raise InvalidInputError(path, "JPEG files hold 8 bits per pixel only. Write 16-bit images as .png or .tif.")
+        raise InvalidInputError(path, f"{suffix} files hold 8 bits per pixel only. Write 16-bit images as .png or .tif.")
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]

@@ -106,5 +106,6 @@ def test_list_images_from_a_folder_and_from_a_csv(tmp_path):
     (root / "ids.csv").write_text("ID\nimg_9\n", encoding="utf-8")
     with pytest.raises(InvalidInputError, match="img_9"):
         list_images(root / "ids.csv")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInputError, match="no .*images"):
-        list_images(tmp_path)
+        list_images(tmp_path / "empty")
