@@ -1,4 +1,4 @@
-"""Choosing the Keras backend, and describing the installed stack for `medimg info`.
+"""The process's surroundings: the Keras backend, keras-medimg's cache folder, and the stack `medimg info` shows.
 
 Keras reads `KERAS_BACKEND` once, when it is first imported. `set_backend` must therefore run before anything
 imports Keras; it refuses (with an error, not silently) to switch a backend that is already loaded.
@@ -7,12 +7,26 @@ imports Keras; it refuses (with an error, not silently) to switch a backend that
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from keras_medimg.errors import ConfigError
 
 BACKENDS = ("tensorflow", "torch", "jax")
+
+log = logging.getLogger(__name__)
+
+
+def medimg_home() -> Path:
+    """keras-medimg's cache folder (demo data, Ultralytics settings): `$MEDIMG_HOME`, else `~/.cache/keras-medimg`.
+
+    Returns:
+        The folder; it is not created here.
+    """
+    return Path(os.environ.get("MEDIMG_HOME") or Path.home() / ".cache" / "keras-medimg")
 
 
 def set_backend(name: str) -> None:
@@ -76,7 +90,14 @@ def _torch_devices() -> list[str]:
     import torch
 
     devices = ["cpu"]
-    if torch.cuda.is_available():
+    # torch warns when CUDA libraries are installed but no driver is: on a CPU machine that is noise, and the
+    # device list already says "cpu" only. --verbose still shows it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        has_cuda = torch.cuda.is_available()
+    for warning in caught:
+        log.debug("torch: %s", warning.message)
+    if has_cuda:
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append("mps")

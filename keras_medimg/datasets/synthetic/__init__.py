@@ -2,7 +2,7 @@
 
 `medimg <app> train` without `--data` trains on one of these, read by the same readers as the real data. Each
 generator writes into a folder it is given; `ensure_demo_data` caches its output under
-`$MEDIMG_HOME/demo/<name>-<hash of the parameters>` (MEDIMG_HOME defaults to ~/.cache/keras-medimg).
+`medimg_home()/demo/<name>-<hash of the parameters>` ($MEDIMG_HOME, else ~/.cache/keras-medimg).
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def medimg_home() -> Path:
-    """keras-medimg's cache folder: `$MEDIMG_HOME`, else `~/.cache/keras-medimg`."""
-    return Path(os.environ.get("MEDIMG_HOME") or Path.home() / ".cache" / "keras-medimg")
+from keras_medimg.backend import medimg_home
 
 
 def ensure_demo_data(name: str, generate: Callable[..., Any], **params: Any) -> Path:
