@@ -16,9 +16,9 @@ Keras 3 fits a `tf.data.Dataset` on the TensorFlow, PyTorch and JAX backends ali
 serves them all. The cache holds the decoded, resized images before augmentation, so augmentation stays random
 epoch after epoch while the expensive decoding runs once.
 
-Bad files are found cheaply before the pipeline starts (missing, empty, not an image, truncated); they are
-listed in `skipped` as `{"path", "reason"}` for the run's `skipped.csv`, or raise `InvalidInputError` with
-`strict`. A file that passes that check but fails to decode later (corrupt data inside) is skipped too and added
+Bad files are found cheaply before the pipeline starts (missing, empty, not an image, truncated, a header that
+claims more than `io.images.MAX_PIXELS` pixels); they are added to `skipped` (a `records.Skipped`, the run's
+`skipped.csv`), or raise `InvalidInputError` with `strict`. A file that passes that check but fails to decode later (corrupt data inside) is skipped too and added
 to `skipped` while the pipeline runs (a strict run stops naming it).
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -35,19 +35,21 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from keras_medimg.datasets.records import Sample
+from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
-from keras_medimg.io.images import decode_png_rows
+from keras_medimg.io.dicom import DICOM_SUFFIXES
+from keras_medimg.io.images import MAX_PIXELS, check_pixel_count, decode_png_rows, image_shape
 from keras_medimg.preprocessing.augment import Augment
 from keras_medimg.preprocessing.normalize import Normalization
 
 LabelMode = Literal["int", "multi_hot"] | None
 _PNG, _JPEG, _BRIDGE = 0, 1, 2  # how a file is decoded: NumPy PNG reader, tf.io.decode_jpeg, NumPy bridge
 _SHUFFLE_BUFFER = 1024  # images held for shuffling after a cache; before a cache the whole path list is shuffled
-_CACHE_VERSION = 2  # bump when the decoded images would change, so old disk caches are not reused
+_CACHE_VERSION = 3  # bump when the decoded images would change, so old disk caches are not reused
 _CORRUPT = ("The image data is corrupt: it could not be decoded, although the file's start and end look intact. "
             "Re-export the image or remove it.")
 _GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)  # tf.image.rgb_to_grayscale's
+_JPEG_HEADER = 65536  # bytes read to find a JPEG's size; its frame header follows EXIF data, rarely larger
 
 
 # === Checking files before the pipeline ===
@@ -70,12 +72,16 @@ def check_image_file(path: str | Path) -> FileCheck:
 
     Returns:
         A `FileCheck`: the decoder of a usable file, or the reason it is unusable (missing, empty, not a
-        PNG/JPEG/TIFF/DICOM file, truncated).
+        PNG/JPEG/TIFF/BMP/DICOM file, truncated, a PNG or JPEG header claiming more than `MAX_PIXELS` pixels;
+        the NumPy bridge checks TIFF and BMP sizes when it reads them).
     """
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
+            if head.startswith(b"\xff\xd8\xff"):
+                fh.seek(0)
+                head = fh.read(_JPEG_HEADER)
             size = fh.seek(0, 2)
             fh.seek(max(0, size - 64))
             tail = fh.read()
@@ -85,6 +91,10 @@ def check_image_file(path: str | Path) -> FileCheck:
         return FileCheck(None, f"The file cannot be read ({exc.strerror}).")
     if size == 0:
         return FileCheck(None, "The file is empty.")
+    try:
+        check_pixel_count(path, image_shape(head))
+    except InvalidInputError as exc:
+        return FileCheck(None, exc.reason)
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         if b"IEND" not in tail:
             return FileCheck(None, "The PNG file is truncated (it has no IEND chunk at its end).")
@@ -94,9 +104,9 @@ def check_image_file(path: str | Path) -> FileCheck:
         if b"\xff\xd9" not in tail:
             return FileCheck(None, "The JPEG file is truncated (it has no end-of-image marker).")
         return FileCheck(_JPEG)
-    if head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*") or path.suffix.lower() == ".dcm":
+    if head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*") or head[:2] == b"BM" or path.suffix.lower() in DICOM_SUFFIXES:
         return FileCheck(_BRIDGE)
-    return FileCheck(None, "The file is not a PNG, JPEG, TIFF or DICOM image.")
+    return FileCheck(None, "The file is not a PNG, JPEG, TIFF, BMP or DICOM image.")
 
 
 def _check_files(samples: Sequence[Sample]) -> list[FileCheck]:
@@ -105,7 +115,7 @@ def _check_files(samples: Sequence[Sample]) -> list[FileCheck]:
         return list(pool.map(check_image_file, [s.path for s in samples]))
 
 
-def _report(problems: list[tuple[Path, str]], skipped: list[dict[str, str]] | None, strict: bool) -> None:
+def _report(problems: list[tuple[Path, str]], skipped: Skipped | None, strict: bool) -> None:
     if not problems:
         return
     if strict:
@@ -113,7 +123,8 @@ def _report(problems: list[tuple[Path, str]], skipped: list[dict[str, str]] | No
         more = f" ({len(problems) - 1} more bad file(s), e.g. {problems[1][0]})" if len(problems) > 1 else ""
         raise InvalidInputError(path, f"{reason} Replace or remove it, or run without --strict to skip bad files.{more}")
     if skipped is not None:
-        skipped += [{"path": str(path), "reason": reason} for path, reason in problems]
+        for path, reason in problems:
+            skipped.add(path, reason)
 
 
 # === Labels ===
@@ -162,9 +173,9 @@ def class_weights(samples: Sequence[Sample], class_names: Sequence[str]) -> dict
 
 
 class _Bridge:
-    """Decodes files TensorFlow cannot (DICOM, TIFF) in Python, and records the ones that fail."""
+    """Decodes files TensorFlow cannot (DICOM, TIFF, BMP) in Python, and records the ones that fail."""
 
-    def __init__(self, skipped: list[dict[str, str]] | None, strict: bool):
+    def __init__(self, skipped: Skipped | None, strict: bool):
         self.skipped = skipped
         self.strict = strict
         self.recorded: set[str] = set()
@@ -172,27 +183,17 @@ class _Bridge:
         self.strict_error: InvalidInputError | None = None
 
     def __call__(self, path: bytes) -> tuple[np.ndarray, bool]:
-        from keras_medimg.io.images import read_image, to_float
+        from keras_medimg.io.images import read_pixels
 
         name = path.decode()
         try:
-            if Path(name).suffix.lower() in (".tif", ".tiff"):
-                pixels = to_float(read_image(name))
-            else:
-                pixels = self._dicom(name)
+            # DICOM (by suffix or content) through the DICOM reader; a multi-frame file (tomosynthesis, cine)
+            # contributes its first frame to a 2D pipeline, `prepare` writes every frame as an image of its own.
+            pixels = read_pixels(name)
         except InvalidInputError as exc:
             self.fail(name, exc.reason)
             return np.zeros((1, 1, 1), np.float32), False
         return (pixels[:, :, None] if pixels.ndim == 2 else pixels).astype(np.float32), True
-
-    @staticmethod
-    def _dicom(name: str) -> np.ndarray:
-        from keras_medimg.io.dicom import read_dicom
-
-        image = read_dicom(name)
-        # A multi-frame file (tomosynthesis, cine) contributes its first frame to a 2D pipeline; `prepare`
-        # writes every frame as an image of its own.
-        return image.pixels[0] if image.meta.number_of_frames > 1 else image.pixels
 
     def undecodable(self, name: str) -> None:
         """Record an image whose data could not be decoded, or stop a strict run."""
@@ -210,7 +211,7 @@ class _Bridge:
         with self.lock:
             if name not in self.recorded and self.skipped is not None:
                 self.recorded.add(name)
-                self.skipped.append({"path": name, "reason": reason})
+                self.skipped.add(name, reason)
 
 
 class _Arrivals:
@@ -354,12 +355,12 @@ def _to_channels(image, channels: int):
 
 
 def _median(image, size: int):
-    """Median filter of odd `size` on a `(S, S, C)` image, border reflected."""
-    radius = size // 2
-    height, width = image.shape[0], image.shape[1]
-    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    shifted = [padded[dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)]
-    return tf.sort(tf.stack(shifted), axis=0)[size * size // 2]
+    """`preprocessing.intensity.median_filter` (borders replicated) on a `(S, S, C)` float32 image, so training,
+    prediction and `prepare` denoise alike."""
+    from keras_medimg.preprocessing.intensity import median_filter
+
+    filtered = tf.numpy_function(lambda pixels: median_filter(pixels, size), [image], tf.float32, stateful=False)
+    return tf.ensure_shape(filtered, image.shape)
 
 
 def _loader(image_size: int, channels: int, resize: str, denoise_median: int, bridge: _Bridge, kinds: Sequence[int]):
@@ -409,14 +410,14 @@ def make_dataset(
     deterministic: bool = False,
     denoise_median: int = 0,
     resize: Literal["plain", "letterbox"] = "plain",
-    skipped: list[dict[str, str]] | None = None,
+    skipped: Skipped | None = None,
     strict: bool = False,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Build the input pipeline of a list of samples.
 
     Args:
-        samples: the images (PNG 8/16-bit, JPEG, DICOM, TIFF; decided by the file's bytes, not its name).
+        samples: the images (PNG 8/16-bit, JPEG, DICOM, TIFF, BMP; decided by the file's bytes, not its name).
         image_size: side of the square images the model takes.
         training: apply `augment` (and shuffle, unless `shuffle` says otherwise).
         batch_size: images per batch.
@@ -434,7 +435,7 @@ def make_dataset(
             Without shuffling the order of `samples` is always kept, so predictions line up with them.
         denoise_median: odd median-filter size applied after resizing; 0 for none.
         resize: "plain" stretches to the square; "letterbox" keeps the aspect ratio and pads with 0.
-        skipped: a list that receives `{"path", "reason"}` for every bad file skipped.
+        skipped: receives every bad file skipped, with the reason.
         strict: raise `InvalidInputError` on the first bad file instead of skipping it.
         drop_remainder: drop the last, smaller batch.
 
@@ -460,7 +461,7 @@ def make_dataset(
         image_size=image_size, training=training, batch_size=batch_size, channels=channels,
         normalization=normalization, augment=augment, cache=cache, shuffle=training if shuffle is None else shuffle,
         seed=seed, deterministic=deterministic, denoise_median=denoise_median, resize=resize,
-        skipped=skipped, strict=strict, drop_remainder=drop_remainder,
+        bridge=_Bridge(skipped, strict), drop_remainder=drop_remainder,
     )  # fmt: skip
 
 
@@ -480,9 +481,11 @@ def _check_settings(channels: int, resize: str, denoise_median: int, batch_size:
         )
 
 
-def _usable(samples: Sequence[Sample], skipped: list[dict[str, str]] | None, strict: bool) -> tuple[list[int], list[int], bool]:
+def _usable(
+    samples: Sequence[Sample], skipped: Skipped | None, strict: bool, *, allow_none: bool = False
+) -> tuple[list[int], list[int], bool]:
     """Decoders of the usable files, their indices in `samples`, and whether all are known to be grey; the
-    unusable files are reported."""
+    unusable files are reported. No usable file is an error unless `allow_none`."""
     decoders, kept, problems, grey = [], [], [], True
     for index, (sample, check) in enumerate(zip(samples, _check_files(samples))):
         if check.decoder is None:
@@ -492,7 +495,7 @@ def _usable(samples: Sequence[Sample], skipped: list[dict[str, str]] | None, str
             kept.append(index)
             grey = grey and check.grey
     _report(problems, skipped, strict)
-    if not kept:
+    if not kept and not allow_none:
         raise InvalidInputError(samples[0].path.parent, "None of the images can be read (see skipped files). Check the dataset.")
     return decoders, kept, grey
 
@@ -581,8 +584,7 @@ def _pipeline(
     deterministic: bool,
     denoise_median: int,
     resize: str,
-    skipped: list[dict[str, str]] | None,
-    strict: bool,
+    bridge: _Bridge,
     drop_remainder: bool,
 ) -> tf.data.Dataset:
     count = len(samples)
@@ -599,7 +601,6 @@ def _pipeline(
     # Grey sources stay one channel through decoding, cache and augmentation (a third of the work and memory)
     # and are copied to three channels per batch.
     work_channels = 1 if grey else channels
-    bridge = _Bridge(skipped, strict)
     kinds = sorted(set(decoders))
     _single_threaded_opencv()
     load = _loader(image_size, work_channels, resize, denoise_median, bridge, kinds)
@@ -657,6 +658,43 @@ def _pipeline(
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def _in_order(
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    channels: int,
+    normalization: Normalization | None,
+    resize: str,
+    denoise_median: int,
+    batch_size: int,
+    skipped: Skipped | None,
+    strict: bool,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of images with the indices in `samples` they are, in order, without the files that fail.
+
+    Each element carries its index as its target, so a file that fails to decode inside the pipeline leaves a
+    gap in the indices instead of shifting every later row.
+    """
+    _check_settings(channels, resize, denoise_median, batch_size, normalization)
+    decoders, kept, grey = _usable(samples, skipped, strict, allow_none=True) if samples else ([], [], True)
+    if not kept:
+        return
+    bridge = _Bridge(skipped, strict)
+    dataset = _pipeline(
+        [samples[i] for i in kept], decoders, np.asarray(kept, np.int32), grey=grey,
+        image_size=image_size, training=False, batch_size=batch_size, channels=channels,
+        normalization=normalization, augment=None, cache=None, shuffle=False, seed=0, deterministic=True,
+        denoise_median=denoise_median, resize=resize, bridge=bridge, drop_remainder=False,
+    )  # fmt: skip
+    try:
+        yield from dataset.as_numpy_iterator()
+    except tf.errors.OpError:
+        # A strict run stops inside tf.data; raise the bridge's own error, which names the file, not TensorFlow's.
+        if bridge.strict_error is not None:
+            raise bridge.strict_error from None
+        raise
+
+
 def load_images_numpy(
     samples: Sequence[Sample],
     *,
@@ -666,10 +704,11 @@ def load_images_numpy(
     resize: Literal["plain", "letterbox"] = "plain",
     denoise_median: int = 0,
     batch_size: int = 32,
-    skipped: list[dict[str, str]] | None = None,
+    skipped: Skipped | None = None,
     strict: bool = False,
 ) -> tuple[np.ndarray, list[Sample]]:
-    """Load images for prediction as one NumPy array, through the same decoding as `make_dataset`.
+    """Load images as one NumPy array, through the same decoding as `make_dataset` (for a few images; to
+    predict over many, `predict_samples` streams them instead).
 
     Args:
         samples: the images.
@@ -680,18 +719,61 @@ def load_images_numpy(
         float32 `(N, image_size, image_size, channels)` images and the `N` samples they are (bad files are left
         out, in `skipped`), in the order of `samples`.
     """
-    _check_settings(channels, resize, denoise_median, batch_size, normalization)
-    if not samples:
-        return np.zeros((0, image_size, image_size, channels), np.float32), []
-    decoders, kept, grey = _usable(samples, skipped, strict)
-    dataset = _pipeline(
-        [samples[i] for i in kept], decoders, np.asarray(kept, np.int32), grey=grey,
-        image_size=image_size, training=False, batch_size=batch_size, channels=channels,
-        normalization=normalization, augment=None, cache=None, shuffle=False, seed=0, deterministic=True,
-        denoise_median=denoise_median, resize=resize, skipped=skipped, strict=strict, drop_remainder=False,
-    )  # fmt: skip
     images, indices = [], []
-    for batch, index in dataset.as_numpy_iterator():
+    for batch, index in _in_order(
+        samples, image_size=image_size, channels=channels, normalization=normalization, resize=resize,
+        denoise_median=denoise_median, batch_size=batch_size, skipped=skipped, strict=strict,
+    ):  # fmt: skip
         images.append(batch)
         indices += index.tolist()
+    if not images:
+        return np.zeros((0, image_size, image_size, channels), np.float32), []
     return np.concatenate(images), [samples[i] for i in indices]
+
+
+def predict_samples(
+    model: Any,
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    channels: int = 3,
+    normalization: Normalization | None = None,
+    batch_size: int = 32,
+    skipped: Skipped,
+    strict: bool = False,
+    denoise_median: int = 0,
+    resize: Literal["plain", "letterbox"] = "plain",
+) -> tuple[np.ndarray, list[Sample]]:
+    """Run a model over images, streamed through one tf.data pipeline, with every output on its own image.
+
+    The images are decoded exactly as `make_dataset` decodes them for training, in parallel and ahead of the
+    model, batch by batch (memory holds a few batches, not the dataset). Each batch carries the positions of its
+    images in `samples`, so a file that cannot be read, whether found before the pipeline starts or while
+    decoding, is left out and named in `skipped`, and never shifts the outputs of the images after it.
+
+    Args:
+        model: a Keras model with one output (any backend), e.g. a classifier.
+        samples: the images, e.g. from `sources.list_images`.
+        image_size, channels, normalization, denoise_median, resize: the model's input, as for `make_dataset`.
+        batch_size: images per model call.
+        skipped: receives every file that could not be read, with the reason.
+        strict: raise `InvalidInputError` on the first unreadable file instead.
+
+    Returns:
+        The outputs `(N, ...)` of the `N` readable samples and those samples, in the order of `samples`. When no
+        image can be read, `N` is 0 (the output shape then comes from `model.output_shape`).
+
+    Raises:
+        InvalidInputError: an unreadable file with `strict`.
+        ConfigError: an invalid setting.
+    """
+    outputs, indices = [], []
+    for images, index in _in_order(
+        samples, image_size=image_size, channels=channels, normalization=normalization, resize=resize,
+        denoise_median=denoise_median, batch_size=batch_size, skipped=skipped, strict=strict,
+    ):  # fmt: skip
+        outputs.append(np.asarray(model.predict_on_batch(images)))
+        indices += index.tolist()
+    if not outputs:
+        return np.zeros((0, *model.output_shape[1:]), np.float32), []
+    return np.concatenate(outputs), [samples[i] for i in indices]

@@ -104,7 +104,8 @@ def median_filter(image: np.ndarray, size: int) -> np.ndarray:
         return image.copy()
     # OpenCV filters any odd size at 8 bits but only sizes 3 and 5 at 16 or 32 bits.
     if image.dtype == np.uint8 or (image.dtype in (np.uint16, np.float32) and size in (3, 5)):
-        return cv2.medianBlur(np.ascontiguousarray(image), size)
+        # medianBlur drops a single channel axis: (H, W, 1) comes back (H, W).
+        return cv2.medianBlur(np.ascontiguousarray(image), size).reshape(image.shape)
     from scipy import ndimage
 
     footprint = (size, size) if image.ndim == 2 else (size, size, 1)

@@ -8,8 +8,8 @@ import numpy as np
 import pydicom.data
 import pytest
 
-from keras_medimg.datasets.pipeline import check_image_file, class_weights, load_images_numpy, make_dataset
-from keras_medimg.datasets.records import Sample
+from keras_medimg.datasets.pipeline import check_image_file, class_weights, load_images_numpy, make_dataset, predict_samples
+from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import InvalidInputError
 from keras_medimg.io.images import write_image
 from keras_medimg.preprocessing.augment import Augment
@@ -87,11 +87,11 @@ def test_bad_files_are_skipped_and_listed_or_stop_a_strict_run(samples, tmp_path
     truncated.write_bytes(samples[0].path.read_bytes()[:100])
     (tmp_path / "notes.png").write_text("not an image")
     bad = [Sample("t", truncated, label="benign"), Sample("n", tmp_path / "notes.png", label="benign"), Sample("m", tmp_path / "missing.jpg", label="benign")]
-    skipped = []
+    skipped = Skipped()
     batches = _batches(make_dataset(samples + bad, image_size=8, training=False, batch_size=16, skipped=skipped))
     assert len(batches[0][0]) == 8
-    assert [Path(s["path"]).name for s in skipped] == ["truncated.png", "notes.png", "missing.jpg"]
-    assert "truncated" in skipped[0]["reason"] and "not a PNG" in skipped[1]["reason"] and "does not exist" in skipped[2]["reason"]
+    assert [Path(s.path).name for s in skipped] == ["truncated.png", "notes.png", "missing.jpg"]
+    assert "truncated" in skipped.rows()[0]["reason"] and "not a PNG" in skipped.rows()[1]["reason"] and "does not exist" in skipped.rows()[2]["reason"]
     with pytest.raises(InvalidInputError, match="truncated.png.*--strict"):
         make_dataset(samples + bad, image_size=8, training=False, batch_size=4, strict=True)
 
@@ -111,15 +111,15 @@ def test_files_corrupt_inside_are_listed_when_decoding_fails_or_stop_a_strict_ru
     bad = Sample("png", _corrupt_inside(samples[0].path, tmp_path / "inside.png"), label="benign")
     assert check_image_file(bad.path).decoder is not None  # the cheap check before the pipeline cannot see it
     for deterministic in (False, True):
-        skipped = []
+        skipped = Skipped()
         dataset = make_dataset([*samples[:4], bad, *samples[4:]], image_size=8, training=False, batch_size=16,
                                skipped=skipped, deterministic=deterministic, label_mode=None)
         (images,) = _batches(dataset)[0]
         assert len(images) == 8  # every good image arrives, in order, and the bad one does not
         reference = _batches(make_dataset(samples, image_size=8, training=False, batch_size=16, label_mode=None))[0][0]
         np.testing.assert_array_equal(images, reference)
-        assert [Path(s["path"]).name for s in skipped] == ["inside.png"]
-        assert "corrupt" in skipped[0]["reason"]
+        assert [Path(s.path).name for s in skipped] == ["inside.png"]
+        assert "corrupt" in skipped.rows()[0]["reason"]
     with pytest.raises(Exception, match="inside.png.*--strict"):
         _batches(make_dataset([*samples, bad], image_size=8, training=False, batch_size=16, strict=True))
 
@@ -135,11 +135,11 @@ def test_dicom_goes_through_the_numpy_bridge_and_broken_ones_are_recorded(tmp_pa
     good = shutil.copy(source, tmp_path / "ct.dcm")
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(source.read_bytes()[:1000])  # valid header, pixel data cut off
-    skipped = []
+    skipped = Skipped()
     dataset = make_dataset([Sample("ct", good), Sample("broken", broken)], image_size=16, training=False, batch_size=2, label_mode=None, skipped=skipped)
     (images,) = _batches(dataset)
     assert images[0].shape == (1, 16, 16, 3) and 0 <= images[0].min() and images[0].max() <= 1 and images[0].std() > 0
-    assert [Path(s["path"]).name for s in skipped] == ["broken.dcm"]
+    assert [Path(s.path).name for s in skipped] == ["broken.dcm"]
     _batches(dataset)
     assert len(skipped) == 1  # a second epoch does not list it again
 
@@ -188,7 +188,7 @@ def test_letterbox_and_median(tmp_path):
 
 def test_load_images_numpy_keeps_sample_order(samples, tmp_path):
     bad = Sample("bad", tmp_path / "missing.png")
-    skipped = []
+    skipped = Skipped()
     images, kept = load_images_numpy([samples[2], bad, samples[0]], image_size=8, batch_size=1, skipped=skipped)
     assert images.shape == (2, 8, 8, 3) and [s.id for s in kept] == ["img2", "img0"] and len(skipped) == 1
 
@@ -244,10 +244,68 @@ def test_jpegs_tensorflow_cannot_decode_are_named_or_stop_a_strict_run(samples, 
     bad = tmp_path / "garbled.jpg"
     bad.write_bytes(data[:3] + bytes(range(200)) + data[-2:])  # intact start and end markers, no JPEG inside
     assert check_image_file(bad).decoder is not None
-    skipped = []
+    skipped = Skipped()
     (images,) = _batches(make_dataset([*samples, Sample("g", bad)], image_size=8, training=False, batch_size=16,
                                       skipped=skipped, label_mode=None))[0]
     assert len(images) == 8
-    assert [Path(s["path"]).name for s in skipped] == ["garbled.jpg"] and "corrupt" in skipped[0]["reason"]
+    assert [Path(s.path).name for s in skipped] == ["garbled.jpg"] and "corrupt" in skipped.rows()[0]["reason"]
     with pytest.raises(Exception, match="garbled.jpg.*--strict"):
         _batches(make_dataset([*samples, Sample("g", bad)], image_size=8, training=False, batch_size=16, label_mode=None, strict=True))
+
+
+def _flat_pngs(tmp_path, count):
+    """PNGs of constant grey levels 0.1, 0.2, ...: a model that averages pixels returns each image's level."""
+    return [Sample(f"flat{i}", write_image(tmp_path / f"flat{i}.png", np.full((12, 10), (i + 1) / 10, np.float32), bits=16))
+            for i in range(count)]  # fmt: skip
+
+
+def _mean_model(channels=1):
+    return keras.Sequential([keras.Input((8, 8, channels)), keras.layers.GlobalAveragePooling2D()])
+
+
+def test_predict_samples_keeps_every_output_on_its_image_and_names_the_unreadable(tmp_path):
+    flat = _flat_pngs(tmp_path, 5)
+    inside = Sample("inside", _corrupt_inside(flat[0].path, tmp_path / "inside.png"))  # fails inside tf.data
+    missing = Sample("missing", tmp_path / "missing.png")  # fails the check before it
+    samples = [flat[0], flat[1], inside, flat[2], missing, flat[3], flat[4]]
+    skipped = Skipped()
+    outputs, kept = predict_samples(_mean_model(), samples, image_size=8, channels=1, batch_size=2, skipped=skipped)
+    assert [s.id for s in kept] == ["flat0", "flat1", "flat2", "flat3", "flat4"]
+    np.testing.assert_allclose(outputs[:, 0], [0.1, 0.2, 0.3, 0.4, 0.5], atol=1e-4)
+    assert sorted(Path(f.path).name for f in skipped) == ["inside.png", "missing.png"]
+    with pytest.raises(InvalidInputError, match="inside.png.*--strict"):
+        predict_samples(_mean_model(), [flat[0], inside, flat[1]], image_size=8, channels=1, batch_size=1, skipped=Skipped(), strict=True)
+
+
+def test_predict_samples_with_nothing_readable_returns_no_rows(tmp_path):
+    skipped = Skipped()
+    outputs, kept = predict_samples(_mean_model(3), [Sample("m", tmp_path / "m.png")], image_size=8, skipped=skipped)
+    assert outputs.shape == (0, 3) and kept == [] and len(skipped) == 1
+
+
+def test_pipeline_median_is_the_library_median_filter(tmp_path):
+    from keras_medimg.preprocessing.intensity import median_filter
+
+    pixels = np.random.default_rng(3).random((16, 16)).astype(np.float32)
+    path = write_image(tmp_path / "noisy.png", pixels, bits=16)
+    kwargs = dict(image_size=16, training=False, batch_size=1, label_mode=None, channels=1)
+    (plain,) = _batches(make_dataset([Sample("n", path)], **kwargs))[0]
+    (denoised,) = _batches(make_dataset([Sample("n", path)], denoise_median=3, **kwargs))[0]
+    np.testing.assert_array_equal(denoised[0], median_filter(plain[0], 3))  # borders replicated, as everywhere
+
+
+def test_a_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))  # fmt: skip
+    check = check_image_file(bomb)
+    assert check.decoder is None and "100000 x 100000" in check.reason
+    skipped = Skipped()
+    outputs, kept = predict_samples(_mean_model(), [Sample("b", bomb), *_flat_pngs(tmp_path, 1)], image_size=8, channels=1, skipped=skipped)
+    assert [s.id for s in kept] == ["flat0"] and skipped.paths() == {str(bomb)}
