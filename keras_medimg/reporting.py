@@ -168,8 +168,8 @@ def read_results(source: Run | str | Path) -> Results:
     try:
         columns = {name: _parse_column(name, [row.get(name) or "" for row in raw]) for name in fields}
     except ValueError:
-        raise InvalidInputError(path, "An 'epoch' cell is not a number; the file is damaged. Delete it and "
-                                      "train again, or restore it from the run's backup.") from None
+        raise InvalidInputError(path, "An 'epoch' cell is not a number, so the file is damaged; delete it and "
+                                      "train again.") from None
     rows = tuple({name: columns[name][i] for name in fields} for i in range(len(raw)))
     return Results(path, fields, rows)
 
@@ -433,8 +433,10 @@ def write_classification_outputs(
         record: dict[str, Any] = {"id": sample if isinstance(sample, str) else sample.id}
         if with_paths:
             record["path"] = _shown_path(Path(sample.path), relative_to)
-        record.update(label=class_names[truth], predicted=class_names[predicted], probability=float(row[predicted]))
-        record.update({f"prob_{c}": float(p) for c, p in zip(class_names, row)})
+        # Six decimals: a float32 model output printed in full (0.699999988...) only hides the number.
+        record.update(label=class_names[truth], predicted=class_names[predicted],
+                      probability=round(float(row[predicted]), 6))
+        record.update({f"prob_{c}": round(float(p), 6) for c, p in zip(class_names, row)})
         rows.append(record)
     write_csv(_target(out, "predictions.csv"), rows, fields)
     return report, format_table(report)

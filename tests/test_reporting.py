@@ -259,7 +259,8 @@ def test_write_classification_outputs(run, tmp_path):
 
 
 def test_write_classification_outputs_with_ids_into_a_folder(tmp_path):
-    write_classification_outputs(tmp_path, ["a", "b"], [1, 0], np.array([[0.4, 0.6], [0.9, 0.1]]), ["no", "yes"])
+    probs = np.array([[0.4, 0.6], [0.9, 0.1]], dtype="float32")  # as a model returns them
+    write_classification_outputs(tmp_path, ["a", "b"], [1, 0], probs, ["no", "yes"])
     rows = read_rows(tmp_path / "predictions.csv")
     assert rows == [
         {"id": "a", "label": "yes", "predicted": "yes", "probability": "0.6", "prob_no": "0.4", "prob_yes": "0.6"},
