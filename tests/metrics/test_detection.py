@@ -7,14 +7,28 @@ import math
 import pytest
 
 from keras_medimg.io.annotations import Box
-from keras_medimg.metrics.detection import average_precision, box_iou, detection_report, match_boxes
+import numpy as np
+
+from keras_medimg.errors import ConfigError
+from keras_medimg.metrics.detection import (
+    AGNOSTIC_LABEL,
+    average_precision,
+    box_iou,
+    detection_report,
+    match_boxes,
+    remap_boxes,
+)
 
 
-def test_box_iou():
-    assert box_iou(Box(0, 0, 10, 10), Box(0, 0, 10, 10)) == 1.0
-    assert box_iou(Box(0, 0, 10, 10), Box(5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert box_iou(Box(0, 0, 10, 10), Box(10, 0, 20, 10)) == 0.0  # touching edges do not overlap
-    assert box_iou(Box(0, 0, 10, 10), Box(1, 1, 11, 11)) == pytest.approx(81 / 119)
+def test_box_iou_pairs_every_box_of_a_with_every_box_of_b():
+    a = [Box(0, 0, 10, 10), Box(5, 0, 15, 10)]
+    b = [Box(0, 0, 10, 10), Box(10, 0, 20, 10), Box(1, 1, 11, 11)]
+    expected = [[1.0, 0.0, 81 / 119],  # touching edges do not overlap
+                [50 / 150, 50 / 150, 54 / 146]]
+    np.testing.assert_allclose(box_iou(a, b), expected)
+    np.testing.assert_allclose(box_iou(np.array([[0, 0, 4, 4]]), np.array([[2, 2, 6, 6]])), [[4 / 28]])
+    assert box_iou([], b).shape == (0, 3) and box_iou(a, []).shape == (2, 0)
+    assert box_iou([Box(3, 3, 3, 3)], [Box(3, 3, 3, 3)])[0, 0] == 0.0  # empty boxes have no IoU, not NaN
 
 
 def test_greedy_matching_takes_best_score_first_and_each_truth_once():
@@ -75,3 +89,43 @@ def test_map_averages_classes_with_truth():
 def test_lengths_must_agree():
     with pytest.raises(ValueError, match="one per image"):
         detection_report([[]], [[], []])
+
+
+def test_agnostic_turns_a_class_mismatch_into_a_match():
+    # One tumour outlined well but named with the wrong class: per class that is a FP (glioma) and a FN
+    # (pituitary); agnostic evaluation asks only "was it found?" and counts a TP.
+    truth = [[Box(0, 0, 10, 10, "pituitary")]]
+    predicted = [[Box(1, 0, 10, 10, "glioma", 0.9)]]  # IoU 0.9
+    strict = detection_report(predicted, truth)
+    assert (strict.tp, strict.fp, strict.fn) == (0, 1, 1)
+    assert strict.per_class["glioma"]["fp"] == 1 and strict.per_class["pituitary"]["fn"] == 1
+    assert strict.map50 == 0.0 and math.isnan(strict.per_class["glioma"]["ap50"])
+    agnostic = detection_report(predicted, truth, class_remap="agnostic")
+    assert (agnostic.tp, agnostic.fp, agnostic.fn) == (1, 0, 0)
+    assert agnostic.precision == agnostic.recall == agnostic.map50 == 1.0
+    assert agnostic.ap50 == {AGNOSTIC_LABEL: 1.0}
+
+
+def test_mapping_remap_merges_only_the_named_classes():
+    remap = {"glioma": "tumour", "meningioma": "tumour"}
+    truth = [[Box(0, 0, 10, 10, "meningioma"), Box(20, 20, 30, 30, "pituitary")]]
+    predicted = [[Box(0, 0, 10, 10, "glioma", 0.9), Box(20, 20, 30, 30, "glioma", 0.8)]]
+    report = detection_report(predicted, truth, class_remap=remap)
+    # glioma->tumour matches meningioma->tumour; pituitary keeps its name, so the second box is still wrong.
+    assert (report.tp, report.fp, report.fn) == (1, 1, 1)
+    assert report.ap50 == {"pituitary": 0.0, "tumour": pytest.approx(1.0)}
+    assert report.per_class["tumour"] == {"tp": 1, "fp": 1, "fn": 0, "precision": 0.5, "recall": 1.0,
+                                          "f1": pytest.approx(2 / 3), "ap50": pytest.approx(1.0)}
+    assert [b.label for b in remap_boxes(truth[0], remap)] == ["tumour", "pituitary"]
+
+
+def test_unknown_remap_word_is_a_config_error():
+    with pytest.raises(ConfigError, match="'binary' is unknown"):
+        detection_report([[Box(0, 0, 1, 1, "a")]], [[]], class_remap="binary")
+
+
+def test_per_class_counts_add_up_to_the_totals():
+    predicted, truth = _study_case()
+    report = detection_report(predicted, truth, conf=0.5)
+    assert report.per_class == {"0": {"tp": 2, "fp": 2, "fn": 1, "precision": 0.5, "recall": pytest.approx(2 / 3),
+                                      "f1": pytest.approx(4 / 7), "ap50": pytest.approx(report.map50)}}
