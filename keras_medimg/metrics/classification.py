@@ -349,7 +349,8 @@ def binary_report(
     report = _binary_scores(y_true, prob, threshold)
     report.update(support=int(len(y_true)), positives=int(y_true.sum()), threshold=float(threshold))
     if bootstrap > 0:
-        resampled = [_binary_scores(y_true[idx], prob[idx], threshold) for idx in _resamples(len(y_true), bootstrap, seed)]
+        resamples = _resamples(len(y_true), bootstrap, seed)
+        resampled = [_binary_scores(y_true[idx], prob[idx], threshold) for idx in resamples]
         report["ci"] = {}
         for name in BINARY_SCORES:
             interval = _interval(math.nan, [r[name] for r in resampled], alpha)
