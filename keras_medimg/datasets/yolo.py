@@ -7,15 +7,15 @@ image, a box outside its image or an unknown class index is an error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import ConfigError, InvalidInputError
-from keras_medimg.io.annotations import read_yolo, read_yolo_data_yaml
+from keras_medimg.io.annotations import read_yolo, read_yolo_data_yaml, yolo_label_path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+# The image types Ultralytics trains on that the readers here can size.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
 
 
@@ -52,7 +52,7 @@ def read_yolo_folder(source: str | Path, split: str = "train") -> list[Sample]:
     problems: list[InvalidInputError] = []
     samples = []
     for entry in entries:
-        images = _entry_images(entry)
+        images = entry_images(entry)
         samples += [s for s in (_sample(image, class_names, split, problems) for image in images) if s is not None]
         if entry.is_dir():
             problems += _orphan_labels(entry, images)
@@ -73,17 +73,19 @@ def raise_problems(problems: Sequence[InvalidInputError]) -> None:
     raise InvalidInputError(first.path, f"{first.reason} ({len(problems) - 1} more problem(s): {more})", line=first.line)
 
 
-def label_path(image: Path) -> Path:
-    """Where Ultralytics looks for an image's labels: the last `images` folder of the path becomes `labels`."""
-    text = str(image)
-    marker = f"{os.sep}images{os.sep}"
-    if marker not in text:
-        return image.with_suffix(".txt")
-    head, tail = text.rsplit(marker, 1)
-    return Path(f"{head}{os.sep}labels{os.sep}{tail}").with_suffix(".txt")
+def entry_images(entry: Path) -> list[Path]:
+    """The image files one data.yaml split entry names, as Ultralytics reads it.
 
+    Args:
+        entry: a folder (searched recursively, sorted) or a `.txt` list of images, one per line, relative
+            to the list's folder.
 
-def _entry_images(entry: Path) -> list[Path]:
+    Returns:
+        The image paths.
+
+    Raises:
+        InvalidInputError: the entry is neither an existing folder nor a `.txt` list file.
+    """
     if entry.is_dir():
         return sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if entry.is_file() and entry.suffix == ".txt":
@@ -106,7 +108,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _sample(image: Path, class_names: list[str] | None, split: str, problems: list[InvalidInputError]) -> Sample | None:
-    labels = label_path(image)
+    labels = yolo_label_path(image)
     try:
         size = _image_size(image)
         boxes = read_yolo(labels, size, class_names) if labels.is_file() else []
@@ -119,10 +121,10 @@ def _sample(image: Path, class_names: list[str] | None, split: str, problems: li
 
 
 def _orphan_labels(image_dir: Path, images: list[Path]) -> list[InvalidInputError]:
-    label_dir = label_path(image_dir / "x.png").parent
+    label_dir = yolo_label_path(image_dir / "x.png").parent
     if label_dir == image_dir or not label_dir.is_dir():
         return []
-    expected = {label_path(image) for image in images}
+    expected = {yolo_label_path(image) for image in images}
     return [
         InvalidInputError(path, "This label file has no image of the same name. Add the image or remove the label file.")
         for path in sorted(label_dir.rglob("*.txt"))

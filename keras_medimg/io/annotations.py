@@ -258,6 +258,23 @@ def read_yolo(path: str | Path, image_size: tuple[int, int], class_names: Sequen
     return boxes
 
 
+def yolo_label_path(image: str | Path) -> Path:
+    """Where Ultralytics looks for an image's label file: the last `images` folder of the path becomes `labels`.
+
+    Args:
+        image: the image file (`.../images/train/x.jpg`).
+
+    Returns:
+        The label file (`.../labels/train/x.txt`); an image outside any `images` folder has its label beside it.
+    """
+    parts = list(Path(image).parts)
+    for i in range(len(parts) - 2, -1, -1):  # the file name itself is never the folder
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
 def write_yolo(path: str | Path, boxes: Sequence[Box], image_size: tuple[int, int], class_names: Sequence[str]) -> Path:
     """Write boxes as a YOLO label file (`class cx cy w h`, normalised), atomically.
 

@@ -40,6 +40,15 @@ def test_yolo_without_data_yaml_keeps_indices(yolo_root):
     assert samples[0].boxes[0].label == 0
 
 
+def test_yolo_list_file_entries_find_labels_by_the_images_folder_rule(yolo_root):
+    (yolo_root / "train.txt").write_text("images/train/a.jpg\n\nimages/val/d.jpg\n")
+    write_yolo_data_yaml(yolo_root / "data.yaml", None, "train.txt", "images/val", NAMES)
+    samples = read_yolo_folder(yolo_root / "data.yaml")
+    assert [s.id for s in samples] == ["a", "d"]
+    assert samples[1].meta["label_path"] == yolo_root / "labels" / "val" / "d.txt"
+    assert [b.label for b in samples[1].boxes] == ["meningioma"]
+
+
 def test_yolo_errors_name_file_and_line(yolo_root):
     (yolo_root / "labels/train/b.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n")
     (yolo_root / "labels/train/c.txt").write_text("1 0.9 0.5 0.4 0.2\n")

@@ -18,6 +18,7 @@ from keras_medimg.io.annotations import (
     write_voc,
     write_yolo,
     write_yolo_data_yaml,
+    yolo_label_path,
 )
 
 CLASSES = ["knife", "gun", "battery"]
@@ -164,3 +165,12 @@ def test_data_yaml_accepts_name_lists_and_reports_missing_keys(tmp_path):
     path.write_text("train: a\nval: b\nnames: {0: x, 2: y}\n")
     with pytest.raises(InvalidInputError, match="keys 0..1"):
         read_yolo_data_yaml(path)
+
+
+def test_yolo_label_path_follows_ultralytics(tmp_path):
+    assert yolo_label_path(tmp_path / "images" / "train" / "a.jpg") == tmp_path / "labels" / "train" / "a.txt"
+    # Only the last `images` folder is renamed, and a file that happens to be called "images" is not a folder.
+    nested = tmp_path / "images" / "set" / "images" / "b.png"
+    assert yolo_label_path(nested) == tmp_path / "images" / "set" / "labels" / "b.txt"
+    assert yolo_label_path(tmp_path / "scans" / "images") == tmp_path / "scans" / "images.txt"
+    assert yolo_label_path(tmp_path / "scans" / "c.tif") == tmp_path / "scans" / "c.txt"  # no images folder: beside it
