@@ -644,12 +644,14 @@ class PlanResult:
         phases: one dict per phase for metrics.json: phase, freeze, learning_rate, initial_epoch, next_epoch,
             epochs_run, best_epoch, best_value, stopped_early, diverged.
         precision: the dtype policy the model was built under ("float32" or "mixed_float16").
+        replicas: how many devices shared each batch (`train.distribute`).
     """
 
     model: keras.Model
     fits: list[FitResult]
     phases: list[dict[str, Any]] = field(default_factory=list)
     precision: str = "float32"
+    replicas: int = 1
 
     @property
     def best_path(self) -> Path | None:
@@ -742,12 +744,12 @@ def fit_plan(
     Returns:
         PlanResult: the trained model, each phase's FitResult, a metrics.json summary per phase.
     """
-    from keras_medimg.training.distribute import strategy_scope
+    from keras_medimg.training.distribute import replicas, strategy_scope
 
     plan = list(phases) if phases is not None else plan_phases(config, weights=weights, freeze=freeze)
     if not plan:
         raise ConfigError("fit_plan was given no phases to train; pass phases=None for the configured plan.")
-    with strategy_scope(config.distribute):
+    with strategy_scope(config.distribute) as strategy:
         previous = keras.config.dtype_policy()
         precision = setup_precision(config)
         try:
@@ -756,7 +758,7 @@ def fit_plan(
             # Layers keep the policy they were built under; later models (SAM, evaluation) get the caller's.
             keras.config.set_dtype_policy(previous)
         log.info("Built %s with the %s dtype policy.", model.name, precision)
-        result = PlanResult(model=model, fits=[], precision=precision)
+        result = PlanResult(model=model, fits=[], precision=precision, replicas=replicas(strategy))
         next_epoch = 0
         for phase in plan:
             fitted = _fit_phase(model, phase, train_ds, val_ds, config=config, run=run, initial_epoch=next_epoch,

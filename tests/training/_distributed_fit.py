@@ -1,4 +1,5 @@
-"""Child-process body of test_distribute: two logical devices, a tiny model trained under the strategy.
+"""Child-process body of test_distribute: two logical devices, a tiny model built and trained by fit_plan under
+the strategy that `train.distribute` names.
 
 Run as `python _distributed_fit.py <mode> <run_dir>` with KERAS_BACKEND set; prints one JSON line.
 """
@@ -22,17 +23,14 @@ def main(mode: str, run_dir: str) -> None:
 
     from keras_medimg.config import TrainConfig
     from keras_medimg.runs import create_run
-    from keras_medimg.training.distribute import replicas, strategy_scope
-    from keras_medimg.training.trainer import fit, set_seed
+    from keras_medimg.training.trainer import fit_plan, set_seed
 
     set_seed(0)
     run = create_run("t", "train", project=run_dir)
     config = TrainConfig(epochs=2, learning_rate=0.05, verbose=0, early_stopping_patience=0, distribute=mode)
-    with strategy_scope(config.distribute) as strategy:
-        model = tiny_classifier()
-        train, val = make_dataset(*make_images(64)), make_dataset(*make_images(32, seed=1))
-        result = fit(model, train, val, config=config, run=run)
-    print(json.dumps({"replicas": replicas(strategy), "loss": result.history["loss"]}))
+    train, val = make_dataset(*make_images(64)), make_dataset(*make_images(32, seed=1))
+    plan = fit_plan(tiny_classifier, train, val, config=config, run=run, weights=None)
+    print(json.dumps({"replicas": plan.replicas, "loss": plan.fits[0].history["loss"]}))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,13 @@ import json
 import numpy as np
 import pytest
 
+import csv
+
+import keras
+
 from keras_medimg.config import TrainConfig
 from keras_medimg.datasets.records import Sample
+from keras_medimg.models.classifier import build_classifier
 from keras_medimg.training.cv import cross_validate, summarize
 
 from .conftest import make_dataset, make_images, tiny_classifier
@@ -64,6 +69,26 @@ def test_cross_validate_writes_folds_and_summary(run):
     again = cross_validate(SAMPLES, lambda: pytest.fail("no fold should be retrained"), datasets_of, k=2,
                            config=config, run=run, evaluate=accuracy_of, split=two_fold_split, resume=True)
     assert again.mean == result.mean
+
+
+def tiny_backbone_classifier():
+    inputs = keras.Input((16, 16, 1))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    return build_classifier(keras.Model(inputs, features, name="tiny"), 2)
+
+
+def test_every_fold_trains_the_head_then_fine_tunes_with_balanced_weights(run):
+    config = TrainConfig(epochs=2, head_epochs=1, head_learning_rate=0.05, learning_rate=0.01, verbose=0,
+                         early_stopping_patience=0, class_weight="balanced")
+    result = cross_validate(SAMPLES, tiny_backbone_classifier, datasets_of, k=2, config=config, run=run,
+                            evaluate=accuracy_of, split=two_fold_split, weights="imagenet", freeze="none",
+                            class_names=["0", "1"])
+    for i, fold in enumerate(result.folds):
+        with open(run.dir / f"fold_{i}" / "results.csv", newline="") as fh:
+            assert [(r["epoch"], r["phase"]) for r in csv.DictReader(fh)] == [("0", "head"), ("1", "finetune")]
+        assert [(p["phase"], p["learning_rate"]) for p in fold["phases"]] == [("head", 0.05), ("finetune", 0.01)]
+    saved = json.loads(result.metrics_path.read_text())
+    assert [len(fold["phases"]) for fold in saved["folds"]] == [2, 2]
 
 
 def test_default_split_keeps_patients_together(run):
