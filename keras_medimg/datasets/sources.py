@@ -8,9 +8,10 @@ One rule for every reader of a folder of images, in every app:
 - subfolders are read (unless `recursive=False`); hidden files and folders (a leading '.') are left out silently,
   and so are the folders in `exclude` (e.g. a run folder written inside the source);
 - every other file is listed in `skipped` with the reason, so nothing in the folder is dropped unseen;
-- `Sample.id` is the path relative to the source, POSIX separators, without the suffix (`sub/a` for
-  `sub/a.png`); files that share a stem in one folder (`a.png`, `a.jpg`) keep their suffix (`a.png`, `a.jpg`), so
-  ids are unique and outputs are keyed by path, never by a stem that two files share. A single file's id is its stem.
+- `Sample.id` is the path relative to the source, POSIX separators, without an image suffix (`sub/a` for
+  `sub/a.png`; a DICOM file named by its UID keeps its whole name); files that share a stem in one folder
+  (`a.png`, `a.jpg`) keep their suffix (`a.png`, `a.jpg`), so ids are unique and outputs are keyed by path,
+  never by a stem that two files share. A single file's id is its stem.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def list_images(
         raise InvalidInputError(
             source, f"The file is not an image this tool reads ({_ACCEPTED}) nor a CSV of image IDs. Pass one of those."
         )
-    return [Sample(id=source.stem, path=source)]
+    return [Sample(id=_without_suffix(source.name), path=source)]
 
 
 def find_images(
@@ -91,7 +92,7 @@ def find_images(
     candidates: dict[str, set[Path]] = {}
     for sample in _folder_samples(folder, recursive=recursive, exclude=exclude, skipped=None) if folder.is_dir() else []:
         relative = sample.path.relative_to(folder).as_posix()
-        for key in (sample.id, relative, str(PurePosixPath(relative).with_suffix(""))):
+        for key in (sample.id, relative, _without_suffix(relative)):
             candidates.setdefault(key, set()).add(sample.path)
     found: dict[str, Path] = {}
     problems: list[tuple[int | None, str]] = []
@@ -127,10 +128,16 @@ def _folder_samples(folder: Path, *, recursive: bool, exclude: Iterable[str | Pa
     return [Sample(id=image_id, path=path) for image_id, (_, path) in zip(ids, relative)]
 
 
+def _without_suffix(name: str) -> str:
+    # Only an image suffix is one: '1.2.840.10008.3' (a DICOM file named by its UID) keeps its digits.
+    path = PurePosixPath(name)
+    return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_SUFFIXES else name
+
+
 def _unique_ids(names: Sequence[str]) -> list[str]:
     """Relative names without suffix; names whose id would be shared keep their suffix (all of them, so no file
     wins over another), until every id is unique (full relative names always are)."""
-    ids = [str(PurePosixPath(name).with_suffix("")) for name in names]
+    ids = [_without_suffix(name) for name in names]
     while True:
         counts = Counter(ids)
         clashes = [i for i, image_id in enumerate(ids) if counts[image_id] > 1 and image_id != names[i]]

@@ -254,3 +254,13 @@ def test_undecodable_pixel_data_names_the_transfer_syntax(tmp_path, dataset_fact
     dcmwrite(tmp_path / "garbage.dcm", ds, enforce_file_format=True)
     with pytest.raises(InvalidInputError, match="JPEG Baseline.*cannot be decoded"):
         read_dicom(tmp_path / "garbage.dcm")
+
+
+def test_is_dicom_by_suffix_or_by_the_marker_after_the_preamble(tmp_path, write_dicom):
+    from keras_medimg.io.dicom import is_dicom
+
+    dicom = write_dicom(np.zeros((4, 4), np.uint16), name="IM000001")
+    assert is_dicom(dicom) and is_dicom(tmp_path / "absent.dcm") and is_dicom(tmp_path / "absent.DICOM")
+    (tmp_path / "notes").write_bytes(b"x" * 200)
+    (tmp_path / "short").write_bytes(b"DICM")
+    assert not is_dicom(tmp_path / "notes") and not is_dicom(tmp_path / "short") and not is_dicom(tmp_path / "absent")

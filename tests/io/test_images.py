@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_medimg.errors import InvalidInputError
-from keras_medimg.io.images import decode_png_rows, read_image, to_float, write_image
+from keras_medimg.io.images import decode_png_rows, image_shape, read_image, read_pixels, to_float, write_image
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
@@ -170,3 +170,57 @@ def test_fast_png_decoder_leaves_other_pngs_to_libpng(tmp_path):
     assert decode_png_rows(bytes(damaged)) is None  # libpng then reports the damage
     assert decode_png_rows(good[: len(good) // 2]) is None  # truncated: no IEND
     assert decode_png_rows(b"GIF89a" + good[6:]) is None
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_tiny_png_claiming_ten_billion_pixels_is_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(100000, 100000))
+    with pytest.raises(InvalidInputError, match="100000 x 100000 pixels, more than the 268,435,456"):
+        read_image(bomb)
+    small = write_image(tmp_path / "small.png", np.zeros((10, 20), np.uint8))
+    with pytest.raises(InvalidInputError, match="20 x 10 pixels"):
+        read_image(small, max_pixels=199)
+    assert read_image(small, max_pixels=200).shape == (10, 20)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".bmp"])
+def test_image_shape_reads_the_header_of_every_raster_format(tmp_path, suffix):
+    path = write_image(tmp_path / f"a{suffix}", np.zeros((13, 17, 3), np.uint8))
+    assert image_shape(path.read_bytes()) == (13, 17)
+    np.testing.assert_array_equal(read_image(path), np.zeros((13, 17, 3), np.uint8))
+
+
+def test_a_jpeg_whose_frame_header_claims_too_much_is_refused(tmp_path):
+    data = bytearray(write_image(tmp_path / "a.jpg", np.zeros((8, 8), np.uint8)).read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
+    (tmp_path / "big.jpg").write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="65000 x 65000"):
+        read_image(tmp_path / "big.jpg")
+
+
+def test_read_pixels_reads_dicom_through_the_dicom_reader_and_rasters_as_floats(tmp_path):
+    import shutil
+
+    import pydicom.data
+
+    from keras_medimg.io.dicom import read_dicom
+
+    source = pydicom.data.get_testdata_file("MR_small.dcm")
+    unnamed = shutil.copy(source, tmp_path / "IM000001")
+    np.testing.assert_array_equal(read_pixels(unnamed), read_dicom(source).pixels)
+    png = write_image(tmp_path / "a.png", np.full((4, 4), 1000, np.uint16), bits=16)
+    np.testing.assert_allclose(read_pixels(png), 1000 / 65535)
+
+
+def test_bmp_is_eight_bit_only(tmp_path):
+    with pytest.raises(InvalidInputError, match="8 bits per pixel only"):
+        write_image(tmp_path / "a.bmp", np.zeros((4, 4), np.uint16), bits=16)

@@ -87,3 +87,11 @@ def test_median_filter_removes_salt_noise_and_checks_size():
     assert median_filter(np.zeros((8, 8, 3), np.uint16), 7).shape == (8, 8, 3)
     with pytest.raises(ValueError, match="odd"):
         median_filter(image, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_median_filter_keeps_a_single_channel_axis(dtype):
+    image = np.zeros((9, 9, 1), dtype)
+    image[4, 4, 0] = 200
+    out = median_filter(image, 3)
+    assert out.shape == (9, 9, 1) and out.dtype == dtype and out.max() == 0
