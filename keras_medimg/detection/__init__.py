@@ -1,1 +1,1 @@
-"""detection"""
+"""Detection stages: Ultralytics YOLO detectors (`yolo`) and SAM box-prompted segmentation (`sam`)."""

@@ -1,4 +1,5 @@
-"""Ultralytics YOLO detectors (YOLOv8 and the other sizes/families it ships), strictly offline.
+"""Ultralytics YOLO detectors (YOLOv8, YOLOv5u and the other families it ships) as a library stage, strictly offline:
+train a detector into a caller-given folder, detect, evaluate it against a YOLO split, remap its classes, export it.
 
 Ultralytics reaches for the network in several places: it downloads fonts (Arial.ttf) for its plots and dataset
 checks, `yolov8n.pt` for the AMP check, datasets named in a data.yaml, pip packages it thinks are missing, and it
@@ -17,20 +18,27 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from keras_medimg.errors import InvalidInputError, WeightsUnavailableError, require
-from keras_medimg.io.annotations import Box
-from keras_medimg.io.images import to_rgb_uint8
+from keras_medimg.datasets.yolo import entry_images, read_yolo_folder
+from keras_medimg.errors import ConfigError, InvalidInputError, WeightsUnavailableError, require
+from keras_medimg.io.annotations import Box, read_yolo_data_yaml, write_yolo, write_yolo_data_yaml, yolo_label_path
+from keras_medimg.io.images import read_image, to_rgb_uint8
+from keras_medimg.metrics.detection import ClassRemap, detection_report, remap_boxes, remap_label
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 _SPLITS = ("train", "val", "test")
+# The score down to which `evaluate_detector` keeps boxes, so mAP ranks them all (Ultralytics' own val does so).
+_RANK_CONF = 0.001
+# Training arguments `train_detector` sets itself; `hyperparameters` may not override them.
+_OWN_TRAIN_ARGS = frozenset({"data", "model", "project", "name", "exist_ok", "epochs", "imgsz", "batch", "seed",
+                             "deterministic", "device", "workers", "patience", "pretrained", "amp", "plots",
+                             "verbose", "resume"})
 
 
 def config_dir() -> Path:
@@ -64,85 +72,122 @@ def _offline_ultralytics():
     return ultralytics
 
 
+# === Arguments ===
+
+
+def _check_int(function: str, name: str, value: Any, low: int, *, multiple_of: int = 1, hint: str = "") -> None:
+    """Refuse an integer argument below `low` or off its grid before Ultralytics quietly bends or rejects it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or value % multiple_of:
+        grid = f" and a multiple of {multiple_of}" if multiple_of > 1 else ""
+        raise ConfigError(f"{function}: {name} must be an integer >= {low}{grid}, not {value!r}.{hint}")
+
+
+def _check_fraction(function: str, name: str, value: Any, *, open_low: bool = False) -> None:
+    """Refuse a threshold outside [0, 1] (or (0, 1] with `open_low`)."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and 0 <= value <= 1
+    if not ok or (open_low and value == 0):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ConfigError(f"{function}: {name} must be a number in {interval}, not {value!r}.")
+
+
+_IMGSZ_HINT = " YOLO's strides need square inputs of 32, 64, ... 640 pixels; set the size the detector was trained at."
+
+
 # === Datasets ===
 
 
-def _image_files(entry: Any, root: Path, data_yaml: Path, split: str) -> list[Path]:
-    """The image files one data.yaml split entry names: a folder, a .txt list of files, or a list of either."""
-    entries = entry if isinstance(entry, (list, tuple)) else [entry]
-    files: list[Path] = []
-    for item in entries:
-        path = Path(item)
-        path = path if path.is_absolute() else root / path
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file() and path.suffix == ".txt":
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    listed = Path(line.strip())
-                    files.append(listed if listed.is_absolute() else path.parent / listed)
-        else:
-            raise InvalidInputError(
-                data_yaml, f"the '{split}' entry '{item}' is neither a folder nor a .txt list of images; "
-                "fix the path (relative paths are read from the 'path' key or the file's folder)."
-            )
-    return files
+def stage_dataset(data_yaml: str | Path, out_dir: str | Path, *, class_remap: ClassRemap = None) -> Path:
+    """Mirror a YOLO dataset under `out_dir` (images as symlinks) and write a data.yaml with absolute paths there.
 
-
-def _label_file(image: Path) -> Path:
-    """YOLO's rule: the label of .../images/x.jpg is .../labels/x.txt."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
-def stage_dataset(data_yaml: str | Path, out_dir: str | Path) -> Path:
-    """Mirror a YOLO dataset as symlinks under `out_dir` and write a data.yaml with absolute paths there.
-
-    Ultralytics then writes its caches into `out_dir`, never beside the user's files.
+    Ultralytics then writes its label caches into `out_dir`, never beside the user's files. Without a remap the
+    label files are linked too; with one, every split is read and checked (`read_yolo_folder`) and its labels
+    are written anew with the remapped class indices.
 
     Args:
-        data_yaml: the dataset's data.yaml (keys path, train, val, optional test, names).
-        out_dir: an empty or reusable folder inside the run folder.
+        data_yaml: the dataset's data.yaml (keys path, train, val, optional test, names), or its folder.
+        out_dir: an empty or reusable folder (its images/, labels/ and data.yaml are replaced).
+        class_remap: None, `"agnostic"` (one class), or a mapping from class name to new name (see
+            `metrics.detection`); the new names keep the order in which the old ones first reach them.
 
     Returns:
         The staged data.yaml.
     """
     data_yaml = Path(data_yaml)
-    if not data_yaml.is_file():
-        raise InvalidInputError(data_yaml, "the YOLO data.yaml does not exist; pass the dataset's data.yaml or its folder.")
-    data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict) or "train" not in data or "names" not in data:
-        raise InvalidInputError(data_yaml, "a YOLO data.yaml needs at least the keys 'train', 'val' and 'names'.")
-    root = Path(data.get("path") or data_yaml.parent)
-    root = root if root.is_absolute() else (data_yaml.parent / root)
-    out_dir = Path(out_dir)
-    staged: dict[str, Any] = {"path": str(out_dir.resolve()), "names": data["names"]}
+    data_yaml = (data_yaml / "data.yaml" if data_yaml.is_dir() else data_yaml).resolve()
+    data = read_yolo_data_yaml(data_yaml)
+    names = remapped_class_names(data.class_names, class_remap)
+    out_dir = Path(out_dir).resolve()
+    splits: dict[str, str] = {}
     for split in _SPLITS:
-        if not data.get(split):
+        entries = getattr(data, split)
+        if not entries:
             continue
-        images_dir = out_dir / "images" / split
-        labels_dir = out_dir / "labels" / split
+        images_dir, labels_dir = out_dir / "images" / split, out_dir / "labels" / split
         for folder in (images_dir, labels_dir):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        for image in _image_files(data[split], root, data_yaml, split):
-            _link(image, images_dir / image.name)
-            label = _label_file(image)
-            if label.is_file():
-                _link(label, labels_dir / label.name)
-        staged[split] = f"images/{split}"
-    if "val" not in staged:
-        staged["val"] = staged["train"]
+        if class_remap is None:
+            for image in (image for entry in entries for image in entry_images(entry)):
+                _link(image, images_dir / image.name, split)
+                if yolo_label_path(image).is_file():
+                    _link(yolo_label_path(image), labels_dir / f"{image.stem}.txt", split)
+        else:
+            for sample in read_yolo_folder(data_yaml, split):
+                _link(sample.path, images_dir / sample.path.name, split)
+                write_yolo(labels_dir / f"{sample.path.stem}.txt", remap_boxes(sample.boxes, class_remap),
+                           sample.meta["size"], names)
+        splits[split] = f"images/{split}"
     target = out_dir / "data.yaml"
-    target.write_text(yaml.safe_dump(staged, sort_keys=False), encoding="utf-8")
-    return target
+    # Ultralytics needs a val split; a data.yaml without one validates on the training images.
+    return write_yolo_data_yaml(target, out_dir, splits["train"], splits.get("val", splits["train"]), names,
+                                test=splits.get("test"))
 
 
-def _link(source: Path, target: Path) -> None:
+def remap_label_set(data_yaml: str | Path, out_dir: str | Path, class_remap: ClassRemap) -> Path:
+    """Write a YOLO label set with remapped classes (images linked, labels rewritten) for training or evaluation.
+
+    Args:
+        data_yaml: the original dataset's data.yaml, or its folder.
+        out_dir: where the remapped set goes (images/<split>, labels/<split>, data.yaml).
+        class_remap: `"agnostic"` or a mapping from original class name to new name; names left out keep theirs.
+
+    Returns:
+        The new data.yaml, whose names are the remapped classes.
+    """
+    if class_remap is None:
+        raise ConfigError("remap_label_set: class_remap is None; give 'agnostic' or a mapping of class names.")
+    return stage_dataset(data_yaml, out_dir, class_remap=class_remap)
+
+
+def remapped_class_names(class_names: Sequence[str], class_remap: ClassRemap) -> list[str]:
+    """The class names after a remap, in the order the original names first reach them.
+
+    Args:
+        class_names: the original names in index order.
+        class_remap: None, `"agnostic"` or a mapping from name to new name.
+
+    Returns:
+        The new names in index order (the original ones when `class_remap` is None).
+
+    Raises:
+        ConfigError: the mapping names a class the dataset does not have (a typo would silently change nothing).
+    """
+    if isinstance(class_remap, Mapping):
+        unknown = sorted(set(class_remap) - set(class_names))
+        if unknown:
+            raise ConfigError(
+                f"The class remap names {', '.join(unknown)}, which the dataset does not have; its classes are "
+                f"{', '.join(class_names)}. Fix the remap."
+            )
+    return list(dict.fromkeys(str(remap_label(name, class_remap)) for name in class_names))
+
+
+def _link(source: Path, target: Path, split: str) -> None:
+    if target.exists() or target.is_symlink():
+        raise InvalidInputError(
+            source, f"Another file of the '{split}' split is also named {target.name}; the staged copy Ultralytics "
+            "reads needs unique file names per split. Rename one of them."
+        )
     try:
         target.symlink_to(source.resolve())
     except OSError:  # file systems without symlinks (some Windows setups): copy instead
@@ -159,9 +204,11 @@ class DetectorResult:
     Args:
         best: the best checkpoint (Ultralytics `weights/best.pt`).
         last: the last checkpoint.
-        save_dir: Ultralytics' own run folder (results.csv, args.yaml) inside our run folder.
+        save_dir: Ultralytics' own run folder (results.csv, args.yaml) inside the caller's folder.
         metrics: validation metrics Ultralytics reported (precision, recall, mAP50, mAP50-95).
         seconds: wall-clock training time.
+        class_names: the classes the detector predicts (after a remap), in index order.
+        data_yaml: the staged data.yaml it was trained on.
     """
 
     best: Path
@@ -169,6 +216,8 @@ class DetectorResult:
     save_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    class_names: list[str] = field(default_factory=list)
+    data_yaml: Path | None = None
 
 
 def _model_source(model: str, weights: str | None) -> str:
@@ -179,12 +228,27 @@ def _model_source(model: str, weights: str | None) -> str:
     if weights == "imagenet" or not path.is_file():
         raise WeightsUnavailableError(
             f"Detector weights '{weights}' are not a local file, and keras-medimg never downloads them. Download "
-            f"{Path(model).stem}.pt from https://github.com/ultralytics/assets/releases yourself and pass its path "
-            "with --set detect.weights=PATH, or set detect.weights to null to train from scratch."
+            f"{Path(model).stem}.pt from https://github.com/ultralytics/assets/releases yourself and pass its "
+            "path as the weights, or give no weights to train from scratch."
         )
     if path.suffix != ".pt":
         raise InvalidInputError(path, "detector weights must be an Ultralytics .pt checkpoint.")
     return str(path)
+
+
+def _check_train_args(epochs: int, imgsz: int, batch: int, workers: int, patience: int,
+                      hyperparameters: Mapping[str, Any] | None) -> None:
+    _check_int("train_detector", "epochs", epochs, 1, hint=" Train for at least one epoch.")
+    _check_int("train_detector", "imgsz", imgsz, 32, multiple_of=32, hint=_IMGSZ_HINT)
+    _check_int("train_detector", "batch", batch, 1)
+    _check_int("train_detector", "workers", workers, 0)
+    _check_int("train_detector", "patience", patience, 0, hint=" 0 turns early stopping off.")
+    clashes = sorted(set(hyperparameters or {}) & _OWN_TRAIN_ARGS)
+    if clashes:
+        raise ConfigError(
+            f"train_detector: hyperparameters may not set {', '.join(clashes)}; pass them as train_detector's "
+            "own arguments."
+        )
 
 
 def train_detector(
@@ -201,34 +265,42 @@ def train_detector(
     workers: int = 0,
     patience: int = 100,
     name: str = "train",
+    class_remap: ClassRemap = None,
+    hyperparameters: Mapping[str, Any] | None = None,
     verbose: bool = False,
 ) -> DetectorResult:
     """Train an Ultralytics detector offline, keeping all its files under `out_dir`.
 
     Args:
-        data_yaml: the YOLO dataset's data.yaml (it is staged as symlinks under `out_dir/dataset` first).
-        out_dir: our folder for the detector (e.g. `<run>/detect`); Ultralytics' run goes to `out_dir/<name>`.
-        model: architecture name (`yolov8n`, `yolov8s`, ... or any Ultralytics model .yaml).
+        data_yaml: the YOLO dataset's data.yaml or its folder (staged under `out_dir/dataset` first).
+        out_dir: the caller's folder for the detector; Ultralytics' run goes to `out_dir/<name>`.
+        model: architecture name (`yolov8n`, `yolov5nu`, ... or any Ultralytics model .yaml).
         weights: None to train from scratch, or a local `.pt` checkpoint to fine-tune.
-        epochs: training epochs.
-        imgsz: square training size in pixels.
-        batch: batch size.
+        epochs: training epochs (>= 1).
+        imgsz: square training size in pixels (a multiple of 32).
+        batch: batch size (>= 1).
         seed: Ultralytics' random seed (with deterministic=True).
         device: "cpu", "0", "cuda:0", ...
         workers: data-loader worker processes (0 loads in the main process).
-        patience: early-stopping patience in epochs.
+        patience: early-stopping patience in epochs (0 turns it off).
         name: Ultralytics run name inside `out_dir`.
+        class_remap: train on remapped classes (`"agnostic"` or a name mapping; see `remap_label_set`).
+        hyperparameters: further Ultralytics training arguments (`lr0`, `optimizer`, `mosaic`, `fliplr`, ...).
         verbose: let Ultralytics print its per-epoch progress.
 
     Returns:
         A `DetectorResult` with the best and last checkpoints and the final validation metrics.
+
+    Raises:
+        ConfigError: an argument out of range, or hyperparameters that repeat one of the arguments above.
     """
+    _check_train_args(epochs, imgsz, batch, workers, patience, hyperparameters)
+    out_dir = Path(out_dir).resolve()
+    source = _model_source(model, weights)
+    staged = stage_dataset(data_yaml, out_dir / "dataset", class_remap=class_remap)
     _offline_ultralytics()
     from ultralytics import YOLO
 
-    out_dir = Path(out_dir).resolve()
-    source = _model_source(model, weights)
-    staged = stage_dataset(data_yaml, out_dir / "dataset")
     detector = YOLO(source)
     started = time.perf_counter()
     detector.train(
@@ -248,6 +320,7 @@ def train_detector(
         amp=device != "cpu" and source.endswith(".pt"),  # the AMP check downloads yolov8n.pt when no .pt is given
         plots=False,
         verbose=verbose,
+        **dict(hyperparameters or {}),
     )
     seconds = time.perf_counter() - started
     save_dir = Path(detector.trainer.save_dir)
@@ -259,18 +332,28 @@ def train_detector(
         save_dir=save_dir,
         metrics=metrics,
         seconds=seconds,
+        class_names=read_yolo_data_yaml(staged).class_names,
+        data_yaml=staged,
     )
 
 
 # === Inference ===
 
 
-def load_detector(path: str | Path):
-    """Load a trained Ultralytics checkpoint (`.pt`) or an exported `.onnx` detector for `detect`."""
+def load_detector(path: str | Path) -> Any:
+    """Load a trained Ultralytics checkpoint (`.pt`) or an exported `.onnx` detector for `detect`.
+
+    Args:
+        path: the checkpoint (`DetectorResult.best`) or `.onnx` file.
+
+    Returns:
+        An Ultralytics `YOLO` model.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"Detector checkpoint '{path}' does not exist. Pass the weights/best.pt of a `medimg brats train` run."
+            f"Detector checkpoint '{path}' does not exist. Pass the weights/best.pt that training wrote, or an "
+            "exported .onnx detector."
         )
     _offline_ultralytics()
     from ultralytics import YOLO
@@ -288,7 +371,7 @@ def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
 def detect(
     model: Any,
-    images: list[np.ndarray],
+    images: Sequence[np.ndarray],
     *,
     conf: float = 0.25,
     iou: float = 0.7,
@@ -301,16 +384,23 @@ def detect(
     Args:
         model: a detector from `load_detector`.
         images: arrays (H, W) or (H, W, 3) RGB, uint8/uint16 or float in [0, 1].
-        conf: minimum confidence of a kept box.
-        iou: IoU threshold of non-maximum suppression.
-        imgsz: inference size (use the training size).
+        conf: minimum confidence of a kept box, in [0, 1].
+        iou: IoU threshold of non-maximum suppression, in (0, 1].
+        imgsz: inference size (use the training size; a multiple of 32).
         max_det: most boxes per image.
         device: "cpu", "0", ...
 
     Returns:
         One list of `Box(x1, y1, x2, y2, label=class name, score)` per image, highest score first.
+
+    Raises:
+        ConfigError: an argument out of range.
     """
-    if not images:
+    _check_fraction("detect", "conf", conf)
+    _check_fraction("detect", "iou", iou, open_low=True)
+    _check_int("detect", "imgsz", imgsz, 32, multiple_of=32, hint=_IMGSZ_HINT)
+    _check_int("detect", "max_det", max_det, 1)
+    if not len(images):
         return []
     batch = [_as_bgr_uint8(image) for image in images]
     results = model.predict(batch, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, device=device, verbose=False)
@@ -325,6 +415,71 @@ def detect(
                  for b, s, c in zip(xyxy, scores, classes)]
         out.append(sorted(found, key=lambda box: -box.score))
     return out
+
+
+# === Evaluation ===
+
+
+def evaluate_detector(
+    detector: Any,
+    data_yaml: str | Path,
+    *,
+    split: str = "test",
+    conf: float = 0.25,
+    iou: float = 0.5,
+    nms_iou: float = 0.7,
+    imgsz: int = 640,
+    device: str = "cpu",
+    class_remap: ClassRemap = None,
+    batch: int = 16,
+) -> dict[str, Any]:
+    """Precision, recall, F1 (at `conf`, IoU `iou`), image accuracy and mAP50 of a detector on one YOLO split.
+
+    Every box down to a score of 0.001 is kept so mAP ranks them all; `conf` then filters for P/R/F1/accuracy.
+
+    Args:
+        detector: a model from `load_detector`, or the path of a checkpoint to load.
+        data_yaml: the YOLO dataset's data.yaml (or its folder); its boxes are the truth.
+        split: `"train"`, `"val"` or `"test"`.
+        conf: score threshold for precision, recall, F1 and accuracy.
+        iou: the least IoU of a match (0.5 gives mAP50).
+        nms_iou: IoU threshold of the detector's non-maximum suppression.
+        imgsz: inference size (the training size).
+        device: "cpu", "0", ...
+        class_remap: renames classes of truth and predictions before matching: `"agnostic"`, a mapping from
+            class name to new name, or None. A detector trained on the remapped set (it predicts the new names)
+            has only the truth remapped.
+        batch: images per detector call.
+
+    Returns:
+        `DetectionReport.to_dict()` (precision, recall, f1, accuracy, map50, ap50, tp, fp, fn, images,
+        per_class) plus `split`, `conf`, `iou` and `class_names` (the classes compared, after the remap).
+
+    Raises:
+        ConfigError: an argument out of range, or a remap naming a class the dataset does not have.
+        InvalidInputError: a missing split or a bad image or label file.
+    """
+    _check_fraction("evaluate_detector", "conf", conf)
+    _check_fraction("evaluate_detector", "iou", iou, open_low=True)
+    _check_int("evaluate_detector", "batch", batch, 1)
+    data_yaml = Path(data_yaml)
+    data_yaml = data_yaml / "data.yaml" if data_yaml.is_dir() else data_yaml
+    names = remapped_class_names(read_yolo_data_yaml(data_yaml).class_names, class_remap)
+    samples = read_yolo_folder(data_yaml, split)
+    model = load_detector(detector) if isinstance(detector, (str, Path)) else detector
+    predicted: list[list[Box]] = []
+    for start in range(0, len(samples), batch):
+        images = [read_image(sample.path) for sample in samples[start:start + batch]]
+        predicted += detect(model, images, conf=_RANK_CONF, iou=nms_iou, imgsz=imgsz, device=device)
+    truth = [remap_boxes(sample.boxes, class_remap) for sample in samples]
+    # A detector trained on the remapped set already speaks the new names; remapping them again could rename
+    # a new name that is also an old one (a swap), so only a detector whose classes are not the new ones, in order, is remapped.
+    detector_names = getattr(model, "names", None) or {}
+    if [str(detector_names[i]) for i in sorted(detector_names)] != names:
+        predicted = [remap_boxes(boxes, class_remap) for boxes in predicted]
+    report = detection_report(predicted, truth, conf=conf, iou_threshold=iou).to_dict()
+    report.update(split=split, conf=conf, iou=iou, class_names=names)
+    return report
 
 
 # === Export ===
