@@ -38,7 +38,7 @@ import tensorflow as tf
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.dicom import DICOM_SUFFIXES
-from keras_medimg.io.images import MAX_PIXELS, check_pixel_count, decode_png_rows, image_shape
+from keras_medimg.io.images import check_pixel_count, decode_png_rows, image_shape
 from keras_medimg.preprocessing.augment import Augment
 from keras_medimg.preprocessing.normalize import Normalization
 
