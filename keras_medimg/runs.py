@@ -3,14 +3,25 @@
 A run folder is a contract people script against (keep the names stable):
 
     runs/<app>/<mode>[N]/
-        config.yaml        the resolved config; `--config` it to rerun
-        results.csv        one row per epoch
-        metrics.json       final numbers
-        predictions.csv    per-sample outputs
-        skipped.csv        bad input files that were skipped, and why
-        weights/best.keras, weights/last.keras
-        plots/*.png
-        export/
+        config.yaml             the resolved config; `--config` it to rerun
+        results.csv             one row per epoch (columns: epoch, phase, loss, metrics...)
+        state.json              the trainer's resume state (phase, next epoch, best value)
+        metrics.json            final numbers
+        predictions.csv         per-sample outputs
+        skipped.csv             input files that were not used, and why (path, line, reason)
+        weights/best.keras      the model of the best epoch (by train.monitor), weights/last.keras the last one
+        weights/*.json          what turns model outputs into answers (e.g. concepts.json: concepts, thresholds)
+        weights/detector.pt     a trained YOLO detector, weights/sam_decoder.pth a fine-tuned SAM mask decoder
+        thresholds.csv          threshold search table (multi-label apps)
+        submission.csv          an official run file (ImageCLEF)
+        plots/*.png             curves, confusion matrices, comparison charts
+        crops/, masks/, overlays/, gradcam/   per-image pictures, keyed by the path relative to the source
+        export/                 serving formats and metadata.json
+
+Three moments of a run, one function each: `start_run` (create the folder, save the resolved config),
+`open_trained` (a finished run from a folder or a weights file: its config, model file, named files) and
+`finish_run` (metrics.json and skipped.csv). A command checks everything it can (the config, the trained run it
+reads) before `start_run`, so a mistake never leaves an empty numbered folder behind.
 
 Every file is written atomically: to a temporary file in the same folder, flushed to disk, then renamed over
 the target, so an interrupted run leaves either the old file or the new one, never half of one.
@@ -30,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_medimg.errors import ConfigError
+from keras_medimg.errors import ConfigError, InvalidInputError
 
 
 @contextlib.contextmanager
@@ -98,18 +109,23 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 def _claim(base: Path, exist_ok: bool) -> Path:
     """Create and return `base`, or `base2`, `base3`... when it exists (Ultralytics' numbering)."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    if exist_ok:
-        base.mkdir(exist_ok=True)
-        return base
-    n = 1
-    while True:
-        candidate = base if n == 1 else base.with_name(f"{base.name}{n}")
-        try:
-            candidate.mkdir()  # mkdir is atomic: two runs started together never share a folder
-            return candidate
-        except FileExistsError:
-            n += 1
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        if exist_ok:
+            base.mkdir(exist_ok=True)
+            return base
+        n = 1
+        while True:
+            candidate = base if n == 1 else base.with_name(f"{base.name}{n}")
+            try:
+                candidate.mkdir()  # mkdir is atomic: two runs started together never share a folder
+                return candidate
+            except FileExistsError:
+                n += 1
+    except (NotADirectoryError, PermissionError, FileExistsError, OSError) as exc:
+        raise ConfigError(
+            f"The run folder {base} cannot be created ({exc.strerror or exc}). Pass a writable folder with --project."
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,109 @@ def create_run(
         raise ConfigError(f"Run name '{folder}' may only hold letters, digits, '.', '_' and '-'. Choose another --name.")
     root = Path(project) if project is not None else Path("runs")
     return Run(dir=_claim(root / app / folder, exist_ok), app=app, mode=mode)
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a new run folder will go (`--project`, `--name`, `--exist-ok`); the folder is made by `start_run`."""
+
+    project: str | Path | None = None
+    name: str | None = None
+    exist_ok: bool = False
+
+
+def start_run(app: str, mode: str, cfg: Any, run: Run | RunPlace | None = None) -> Run:
+    """Begin a command's run: create its folder (unless `run` is one already, e.g. when resuming) and save `cfg`.
+
+    Call it after every check that can fail on the user's input, so a mistake leaves no empty folder.
+    """
+    if not isinstance(run, Run):
+        place = run or RunPlace()
+        run = create_run(app, mode, project=place.project, name=place.name, exist_ok=place.exist_ok)
+    run.save_config(cfg)
+    return run
+
+
+def finish_run(run: Run, metrics: dict[str, Any], skipped: Any = None, table: str = "") -> RunResult:
+    """End a command's run: write metrics.json and skipped.csv (header only when nothing was skipped)."""
+    from keras_medimg.datasets.records import Skipped
+
+    run.write_json("metrics.json", metrics)
+    rows = skipped.rows() if skipped is not None else []
+    run.write_csv("skipped.csv", rows, Skipped.FIELDS)
+    return RunResult(run, metrics, table)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished train run, opened for predict, evaluate, export or as a starting point.
+
+    Args:
+        dir: the run folder.
+        config: its saved config.yaml, loaded as the app's config dataclass (None for a lone model file).
+        app: the app that wrote it.
+        given: the model file the user named, when a file rather than the folder was given.
+    """
+
+    dir: Path
+    config: Any
+    app: str
+    given: Path | None = None
+
+    def file(self, *parts: str) -> Path | None:
+        """A file of the run (e.g. `file("weights", "detector.pt")`), or None when it is absent."""
+        path = self.dir.joinpath(*parts)
+        return path if path.is_file() else None
+
+    def require(self, *parts: str, how: str) -> Path:
+        """A file the command cannot do without; `how` says how to make it (a full sentence)."""
+        path = self.file(*parts)
+        if path is None:
+            raise InvalidInputError(self.dir.joinpath(*parts), f"the trained run has no such file. {how}")
+        return path
+
+    @property
+    def model_path(self) -> Path:
+        """The trained Keras model: the file given, else weights/best.keras, else weights/last.keras."""
+        if self.given is not None and self.given.suffix == ".keras":
+            return self.given
+        for name in ("best.keras", "last.keras"):
+            if (path := self.file("weights", name)) is not None:
+                return path
+        raise InvalidInputError(
+            self.dir / "weights" / "best.keras",
+            f"the run holds no trained model (weights/best.keras or last.keras). Train it with `medimg {self.app} train`.",
+        )
+
+
+def open_trained(weights: str | Path | None, app: str, config_cls: type, *, lone_model: bool = False) -> TrainedRun:
+    """Open a finished train run from its folder, or from a file inside it (`weights/best.keras`, ...).
+
+    With `lone_model`, a `.keras` file outside any run folder is accepted too (its `config` is None): for apps
+    whose model carries everything it needs in files beside it.
+
+    Raises:
+        ConfigError: no run given.
+        InvalidInputError: the path does not exist or is not a run folder of `app` (no config.yaml).
+    """
+    from keras_medimg.config import load_config
+
+    if weights is None:
+        raise ConfigError(f"No trained run given. Pass the folder of a `medimg {app} train` run with --weights RUN.")
+    path = Path(weights)
+    if not path.exists():
+        raise InvalidInputError(path, f"there is no such file or folder. Pass the folder of a `medimg {app} train` "
+                                "run (for example runs/" + app + "/train) with --weights.")
+    folder, given = path, None
+    if path.is_file():
+        given = path
+        folder = path.parent.parent if path.parent.name == "weights" else path.parent
+    if not (folder / "config.yaml").is_file():
+        if lone_model and given is not None and given.suffix == ".keras":
+            return TrainedRun(dir=given.parent, config=None, app=app, given=given)
+        raise InvalidInputError(path, f"this is not a `medimg {app} train` run (no config.yaml beside it). Pass the "
+                                f"run folder, for example runs/{app}/train, with --weights.")
+    return TrainedRun(dir=folder, config=load_config(config_cls, file=folder / "config.yaml"), app=app, given=given)
 
 
 def open_run(folder: str | Path, app: str, mode: str) -> Run:
