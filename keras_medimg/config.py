@@ -264,6 +264,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"Config file '{path}' is not a text file (it is not UTF-8; perhaps a checkpoint or an image). "
+            "Pass a YAML file to --config, e.g. a run's config.yaml."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from None
     if data is None:
