@@ -12,6 +12,8 @@ so training pipelines only decode PNGs. The output folder holds:
 
 A rerun keeps every output that is newer than its source and was made with the same settings (resume).
 Nothing is ever written inside an input folder. No DICOM PHI reaches any of these files.
+`medimg prepare` is the command line of `prepare_images`; an app's config may hold a `prepare` section
+(a `Settings` mapping) with the study's defaults.
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import json
+import logging
 import multiprocessing
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keras_medimg.datasets.records import Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
-from keras_medimg.io.images import IMAGE_SUFFIXES
+from keras_medimg.io.dicom import is_dicom, read_dicom_meta
+from keras_medimg.io.images import RASTER_SUFFIXES, is_image_file
+from keras_medimg.progress import progress
 from keras_medimg.runs import write_csv, write_json
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = (
     "id", "source", "output", "frame", "rows", "cols", "source_rows", "source_cols",
     "crop_y0", "crop_y1", "crop_x0", "crop_x1", "scale", "modality", "view", "laterality", "window",
@@ -38,14 +44,48 @@ MANIFEST_COLUMNS = (
 
 @dataclass(frozen=True)
 class Settings:
-    """What `prepare_images` does to every file; outputs made with other settings are not reused."""
+    """What `prepare_images` does to every file; outputs made with other settings are not reused.
 
-    window: str | int | tuple = "auto"
+    Also the `prepare` section of an app's config (the loader in `keras_medimg.config` reads it), which
+    `medimg prepare --app APP` takes as its defaults.
+
+    Args:
+        window: VOI choice for DICOM files: "auto", "minmax", "none", the index of a window stored in the
+            file, or [center, width] / [center, width, function] in modality units (see `io.dicom.read_dicom`).
+        crop: crop each image to its foreground (Otsu + largest connected component + `margin`).
+        margin: crop margin as a fraction of the image height and width, in [0, 0.5).
+        clahe: apply CLAHE (on the luminance for colour images).
+        clip_limit: CLAHE clip limit, > 0.
+        size: resize so that the longer side has this many pixels (aspect ratio kept); None keeps the size.
+    """
+
+    window: str | int | list[float | str] = "auto"
     crop: bool = False
     margin: float = 0.02
     clahe: bool = False
     clip_limit: float = 2.0
     size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, tuple):  # read_dicom's own spelling; a list is what YAML and JSON give
+            object.__setattr__(self, "window", list(self.window))
+        if isinstance(self.window, str) and self.window.lower() not in ("auto", "minmax", "none"):
+            raise ConfigError(f"prepare: window '{self.window}' is not one of auto, minmax, none, an index or [center, width].")
+        if isinstance(self.window, list) and not (
+            len(self.window) in (2, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.window[:2])
+            and (len(self.window) == 2 or isinstance(self.window[2], str))
+        ):
+            raise ConfigError(f"prepare: window {self.window} must be [center, width] or [center, width, function], e.g. [40, 400].")
+        if not 0 <= self.margin < 0.5:
+            raise ConfigError(f"prepare: margin {self.margin} must be a fraction of the image size in [0, 0.5).")
+        if not self.clip_limit > 0:
+            raise ConfigError(f"prepare: clip_limit {self.clip_limit} must be greater than 0.")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"prepare: size {self.size} must be a positive number of pixels (or null to keep the size).")
+
+    def dicom_window(self) -> str | int | tuple:
+        """The window as `io.dicom.read_dicom` takes it."""
+        return tuple(self.window) if isinstance(self.window, list) else self.window
 
 
 @dataclass(frozen=True)
@@ -68,7 +108,7 @@ class PrepareResult:
         rows: the manifest rows.
         converted: files converted in this call (a multi-frame DICOM is one file and several rows).
         reused: files whose outputs were kept from an earlier call (newer than their source, same settings).
-        skipped: `(path, reason)` of every bad file.
+        skipped: every bad file and why.
     """
 
     out_dir: Path
@@ -77,32 +117,23 @@ class PrepareResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     converted: int = 0
     reused: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: Skipped = field(default_factory=Skipped)
 
 
 # === Finding the inputs ===
 
 
 def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    if path.suffix:
-        return False
-    # DICOM files often have no suffix at all (IM000001); the 'DICM' marker at byte 128 tells.
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    # PNG/JPEG/TIFF names are not opened to look for the DICOM marker: a folder may hold 100,000 of them.
+    return path.suffix.lower() not in RASTER_SUFFIXES and is_dicom(path)
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and is_image_file(path)
 
 
 def _folder_sources(folder: Path) -> list[tuple[Path, Path, dict[str, str], int | None]]:
-    sources = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES or _is_dicom_file(path)):
-            sources.append((path, path.relative_to(folder), {}, None))
-    return sources
+    return [(path, path.relative_to(folder), {}, None) for path in sorted(folder.rglob("*")) if _is_image_file(path)]
 
 
 def _csv_sources(manifest: Path) -> list[tuple[Path, Path, dict[str, str], int | None]]:
@@ -135,8 +166,6 @@ def _assign_ids(path_rel: list[tuple[Path, Path]]) -> list[str]:
             continue
         uid = None
         if _is_dicom_file(path):
-            from keras_medimg.io.dicom import read_dicom_meta  # pydicom takes 0.3 s to import; only when needed
-
             try:
                 uid = read_dicom_meta(path).sop_instance_uid
             except InvalidInputError:
@@ -176,7 +205,7 @@ def _convert(task: _Task, settings: Settings) -> tuple[str, Any]:
 
     try:
         if task.is_dicom:
-            image = read_dicom(task.source, window=settings.window)
+            image = read_dicom(task.source, window=settings.dicom_window())
             meta = image.meta
             # A multi-frame file (tomosynthesis, cine, a stack) gives one PNG per frame.
             frames = list(image.pixels) if meta.number_of_frames > 1 else [image.pixels]
@@ -283,7 +312,7 @@ def prepare_images(
     inputs: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     *,
-    window: str | int | tuple = "auto",
+    window: str | int | tuple | list = "auto",
     crop: bool = False,
     margin: float = 0.02,
     clahe: bool = False,
@@ -297,14 +326,10 @@ def prepare_images(
     Args:
         inputs: a folder (searched recursively; suffix-less files are taken when they are DICOM), a manifest CSV
             with a `path` column (relative to the CSV; an `id` column, if any, names the outputs; other columns
-            are carried into the output manifest), or a list of these.
+            are carried into the output manifest), one image or DICOM file (its id is its name without
+            suffix), or a list of these.
         out_dir: the output folder; it may not overlap an input folder.
-        window: VOI choice for DICOM files, as `io.dicom.read_dicom` takes it.
-        crop: crop each image to its foreground (Otsu + largest connected component + `margin`).
-        margin: crop margin as a fraction of the image height and width.
-        clahe: apply CLAHE (on the luminance for colour images).
-        clip_limit: CLAHE clip limit.
-        size: resize so that the longer side has this many pixels (aspect ratio kept); None keeps the size.
+        window, crop, margin, clahe, clip_limit, size: what is done to every image; see `Settings`.
         workers: number of worker processes (1 converts in this process). Workers are spawned, not forked
             (safe after TensorFlow or torch were imported), so a script calling this with workers > 1 needs the
             usual `if __name__ == "__main__":` guard.
@@ -314,8 +339,8 @@ def prepare_images(
         A `PrepareResult`; `manifest.csv`, `skipped.csv` and `prepare.json` are written in `out_dir`.
 
     Raises:
-        ConfigError: `out_dir` overlaps an input folder or holds an input manifest, or an input is neither a
-            folder nor a CSV file.
+        ConfigError: `out_dir` overlaps an input folder or holds an input manifest, an input is neither a
+            folder, a CSV file nor an image, or a setting is out of range.
         InvalidInputError: a manifest has no `path` column; with `strict`, the first bad file.
     """
     out_dir = Path(out_dir).resolve()
@@ -329,17 +354,22 @@ def prepare_images(
         elif item.is_file() and item.suffix.lower() == ".csv":
             manifests.append(item)
             sources += _csv_sources(item)
+        elif _is_image_file(item):
+            sources.append((item, Path(item.name), {}, None))
         else:
-            raise ConfigError(f"The input {item} is neither a folder nor a CSV manifest. Give a folder of images or a CSV with a 'path' column.")
+            raise ConfigError(
+                f"The input {item} is not a folder, a CSV manifest or an image/DICOM file. "
+                "Give a folder of images, image files, or a CSV with a 'path' column."
+            )
     folders += sorted({path.parent for path, *_ in sources if not any(_inside(path, f) for f in folders)})
     _refuse_overlap(out_dir, folders, manifests)
 
-    skipped: list[tuple[str, str]] = []
+    skipped = Skipped()
 
     def skip(path: str, reason: str, line: int | None) -> None:
         if strict:
             raise InvalidInputError(path, reason, line=line)
-        skipped.append((path, reason if line is None else f"line {line}: {reason}"))
+        skipped.add(path, reason, line=line)
 
     present = []
     for path, rel, carried, line in sources:
@@ -373,9 +403,10 @@ def prepare_images(
         else:
             to_convert.append(task)
 
+    log.debug("prepare: %d files to convert, %d kept from an earlier run", len(to_convert), result.reused)
     results = _run(to_convert, settings, workers)
     try:
-        for task, (kind, payload) in zip(to_convert, results):
+        for task, (kind, payload) in zip(to_convert, progress(results, total=len(to_convert), desc="prepare", unit="file")):
             if kind == "skip":
                 skip(*payload)
                 continue
@@ -390,7 +421,7 @@ def prepare_images(
     result.skipped = skipped
     carried_columns = list(dict.fromkeys(k for task in tasks for k in task.carried))
     write_csv(result.manifest, result.rows, [*MANIFEST_COLUMNS, *carried_columns])
-    write_csv(result.skipped_csv, [{"path": p, "reason": r} for p, r in skipped], ["path", "reason"])
+    write_csv(result.skipped_csv, skipped.rows(), Skipped.FIELDS)
     write_json(
         out_dir / "prepare.json",
         {"settings": asdict(settings), "images": len(result.rows), "converted": result.converted, "reused": result.reused, "skipped": len(skipped)},

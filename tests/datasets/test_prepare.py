@@ -65,7 +65,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_folder_to_16_bit_pngs_and_manifest(tmp_path, dataset_folder):
     result = prepare_images(dataset_folder, tmp_path / "out")
-    assert result.converted == 4 and result.reused == 0 and result.skipped == []
+    assert result.converted == 4 and result.reused == 0 and len(result.skipped) == 0
     rows = read_csv(result.manifest)
     assert [r["id"] for r in rows] == ["p1/IM000002", "p1/a", "p2/a", "p2/b"]
     first = rows[1]
@@ -131,7 +131,7 @@ def test_manifest_input_carries_columns_and_reports_missing_files(tmp_path, data
     rows = read_csv(result.manifest)
     assert [(r["id"], r["label"]) for r in rows] == [("case1", "malignant"), ("case2", "benign")]
     (skip,) = read_csv(result.skipped_csv)
-    assert skip["path"].endswith("gone.dcm") and skip["reason"].startswith("line 4:")
+    assert skip["path"].endswith("gone.dcm") and skip["line"] == "4" and "does not exist" in skip["reason"]
     bad = tmp_path / "bad.csv"
     bad.write_text("file,label\nx.dcm,a\n")
     with pytest.raises(InvalidInputError, match="'path' column"):
@@ -185,3 +185,26 @@ def test_multi_frame_dicom_gives_one_png_per_frame_and_resumes(tmp_path):
     third = prepare_images(folder, tmp_path / "out")
     assert (third.converted, third.reused) == (1, 1)
     assert (result.out_dir / rows[2]["output"]).is_file()
+
+
+def test_single_files_are_inputs_too(tmp_path, dataset_folder):
+    result = prepare_images([dataset_folder / "p1" / "IM000002", dataset_folder / "p2" / "b.png"], tmp_path / "out")
+    assert [r["id"] for r in result.rows] == ["IM000002", "b"] and result.rows[0]["modality"] == "MG"
+    with pytest.raises(ConfigError, match="not a folder, a CSV manifest or an image"):
+        prepare_images(dataset_folder / "notes.txt", tmp_path / "out2")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"margin": 0.5}, {"clip_limit": 0}, {"size": 0}, {"window": "brightest"}, {"window": [40]}, {"window": ["a", "b"]}],
+)
+def test_settings_out_of_range_are_config_errors(tmp_path, dataset_folder, settings):
+    with pytest.raises(ConfigError, match="prepare: "):
+        prepare_images(dataset_folder, tmp_path / "out", **settings)
+
+
+def test_a_window_given_as_a_list_is_applied_and_resumes(tmp_path, dataset_folder):
+    first = prepare_images(dataset_folder / "p1" / "a.dcm", tmp_path / "out", window=[1500, 3000])
+    assert first.rows[0]["window"].startswith("LINEAR center=1500")
+    again = prepare_images(dataset_folder / "p1" / "a.dcm", tmp_path / "out", window=(1500, 3000))  # tuple == list
+    assert (again.converted, again.reused) == (0, 1)
