@@ -5,7 +5,8 @@ Layers are named so that every app, the trainer, Grad-CAM and the exporters find
 image, sigmoid for multi-label; float32 even under mixed precision so that probabilities stay exact).
 
 Fine-tuning follows the studies: with pretrained weights, first train the head on a frozen backbone, then unfreeze
-(by the freeze policy) with a lower learning rate. `finetune_phases` describes those phases; the trainer runs them.
+(by the freeze policy) with a lower learning rate. `finetune_phases` describes those phases;
+`training.trainer.fit_plan` runs them.
 """
 
 from __future__ import annotations

@@ -403,8 +403,9 @@ def fit(
 ) -> FitResult:
     """Compile `model` from `config` and train it for `config.epochs` epochs, writing into `run`.
 
-    Build the model (and call `setup_precision`) inside `distribute.strategy_scope(...)` when distributing; `fit`
-    compiles in the scope that is active when it is called.
+    One phase; `fit_plan` (what the apps call) builds the model under the configured precision and distribution
+    and calls `fit` once per phase. Called directly, build the model (and call `setup_precision`) inside
+    `distribute.strategy_scope(...)` when distributing; `fit` compiles in the scope active when it is called.
 
     Args:
         model: a built Keras model whose head outputs probabilities (softmax or sigmoid) or logits (linear).

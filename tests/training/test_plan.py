@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -172,7 +173,7 @@ def test_balanced_class_weight_weighs_the_loss_by_class(run):
     for mode in ("none", "balanced"):
         set_seed(0)
         folder = create_run("t", mode, project=run.dir)
-        plan = fit_plan(lambda: tiny_classifier(size=32), train, None, config=replace_config(config, mode),
+        plan = fit_plan(lambda: tiny_classifier(size=32), train, None, config=replace(config, class_weight=mode),
                         run=folder, weights=None, labels=labels)
         probabilities = np.asarray(plan.model.predict(images, verbose=0))
         cross_entropy = -np.log(probabilities[np.arange(32), labels])
@@ -186,12 +187,6 @@ def test_balanced_class_weight_weighs_the_loss_by_class(run):
     expected = np.mean(np.array([weights[y] for y in labels]) * cross_entropy)
     assert loss == pytest.approx(expected, rel=1e-4)
     assert abs(losses["balanced"][0] - losses["none"][0]) > 1e-3
-
-
-def replace_config(config: TrainConfig, class_weight: str) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(config, class_weight=class_weight)
 
 
 def test_balanced_class_weights_need_labels_and_one_label_per_image(run, data):
