@@ -152,11 +152,13 @@ def test_tiny_detector_finds_the_boxes_it_learned(tmp_path):
         # From scratch, AdamW at 5e-3 without mosaic learns the discs in ~120 steps; the defaults need far more.
         hyperparameters={"optimizer": "AdamW", "lr0": 0.005, "warmup_epochs": 1, "mosaic": 0.0},
     )
-    report = yolo.evaluate_detector(result.best, data_yaml, split="train", imgsz=64)
+    # The last checkpoint, not `best`: Ultralytics picks `best` on 4 validation images, a noisy choice that
+    # can be an epoch before the discs were learned; the question here is whether training learned them.
+    report = yolo.evaluate_detector(result.last, data_yaml, split="train", imgsz=64)
     assert report["recall"] >= 0.8, report
-    assert report["map50"] >= 0.6, report
+    assert report["map50"] >= 0.7, report
     # The same detector judged with a renamed class: the remap reaches the predictions too.
-    renamed = yolo.evaluate_detector(result.best, data_yaml, split="train", imgsz=64, class_remap={"tumor": "lesion"})
+    renamed = yolo.evaluate_detector(result.last, data_yaml, split="train", imgsz=64, class_remap={"tumor": "lesion"})
     assert renamed["class_names"] == ["lesion"] and renamed["recall"] == report["recall"]
 
 
