@@ -25,6 +25,7 @@ from keras_medimg.apps.roi.cli import roi
 from keras_medimg.apps.xray.cli import xray
 
 
+# Named, not __name__: run as `python -m keras_medimg.apps.cli` this module is __main__, outside keras_medimg.
 log = logging.getLogger("keras_medimg.apps.cli")
 
 

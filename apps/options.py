@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,6 +13,8 @@ from keras_medimg.config import load_config
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("keras_medimg.apps.options")
 
 
 def _set_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -92,9 +95,10 @@ def resolve_config(
 
 
 def print_run_summary(run_dir: Path) -> None:
-    """End every command the same way: how many input files were skipped (if any), then where the results are."""
+    """End every command the same way: how many input files were skipped (a warning, so `--quiet` keeps it),
+    then where the results are (a message, so `--quiet` drops it)."""
     skipped = run_dir / "skipped.csv"
     count = max(0, len(skipped.read_text(encoding="utf-8").splitlines()) - 1) if skipped.is_file() else 0
     if count:
-        click.echo(f"{count} unreadable file(s) were skipped; see {skipped}.")
-    click.echo(f"Results saved to {run_dir}")
+        log.warning("%d unreadable file(s) were skipped; see %s.", count, skipped)
+    log.info("Results saved to %s", run_dir)

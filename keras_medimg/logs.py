@@ -114,6 +114,7 @@ def setup_logging(level: int = logging.INFO, *, debug: bool = False) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger(LIBRARY_LOGGER).setLevel(level)
     if debug:
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FilterTensorFlowImport)]
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     for name in ("tensorflow", "absl"):

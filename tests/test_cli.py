@@ -111,7 +111,7 @@ def test_unknown_backend_is_a_usage_error():
 # === Logging and the root options ===
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cli_state(monkeypatch):
     """The root command sets up process-wide logging and environment; restore both after the test."""
     import logging
@@ -120,13 +120,13 @@ def cli_state(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     root = logging.getLogger()
     names = ("keras_medimg", "tensorflow", "absl")
-    handlers, level, levels, meta_path = list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}, list(sys.meta_path)
+    handlers, level, levels = list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
     for name, value in levels.items():
         logging.getLogger(name).setLevel(value)
-    sys.meta_path[:] = meta_path
 
 
 def test_info_prints_no_tensorflow_startup_noise():
@@ -288,3 +288,20 @@ def test_prepare_bad_config_section_names_the_key(cli_state, tmp_path, prepare_i
     config.write_text("prepare:\n  clahee: true\n")
     result = CliRunner().invoke(cli, ["prepare", str(prepare_inputs), "--out", str(tmp_path / "o"), "--config", str(config)])
     assert result.exit_code == 2 and "prepare.clahee" in result.output and "clahe" in result.output
+
+
+def test_run_summary_warns_about_skipped_files_and_quiet_drops_the_rest(tmp_path, capsys):
+    import logging
+
+    from keras_medimg.apps.options import print_run_summary
+    from keras_medimg.logs import setup_logging
+
+    (tmp_path / "skipped.csv").write_text("path,line,reason\na.png,,empty\nb.png,,empty\n")
+    setup_logging(logging.INFO, debug=True)
+    print_run_summary(tmp_path)
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: 2 unreadable file(s) were skipped; see {tmp_path / 'skipped.csv'}.", f"Results saved to {tmp_path}"
+    ]
+    setup_logging(logging.WARNING, debug=True)
+    print_run_summary(tmp_path)
+    assert capsys.readouterr().err == f"warning: 2 unreadable file(s) were skipped; see {tmp_path / 'skipped.csv'}.\n"

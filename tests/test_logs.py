@@ -17,14 +17,13 @@ def restore_logging(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     root = logging.getLogger()
     names = ("keras_medimg", "tensorflow", "absl")
-    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}, list(sys.meta_path))
+    handlers, level, levels = list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, logs._FilterTensorFlowImport)])
     yield
-    handlers, level, levels, meta_path = saved
     root.handlers[:] = handlers
     root.setLevel(level)
     for name, value in levels.items():
         logging.getLogger(name).setLevel(value)
-    sys.meta_path[:] = meta_path
 
 
 def test_format_and_levels(capsys):
