@@ -470,3 +470,27 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def draw_overlay(image: np.ndarray, boxes: Sequence[Any], mask: np.ndarray | None, text: str = "") -> np.ndarray:
+    """An 8-bit RGB picture of a grey image with its boxes (red), a mask outline (green) and a caption (yellow).
+
+    Args:
+        image: (H, W) grey pixels, 8- or 16-bit (16-bit is scaled by its own maximum).
+        boxes: `io.annotations.Box` records in pixels of `image`.
+        mask: a boolean (H, W) mask, or None.
+        text: the caption written in the top-left corner.
+    """
+    import cv2
+
+    grey = image if image.dtype == np.uint8 else (image.astype(np.float64) / max(float(image.max()), 1.0) * 255).astype(np.uint8)
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB) if grey.ndim == 2 else grey.copy()
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(rgb, contours, -1, (0, 255, 0), 1)
+    for b in boxes:
+        cv2.rectangle(rgb, (int(b.x1), int(b.y1)), (int(b.x2) - 1, int(b.y2) - 1), (255, 0, 0), 1)
+    if text:
+        scale = max(0.3, rgb.shape[1] / 400)
+        cv2.putText(rgb, text, (2, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
+    return rgb

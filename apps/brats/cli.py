@@ -34,10 +34,11 @@ def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[s
     return resolve_config(BratsConfig, "brats", config_file, overrides, options)
 
 
-def _run(project: str | None, name: str | None, exist_ok: bool, mode: str):
-    from keras_medimg.runs import create_run
+def _place(project: str | None, name: str | None, exist_ok: bool):
+    """Where the run folder goes; the pipeline creates it once its checks have passed."""
+    from keras_medimg.runs import RunPlace
 
-    return create_run("brats", mode, project=project, name=name, exist_ok=exist_ok)
+    return RunPlace(project, name, exist_ok)
 
 
 @brats.command("demo-data")
@@ -74,7 +75,7 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
         run = open_run(resume, "brats", "train")
         cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
     else:
-        run = _run(project, name, exist_ok, "train")
+        run = _place(project, name, exist_ok)
         cfg = _config(config_file, overrides, options)
     result = pipeline.train(cfg, stage, run=run, resume=bool(resume))
     classify = result.metrics.get("classify")
@@ -101,7 +102,7 @@ def predict(source: str, weights: str, gradcam: bool | None, strict: bool | None
 
     cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.source": source,
                                            "predict.gradcam": gradcam, "strict": strict})
-    result = pipeline.predict(cfg, run=_run(project, name, exist_ok, "predict"))
+    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
     m = result.metrics
     click.echo(f"Predicted {m['images']} image(s) at {m['images_per_second']:.2f} images/s.")
     print_run_summary(result.run.dir)
@@ -121,7 +122,7 @@ def evaluate(weights: str, data: str | None, strict: bool | None, config_file: s
     from keras_medimg.apps.brats import pipeline
 
     cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "strict": strict})
-    result = pipeline.evaluate(cfg, run=_run(project, name, exist_ok, "evaluate"))
+    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
     detect = result.metrics.get("detect")
     if detect:
         click.echo("Detector: " + pipeline._detector_line(detect))
@@ -146,7 +147,7 @@ def compare(backbones: str | None, epochs: int | None, data: str | None, seed: i
     names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones else None
     cfg = _config(config_file, overrides, {"compare.backbones": names, "data.root": data, "seed": seed,
                                            "strict": strict, "train.epochs": epochs})
-    result = pipeline.compare(cfg, run=_run(project, name, exist_ok, "compare"))
+    result = pipeline.compare(cfg, run=_place(project, name, exist_ok))
     click.echo(result.table)
     print_run_summary(result.run.dir)
 
@@ -162,7 +163,7 @@ def export(weights: str, config_file: str | None, overrides: tuple[str, ...], pr
     from keras_medimg.apps.brats import pipeline
 
     cfg = _config(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=_run(project, name, exist_ok, "export"))
+    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
     for part, files in result.metrics["files"].items():
         click.echo(f"{part}: {files}")
     print_run_summary(result.run.dir)

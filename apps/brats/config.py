@@ -68,7 +68,6 @@ class ClassifyConfig:
     detector: str | None = None  # detector for --stage classify: a train run folder or a .pt (null = this run's)
     margin: float = 0.1  # grow each box by this share of its size before cropping
     mask_background: bool = True  # blank pixels outside the SAM mask (when there is one)
-    grayscale: bool = True  # read images as grey (copied to the backbone's 3 channels)
     denoise_median: int = 3  # median-filter size after resizing (odd; 0 = off)
     augment: Augment = field(
         default_factory=lambda: Augment(probability=0.5, rotation=45.0, zoom_min=0.5, zoom_max=2.0, brightness=0.2)

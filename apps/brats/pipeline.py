@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 
 from keras_medimg.apps.brats.config import BratsConfig
-from keras_medimg.config import load_config
-from keras_medimg.datasets.records import Sample
+from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import Box
-from keras_medimg.runs import Run, RunResult, atomic_path, create_run, write_json
+from keras_medimg.runs import Run, RunPlace, RunResult, TrainedRun, atomic_path, finish_run, open_trained, start_run, write_json
 
 log = logging.getLogger("keras_medimg.brats")
 
@@ -43,13 +42,6 @@ APP = "brats"
 STAGES = ("detect", "segment", "classify", "all")
 DETECTOR_FILE = "detector.pt"
 DECODER_FILE = "sam_decoder.pth"
-SKIPPED_FIELDS = ["path", "reason"]
-
-
-def _say(message: str) -> None:
-    """Progress lines go to the log and to the terminal (the CLI shows them as the run goes)."""
-    log.info(message)
-    print(message, flush=True)
 
 
 # === Data ===
@@ -85,7 +77,7 @@ def data_root(cfg: BratsConfig) -> Path:
             raise InvalidInputError(root, "the dataset folder does not exist; pass the folder that holds Training/ "
                                     "and Testing/ with --data, or leave --data out to use the demo data.")
         return root
-    _say("No --data given: using the built-in synthetic brain-MRI demo set.")
+    log.info("No --data given: using the built-in synthetic brain-MRI demo set.")
     return demo_data(None, cfg)
 
 
@@ -115,15 +107,21 @@ def detection_yaml(cfg: BratsConfig, root: Path) -> Path:
 
 def mask_index(cfg: BratsConfig, root: Path) -> dict[str, Path]:
     """Ground-truth masks by image id (file stem); empty when the dataset has none."""
+    from keras_medimg.io.images import RASTER_SUFFIXES
+
     folder = Path(cfg.data.masks) if cfg.data.masks else root / "masks"
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".png", ".jpg", ".tif", ".tiff")}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in RASTER_SUFFIXES}
 
 
 def _read_grey(path: Path) -> np.ndarray:
-    from keras_medimg.io.images import read_image
+    """A grey image at its own bit depth (DICOM through the DICOM reader, windowed, as 16-bit)."""
+    from keras_medimg.io.dicom import is_dicom
+    from keras_medimg.io.images import read_image, read_pixels
 
+    if is_dicom(path):
+        return np.round(read_pixels(path) * 65535).astype(np.uint16)
     image = read_image(path)
     if image.ndim == 3:
         import cv2
@@ -235,7 +233,7 @@ def load_sam_predictor(cfg: BratsConfig, decoder: Path | None = None, *,
                    "segment.fallback=box (the detector's box is cropped without masking the background). Pass "
                    "--set segment.checkpoint=PATH to a local sam_vit_b_01ec64.pth to segment with SAM.")
         if announce:
-            _say(f"WARNING: {message}")
+            log.info(f"WARNING: {message}")
         return None, {"mode": "box_fallback", "reason": message}
     from keras_medimg.detection.sam import load_sam, make_predictor
 
@@ -251,7 +249,7 @@ def write_crops(
     chain: LesionChain,
     out_dir: Path,
     *,
-    skipped: list[dict[str, str]],
+    skipped: Skipped,
     strict: bool,
     truth_masks: dict[str, Path] | None = None,
 ) -> tuple[list[Sample], list[Lesion | None]]:
@@ -269,10 +267,10 @@ def write_crops(
         except InvalidInputError as exc:
             if strict:
                 raise
-            skipped.append({"path": str(sample.path), "reason": exc.reason})
+            skipped.add_error(exc)
             continue
         if truth_masks is not None:
-            mask = _read_grey(truth_masks[sample.id]) > 0 if sample.id in truth_masks else None
+            mask = _read_grey(truth_masks[sample.path.stem]) > 0 if sample.path.stem in truth_masks else None
             box = _mask_box(mask) if mask is not None else None
             lesion = Lesion(box, mask, chain.crop(image, box, mask))
         else:
@@ -287,12 +285,6 @@ def write_crops(
 # === Stages ===
 
 
-def _load_detector_file(path: Path):
-    from keras_medimg.detection.yolo import load_detector
-
-    return load_detector(path)
-
-
 def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]:
     """Train YOLO on the box set; copy its best checkpoint to weights/detector.pt."""
     from keras_medimg.detection.yolo import train_detector
@@ -300,14 +292,14 @@ def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]
     data_yaml = detection_yaml(cfg, root)
     _check_box_set(data_yaml)
     d = cfg.detect
-    _say(f"[detect] training {d.model} ({'from scratch' if not d.weights else d.weights}) for {d.epochs} epochs "
+    log.info(f"[detect] training {d.model} ({'from scratch' if not d.weights else d.weights}) for {d.epochs} epochs "
          f"at {d.imgsz} px on {data_yaml}")
     result = train_detector(data_yaml, run.subdir("detect"), model=d.model, weights=d.weights, epochs=d.epochs,
                             imgsz=d.imgsz, batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers,
                             patience=d.patience)
     with atomic_path(run.path("weights", DETECTOR_FILE)) as target:  # present only once the stage has finished
         shutil.copyfile(result.best, target)
-    _say(f"[detect] done in {result.seconds:.0f} s; validation " +
+    log.info(f"[detect] done in {result.seconds:.0f} s; validation " +
          ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
     return {"model": d.model, "weights": d.weights, "epochs": d.epochs, "imgsz": d.imgsz, "seconds": result.seconds,
             "ultralytics_dir": str(result.save_dir), "validation": result.metrics}
@@ -330,29 +322,29 @@ def train_segment_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any
     if predictor is None or not cfg.segment.finetune:
         if cfg.segment.finetune:
             record["finetune"] = "skipped: fine-tuning needs segment.checkpoint"
-            _say("[segment] segment.finetune is set but there is no SAM checkpoint, so nothing is fine-tuned.")
+            log.info("[segment] segment.finetune is set but there is no SAM checkpoint, so nothing is fine-tuned.")
         return record
     from keras_medimg.detection.sam import finetune_decoder
 
     masks = mask_index(cfg, root)
-    samples = [s for s in classification_samples(root, "Training", cfg.data.classes) if s.id in masks]
+    samples = [s for s in classification_samples(root, "Training", cfg.data.classes) if s.path.stem in masks]
     if not samples:
         raise InvalidInputError(root / "masks", "no ground-truth masks match the Training images (masks/<id>.png); "
                                 "SAM fine-tuning needs them.")
     samples = samples[: cfg.segment.max_images]
     triples = []
     for sample in samples:
-        mask = _read_grey(masks[sample.id]) > 0
+        mask = _read_grey(masks[sample.path.stem]) > 0
         box = _mask_box(mask)
         if box is not None:
             triples.append((_read_grey(sample.path), [box], mask))
     split = max(1, len(triples) // 5)
-    _say(f"[segment] fine-tuning SAM {cfg.segment.model_type} mask decoder on {len(triples) - split} images "
+    log.info(f"[segment] fine-tuning SAM {cfg.segment.model_type} mask decoder on {len(triples) - split} images "
          f"(Dice measured on {split} held-out images)")
     result = finetune_decoder(predictor.model, triples[split:], run.path("weights", DECODER_FILE),
                               epochs=cfg.segment.finetune_epochs, learning_rate=cfg.segment.finetune_learning_rate,
                               seed=cfg.seed, eval_samples=triples[:split], log=_say)
-    _say(f"[segment] Dice before {result.dice_before:.4f} -> after {result.dice_after:.4f}")
+    log.info(f"[segment] Dice before {result.dice_before:.4f} -> after {result.dice_after:.4f}")
     record.update({"finetune": True, "dice_before": result.dice_before, "dice_after": result.dice_after,
                    "decoder": str(result.decoder_path), "losses": result.losses, "seconds": result.seconds})
     return record
@@ -360,7 +352,9 @@ def train_segment_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any
 
 def _chain_for(cfg: BratsConfig, detector_path: Path | None, decoder: Path | None = None, *,
                announce: bool = True) -> tuple[LesionChain, dict]:
-    detector = _load_detector_file(detector_path) if detector_path is not None else None
+    from keras_medimg.detection.yolo import load_detector
+
+    detector = load_detector(detector_path) if detector_path is not None else None
     predictor, record = load_sam_predictor(cfg, decoder, announce=announce)
     return LesionChain(detector, predictor, cfg), record
 
@@ -380,7 +374,7 @@ def _detector_path(cfg: BratsConfig, run: Run) -> Path | None:
     return None
 
 
-def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: list[dict[str, str]], *,
+def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: Skipped, *,
                announce: bool = True) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
     """Crop the Training images (split into train/val) and the Testing images into run/crops/<split>/.
 
@@ -397,13 +391,13 @@ def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: list[dict[str, s
                                    announce=announce)
     truth = mask_index(cfg, root) if cfg.classify.crop_source == "truth" else None
     source = "ground-truth masks" if truth is not None else "detector" + (" + SAM" if chain.sam_predictor else " boxes")
-    _say(f"[classify] cropping {len(train)} train, {len(val)} val, {len(testing)} test images with the {source}")
+    log.info(f"[classify] cropping {len(train)} train, {len(val)} val, {len(testing)} test images with the {source}")
     crops = {}
     for name, samples in (("train", train), ("val", val), ("test", testing)):
         crops[name], lesions = write_crops(samples, chain, run.dir / "crops" / name, skipped=skipped,
                                            strict=cfg.strict, truth_masks=truth)
         found = sum(1 for lesion in lesions if lesion is not None and lesion.box is not None)
-        _say(f"[classify]   {name}: lesion found in {found}/{len(lesions)} images")
+        log.info(f"[classify]   {name}: lesion found in {found}/{len(lesions)} images")
     return crops, sam_record
 
 
@@ -413,7 +407,7 @@ def _normalization(cfg: BratsConfig):
     return get_spec(cfg.model.backbone).input_normalization(3)
 
 
-def _datasets(cfg: BratsConfig, crops: dict[str, list[Sample]], skipped: list[dict[str, str]]):
+def _datasets(cfg: BratsConfig, crops: dict[str, list[Sample]], skipped: Skipped):
     from keras_medimg.datasets.pipeline import make_dataset
 
     common = {"image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size, "channels": 3,
@@ -424,94 +418,69 @@ def _datasets(cfg: BratsConfig, crops: dict[str, list[Sample]], skipped: list[di
     return train_ds, val_ds
 
 
-def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
-                     skipped: list[dict[str, str]], *, resume: bool = False) -> Any:
-    """Build the registry backbone + head and fit it on the crops (continuing `run` when resuming); returns the
+def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]], skipped: Skipped, *,
+                     resume: bool = False) -> Any:
+    """Fit the registry backbone + head on the crops (head phase, then fine-tuning, as `train` says); returns the
     best model."""
     from keras_medimg.models.classifier import build_classifier, load_model
-    from keras_medimg.training.trainer import fit, set_seed
+    from keras_medimg.training.trainer import fit_plan, set_seed
 
     set_seed(cfg.seed)
     m = cfg.model
     train_ds, val_ds = _datasets(cfg, crops, skipped)
-    model = build_classifier(m.backbone, len(cfg.data.classes), input_shape=(m.image_size, m.image_size, 3),
-                             weights=m.weights, pooling=m.pooling, hidden_units=m.hidden_units, dropout=m.dropout,
-                             freeze=m.freeze)
+    kept = [s for s in crops["train"] if str(s.path) not in skipped.paths()]
     train_cfg = cfg.train if val_ds is not None else replace(cfg.train, monitor="loss")
-    _say(f"[classify] training {m.backbone} ({m.image_size}x{m.image_size}, weights={m.weights}) for "
-         f"{train_cfg.epochs} epochs on {len(crops['train'])} crops")
-    result = fit(model, train_ds, val_ds, config=train_cfg, run=run, resume=resume)
+    log.info(f"[classify] training {m.backbone} ({m.image_size}x{m.image_size}, weights={m.weights}) for "
+             f"{train_cfg.epochs} epochs on {len(crops['train'])} crops")
+    result = fit_plan(lambda: build_classifier(m.backbone, len(cfg.data.classes), input_shape=(m.image_size, m.image_size, 3),
+                                               weights=m.weights, pooling=m.pooling, hidden_units=m.hidden_units,
+                                               dropout=m.dropout),
+                      train_ds, val_ds, config=train_cfg, run=run, weights=m.weights, freeze=m.freeze,
+                      labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume)
     return load_model(result.best_path or result.last_path)
 
 
-def classify_crops(model: Any, cfg: BratsConfig, crops: Sequence[Sample],
-                   skipped: list[dict[str, str]]) -> tuple[np.ndarray, list[Sample]]:
-    """Class probabilities (N, C) of crop files, decoded exactly as in training."""
-    from keras_medimg.datasets.pipeline import load_images_numpy
+def classify_crops(model: Any, cfg: BratsConfig, crops: Sequence[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
+    """Class probabilities (N, C) of crop files, decoded exactly as in training, in their order."""
+    from keras_medimg.datasets.pipeline import predict_samples
 
-    images, kept = load_images_numpy(crops, image_size=cfg.model.image_size, channels=3,
-                                     normalization=_normalization(cfg), denoise_median=cfg.classify.denoise_median,
-                                     batch_size=cfg.train.batch_size, skipped=skipped, strict=cfg.strict)
-    if not kept:
-        return np.zeros((0, len(cfg.data.classes)), np.float32), []
-    return np.asarray(model.predict(images, batch_size=cfg.train.batch_size, verbose=0)), kept
+    return predict_samples(model, crops, image_size=cfg.model.image_size, channels=3, normalization=_normalization(cfg),
+                           denoise_median=cfg.classify.denoise_median, batch_size=cfg.train.batch_size,
+                           skipped=skipped, strict=cfg.strict)
 
 
 def evaluate_classifier(model: Any, cfg: BratsConfig, run: Run, test: Sequence[Sample],
-                        skipped: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
+                        skipped: Skipped) -> tuple[dict[str, Any], str]:
     """Table 4: accuracy, macro P/R/F1, per-class table, confusion matrix; writes predictions.csv and the plot."""
-    from keras_medimg.metrics.classification import classification_report, format_table
-    from keras_medimg.reporting import plot_confusion_matrix
+    from keras_medimg.reporting import write_classification_outputs
 
     probs, kept = classify_crops(model, cfg, test, skipped)
     classes = cfg.data.classes
-    y_true = [classes.index(s.label) for s in kept]
-    y_pred = probs.argmax(axis=1)
-    report = classification_report(y_true, y_pred, class_names=classes, y_prob=probs)
-    plot_confusion_matrix(report["confusion_matrix"], classes, run.path("plots", "confusion_matrix.png"),
-                          title=f"{cfg.model.backbone} on the test crops")
-    rows = [{"id": s.id, "path": str(s.path), "label": s.label, "predicted": classes[int(p)],
-             "probability": float(pr[int(p)])} for s, p, pr in zip(kept, y_pred, probs)]
-    run.write_csv("predictions.csv", rows, ["id", "path", "label", "predicted", "probability"])
-    return report, format_table(report)
+    return write_classification_outputs(run, kept, [classes.index(s.label) for s in kept], probs, classes,
+                                        title=f"{cfg.model.backbone} on the test crops")
 
 
 def evaluate_detector(cfg: BratsConfig, detector_path: Path, root: Path) -> dict[str, Any]:
-    """Table 3: precision, recall, F1, image accuracy and mAP50 on the box set's test split (else val)."""
-    from keras_medimg.datasets.yolo import read_yolo_folder
-    from keras_medimg.detection.yolo import detect
+    """Table 3: precision, recall, F1, image accuracy and mAP50 on the box set's test split (else val).
+
+    The study's detector finds "tumour"; the box set may name its class(es) differently, so all classes count as one.
+    """
+    from keras_medimg.detection.yolo import evaluate_detector as evaluate_yolo
     from keras_medimg.io.annotations import read_yolo_data_yaml
-    from keras_medimg.metrics.detection import detection_report
 
     data_yaml = detection_yaml(cfg, root)
     split = "test" if read_yolo_data_yaml(data_yaml).test else "val"
-    samples = read_yolo_folder(data_yaml, split)
-    detector = _load_detector_file(detector_path)
-    predicted = []
-    for sample in samples:
-        # Every box down to a low score, so mAP ranks them all; `conf` then filters for P/R/F1/accuracy.
-        predicted += detect(detector, [_read_grey(sample.path)], conf=0.001, iou=cfg.detect.iou,
-                            imgsz=cfg.detect.imgsz, device=cfg.detect.device)
-    # The study's detector finds "tumour"; the box set may name its class(es) differently, so compare agnostically.
-    truth = [[b._replace(label="tumor") for b in s.boxes] for s in samples]
-    predicted = [[b._replace(label="tumor") for b in boxes] for boxes in predicted]
-    report = detection_report(predicted, truth, conf=cfg.detect.conf).to_dict()
-    report["split"] = split
-    return report
+    return evaluate_yolo(detector_path, data_yaml, split=split, conf=cfg.detect.conf, iou=0.5, nms_iou=cfg.detect.iou,
+                         imgsz=cfg.detect.imgsz, device=cfg.detect.device, class_remap="agnostic")
 
 
-def _finish(run: Run, metrics: dict[str, Any], skipped: list[dict[str, str]]) -> None:
-    run.write_json("metrics.json", metrics)
-    run.write_csv("skipped.csv", skipped, SKIPPED_FIELDS)
-
-
-def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None, resume: bool = False) -> RunResult:
+def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = None, resume: bool = False) -> RunResult:
     """Train the chosen stage(s) into a new run folder, then evaluate on the test split.
 
     Args:
         cfg: the resolved config.
         stage: "detect", "segment", "classify" or "all" (in that order).
-        run: the run folder (default: a new runs/brats/train[N]).
+        run: where the run folder goes (default: a new runs/brats/train[N]), or the run to resume.
         resume: continue `run`: a finished detector (weights/detector.pt) is kept, and the classifier continues
             from its last completed epoch.
 
@@ -520,21 +489,27 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None, resum
     """
     if stage not in STAGES:
         raise ConfigError(f"Unknown stage '{stage}'. Choose one of {', '.join(STAGES)}.")
-    run = run or create_run(APP, "train")
-    run.save_config(cfg)
+    from keras_medimg.backend import current_backend
+    from keras_medimg.reporting import plot_training_curves
+
     root = data_root(cfg)
-    skipped: list[dict[str, str]] = []
-    metrics: dict[str, Any] = {"stage": stage, "data": str(root), "backend": _backend()}
+    if stage in ("classify", "all"):  # the class folders are checked before hours of detector training
+        classification_samples(root, "Training", cfg.data.classes)
+    if stage in ("detect", "all"):
+        _check_box_set(detection_yaml(cfg, root))
+    run = start_run(APP, "train", cfg, run)
+    skipped = Skipped()
+    metrics: dict[str, Any] = {"stage": stage, "data": str(root), "backend": current_backend()}
     started = time.perf_counter()
     table = ""
     if stage in ("detect", "all"):
         if resume and (run.dir / "weights" / DETECTOR_FILE).is_file():
-            _say(f"[detect] resuming: keeping the detector this run already trained ({DETECTOR_FILE})")
+            log.info(f"[detect] resuming: keeping the detector this run already trained ({DETECTOR_FILE})")
             metrics["detect"] = {"model": cfg.detect.model, "resumed": True}
         else:
             metrics["detect"] = train_detect_stage(cfg, run, root)
         metrics["detect"]["test"] = evaluate_detector(cfg, run.dir / "weights" / DETECTOR_FILE, root)
-        _say("[detect] test: " + _detector_line(metrics["detect"]["test"]))
+        log.info("[detect] test: " + _detector_line(metrics["detect"]["test"]))
     if stage in ("segment", "all"):
         metrics["segment"] = train_segment_stage(cfg, run, root)
     if stage in ("classify", "all"):
@@ -544,16 +519,9 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | None = None, resum
         report, table = evaluate_classifier(model, cfg, run, crops["test"], skipped)
         metrics["classify"] = {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size,
                                "crop_source": cfg.classify.crop_source, "test": report}
-        _plot_curves(run)
+        plot_training_curves(run)
     metrics["seconds"] = time.perf_counter() - started
-    _finish(run, metrics, skipped)
-    return RunResult(run, metrics, table)
-
-
-def _backend() -> str:
-    from keras_medimg.backend import current_backend
-
-    return current_backend()
+    return finish_run(run, metrics, skipped, table)
 
 
 def _detector_line(report: dict[str, Any]) -> str:
@@ -561,122 +529,67 @@ def _detector_line(report: dict[str, Any]) -> str:
             f"accuracy {report['accuracy']:.3f}, mAP50 {report['map50']:.3f} ({report['images']} images)")
 
 
-def _plot_curves(run: Run) -> None:
-    from keras_medimg.reporting import plot_training_curves
-
-    results = run.dir / "results.csv"
-    if results.is_file():
-        plot_training_curves(results, run.path("plots", "training_curves.png"))
-
-
 # === Using a trained run ===
 
 
-def _trained_run(path: str | Path | None) -> tuple[Path, BratsConfig]:
-    """A train run folder and its saved config."""
-    if path is None:
-        raise ConfigError("No trained run given. Pass the folder of a `medimg brats train` run with --weights RUN.")
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent.parent if folder.parent.name == "weights" else folder.parent
-    if not (folder / "config.yaml").is_file():
-        raise InvalidInputError(folder, "this is not a brats train run folder (no config.yaml); pass e.g. "
-                                "runs/brats/train with --weights.")
-    return folder, load_config(BratsConfig, file=folder / "config.yaml")
-
-
-def _classifier_file(folder: Path) -> Path:
-    for name in ("best.keras", "last.keras"):
-        if (folder / "weights" / name).is_file():
-            return folder / "weights" / name
-    raise InvalidInputError(folder, "the run has no trained classifier (weights/best.keras); train it with "
-                            "`medimg brats train --stage classify` or `--stage all`.")
-
-
-def _load_trained(folder: Path, trained: BratsConfig) -> tuple[LesionChain, Any, dict]:
+def _load_trained(trained: TrainedRun) -> tuple[LesionChain, Any, dict]:
     from keras_medimg.models.classifier import load_model
 
-    detector = folder / "weights" / DETECTOR_FILE
-    decoder = folder / "weights" / DECODER_FILE
-    chain, sam_record = _chain_for(trained, detector if detector.is_file() else None,
-                                   decoder if decoder.is_file() else None)
-    return chain, load_model(_classifier_file(folder)), sam_record
+    chain, sam_record = _chain_for(trained.config, trained.file("weights", DETECTOR_FILE),
+                                   trained.file("weights", DECODER_FILE))
+    return chain, load_model(trained.model_path), sam_record
 
 
-def _image_files(source: Path) -> list[Path]:
-    from keras_medimg.io.images import IMAGE_SUFFIXES
-
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise InvalidInputError(source, "the image or folder to predict does not exist.")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InvalidInputError(source, f"the folder holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
+def _output_root(run: Run | RunPlace | None) -> Path:
+    """Where this command writes: never read as input, even when it lies inside the source folder."""
+    if isinstance(run, Run):
+        return run.dir
+    return Path(run.project) if run is not None and run.project is not None else Path("runs")
 
 
-def _overlay(image: np.ndarray, lesion: Lesion, text: str) -> np.ndarray:
-    """RGB picture of the image with the box, the mask outline and the label."""
-    import cv2
-
-    grey = image if image.dtype == np.uint8 else (image.astype(np.float64) / max(int(image.max()), 1) * 255).astype(np.uint8)
-    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
-    if lesion.mask is not None and lesion.mask.any():
-        contours, _ = cv2.findContours(lesion.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(rgb, contours, -1, (0, 255, 0), 1)
-    if lesion.box is not None:
-        b = lesion.box
-        cv2.rectangle(rgb, (int(b.x1), int(b.y1)), (int(b.x2) - 1, int(b.y2) - 1), (255, 0, 0), 1)
-    scale = max(0.3, rgb.shape[1] / 400)
-    cv2.putText(rgb, text, (2, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
-    return rgb
-
-
-def predict(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
+def predict(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """The whole chain on new images: class, probability, box, mask PNG, overlay PNG, predictions.csv.
 
-    `cfg.predict.weights` is the train run; the chain is rebuilt from that run's saved config.
+    `cfg.predict.weights` is the train run; the chain is rebuilt from that run's saved config. Per-image files
+    are named by the image's path relative to the source, so `a.png` and `sub/a.png` never share one.
     """
+    from keras_medimg.datasets.sources import list_images
     from keras_medimg.io.images import write_image
 
-    folder, trained = _trained_run(cfg.predict.weights)
+    trained = open_trained(cfg.predict.weights, APP, BratsConfig)
     if cfg.predict.source is None:
         raise ConfigError("Nothing to predict. Pass an image or a folder of images (predict.source).")
-    files = _image_files(Path(cfg.predict.source))
-    chain, model, sam_record = _load_trained(folder, trained)
-    run = run or create_run(APP, "predict")
-    run.save_config(cfg)
-    skipped: list[dict[str, str]] = []
+    skipped = Skipped()
+    samples = list_images(Path(cfg.predict.source), exclude=[_output_root(run)], skipped=skipped)
+    chain, model, sam_record = _load_trained(trained)
+    run = start_run(APP, "predict", cfg, run)
     rows, started = [], time.perf_counter()
-    crops_dir = run.subdir("crops")
-    classes = trained.data.classes
+    classes = trained.config.data.classes
     seconds_classify = 0.0
     # Chunks keep memory flat on big folders while the classifier still sees whole batches.
-    chunk = max(1, trained.train.batch_size)
-    for first in range(0, len(files), chunk):
+    chunk = max(1, trained.config.train.batch_size)
+    for first in range(0, len(samples), chunk):
         found = []
-        for path in files[first:first + chunk]:
+        for sample in samples[first:first + chunk]:
             try:
-                image = _read_grey(path)
+                image = _read_grey(sample.path)
             except InvalidInputError as exc:
                 if cfg.strict:
                     raise
-                skipped.append({"path": str(path), "reason": exc.reason})
+                skipped.add_error(exc)
                 continue
             lesion = chain(image)
-            crop_path = write_image(crops_dir / f"{path.stem}.png", lesion.crop,
+            crop_path = write_image(run.path("crops", f"{sample.id}.png"), lesion.crop,
                                     bits=16 if lesion.crop.dtype == np.uint16 else 8)
-            found.append((path, image, lesion, Sample(id=path.stem, path=crop_path)))
+            found.append((sample, image, lesion, Sample(id=sample.id, path=crop_path)))
         tick = time.perf_counter()
-        probs, kept = classify_crops(model, trained, [item[3] for item in found], skipped)
+        probs, kept = classify_crops(model, trained.config, [item[3] for item in found], skipped)
         seconds_classify += time.perf_counter() - tick
-        by_id = {sample.id: p for sample, p in zip(kept, probs)}
-        for path, image, lesion, crop in found:
+        by_id = {crop.id: p for crop, p in zip(kept, probs)}
+        for sample, image, lesion, crop in found:
             if crop.id in by_id:
-                rows.append(_prediction_row(run, path, image, lesion, by_id[crop.id], classes,
-                                            _gradcam(model, trained, crop.path, run, crop.id) if cfg.predict.gradcam
-                                            else ""))
+                gradcam = _gradcam(model, trained.config, crop.path, run, crop.id) if cfg.predict.gradcam else ""
+                rows.append(_prediction_row(run, sample, image, lesion, by_id[crop.id], classes, gradcam))
     seconds = time.perf_counter() - started
     fields = ["id", "path", "predicted", "probability", *[f"p_{c}" for c in classes], "x1", "y1", "x2", "y2",
               "box_score", "mask", "overlay", "gradcam"]
@@ -684,26 +597,26 @@ def predict(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
     images = len(rows)
     timing = {stage: 1000 * s / max(images, 1) for stage, s in chain.seconds.items()}
     timing["classify"] = 1000 * seconds_classify / max(images, 1)
-    metrics = {"weights": str(folder), "images": images, "skipped": len(skipped), "segment": sam_record,
+    metrics = {"weights": str(trained.dir), "images": images, "skipped": len(skipped), "segment": sam_record,
                "ms_per_image": timing, "images_per_second": images / seconds if seconds else 0.0}
-    _finish(run, metrics, skipped)
-    return RunResult(run, metrics)
+    return finish_run(run, metrics, skipped)
 
 
-def _prediction_row(run: Run, path: Path, image: np.ndarray, lesion: Lesion, probs: np.ndarray,
+def _prediction_row(run: Run, sample: Sample, image: np.ndarray, lesion: Lesion, probs: np.ndarray,
                     classes: Sequence[str], gradcam_file: str) -> dict[str, Any]:
     """Write the mask and overlay PNGs of one image and return its predictions.csv row."""
     from keras_medimg.io.images import write_image
+    from keras_medimg.reporting import draw_overlay
 
     index = int(probs.argmax())
     mask_file = ""
     if lesion.mask is not None:
-        mask_file = str(write_image(run.path("masks", f"{path.stem}.png"), lesion.mask.astype(np.uint8) * 255))
-    overlay_file = write_image(run.path("overlays", f"{path.stem}.png"),
-                               _overlay(image, lesion, f"{classes[index]} {probs[index]:.2f}"))
+        mask_file = str(write_image(run.path("masks", f"{sample.id}.png"), lesion.mask.astype(np.uint8) * 255))
+    overlay_file = write_image(run.path("overlays", f"{sample.id}.png"), draw_overlay(
+        image, [lesion.box] if lesion.box else [], lesion.mask, f"{classes[index]} {probs[index]:.2f}"))
     box = lesion.box
     return {
-        "id": path.stem, "path": str(path), "predicted": classes[index], "probability": float(probs[index]),
+        "id": sample.id, "path": str(sample.path), "predicted": classes[index], "probability": float(probs[index]),
         **{f"p_{name}": float(p) for name, p in zip(classes, probs)},
         "x1": box.x1 if box else "", "y1": box.y1 if box else "", "x2": box.x2 if box else "",
         "y2": box.y2 if box else "", "box_score": box.score if box else "",
@@ -724,103 +637,88 @@ def _gradcam(model: Any, cfg: BratsConfig, crop_path: Path, run: Run, stem: str)
     return str(write_image(run.path("gradcam", f"{stem}.png"), picture))
 
 
-def evaluate(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
+def evaluate(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Table 3 (detector) and Table 4 (classifier through the whole chain) on the test split.
 
     `cfg.predict.weights` is the train run; the test data is `data.root` (or the run's own data when not given).
     """
-    folder, trained = _trained_run(cfg.predict.weights)
+    trained = open_trained(cfg.predict.weights, APP, BratsConfig)
+    config = trained.config
     if cfg.data.root:
-        trained = replace(trained, data=replace(trained.data, root=cfg.data.root, detection=cfg.data.detection,
-                                                masks=cfg.data.masks))
-    root = data_root(trained)
-    run = run or create_run(APP, "evaluate")
-    run.save_config(cfg)
-    skipped: list[dict[str, str]] = []
-    metrics: dict[str, Any] = {"weights": str(folder), "data": str(root)}
-    detector = folder / "weights" / DETECTOR_FILE
-    if detector.is_file():
-        metrics["detect"] = evaluate_detector(trained, detector, root)
-        _say("[detect] test: " + _detector_line(metrics["detect"]))
-    chain, model, metrics["segment"] = _load_trained(folder, trained)
-    testing = classification_samples(root, "Testing", trained.data.classes)
+        config = replace(config, data=replace(config.data, root=cfg.data.root, detection=cfg.data.detection,
+                                              masks=cfg.data.masks))
+    root = data_root(config)
+    testing = classification_samples(root, "Testing", config.data.classes)
+    run = start_run(APP, "evaluate", cfg, run)
+    skipped = Skipped()
+    metrics: dict[str, Any] = {"weights": str(trained.dir), "data": str(root)}
+    if (detector := trained.file("weights", DETECTOR_FILE)) is not None:
+        metrics["detect"] = evaluate_detector(config, detector, root)
+        log.info("[detect] test: " + _detector_line(metrics["detect"]))
+    chain, model, metrics["segment"] = _load_trained(trained)
     crops, _ = write_crops(testing, chain, run.dir / "crops" / "test", skipped=skipped, strict=cfg.strict)
-    report, table = evaluate_classifier(model, trained, run, crops, skipped)
-    metrics["classify"] = {"backbone": trained.model.backbone, "test": report}
-    _finish(run, metrics, skipped)
-    return RunResult(run, metrics, table)
+    report, table = evaluate_classifier(model, config, run, crops, skipped)
+    metrics["classify"] = {"backbone": config.model.backbone, "test": report}
+    return finish_run(run, metrics, skipped, table)
 
 
-def compare(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
+def compare(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Train every backbone of `compare.backbones` on the same crops and split; CSV + Markdown + bar chart.
 
     The detector is trained once (or taken from `classify.detector`), the crops are made once, and each backbone
     gets its own sub-run folder `<run>/<backbone>/`.
     """
     from keras_medimg.models.backbones import get_spec
-    from keras_medimg.reporting import bar_chart, markdown_table
-    from keras_medimg.runs import Run as RunFolder
+    from keras_medimg.reporting import markdown_table, write_comparison
 
     for name in cfg.compare.backbones:
         get_spec(name)  # an unknown name fails now, not after an hour of training
-    run = run or create_run(APP, "compare")
-    run.save_config(cfg)
     root = data_root(cfg)
-    skipped: list[dict[str, str]] = []
+    run = start_run(APP, "compare", cfg, run)
+    skipped = Skipped()
     metrics: dict[str, Any] = {"data": str(root), "backbones": {}}
     if cfg.classify.crop_source == "detector" and not cfg.classify.detector:
         metrics["detect"] = train_detect_stage(cfg, run, root)
     crops, metrics["segment"] = make_crops(cfg, run, root, skipped)
     rows = []
     for name in cfg.compare.backbones:
-        sub = RunFolder(dir=run.subdir(name), app=APP, mode="train")
         sub_cfg = replace(cfg, model=replace(cfg.model, backbone=name))
-        sub.save_config(sub_cfg)
+        sub = start_run(APP, "train", sub_cfg, Run(dir=run.subdir(name), app=APP, mode="train"))
         started = time.perf_counter()
         model = train_classifier(sub_cfg, sub, crops, skipped)
         report, _ = evaluate_classifier(model, sub_cfg, sub, crops["test"], skipped)
-        seconds = time.perf_counter() - started
         metrics["backbones"][name] = report
         rows.append({"backbone": name, "accuracy": report["accuracy"], "precision": report["macro"]["precision"],
-                     "recall": report["macro"]["recall"], "f1": report["macro"]["f1"], "seconds": round(seconds, 1)})
-        _say(f"[compare] {name}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro']['f1']:.4f}")
+                     "recall": report["macro"]["recall"], "f1": report["macro"]["f1"],
+                     "seconds": round(time.perf_counter() - started, 1)})
+        log.info(f"[compare] {name}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro']['f1']:.4f}")
     columns = ["backbone", "accuracy", "precision", "recall", "f1", "seconds"]
-    run.write_csv("comparison.csv", rows, columns)
-    table = markdown_table(rows, columns)
-    from keras_medimg.runs import atomic_write_text
-
-    atomic_write_text(run.path("comparison.md"), table + "\n")
-    bar_chart({r["backbone"]: r["f1"] for r in rows}, run.path("plots", "comparison_f1.png"),
-              title="Macro F1 on the test crops", ylabel="macro F1")
-    _finish(run, metrics, skipped)
-    return RunResult(run, metrics, table)
+    write_comparison(run, "comparison", rows, columns=columns, metric="f1", title="Macro F1 on the test crops",
+                     ylabel="macro F1")
+    return finish_run(run, metrics, skipped, markdown_table(rows, columns))
 
 
-def export(cfg: BratsConfig, *, run: Run | None = None) -> RunResult:
+def export(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Classifier as SavedModel + ONNX, detector as ONNX, and metadata.json describing the whole pipeline."""
     from keras_medimg.detection.yolo import export_detector_onnx
     from keras_medimg.export import export_model
 
-    folder, trained = _trained_run(cfg.predict.weights)
-    run = run or create_run(APP, "export")
-    run.save_config(cfg)
+    trained = open_trained(cfg.predict.weights, APP, BratsConfig)
+    model_path = trained.model_path
+    run = start_run(APP, "export", cfg, run)
     out = run.subdir("export")
-    metadata = pipeline_metadata(trained, folder)
-    classifier = export_model(_classifier_file(folder), out / "classifier", formats=cfg.export.formats,
+    metadata = pipeline_metadata(trained.config, trained.dir)
+    classifier = export_model(model_path, out / "classifier", formats=cfg.export.formats,
                               metadata=metadata["stages"][2], atol=cfg.export.atol)
     files: dict[str, Any] = {"classifier": _export_files(classifier)}
-    detector = folder / "weights" / DETECTOR_FILE
-    if detector.is_file():
-        files["detector"] = str(export_detector_onnx(detector, out / "detector.onnx", imgsz=trained.detect.imgsz))
-    decoder = folder / "weights" / DECODER_FILE
-    if decoder.is_file():
+    if (detector := trained.file("weights", DETECTOR_FILE)) is not None:
+        files["detector"] = str(export_detector_onnx(detector, out / "detector.onnx", imgsz=trained.config.detect.imgsz))
+    if (decoder := trained.file("weights", DECODER_FILE)) is not None:
         shutil.copyfile(decoder, out / DECODER_FILE)
         files["sam_decoder"] = str(out / DECODER_FILE)
     metadata["files"] = files
     write_json(out / "metadata.json", metadata)
-    metrics = {"weights": str(folder), "files": files}
-    _finish(run, metrics, [])
-    return RunResult(run, metrics)
+    return finish_run(run, {"weights": str(trained.dir), "files": files})
 
 
 def _export_files(result: Any) -> dict[str, Any]:
@@ -845,7 +743,7 @@ def pipeline_metadata(cfg: BratsConfig, folder: Path) -> dict[str, Any]:
              "classes": cfg.data.classes,
              "crop": {"margin": cfg.classify.margin, "square": True, "mask_background": cfg.classify.mask_background,
                       "no_detection": "whole image"},
-             "preprocessing": {"grayscale": cfg.classify.grayscale, "channels": 3, "resize": "plain",
+             "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain",
                                "denoise_median": cfg.classify.denoise_median, "scale": "[0, 1]",
                                "normalization": norm.to_dict()}},
         ],

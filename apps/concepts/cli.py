@@ -34,10 +34,11 @@ def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[s
     return resolve_config(ConceptsConfig, "concepts", config_file, overrides, options)
 
 
-def _run(project: str | None, name: str | None, exist_ok: bool, mode: str):
-    from keras_medimg.runs import create_run
+def _place(project: str | None, name: str | None, exist_ok: bool):
+    """Where the run folder goes; the pipeline creates it once its checks have passed."""
+    from keras_medimg.runs import RunPlace
 
-    return create_run("concepts", mode, project=project, name=name, exist_ok=exist_ok)
+    return RunPlace(project, name, exist_ok)
 
 
 @concepts.command("demo-data")
@@ -76,7 +77,7 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
         run = open_run(resume, "concepts", "train")
         cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
     else:
-        run = _run(project, name, exist_ok, "train")
+        run = _place(project, name, exist_ok)
         cfg = _config(config_file, overrides, options)
     result = pipeline.train(cfg, run=run, resume=bool(resume))
     click.echo("\nThresholds on the validation split:")
@@ -98,7 +99,7 @@ def predict(weights: str, images: str | None, strict: bool | None, config_file: 
     from keras_medimg.apps.concepts import pipeline
 
     cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.images": images, "strict": strict})
-    result = pipeline.predict(cfg, run=_run(project, name, exist_ok, "predict"))
+    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
     m = result.metrics
     click.echo(f"{m['predicted']} of {m['images']} images predicted ({m['concepts_per_image']:.2f} concepts per image, "
                f"{m['images_per_second']:.1f} images/s). Submission: {m['submission']}")
@@ -121,7 +122,7 @@ def evaluate(submission: str, truth: str | None, manual: str | None, mapping: st
 
     cfg = _config(config_file, overrides, {"evaluate.submission": submission, "evaluate.truth": truth,
                                            "evaluate.manual": manual, "evaluate.mapping": mapping})
-    result = pipeline.evaluate(cfg, run=_run(project, name, exist_ok, "evaluate"))
+    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
     m = result.metrics
     click.echo(result.table)
     click.echo(f"\nprimary F1 {m['primary_f1']:.4f} ({m['images']} images)   secondary F1 {m['secondary_f1']:.4f} "
@@ -142,7 +143,7 @@ def export(weights: str, config_file: str | None, overrides: tuple[str, ...], pr
     from keras_medimg.apps.concepts import pipeline
 
     cfg = _config(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=_run(project, name, exist_ok, "export"))
+    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
     for fmt, path in result.metrics["files"].items():
         click.echo(f"{fmt}: {path} (max abs diff {result.metrics['max_abs_diff'][fmt]:.2e})")
     click.echo(f"metadata: {result.metrics['metadata']}")

@@ -36,6 +36,7 @@ class DataConfig:
     demo_n_valid: int = 200
     demo_n_test: int = 200
     demo_size: int = 96  # side of the demo images in pixels
+    edition: int = 2024  # ImageCLEFmedical edition whose secondary allow-list scores (2024: 14 CUIs; 2025 adds OCT)
 
 
 @dataclass

@@ -225,3 +225,43 @@ def concepts_csv_text(rows: Iterable[tuple[str, Sequence[str]]]) -> str:
     writer.writerow(["ID", "CUIs"])
     writer.writerows((image_id, ";".join(cuis)) for image_id, cuis in rows)
     return buffer.getvalue()
+
+
+def find_concepts_file(path: str | Path) -> Path:
+    """A concepts CSV, or the one in a split folder: `concepts.csv` inside it, `<split>_concepts.csv` beside it."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in (path / "concepts.csv", path.parent / f"{path.name}_concepts.csv"):
+            if candidate.is_file():
+                return candidate
+        found = sorted(path.glob("*_concepts.csv"))
+        if len(found) == 1:
+            return found[0]
+    raise InvalidInputError(
+        path, "No ground-truth concepts file found here. Pass a concepts CSV (ID,CUIs), or a split folder holding "
+        "concepts.csv, with --truth."
+    )
+
+
+def find_truth_files(truth: str | Path, *, manual: str | Path | None = None,
+                     mapping: str | Path | None = None) -> tuple[Path, Path | None, Path | None]:
+    """The files a submission is scored against: concepts, manual concepts and CUI mapping.
+
+    Args:
+        truth: a concepts CSV or a split folder (see `find_concepts_file`).
+        manual: the manually validated concepts; None looks for `<truth stem>_manual.csv` beside the truth.
+        mapping: the CUI -> name mapping; None looks for cui_mapping.csv beside the truth or one folder up.
+
+    Returns:
+        (truth file, manual file or None, mapping file or None).
+    """
+    truth_file = find_concepts_file(truth)
+    manual_file: Path | None = Path(manual) if manual else truth_file.with_name(truth_file.stem + "_manual.csv")
+    if manual is None and not manual_file.is_file():
+        manual_file = None
+    if mapping:
+        return truth_file, manual_file, Path(mapping)
+    beside = (truth_file.with_name("cui_mapping.csv"), truth_file.parent.parent / "cui_mapping.csv")
+    return truth_file, manual_file, next((p for p in beside if p.is_file()), None)

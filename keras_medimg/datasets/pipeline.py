@@ -159,16 +159,6 @@ def encode_labels(samples: Sequence[Sample], label_mode: LabelMode, class_names:
     raise ConfigError(f"label_mode must be 'int', 'multi_hot' or None, not {label_mode!r}.")
 
 
-def class_weights(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[int, float]:
-    """Balanced class weights for `model.fit(class_weight=...)`: `n / (classes present * count)`.
-
-    A class without samples gets 1.0 (it never occurs, so its weight does not matter but must exist).
-    """
-    counts = np.bincount(encode_labels(samples, "int", class_names), minlength=len(class_names))
-    present = int((counts > 0).sum())
-    return {i: float(len(samples) / (present * c)) if c else 1.0 for i, c in enumerate(counts)}
-
-
 # === Decoding, inside tf.data ===
 
 

@@ -43,9 +43,9 @@ _OWN_TRAIN_ARGS = frozenset({"data", "model", "project", "name", "exist_ok", "ep
 
 def config_dir() -> Path:
     """Where Ultralytics keeps its settings and fonts for keras-medimg: $MEDIMG_HOME/ultralytics or the user cache."""
-    home = os.environ.get("MEDIMG_HOME")
-    root = Path(home) if home else Path.home() / ".cache" / "keras-medimg"
-    return root / "ultralytics"
+    from keras_medimg.backend import medimg_home
+
+    return medimg_home() / "ultralytics"
 
 
 def _offline_ultralytics():

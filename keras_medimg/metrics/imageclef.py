@@ -403,3 +403,13 @@ def score(
     table = concept_table(truth, predictions, names=names)
     micro, macro = micro_macro_f1(table)
     return ConceptScores(primary, secondary, micro, macro, images, secondary_images, table, edition)
+
+
+def format_concept_table(table: Sequence[Mapping[str, Any]], limit: int = 15) -> str:
+    """The per-concept table as text, most frequent concepts first."""
+    lines = [f"{'CUI':<9} {'name':<30} {'support':>7} {'precision':>9} {'recall':>7} {'F1':>6}"]
+    for row in table[:limit]:
+        lines.append(f"{row['cui']:<9} {row['name'][:30]:<30} {row['support']:>7} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f}")
+    if len(table) > limit:
+        lines.append(f"... {len(table) - limit} more in concepts.csv")
+    return "\n".join(lines)

@@ -688,6 +688,11 @@ def plan_phases(config: TrainConfig, *, weights: str | Path | None, freeze: str)
         freeze: the freeze policy of the fine-tuning (or only) phase (`model.freeze`).
     """
     head_epochs = config.head_epochs
+    if head_epochs and weights is None:
+        log.warning("Random weights (model.weights: null): skipping the %d frozen-backbone head epochs, which would fit "
+                    "a head on random features; all %d epochs train the whole network at learning rate %g.",
+                    head_epochs, config.epochs, config.learning_rate)
+        head_epochs = 0
     if head_epochs > config.epochs:
         log.warning("train.head_epochs (%d) is more than train.epochs (%d): training the head for all %d epochs.",
                     head_epochs, config.epochs, config.epochs)

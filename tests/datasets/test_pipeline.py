@@ -8,7 +8,8 @@ import numpy as np
 import pydicom.data
 import pytest
 
-from keras_medimg.datasets.pipeline import check_image_file, class_weights, load_images_numpy, make_dataset, predict_samples
+from keras_medimg.datasets.pipeline import check_image_file, encode_labels, load_images_numpy, make_dataset, predict_samples
+from keras_medimg.training.trainer import balanced_class_weight
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import InvalidInputError
 from keras_medimg.io.images import write_image
@@ -194,7 +195,8 @@ def test_load_images_numpy_keeps_sample_order(samples, tmp_path):
 
 
 def test_class_weights_balance_the_classes(samples):
-    weights = class_weights(samples[:3] + [samples[4]], CLASSES + ["normal"])
+    chosen = samples[:3] + [samples[4]]
+    weights = balanced_class_weight(encode_labels(chosen, "int", CLASSES + ["normal"]), len(CLASSES) + 1)
     assert weights == {0: 4 / (2 * 3), 1: 4 / (2 * 1), 2: 1.0}
 
 
@@ -211,7 +213,7 @@ def test_a_tiny_model_trains_from_the_pipeline(samples):
         [keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")]
     )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    history = model.fit(dataset, epochs=2, verbose=0, class_weight=class_weights(samples, CLASSES))
+    history = model.fit(dataset, epochs=2, verbose=0, class_weight=balanced_class_weight(encode_labels(samples, "int", CLASSES), len(CLASSES)))
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     multi = make_dataset(samples, image_size=16, training=True, batch_size=4, label_mode="multi_hot", class_names=["C1", "C2", "C9"])
     model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="sigmoid")])

@@ -151,6 +151,6 @@ def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
     assert [row["backbone"] for row in rows] == ["vgg16", "densenet121"]
     assert all(0.0 <= float(row["f1"]) <= 1.0 for row in rows)
     assert "| vgg16 |" in (folder / "comparison.md").read_text()
-    assert (folder / "plots" / "comparison_f1.png").stat().st_size > 0
+    assert (folder / "plots" / "comparison.png").stat().st_size > 0
     assert (folder / "vgg16" / "weights" / "best.keras").is_file()
     assert (folder / "densenet121" / "weights" / "best.keras").is_file()
