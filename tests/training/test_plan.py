@@ -124,9 +124,9 @@ def test_learning_rate_factor_of_a_given_plan_is_honoured(run, data):
 
 def test_random_weights_skip_the_head_phase(run, data, caplog):
     train, val = data
-    with caplog.at_level(logging.WARNING, logger="keras_medimg.models.classifier"):
+    with caplog.at_level(logging.WARNING, logger="keras_medimg.training.trainer"):
         plan = fit_plan(tiny_backbone_classifier, train, val, config=quick(epochs=2), run=run, weights=None)
-    assert "Skipping the 2 head-only epochs" in caplog.text
+    assert "skipping the 2 frozen-backbone head epochs" in caplog.text
     assert rows_of(run) == [("0", "train"), ("1", "train")]
     assert plan.phases[0]["learning_rate"] == pytest.approx(0.01)
 
