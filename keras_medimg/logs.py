@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 import tempfile
 
 LIBRARY_LOGGER = "keras_medimg"
@@ -119,6 +120,8 @@ def setup_logging(level: int = logging.INFO, *, debug: bool = False) -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     for name in ("tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A CUDA build of torch on a machine without a GPU warns at import that CUDA cannot start: start-up noise too.
+    warnings.filterwarnings("ignore", message="CUDA initialization", category=UserWarning)
     _FilterTensorFlowImport.install()
 
 
