@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from keras_medimg.apps.mamclip.atlas import atlas
+
 
 @click.group()
 def mamclip() -> None:
@@ -14,3 +16,6 @@ def mamclip() -> None:
     modelling through a fusion transformer, then fine-tuned for BI-RADS (5-class and 3-class) and breast
     density with k-fold cross-validation. This app has no modes yet.
     """
+
+
+mamclip.add_command(atlas)
