@@ -211,7 +211,76 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "", root: 
                 f"Config key '{dotted}' must be {_type_name(hints[name])}, got {value!r}. "
                 f"Fix it in the config file or with --set {dotted}=VALUE."
             ) from None
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    check_ranges(cfg, prefix=prefix)
+    return cfg
+
+
+# === Numeric ranges ===
+#
+# A value of the right type can still be impossible (`--image-size -5`, `train.learning_rate=0`). Every numeric
+# key is checked when the config is built, before any work starts, so the error names the key rather than
+# surfacing as a TensorFlow or Ultralytics traceback minutes later. A field states its own range with
+# `field(default=..., metadata=bounds(low, high))`; keys without one follow the naming rules below, which every
+# app's config uses (a `*_size` is a positive count of pixels or items, a `*_fraction` a share, ...).
+
+
+def bounds(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> dict[str, Any]:
+    """Field metadata giving the allowed range of a numeric config key: `field(default=3, metadata=bounds(1))`."""
+    return {"range": (low, high, low_open, high_open)}
+
+
+_AT_LEAST_ONE = ("size", "imgsz", "batch", "tiles", "steps", "accumulation", "folds", "heads", "layers")
+_NAME_RULES: tuple[tuple[Any, tuple[float | None, float | None, bool, bool]], ...] = (
+    # (predicate on the key name, (low, high, low_open, high_open))
+    (lambda n: n.endswith("fraction") or n.endswith("probability") or n in {"p", "prob", "label_smoothing", "iou", "conf"}
+     or n.endswith("_iou") or n.endswith("_conf") or n.endswith("_p") or n.startswith("p_") or n == "min_visible",
+     (0.0, 1.0, False, False)),
+    (lambda n: n == "dropout", (0.0, 1.0, False, True)),
+    (lambda n: n == "learning_rate" or n.endswith("_learning_rate") or n in {"lr", "lr0"}, (0.0, None, True, False)),
+    (lambda n: n == "epochs" or n.endswith("_epochs") or n in {"workers", "patience", "weight_decay", "momentum", "margin",
+     "overlap", "verbose", "seeds", "hidden_units", "early_stopping_patience", "decay_rate", "focal_gamma"}
+     or n.endswith("_patience") or n.endswith("_workers") or n.startswith("num_") or n.startswith("max_")
+     or n.startswith("min_"), (0.0, None, False, False)),
+    (lambda n: n in _AT_LEAST_ONE or n.endswith("_size") or n.endswith("_steps") or n.endswith("_tiles"), (1.0, None, False, False)),
+)
+
+
+def _range_of(f: dataclasses.Field) -> tuple[float | None, float | None, bool, bool] | None:
+    if "range" in f.metadata:
+        return f.metadata["range"]
+    for matches, rule in _NAME_RULES:
+        if matches(f.name):
+            return rule
+    return None
+
+
+def _describe(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"> {low:g}" if low_open else f">= {low:g}"
+    if low is None:
+        return f"< {high:g}" if high_open else f"<= {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_ranges(cfg: Any, *, prefix: str = "") -> None:
+    """Raise `ConfigError` naming the first numeric key of `cfg` (not its sub-sections) outside its range."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        rule = _range_of(f)
+        if rule is None:
+            continue
+        low, high, low_open, high_open = rule
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above or value != value:  # NaN is outside every range
+            dotted = f"{prefix}{f.name}"
+            raise ConfigError(
+                f"Config key '{dotted}' must be {_describe(low, high, low_open, high_open)}, got {value!r}. "
+                f"Fix it in the config file or with --set {dotted}=VALUE."
+            )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

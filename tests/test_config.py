@@ -9,6 +9,7 @@ from keras_medimg.config import (
     ExportConfig,
     ModelConfig,
     TrainConfig,
+    bounds,
     dump_yaml,
     from_dict,
     load_config,
@@ -139,3 +140,67 @@ def test_saved_config_reproduces_the_run(tmp_path):
 def test_from_dict_rejects_non_mapping_section():
     with pytest.raises(ConfigError, match="'train' must be"):
         from_dict(ToyConfig, {"train": 3})
+
+
+# --- numeric ranges (issue 17, D5): checked when the config is built, naming the key ---
+
+
+@dataclass
+class RangeSection:
+    image_size: int = 64
+    val_fraction: float = 0.2
+    learning_rate: float = 1e-3
+    epochs: int = 3
+    dropout: float = 0.0
+    tiles: int = 4
+    gain: float = field(default=1.0, metadata=bounds(0.5, 2.0))
+    offset: float = -3.0  # no rule: any value
+
+
+@dataclass
+class RangeConfig:
+    section: RangeSection = field(default_factory=RangeSection)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("section.image_size=-5", "'section.image_size' must be >= 1, got -5"),
+        ("section.image_size=0", "'section.image_size' must be >= 1, got 0"),
+        ("section.val_fraction=1.5", "'section.val_fraction' must be in [0, 1], got 1.5"),
+        ("section.learning_rate=0", "'section.learning_rate' must be > 0"),
+        ("section.epochs=-1", "'section.epochs' must be >= 0, got -1"),
+        ("section.dropout=1", "'section.dropout' must be in [0, 1)"),
+        ("section.tiles=0", "'section.tiles' must be >= 1"),
+        ("section.gain=3", "'section.gain' must be in [0.5, 2], got 3"),
+        ("section.learning_rate=.nan", "'section.learning_rate' must be > 0, got nan"),
+    ],
+)
+def test_numeric_values_out_of_range_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(RangeConfig, overrides=[override])
+    assert message in str(info.value)
+    assert "--set section." in str(info.value)
+
+
+def test_values_inside_their_ranges_and_unruled_keys_pass():
+    cfg = load_config(RangeConfig, overrides=["section.val_fraction=1", "section.epochs=0", "section.gain=0.5",
+                                              "section.offset=-100", "section.dropout=0.5"])
+    assert (cfg.section.val_fraction, cfg.section.epochs, cfg.section.offset) == (1.0, 0, -100.0)
+
+
+def test_every_app_default_config_is_inside_its_ranges():
+    from importlib import import_module
+
+    from keras_medimg.config import check_ranges, defaults_path
+
+    for app in ("brats", "concepts", "xray", "roi", "mamclip"):
+        if not defaults_path(app).is_file():
+            continue  # an app still without a config file
+        module = import_module(f"keras_medimg.apps.{app}.config")
+        roots = [obj for obj in vars(module).values() if isinstance(obj, type) and obj.__name__.endswith("Config")
+                 and obj.__module__ == module.__name__ and obj.__name__.lower().startswith(app)]
+        for root in roots:
+            load_config(root, app=app)  # raises ConfigError when a default breaks a range
+    check_ranges(TrainConfig())
+    check_ranges(ModelConfig())
