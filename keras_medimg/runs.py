@@ -24,7 +24,9 @@ Three moments of a run, one function each: `start_run` (create the folder, save 
 reads) before `start_run`, so a mistake never leaves an empty numbered folder behind.
 
 Every file is written atomically: to a temporary file in the same folder, flushed to disk, then renamed over
-the target, so an interrupted run leaves either the old file or the new one, never half of one.
+the target, so an interrupted run leaves either the old file or the new one, never half of one. A `kill -9`
+mid-write can leave the temporary file (`.best.XXXXXXXX.tmp.keras`); resuming or reusing the run removes it.
+Files get the mode a plain `open()` would give them (0666 less the umask), not `mkstemp`'s 0600.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import re
 import tempfile
@@ -42,6 +45,43 @@ from pathlib import Path
 from typing import Any
 
 from keras_medimg.errors import ConfigError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+#: Marks the temporary files `atomic_path` writes: `.<stem>.<8 random characters>.tmp<suffixes>`.
+TEMP_MARK = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^/]*)?$")
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would give a new file."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: read the umask by setting it (and put it back at once)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed process left in `folder` (and below) while writing atomically.
+
+    A `kill -9` during `atomic_path` (a checkpoint save, say) leaves its `.name.XXXXXXXX.tmp.keras` behind; it is
+    never the real file, which is only replaced by a complete rename. Called when a run is resumed or reused.
+    """
+    removed = []
+    for path in Path(folder).rglob(".*"):
+        if path.is_file() and _TEMP_NAME.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("Removed %d temporary file(s) left by an interrupted write in %s", len(removed), folder)
+    return removed
 
 
 @contextlib.contextmanager
@@ -53,9 +93,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMP_MARK}{''.join(path.suffixes)}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _new_file_mode())  # mkstemp makes 0600; outputs get the mode any new file would get
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -113,6 +154,7 @@ def _claim(base: Path, exist_ok: bool) -> Path:
         base.parent.mkdir(parents=True, exist_ok=True)
         if exist_ok:
             base.mkdir(exist_ok=True)
+            remove_stale_temporaries(base)
             return base
         n = 1
         while True:
@@ -307,4 +349,5 @@ def open_run(folder: str | Path, app: str, mode: str) -> Run:
             f"'{folder}' is not a run folder of `medimg {app} {mode}` (it has no config.yaml). "
             f"Pass the folder printed by the run you want to continue, e.g. runs/{app}/{mode}."
         )
+    remove_stale_temporaries(folder)
     return Run(dir=folder, app=app, mode=mode)

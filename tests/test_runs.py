@@ -1,11 +1,14 @@
 """Run-folder numbering and atomic writes."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
 from keras_medimg.errors import ConfigError
-from keras_medimg.runs import atomic_path, atomic_write_text, create_run, write_csv, write_json
+from keras_medimg.runs import atomic_path, atomic_write_text, create_run, open_run, write_csv, write_json
 
 
 def test_run_folders_are_numbered(tmp_path):
@@ -69,3 +72,44 @@ def test_write_json_handles_numpy(tmp_path):
 
     write_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(3)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 0.5, "b": [0, 1, 2]}
+
+
+def test_outputs_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        with atomic_path(tmp_path / "weights" / "best.keras") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "weights" / "best.keras").stat().st_mode) == 0o644
+
+
+def _killed_mid_write(folder: Path) -> Path:
+    """What a `kill -9` inside `atomic_path` leaves: the temporary file, never renamed."""
+    manager = atomic_path(folder / "weights" / "best.keras")
+    tmp = manager.__enter__()
+    tmp.write_bytes(b"half a checkpoint")
+    return tmp  # the context is never exited, as when the process dies
+
+
+def test_resume_removes_the_temporary_file_a_kill_left(tmp_path):
+    run = create_run("brats", "train", project=tmp_path)
+    (run.dir / "config.yaml").write_text("seed: 0\n")
+    (run.dir / "weights" / "best.keras").parent.mkdir(exist_ok=True)
+    (run.dir / "weights" / "best.keras").write_bytes(b"the previous best")
+    (run.dir / ".hidden_user_file").write_text("keep")
+    tmp = _killed_mid_write(run.dir)
+    assert tmp.name.startswith(".best.") and tmp.name.endswith(".tmp.keras")
+    open_run(run.dir, "brats", "train")
+    assert not tmp.exists()
+    assert (run.dir / "weights" / "best.keras").read_bytes() == b"the previous best"
+    assert (run.dir / ".hidden_user_file").exists()
+
+
+def test_reusing_a_run_with_exist_ok_removes_leftover_temporaries(tmp_path):
+    first = create_run("brats", "train", project=tmp_path, name="r")
+    tmp = _killed_mid_write(first.dir)
+    again = create_run("brats", "train", project=tmp_path, name="r", exist_ok=True)
+    assert again.dir == first.dir and not tmp.exists()

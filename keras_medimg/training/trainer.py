@@ -28,6 +28,7 @@ import csv
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -483,16 +484,13 @@ def fit(
     if config.tensorboard:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.subdir("tensorboard"))))
     if start < end:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=end,
-            initial_epoch=start,
-            class_weight=dict(class_weight) if class_weight is not None else None,
-            callbacks=run_callbacks + list(callbacks),
-            verbose=config.verbose,
-            shuffle=False,  # tf.data datasets shuffle themselves; Keras would only warn
-        )
+        with warnings.catch_warnings():
+            # Our datasets drop files that cannot be decoded (skipped.csv), so tf.data cannot know their length
+            # before the first pass and Keras ends each epoch when the data ends, as intended. Its "Your input ran
+            # out of data" warning would print after every epoch of every run without anything being wrong.
+            warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+            _fit_keras(model, train_ds, val_ds, start=start, end=end, class_weight=class_weight,
+                       callbacks=run_callbacks + list(callbacks), verbose=config.verbose)
     else:
         # Every epoch had finished, but the kill came before the phase was marked complete.
         checkpoint.set_model(model)
@@ -502,6 +500,20 @@ def fit(
     write_json(run.path(STATE_FILE), state)
     return _result(run, state, phase, config, epochs_run=state["phases"][phase]["next_epoch"] - start,
                    stopped_early=stopped_early, diverged=checkpoint.diverged)
+
+
+def _fit_keras(model: keras.Model, train_ds: Any, val_ds: Any | None, *, start: int, end: int,
+               class_weight: Mapping[int, float] | None, callbacks: list[Any], verbose: int) -> None:
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=end,
+        initial_epoch=start,
+        class_weight=dict(class_weight) if class_weight is not None else None,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,  # tf.data datasets shuffle themselves; Keras would only warn
+    )
 
 
 def _extends(state: dict[str, Any], phase: str, phase_state: dict[str, Any], config: TrainConfig) -> bool:
