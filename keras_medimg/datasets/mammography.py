@@ -1,0 +1,216 @@
+"""What every mammography reader shares, and the plain CSV manifest for any other mammography dataset.
+
+A mammogram `Sample` carries `label` ("benign" | "malignant"), `view` ("CC" | "MLO"), `laterality` ("L" | "R"),
+`group` (the patient), `boxes` (ROI boxes in original pixels, when known) and in `meta`: `roi` (bool: the image has
+a region-of-interest annotation), `split` ("train" | "test" | None), `line` (the row it came from) and what else the
+reader knows (`birads`, `pathology`, `image_type`, `roi_shapes`).
+
+The manifest (`read_manifest`) is a CSV with the columns
+
+    path, label, view, laterality, roi, patient     (+ optional: id, split)
+
+`path` relative to the CSV (or absolute); `label` benign | malignant | 0 | 1 (or BI-RADS 2..5); `view` CC | MLO
+(ML and XCCL count as MLO and CC; "RCC", "LMLO" ... are accepted when `laterality` is empty); `laterality` L | R;
+`roi` 1/0, true/false, yes/no; `patient` any id (splits keep a patient on one side); `split` train | test.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.errors import InvalidInputError, problems_error
+
+CLASSES = ("benign", "malignant")  # index 1 = positive
+VIEWS = ("CC", "MLO")
+LATERALITIES = ("L", "R")
+STANDARD_VIEWS = ("RCC", "LCC", "RMLO", "LMLO")  # the study's four views
+MANIFEST_COLUMNS = ("path", "label", "view", "laterality", "roi", "patient")
+_VIEW_ALIASES = {"CC": "CC", "XCCL": "CC", "XCCM": "CC", "FB": "CC", "MLO": "MLO", "ML": "MLO", "LM": "MLO", "LMO": "MLO"}
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f", ""}
+
+
+def birads_label(birads: int) -> str | None:
+    """The study's label of a BI-RADS category: 2-3 benign, 4-5 malignant, 1 (and 0, 6) None (excluded)."""
+    return {2: "benign", 3: "benign", 4: "malignant", 5: "malignant"}.get(birads)
+
+
+def parse_birads(text: str) -> int | None:
+    """'BI-RADS 4', 'BIRADS 4a', '4', 4.0 -> 4; empty -> None; anything else raises ValueError."""
+    value = str(text).strip()
+    if value in ("", "nan", "None"):
+        return None
+    match = re.fullmatch(r"(?:bi-?rads)?\s*([0-6])(?:\.0)?\s*[abc]?", value, flags=re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"'{value}' is not a BI-RADS category (0-6, e.g. 'BI-RADS 4')")
+    return int(match.group(1))
+
+
+def normalise_view(text: str) -> str:
+    """'CC', 'cc', 'XCCL' -> 'CC'; 'MLO', 'ML' -> 'MLO'; anything else raises ValueError."""
+    view = _VIEW_ALIASES.get(str(text).strip().upper())
+    if view is None:
+        raise ValueError(f"'{text}' is not a mammography view (CC or MLO)")
+    return view
+
+
+def normalise_laterality(text: str) -> str:
+    side = str(text).strip().upper()[:1]
+    if side not in LATERALITIES:
+        raise ValueError(f"'{text}' is not a laterality (L or R)")
+    return side
+
+
+def parse_flag(text: Any) -> bool:
+    value = str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"'{text}' is not a yes/no value (1/0, true/false, yes/no)")
+
+
+def standard_view(sample: Sample) -> str:
+    """The study's view group of a sample: laterality + view, e.g. 'RCC' (None parts give '?')."""
+    return f"{sample.laterality or '?'}{sample.view or '?'}"
+
+
+def has_roi(sample: Sample) -> bool:
+    return bool(sample.meta.get("roi"))
+
+
+def label_of(sample: Sample) -> int:
+    """1 for malignant, 0 for benign."""
+    return CLASSES.index(sample.label)
+
+
+def composition(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
+    """Table 2 of the study: images per label with and without an ROI."""
+    table = {label: {"with_roi": 0, "without_roi": 0} for label in CLASSES}
+    for sample in samples:
+        table[sample.label]["with_roi" if has_roi(sample) else "without_roi"] += 1
+    return table
+
+
+def check_columns(path: Path, fieldnames: Sequence[str] | None, required: Sequence[str], *, what: str) -> dict[str, str]:
+    """Map each required column to its name in the file, matched without case, spaces, '_' or '-'.
+
+    Raises InvalidInputError naming the file, the missing columns and the columns it has.
+    """
+    def key(name: str) -> str:
+        return re.sub(r"[\s_\-/]+", "", name or "").lower()
+
+    present = {key(name): name for name in fieldnames or [] if name}
+    missing = [name for name in required if key(name) not in present]
+    if missing:
+        raise InvalidInputError(path, f"{what} needs the column(s) {', '.join(missing)}; its columns are "
+                                f"{', '.join(n for n in fieldnames or [] if n) or 'none'}. Is this the right file?")
+    return {name: present[key(name)] for name in required}
+
+
+def finish(path: Path, samples: list[Sample], problems: list[InvalidInputError], skipped: Skipped | None,
+           strict: bool, *, what: str) -> list[Sample]:
+    """Report a reader's bad rows: into `skipped` (each with file and line), or all at once as an error with
+    `strict` or without a `skipped` to put them in; no usable row at all is an error too."""
+    if problems and (strict or skipped is None):
+        raise problems_error(path, problems, what=f"Fix or remove these {what} rows, or leave strict mode off to skip "
+                             "them (they are then listed in skipped.csv).")
+    for problem in problems:
+        if skipped is not None:
+            skipped.add_error(problem)
+    if not samples:
+        raise InvalidInputError(path, f"no usable {what} rows were found ({len(problems)} bad). Check the file and the "
+                                "image folders beside it.")
+    return samples
+
+
+def read_manifest(csv_path: str | Path, *, skipped: Skipped | None = None, strict: bool = False) -> list[Sample]:
+    """Read a mammography manifest CSV (see the module docstring) into samples.
+
+    Bad rows (unknown label/view/laterality/roi, missing image) are listed in `skipped` with their line, or raised
+    together with `strict` (or when no `skipped` is given).
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise InvalidInputError(path, "the manifest CSV does not exist. Give a CSV with the columns "
+                                + ", ".join(MANIFEST_COLUMNS) + ".")
+    samples, problems, seen = [], [], set()
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = check_columns(path, reader.fieldnames, MANIFEST_COLUMNS, what="a mammography manifest")
+        optional = check_optional(reader.fieldnames, ("id", "split"))
+        for row in reader:
+            line = reader.line_num
+            try:
+                sample = _manifest_sample(path, row, columns, optional, line)
+            except (ValueError, InvalidInputError) as exc:
+                problems.append(exc if isinstance(exc, InvalidInputError) else InvalidInputError(path, f"{exc}.", line=line))
+                continue
+            if sample.id in seen:
+                problems.append(InvalidInputError(path, f"the id '{sample.id}' is used by an earlier row too; give every "
+                                                  "image its own id (column 'id').", line=line))
+                continue
+            seen.add(sample.id)
+            samples.append(sample)
+    return finish(path, samples, problems, skipped, strict, what="manifest")
+
+
+def check_optional(fieldnames: Sequence[str] | None, names: Sequence[str]) -> dict[str, str]:
+    """The optional columns present, matched like `check_columns`."""
+    present = {re.sub(r"[\s_\-/]+", "", n).lower(): n for n in fieldnames or [] if n}
+    return {name: present[name] for name in names if name in present}
+
+
+def _manifest_sample(path: Path, row: Mapping[str, str], columns: Mapping[str, str], optional: Mapping[str, str],
+                     line: int) -> Sample:
+    given = (row.get(columns["path"]) or "").strip()
+    if not given:
+        raise ValueError("the path is empty")
+    image = Path(given) if Path(given).is_absolute() else path.parent / given
+    if not image.is_file():
+        raise InvalidInputError(path, f"the image {given} does not exist (paths are relative to the CSV).", line=line)
+    label = parse_label(row.get(columns["label"], ""))
+    if label is None:
+        raise ValueError(f"label '{row.get(columns['label'])}' is excluded by the study (BI-RADS 1 or normal); "
+                         "remove the row or give benign/malignant")
+    view_text, side_text = (row.get(columns["view"]) or "").strip(), (row.get(columns["laterality"]) or "").strip()
+    if not side_text and view_text[:1].upper() in LATERALITIES and len(view_text) > 2:
+        side_text, view_text = view_text[0], view_text[1:]
+    patient = (row.get(columns["patient"]) or "").strip()
+    if not patient:
+        raise ValueError("the patient is empty; give every image its patient id so splits keep patients together")
+    split = (row.get(optional["split"]) or "").strip().lower() if "split" in optional else ""
+    if split not in ("", "train", "training", "test", "testing"):
+        raise ValueError(f"split '{split}' is not train or test")
+    image_id = (row.get(optional["id"]) or "").strip() if "id" in optional else ""
+    return Sample(
+        id=image_id or Path(given).with_suffix("").as_posix(),
+        path=image,
+        label=label,
+        group=patient,
+        view=normalise_view(view_text),
+        laterality=normalise_laterality(side_text),
+        meta={"roi": parse_flag(row.get(columns["roi"], "")), "split": {"training": "train", "testing": "test"}.get(split, split) or None,
+              "line": line, "source": str(path)},
+    )
+
+
+def parse_label(text: str) -> str | None:
+    """benign/malignant, 0/1, or a BI-RADS category (2-3 benign, 4-5 malignant); None = excluded (BI-RADS 1, normal)."""
+    value = str(text).strip().lower()
+    if value in ("benign", "0"):
+        return "benign"
+    if value in ("malignant", "1"):
+        return "malignant"
+    if value in ("normal",):
+        return None
+    try:
+        birads = parse_birads(value)
+    except ValueError:
+        raise ValueError(f"label '{text}' is not benign, malignant, 0, 1 or a BI-RADS category") from None
+    return None if birads is None else birads_label(birads)
