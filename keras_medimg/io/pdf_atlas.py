@@ -1,0 +1,993 @@
+"""Image-caption pairs from atlas PDFs: what a page holds (PyMuPDF), and which caption belongs to which image.
+
+`read_layout` lists every placed raster of a page (rectangle in PDF points, pixel size, resolution, an MD5 of
+its data), the text blocks with their rectangles, and the vector rectangles that frame images. Pages whose text
+layer is empty are scanned pages: they are rendered and read with Tesseract (`keras_medimg.io.ocr`), and their
+figures are the large non-text regions of the scan.
+
+Pairing by layout (`pair_layout`): a caption is a text block that starts with the caption pattern ("Figure 3",
+"Fig. 3", "FIGURE 3-2"); images that touch or sit close together (or share a drawn frame) form one figure; a
+figure takes the caption right under or above it that overlaps it horizontally, with nothing else in between
+(the side most captions of the book use wins ties). Every image of a figure makes its own pair; when the caption
+names panels "(a)", "(b)" and the figure has that many images, each keeps the shared sentence plus its own.
+"Figure 3 (continued)" takes the text of Figure 3, and a caption left without an image at the foot of a page
+takes the uncaptioned images at the top of the next page. Icons, logos and rules are dropped by size and by
+repetition (the same image data placed on several pages). Running headers and footers (the same text in the top
+or bottom margin of several pages) are removed.
+
+`pair_positional` is the rule of the MAM-CLIP authors' scripts, for their own atlas: a caption page holds
+"Figure" and "IMPRESSION" or "MAMMOGRAPHY"; its images are split between its captions by order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keras_medimg.errors import InvalidInputError, MedImgError, require
+
+log = logging.getLogger(__name__)
+
+Rect = tuple[float, float, float, float]
+
+#: A caption block starts with this (case-insensitive): "Figure 3.", "Fig. 3", "FIGURE 3-2", "Figure 12.4a".
+CAPTION_PATTERN = r"^\s*fig(?:ure)?\.?\s*(?P<figure>\d+(?:\s*[-\u2013.]\s*\d+)*[a-z]?)\b"
+#: A caption that continues a figure from an earlier page: "Figure 3 (continued)", "Fig. 3 cont'd".
+CONTINUED_PATTERN = r"\(?\s*(?:continued|cont(?:'d|\.|inued))\s*\)?"
+#: A panel marker inside a caption: "(a)", "(B)".
+PANEL_PATTERN = r"\(([a-hA-H])\)"
+
+
+@dataclass
+class AtlasSettings:
+    """How a PDF is read and paired (the `atlas` config section maps onto these).
+
+    Args:
+        pairing: "layout" (captions under/above their images) or "positional" (the study's rule).
+        caption_pattern: regular expression a caption block starts with; group "figure" is the figure number.
+        continued_pattern: text after the figure label that marks a figure continued from an earlier page.
+        panel_pattern: a panel marker in a caption; group 1 is the panel letter.
+        max_caption_gap: largest distance in points between a figure and its caption.
+        min_overlap: share of the narrower of caption and figure that must overlap horizontally.
+        figure_gap: images closer than this (points) with nothing between them are panels of one figure.
+        min_image_side: images smaller than this on the page (points) are icons or rules, not figures.
+        min_image_pixels: images with fewer pixels on a side are icons.
+        repeat_pages: the same image on this many pages or more is a logo or decoration.
+        header_fraction: share of the page height at the top and bottom where running headers and footers live.
+        ocr: "auto" (scanned pages and uncaptioned images), "always" (every image) or "never".
+        ocr_lang: Tesseract language.
+        ocr_separators: patterns that come before a burned-in caption; the caption is the text after the first.
+        min_ocr_confidence: OCR pairs with a lower mean word confidence (0-100) are listed, not kept.
+        scan_dpi: resolution at which scanned pages are rendered for OCR.
+        caption_keywords: positional pairing: a caption page holds "Figure" and one of these words.
+    """
+
+    pairing: str = "layout"
+    caption_pattern: str = CAPTION_PATTERN
+    continued_pattern: str = CONTINUED_PATTERN
+    panel_pattern: str = PANEL_PATTERN
+    max_caption_gap: float = 60.0
+    min_overlap: float = 0.3
+    figure_gap: float = 12.0
+    min_image_side: float = 40.0
+    min_image_pixels: int = 32
+    repeat_pages: int = 3
+    header_fraction: float = 0.08
+    ocr: str = "auto"
+    ocr_lang: str = "eng"
+    ocr_separators: tuple[str, ...] = ("~", r"\s[-\u2013\u2014]\s", r"\bfig(?:ure)?\.?\s*\d+(?:[-\u2013.]\d+)*[a-z]?\s*[.:]?")
+    min_ocr_confidence: float = 60.0
+    scan_dpi: int = 200
+    caption_keywords: tuple[str, ...] = ("IMPRESSION", "MAMMOGRAPHY")
+
+    def __post_init__(self) -> None:
+        if self.pairing not in ("layout", "positional"):
+            raise MedImgError(f"pairing must be 'layout' or 'positional', not '{self.pairing}'.")
+        if self.ocr not in ("auto", "always", "never"):
+            raise MedImgError(f"ocr must be 'auto', 'always' or 'never', not '{self.ocr}'.")
+        for name in ("caption_pattern", "continued_pattern", "panel_pattern", *()):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise MedImgError(f"{name} is not a valid regular expression ({exc}): {getattr(self, name)!r}.") from None
+        self.ocr_separators = tuple(self.ocr_separators)
+        self.caption_keywords = tuple(self.caption_keywords)
+
+
+@dataclass
+class PlacedImage:
+    """One raster placed on a page.
+
+    Args:
+        page: 1-based page number.
+        index: order of placement on the page.
+        xref: the PDF object of the image (0 for inline images and regions cut from scanned pages).
+        bbox: rectangle on the page in points (x0, y0, x1, y1), y downwards.
+        width, height: native size in pixels.
+        dpi: native resolution on the page (pixels per inch, horizontally).
+        digest: MD5 of the image data (equal for the same image placed twice).
+        decoration: why the image is not a figure ("" for figures): "small", "repeated on N pages", "thin".
+        pixels: the pixels, for regions cut from a rendered scanned page (None: read them from the PDF).
+    """
+
+    page: int
+    index: int
+    xref: int
+    bbox: Rect
+    width: int
+    height: int
+    dpi: float
+    digest: str
+    decoration: str = ""
+    pixels: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class TextBlock:
+    """A block of text on a page, its rectangle in points, and the OCR confidence when it was read by OCR."""
+
+    page: int
+    bbox: Rect
+    text: str
+    confidence: float | None = None
+
+
+@dataclass
+class PageLayout:
+    """What one page holds."""
+
+    number: int
+    width: float
+    height: float
+    images: list[PlacedImage] = field(default_factory=list)
+    blocks: list[TextBlock] = field(default_factory=list)
+    frames: list[Rect] = field(default_factory=list)
+    scanned: bool = False
+    text: str = ""
+
+
+@dataclass
+class Caption:
+    """A caption found on a page: its figure number, label ("Figure 3"), cleaned text without the label."""
+
+    page: int
+    bbox: Rect
+    figure: str
+    label: str
+    text: str
+    continued: bool = False
+    confidence: float | None = None
+
+
+@dataclass
+class AtlasPair:
+    """One image and its caption.
+
+    Args:
+        image: the placed image.
+        caption: cleaned caption text (shared sentence plus the panel's own, for panels).
+        figure: figure number as printed ("3", "3-2"), None when unknown.
+        method: how the pair was found: "layout", "layout-continued", "layout-next-page", "scan-ocr",
+            "burned-ocr", "positional", "positional-ocr".
+        panel: the panel letter, when the caption names panels.
+        ocr_confidence: Tesseract's mean word confidence (0-100) for OCR captions.
+        crop: rows (start, stop) of the image to keep (the picture above a burned-in caption band).
+    """
+
+    image: PlacedImage
+    caption: str
+    figure: str | None
+    method: str
+    panel: str | None = None
+    ocr_confidence: float | None = None
+    crop: tuple[int, int] | None = None
+
+    @property
+    def page(self) -> int:
+        return self.image.page
+
+
+# === Opening =====================================================================================================
+
+
+def _pymupdf() -> Any:
+    return require("pymupdf", extra="atlas", feature="Reading atlas PDFs")
+
+
+def open_atlas(path: str | Path, *, password: str | None = None) -> Any:
+    """Open a PDF with PyMuPDF, with errors that say what is wrong with the file.
+
+    Raises:
+        InvalidInputError: the file is missing, not a PDF, damaged, encrypted (and `password` does not open
+            it), or has no pages.
+    """
+    pymupdf = _pymupdf()
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(path, "The PDF does not exist. Check the path.")
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except Exception as exc:  # PyMuPDF raises FileDataError, RuntimeError or ValueError for broken files
+        raise InvalidInputError(
+            path, f"The file cannot be read as a PDF ({exc}); it is damaged or not a PDF. Re-download or re-export it."
+        ) from None
+    if doc.needs_pass and not doc.authenticate(password or ""):
+        doc.close()
+        raise InvalidInputError(
+            path, "The PDF is encrypted with a password. Decrypt it first (e.g. qpdf --decrypt) or pass its password."
+        )
+    if doc.page_count == 0:
+        doc.close()
+        raise InvalidInputError(path, "The PDF has no pages (it may be damaged). Re-download or re-export it.")
+    return doc
+
+
+def parse_pages(spec: str | None, page_count: int) -> list[int]:
+    """1-based page numbers from a spec like "35-", "1-10,12", "-20" (None: every page)."""
+    if not spec:
+        return list(range(1, page_count + 1))
+    pages: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d*)\s*-\s*(\d*)|(\d+)", part)
+        if not match:
+            raise MedImgError(f"Cannot read the page range '{spec}'. Write it like 35- or 1-10,12.")
+        if match.group(3):
+            first = last = int(match.group(3))
+        else:
+            first = int(match.group(1) or 1)
+            last = int(match.group(2) or page_count)
+        pages.update(range(max(first, 1), min(last, page_count) + 1))
+    return sorted(pages)
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# === Reading pages ===============================================================================================
+
+
+def read_layout(doc: Any, pages: Iterable[int], settings: AtlasSettings | None = None) -> list[PageLayout]:
+    """The images, text blocks and figure frames of the given 1-based pages.
+
+    Pages without any text are scanned pages (`PageLayout.scanned`); their text blocks and figures come from
+    `read_scanned_page` when OCR is on. Decorations are marked on the images (`mark_decorations`).
+    """
+    settings = settings or AtlasSettings()
+    layouts = [_read_page(doc[number - 1], number) for number in pages]
+    mark_decorations(layouts, settings)
+    return layouts
+
+
+def _read_page(page: Any, number: int) -> PageLayout:
+    layout = PageLayout(number, float(page.rect.width), float(page.rect.height))
+    for index, info in enumerate(page.get_image_info(hashes=True, xrefs=True)):
+        bbox = tuple(float(v) for v in info["bbox"])
+        width_pt = max(bbox[2] - bbox[0], 1e-6)
+        layout.images.append(
+            PlacedImage(
+                page=number,
+                index=index,
+                xref=int(info.get("xref") or 0),
+                bbox=bbox,
+                width=int(info["width"]),
+                height=int(info["height"]),
+                dpi=round(info["width"] / width_pt * 72.0, 1),
+                digest=bytes(info.get("digest") or b"").hex(),
+            )
+        )
+    for block in page.get_text("dict", flags=0)["blocks"]:
+        if block.get("type") != 0:
+            continue
+        lines = ["".join(span["text"] for span in line["spans"]) for line in block["lines"]]
+        text = "\n".join(line for line in lines if line.strip())
+        if text.strip():
+            layout.blocks.append(TextBlock(number, tuple(float(v) for v in block["bbox"]), text))
+    layout.text = page.get_text()
+    layout.scanned = not layout.text.strip()
+    layout.frames = _frames(page, layout.images)
+    return layout
+
+
+def _frames(page: Any, images: Sequence[PlacedImage]) -> list[Rect]:
+    """Vector rectangles that enclose at least one image (a figure's frame), smaller than the page."""
+    if not images:
+        return []
+    frames = []
+    page_area = page.rect.width * page.rect.height
+    for drawing in page.get_drawings():
+        rect = drawing.get("rect")
+        if rect is None or rect.width * rect.height >= 0.9 * page_area:
+            continue
+        box = (rect.x0, rect.y0, rect.x1, rect.y1)
+        if any(_contains(box, image.bbox, 2.0) for image in images) and box not in frames:
+            frames.append(box)
+    return frames
+
+
+def mark_decorations(layouts: Sequence[PageLayout], settings: AtlasSettings) -> None:
+    """Mark icons, logos and rules: too small on the page or in pixels, very thin, or on `repeat_pages` pages."""
+    pages_of: dict[str, set[int]] = {}
+    for layout in layouts:
+        for image in layout.images:
+            if image.digest:
+                pages_of.setdefault(image.digest, set()).add(layout.number)
+    for layout in layouts:
+        for image in layout.images:
+            x0, y0, x1, y1 = image.bbox
+            side = min(x1 - x0, y1 - y0)
+            repeats = len(pages_of.get(image.digest, ()))
+            if repeats >= settings.repeat_pages:
+                image.decoration = f"repeated on {repeats} pages"
+            elif side < settings.min_image_side or min(image.width, image.height) < settings.min_image_pixels:
+                image.decoration = "small"
+            elif max(x1 - x0, y1 - y0) > 12 * max(side, 1e-6):
+                image.decoration = "thin"
+
+
+def running_headers(layouts: Sequence[PageLayout], settings: AtlasSettings) -> set[str]:
+    """Keys (`header_key`) of text lines found in the top or bottom margin of at least two pages and a tenth of
+    the pages read: running headers, footers and page numbers."""
+    counts: Counter[str] = Counter()
+    for layout in layouts:
+        keys = set()
+        for block in layout.blocks:
+            if _in_margin(block.bbox, layout, settings.header_fraction):
+                keys.update(header_key(line) for line in block.text.splitlines())
+        counts.update(k for k in keys if k)
+    needed = max(2, len(layouts) // 10)
+    return {key for key, n in counts.items() if n >= needed}
+
+
+def header_key(line: str) -> str:
+    """A line with digits and spaces removed, lower-case: page numbers differ, the header does not."""
+    return re.sub(r"[\d\s]+", "", unicodedata.normalize("NFKC", line)).lower()
+
+
+def _in_margin(bbox: Rect, layout: PageLayout, margin: float) -> bool:
+    return bbox[3] <= layout.height * margin or bbox[1] >= layout.height * (1 - margin)
+
+
+# === Captions ====================================================================================================
+
+
+def clean_caption(text: str, headers: set[str] | frozenset[str] = frozenset()) -> str:
+    """Caption text as a sentence: ligatures (ﬁ, ﬂ) spelled out, words hyphenated at line ends joined, soft
+    hyphens and running-header lines removed, whitespace collapsed.
+
+    Example:
+        >>> clean_caption("An oval mass with circum-\\nscribed margins, ﬁne\\nlinear calciﬁcations.")
+        'An oval mass with circumscribed margins, fine linear calcifications.'
+    """
+    text = unicodedata.normalize("NFKC", text).replace("\u00ad", "")
+    joined = ""
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line or (headers and header_key(line) in headers):
+            continue
+        if joined.endswith("-") and len(joined) > 1 and joined[-2].isalpha() and line[:1].isalpha():
+            # "circum-" + "scribed" is one word; "BI-" + "RADS" keeps its hyphen.
+            joined = joined[:-1] + line if line[:1].islower() else joined + line
+        else:
+            joined = f"{joined} {line}" if joined else line
+    return " ".join(joined.split())
+
+
+def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str] = frozenset()) -> list[Caption]:
+    """The caption blocks of a page, in reading order (top to bottom, then left to right)."""
+    pattern = re.compile(settings.caption_pattern, re.IGNORECASE)
+    continued = re.compile(r"^\s*[.:]?\s*" + settings.continued_pattern, re.IGNORECASE)
+    captions = []
+    for block in sorted(layout.blocks, key=lambda b: (round(b.bbox[1]), b.bbox[0])):
+        text = clean_caption(block.text, headers)
+        match = pattern.match(text)
+        if not match:
+            continue
+        figure = re.sub(r"\s+", "", match.group("figure")).replace("\u2013", "-")
+        rest = text[match.end() :]
+        more = continued.match(rest)
+        if more:
+            rest = rest[more.end() :]
+        captions.append(
+            Caption(
+                page=layout.number,
+                bbox=block.bbox,
+                figure=figure,
+                label=text[: match.end()].strip(),
+                text=rest.lstrip(" .:;~-\u2013\u2014").strip(),
+                continued=bool(more),
+                confidence=block.confidence,
+            )
+        )
+    return captions
+
+
+def split_panels(caption: str, panels: int, pattern: str = PANEL_PATTERN) -> list[tuple[str | None, str]] | None:
+    """Split a caption that names `panels` panels into one caption per panel, in panel order.
+
+    Each panel keeps the shared text (before the first marker) plus its own sentence; returns None when the
+    caption does not name exactly `panels` distinct panels.
+
+    Example:
+        >>> split_panels("Two views. (a) CC view: oval mass. (b) MLO view: same mass.", 2)
+        [('a', 'Two views. CC view: oval mass.'), ('b', 'Two views. MLO view: same mass.')]
+    """
+    marks = list(re.finditer(pattern, caption))
+    letters = [m.group(1).lower() for m in marks]
+    if panels < 2 or len(marks) != panels or len(set(letters)) != panels:
+        return None
+    shared = caption[: marks[0].start()].strip()
+    out = []
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(caption)
+        own = caption[mark.end() : end].strip(" ,;")
+        out.append((letters[i], " ".join(f"{shared} {own}".split())))
+    return out
+
+
+# === Pairing by layout ===========================================================================================
+
+
+def _overlap(a: Rect, b: Rect) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+
+
+def _contains(outer: Rect, inner: Rect, tol: float = 0.0) -> bool:
+    return outer[0] - tol <= inner[0] and outer[1] - tol <= inner[1] and outer[2] + tol >= inner[2] and outer[3] + tol >= inner[3]
+
+
+def _union(rects: Iterable[Rect]) -> Rect:
+    rects = list(rects)
+    return (min(r[0] for r in rects), min(r[1] for r in rects), max(r[2] for r in rects), max(r[3] for r in rects))
+
+
+def _between(top: float, bottom: float, left: float, right: float, rects: Iterable[Rect]) -> bool:
+    """Whether any rect lies in the horizontal strip between `top` and `bottom`, overlapping [left, right]."""
+    for r in rects:
+        if r[1] < bottom - 1 and r[3] > top + 1 and min(r[2], right) - max(r[0], left) > 1:
+            return True
+    return False
+
+
+def reading_order(images: Iterable[PlacedImage]) -> list[PlacedImage]:
+    """Images in reading order: rows (by vertical overlap) top to bottom, left to right within a row."""
+    rows: list[list[PlacedImage]] = []
+    for image in sorted(images, key=lambda im: im.bbox[1]):
+        for row in rows:
+            top, bottom = min(i.bbox[1] for i in row), max(i.bbox[3] for i in row)
+            if min(bottom, image.bbox[3]) - max(top, image.bbox[1]) > 0.5 * (image.bbox[3] - image.bbox[1]):
+                row.append(image)
+                break
+        else:
+            rows.append([image])
+    return [image for row in rows for image in sorted(row, key=lambda im: im.bbox[0])]
+
+
+def group_figures(layout: PageLayout, images: Sequence[PlacedImage], captions: Sequence[Caption], settings: AtlasSettings) -> list[list[PlacedImage]]:
+    """Group a page's images into figures: images inside one drawn frame, or close together (within
+    `figure_gap` points) with no caption or text block between them."""
+    parent = list(range(len(images)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    obstacles = [c.bbox for c in captions] + [b.bbox for b in layout.blocks]
+    for i, a in enumerate(images):
+        for j in range(i + 1, len(images)):
+            b = images[j]
+            if any(_contains(f, a.bbox, 2) and _contains(f, b.bbox, 2) for f in layout.frames):
+                parent[find(i)] = find(j)
+                continue
+            gap_x = max(b.bbox[0] - a.bbox[2], a.bbox[0] - b.bbox[2])
+            gap_y = max(b.bbox[1] - a.bbox[3], a.bbox[1] - b.bbox[3])
+            if max(gap_x, gap_y) > settings.figure_gap:
+                continue
+            box = _union([a.bbox, b.bbox])
+            between = [o for o in obstacles if _overlap(o, box) > 1 and o[1] < box[3] and o[3] > box[1]]
+            if gap_y > 0 and _between(min(a.bbox[3], b.bbox[3]), max(a.bbox[1], b.bbox[1]), box[0], box[2], between):
+                continue
+            parent[find(i)] = find(j)
+    groups: dict[int, list[PlacedImage]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(find(i), []).append(image)
+    return [reading_order(group) for group in groups.values()]
+
+
+@dataclass
+class _Edge:
+    figure: int
+    caption: int
+    side: str
+    gap: float
+
+
+def _candidate_edges(
+    layout: PageLayout, figures: Sequence[list[PlacedImage]], captions: Sequence[Caption], settings: AtlasSettings
+) -> list[_Edge]:
+    edges = []
+    boxes = [_union(im.bbox for im in fig) for fig in figures]
+    for f, box in enumerate(boxes):
+        frame = next((fr for fr in layout.frames if _contains(fr, box, 2)), None)
+        others = [b for g, b in enumerate(boxes) if g != f]
+        for c, caption in enumerate(captions):
+            cb = caption.bbox
+            if frame is not None and _contains(frame, cb, 2):
+                edges.append(_Edge(f, c, "frame", 0.0))
+                continue
+            if _overlap(box, cb) < settings.min_overlap * min(box[2] - box[0], cb[2] - cb[0]):
+                continue
+            if cb[1] >= box[3] - 4:
+                side, gap, top, bottom = "below", cb[1] - box[3], box[3], cb[1]
+            elif cb[3] <= box[1] + 4:
+                side, gap, top, bottom = "above", box[1] - cb[3], cb[3], box[1]
+            else:
+                continue
+            left, right = max(box[0], cb[0]), min(box[2], cb[2])
+            blockers = others + [o.bbox for o in captions if o is not caption]
+            if gap > settings.max_caption_gap or _between(top, bottom, left, right, blockers):
+                continue
+            edges.append(_Edge(f, c, side, max(gap, 0.0)))
+    return edges
+
+
+def pair_layout(layouts: Sequence[PageLayout], settings: AtlasSettings | None = None) -> tuple[list[AtlasPair], list[Caption], list[PlacedImage]]:
+    """Pair captions with images by layout over a run of pages.
+
+    Returns:
+        `(pairs, captions without images, images without captions)`; decorations are in neither list.
+    """
+    settings = settings or AtlasSettings()
+    headers = running_headers(layouts, settings)
+    pages = []
+    for layout in layouts:
+        blocks = [b for b in layout.blocks if not (_in_margin(b.bbox, layout, settings.header_fraction) and _is_header(b, headers))]
+        layout = replace(layout, blocks=blocks)
+        captions = find_captions(layout, settings, headers)
+        images = [im for im in layout.images if not im.decoration]
+        figures = group_figures(layout, images, captions, settings)
+        pages.append((layout, captions, figures, _candidate_edges(layout, figures, captions, settings)))
+
+    preferred = _preferred_side(edges for _, _, _, edges in pages)
+    pairs: list[AtlasPair] = []
+    orphan_captions: list[Caption] = []
+    orphan_figures: list[tuple[int, list[PlacedImage]]] = []
+    earlier: dict[str, Caption] = {}
+    for layout, captions, figures, edges in pages:
+        owner = _assign(edges, preferred, len(figures))
+        for c, caption in enumerate(captions):
+            if caption.continued and caption.figure in earlier:
+                first = earlier[caption.figure]
+                caption.text = " ".join(f"{first.text} {caption.text}".split())
+            elif not caption.continued:
+                earlier[caption.figure] = caption
+            owned = [figures[f] for f, c2 in owner.items() if c2 == c]
+            if not owned:
+                orphan_captions.append(caption)
+                continue
+            method = "layout-continued" if caption.continued else "scan-ocr" if layout.scanned else "layout"
+            images = reading_order(im for fig in owned for im in fig)
+            pairs.extend(_figure_pairs(images, caption, method, settings))
+        orphan_figures.extend((layout.number, fig) for f, fig in enumerate(figures) if f not in owner)
+
+    pairs, orphan_captions, orphan_figures = _follow_to_next_page(pairs, orphan_captions, orphan_figures, layouts, settings)
+    return pairs, orphan_captions, [im for _, fig in orphan_figures for im in fig]
+
+
+def _is_header(block: TextBlock, headers: set[str]) -> bool:
+    keys = [header_key(line) for line in block.text.splitlines()]
+    return bool(keys) and all(not k or k in headers for k in keys)
+
+
+def _preferred_side(page_edges: Iterable[list[_Edge]]) -> str:
+    """The side captions are on where a figure has only one candidate caption (below unless most are above)."""
+    sides: Counter[str] = Counter()
+    for edges in page_edges:
+        per_figure = Counter(e.figure for e in edges)
+        sides.update(e.side for e in edges if per_figure[e.figure] == 1 and e.side != "frame")
+    return "above" if sides["above"] > sides["below"] else "below"
+
+
+def _assign(edges: Sequence[_Edge], preferred: str, n_figures: int) -> dict[int, int]:
+    """Figure -> caption: cheapest edges first (gap, plus a penalty off the preferred side); a caption takes
+    several figures only on one side; then a caption left with nothing takes the nearest figure of a caption that
+    has several."""
+    penalty = {"frame": -1000.0, preferred: 0.0}
+    ordered = sorted(edges, key=lambda e: e.gap + penalty.get(e.side, 18.0))
+    owner: dict[int, int] = {}
+    side_of: dict[int, str] = {}
+    for edge in ordered:
+        if edge.figure in owner or side_of.get(edge.caption, edge.side) != edge.side:
+            continue
+        owner[edge.figure] = edge.caption
+        side_of[edge.caption] = edge.side
+    owned = Counter(owner.values())
+    for edge in ordered:
+        if edge.caption in owned or owned[owner.get(edge.figure, -1)] < 2:
+            continue
+        owned[owner[edge.figure]] -= 1
+        owner[edge.figure] = edge.caption
+        owned[edge.caption] += 1
+    return owner
+
+
+def _figure_pairs(images: Sequence[PlacedImage], caption: Caption, method: str, settings: AtlasSettings) -> list[AtlasPair]:
+    panels = split_panels(caption.text, len(images), settings.panel_pattern)
+    if panels is None:
+        return [AtlasPair(im, caption.text, caption.figure, method, ocr_confidence=caption.confidence) for im in images]
+    return [
+        AtlasPair(im, text, caption.figure, method, panel=letter, ocr_confidence=caption.confidence)
+        for im, (letter, text) in zip(images, panels)
+    ]
+
+
+def _follow_to_next_page(
+    pairs: list[AtlasPair],
+    orphan_captions: list[Caption],
+    orphan_figures: list[tuple[int, list[PlacedImage]]],
+    layouts: Sequence[PageLayout],
+    settings: AtlasSettings,
+) -> tuple[list[AtlasPair], list[Caption], list[tuple[int, list[PlacedImage]]]]:
+    """A caption with no image takes the uncaptioned figures at the top of the next page (above any caption
+    there): the figure was set on the next page, or continues there."""
+    first_caption_y = {}
+    for layout in layouts:
+        tops = [c.bbox[1] for c in find_captions(layout, settings)]
+        first_caption_y[layout.number] = min(tops) if tops else float("inf")
+    still: list[Caption] = []
+    for caption in orphan_captions:
+        taken = [
+            (page, fig)
+            for page, fig in orphan_figures
+            if page == caption.page + 1 and max(im.bbox[3] for im in fig) <= first_caption_y.get(page, float("inf"))
+        ]
+        if not taken:
+            still.append(caption)
+            continue
+        orphan_figures = [item for item in orphan_figures if item not in taken]
+        images = reading_order(im for _, fig in taken for im in fig)
+        pairs.extend(_figure_pairs(images, caption, "layout-next-page", settings))
+    return pairs, still, orphan_figures
+
+
+# === Positional pairing (the study's rule) =======================================================================
+
+
+def pair_positional(layouts: Sequence[PageLayout], settings: AtlasSettings | None = None) -> tuple[list[AtlasPair], list[Caption], list[PlacedImage]]:
+    """The MAM-CLIP authors' rule: on a page whose text holds "Figure" and one of `caption_keywords`, the
+    captions are the page text cut at each "Figure", and the page's images (all of them, in placement order) are
+    split between the captions by order. Pages that are not caption pages leave their images uncaptioned."""
+    settings = settings or AtlasSettings()
+    pairs: list[AtlasPair] = []
+    orphans: list[Caption] = []
+    lonely: list[PlacedImage] = []
+    for layout in layouts:
+        text = layout.text
+        if "Figure" not in text or not any(word in text for word in settings.caption_keywords):
+            lonely.extend(layout.images)
+            continue
+        starts = [m.start() for m in re.finditer("Figure", text)] + [len(text)]
+        captions = []
+        for a, b in zip(starts, starts[1:]):
+            cleaned = clean_caption(text[a:b])
+            label = figure_number_of(cleaned, settings)
+            captions.append(Caption(layout.number, (0, 0, 0, 0), label or "", "", cleaned))
+        if not layout.images:
+            orphans.extend(captions)
+            continue
+        chunks = np.array_split(np.arange(len(layout.images)), len(captions))
+        for caption, chunk in zip(captions, chunks):
+            if len(chunk) == 0:
+                orphans.append(caption)
+            for i in chunk:
+                pairs.append(AtlasPair(layout.images[int(i)], caption.text, caption.figure or None, "positional"))
+    return pairs, orphans, lonely
+
+
+def figure_number_of(text: str, settings: AtlasSettings) -> str | None:
+    match = re.match(settings.caption_pattern, text, re.IGNORECASE)
+    return re.sub(r"\s+", "", match.group("figure")) if match else None
+
+
+# === Pixels ======================================================================================================
+
+
+def image_pixels(doc: Any, image: PlacedImage) -> np.ndarray:
+    """The native pixels of a placed image: uint8 grey (H, W) when the image is grey (or RGB with equal
+    channels), else RGB (H, W, 3). CMYK and other colour spaces are converted to RGB; alpha is dropped."""
+    if image.pixels is not None:
+        return image.pixels
+    pymupdf = _pymupdf()
+    if image.xref:
+        pix = pymupdf.Pixmap(doc, image.xref)
+        if pix.alpha:
+            pix = pymupdf.Pixmap(pix, 0)
+        if pix.n not in (1, 3):
+            pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
+    else:  # an inline image: render its rectangle at its own resolution
+        page = doc[image.page - 1]
+        zoom = max(image.dpi, 72.0) / 72.0
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=pymupdf.Rect(image.bbox))
+    array = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.stride)[:, : pix.width * pix.n]
+    array = array.reshape(pix.height, pix.width, pix.n)
+    if pix.n == 1:
+        return array[..., 0].copy()
+    if np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]):
+        return array[..., 0].copy()
+    return array.copy()
+
+
+def render_page(doc: Any, number: int, dpi: int) -> np.ndarray:
+    """A page rendered as grey uint8 pixels at `dpi`."""
+    pymupdf = _pymupdf()
+    page = doc[number - 1]
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(dpi / 72.0, dpi / 72.0), colorspace=pymupdf.csGRAY, alpha=False)
+    return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.stride)[:, : pix.width].copy()
+
+
+def scanned_page_layout(page_pixels: np.ndarray, layout: PageLayout, settings: AtlasSettings) -> PageLayout:
+    """Fill a scanned page's layout from OCR of its rendered pixels: text blocks (with confidence) from
+    Tesseract's paragraphs, figures from the large regions that are not text."""
+    from keras_medimg.io import ocr
+
+    scale = layout.width / page_pixels.shape[1]  # points per pixel
+    read = ocr.ocr_words(page_pixels, lang=settings.ocr_lang, psm=3)
+    text_mask = np.zeros(page_pixels.shape, bool)
+    blocks: dict[int, list[ocr.OcrWord]] = {}
+    for word in read.words:
+        x0, y0, x1, y1 = word.box
+        if word.confidence < 30 or len(word.text) == 0:
+            continue
+        text_mask[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+        blocks.setdefault(word.block * 100000 + word.line // 1000, []).append(word)
+    layout = replace(layout, images=[], blocks=[], scanned=True)
+    for words in _merge_paragraphs(list(blocks.values())):
+        lines: dict[int, list[str]] = {}
+        for word in words:
+            lines.setdefault(word.line, []).append(word.text)
+        box = _union(w.box for w in words)
+        layout.blocks.append(
+            TextBlock(
+                layout.number,
+                tuple(v * scale for v in box),
+                "\n".join(" ".join(parts) for parts in lines.values()),
+                float(np.mean([w.confidence for w in words])),
+            )
+        )
+    for index, (y0, y1, x0, x1) in enumerate(_figure_regions(page_pixels, text_mask, settings.min_image_side / scale)):
+        pixels = page_pixels[y0:y1, x0:x1].copy()
+        layout.images.append(
+            PlacedImage(
+                page=layout.number,
+                index=index,
+                xref=0,
+                bbox=(x0 * scale, y0 * scale, x1 * scale, y1 * scale),
+                width=x1 - x0,
+                height=y1 - y0,
+                dpi=round(72.0 / scale, 1),
+                digest=hashlib.md5(pixels.tobytes()).hexdigest(),
+                pixels=pixels,
+            )
+        )
+    layout.text = "\n".join(b.text for b in layout.blocks)
+    return layout
+
+
+def _merge_paragraphs(paragraphs: list[list[Any]]) -> list[list[Any]]:
+    """Join Tesseract paragraphs that follow each other closely (less than a line apart, overlapping
+    horizontally): Tesseract often cuts a caption's last line into a paragraph of its own."""
+    merged: list[list[Any]] = []
+    for words in sorted(paragraphs, key=lambda ws: min(w.box[1] for w in ws)):
+        box = _union(w.box for w in words)
+        if merged:
+            last = _union(w.box for w in merged[-1])
+            line = max(w.box[3] - w.box[1] for w in merged[-1])
+            if 0 <= box[1] - last[3] < 1.2 * line and _overlap(last, box) > 0:
+                merged[-1] = merged[-1] + words
+                continue
+        merged.append(list(words))
+    return merged
+
+
+def _figure_regions(gray: np.ndarray, text_mask: np.ndarray, min_side: float) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (y0, y1, x0, x1) of the large connected non-background regions outside text."""
+    import cv2
+
+    background = int(np.median(gray))
+    ink = (np.abs(gray.astype(np.int16) - background) > 40) & ~text_mask
+    closed = cv2.morphologyEx(ink.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    boxes = []
+    for label in range(1, count):
+        x, y, w, h, _ = stats[label]
+        if min(w, h) >= min_side:
+            boxes.append((int(y), int(y + h), int(x), int(x + w)))
+    return sorted(boxes)
+
+
+# === Extraction: one PDF, with OCR ===============================================================================
+
+
+@dataclass
+class AtlasExtraction:
+    """Everything found in one PDF.
+
+    Args:
+        source: the PDF.
+        sha256: SHA-256 of the PDF's bytes.
+        pages: the 1-based pages read.
+        pairs: the kept pairs.
+        captions_without_images: captions that no image was found for.
+        images_without_captions: figures (not decorations) that no caption was found for.
+        decorations: images dropped as icons, logos or rules.
+        low_confidence: OCR pairs under `min_ocr_confidence`, listed, not kept.
+        scanned_pages: pages whose text layer was empty.
+    """
+
+    source: Path
+    sha256: str
+    pages: list[int]
+    pairs: list[AtlasPair] = field(default_factory=list)
+    captions_without_images: list[Caption] = field(default_factory=list)
+    images_without_captions: list[PlacedImage] = field(default_factory=list)
+    decorations: list[PlacedImage] = field(default_factory=list)
+    low_confidence: list[AtlasPair] = field(default_factory=list)
+    scanned_pages: list[int] = field(default_factory=list)
+
+
+def _scan_job(job: tuple[np.ndarray, PageLayout, AtlasSettings]) -> PageLayout:
+    return scanned_page_layout(*job)
+
+
+def _burned_job(job: tuple[np.ndarray, AtlasSettings]) -> dict[str, Any] | None:
+    from keras_medimg.io import ocr
+
+    pixels, settings = job
+    if settings.pairing == "positional":
+        found = ocr.study_burned_caption(pixels, lang=settings.ocr_lang)
+    else:
+        found = ocr.read_burned_caption(pixels, separators=settings.ocr_separators, lang=settings.ocr_lang)
+    if found is None:
+        return None
+    return {"caption": found.caption, "text": found.text, "confidence": found.confidence, "figure": found.figure,
+            "picture": list(found.band.picture) if found.band else None}
+
+
+def _ocr_fingerprint(settings: AtlasSettings) -> str:
+    key = repr((settings.pairing, settings.ocr_lang, settings.ocr_separators, "v1"))
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def extract_atlas(
+    path: str | Path,
+    settings: AtlasSettings | None = None,
+    *,
+    pages: str | Sequence[int] | None = None,
+    workers: int = 0,
+    cache_dir: str | Path | None = None,
+    password: str | None = None,
+) -> AtlasExtraction:
+    """Find the image-caption pairs of one PDF.
+
+    Text-layer captions are paired by `settings.pairing`; with OCR on, scanned pages are read with Tesseract and
+    images left without a caption are searched for a burned-in caption band (in `workers` processes). OCR
+    results are cached by image digest in `cache_dir/ocr`, so a re-run reads nothing twice.
+
+    Args:
+        path: the PDF.
+        settings: reading and pairing settings.
+        pages: 1-based pages, or a spec like "35-" (None: all).
+        workers: OCR processes (0: one per CPU core).
+        cache_dir: folder for OCR results (None: no cache).
+        password: for an encrypted PDF.
+
+    Raises:
+        InvalidInputError: the PDF cannot be opened, or the pages read hold no image at all.
+    """
+    from keras_medimg.io import ocr
+
+    settings = settings or AtlasSettings()
+    path = Path(path)
+    doc = open_atlas(path, password=password)
+    try:
+        numbers = parse_pages(pages, doc.page_count) if pages is None or isinstance(pages, str) else list(pages)
+        if not numbers:
+            raise InvalidInputError(path, f"The page range {pages!r} selects no page of this {doc.page_count}-page PDF.")
+        result = AtlasExtraction(path, sha256_file(path), numbers)
+        layouts = read_layout(doc, numbers, settings)
+        result.scanned_pages = [layout.number for layout in layouts if layout.scanned]
+        use_ocr = settings.ocr != "never"
+        if use_ocr and (result.scanned_pages or settings.ocr == "always"):
+            ocr.require_tesseract()
+        if use_ocr and result.scanned_pages:
+            scanned = [layout for layout in layouts if layout.scanned]
+            jobs = [(render_page(doc, layout.number, settings.scan_dpi), layout, settings) for layout in scanned]
+            done = {lay.number: lay for lay in ocr.run_parallel(_scan_job, jobs, workers=workers)}
+            layouts = [done.get(layout.number, layout) for layout in layouts]
+        if not use_ocr and len(result.scanned_pages) == len(numbers):
+            raise InvalidInputError(
+                path, f"Every page read ({_page_span(numbers)}) is a scan without a text layer; turn OCR on (--ocr auto)."
+            )
+        if not any(layout.images for layout in layouts):
+            raise InvalidInputError(
+                path, f"The PDF has no images on the pages read ({_page_span(numbers)}). Check the file and the --pages range."
+            )
+        result.decorations = [im for layout in layouts for im in layout.images if im.decoration]
+        pair = pair_positional if settings.pairing == "positional" else pair_layout
+        pairs, result.captions_without_images, lonely = pair(layouts, settings)
+        if settings.pairing == "positional":
+            lonely = [im for im in lonely if not im.decoration]
+        paired = {id(p.image): p for p in pairs}
+        targets = lonely if settings.ocr == "auto" else [im for lay in layouts for im in lay.images if not im.decoration]
+        if use_ocr and targets:
+            ocr.require_tesseract()
+            found = _cached_ocr(doc, targets, settings, workers, cache_dir)
+            lonely = [im for im in lonely if found.get(id(im)) is None or not found[id(im)]["caption"]]
+            for image in targets:
+                hit = found.get(id(image))
+                if not hit or not hit["caption"]:
+                    continue
+                crop = tuple(hit["picture"]) if hit["picture"] else None
+                if id(image) in paired:  # a text-layer caption wins; the burned band is still cut away
+                    paired[id(image)].crop = crop
+                    continue
+                method = "positional-ocr" if settings.pairing == "positional" else "burned-ocr"
+                pairs.append(AtlasPair(image, clean_caption(hit["caption"]), hit["figure"], method,
+                                       ocr_confidence=round(hit["confidence"], 1), crop=crop))
+        for item in pairs:
+            low = item.ocr_confidence is not None and item.ocr_confidence < settings.min_ocr_confidence
+            (result.low_confidence if low else result.pairs).append(item)
+        result.pairs.sort(key=lambda p: (p.page, p.image.bbox[1], p.image.bbox[0]))
+        result.images_without_captions = lonely
+        return result
+    finally:
+        doc.close()
+
+
+def _page_span(numbers: Sequence[int]) -> str:
+    return f"page {numbers[0]}" if len(numbers) == 1 else f"pages {numbers[0]}-{numbers[-1]}"
+
+
+def _cached_ocr(
+    doc: Any, images: Sequence[PlacedImage], settings: AtlasSettings, workers: int, cache_dir: str | Path | None
+) -> dict[int, dict[str, Any] | None]:
+    """OCR of burned-in captions for `images`, read from and written to the cache folder."""
+    import json
+
+    from keras_medimg.io import ocr
+    from keras_medimg.runs import write_json
+
+    fingerprint = _ocr_fingerprint(settings)
+    folder = Path(cache_dir) / "ocr" if cache_dir else None
+    found: dict[int, dict[str, Any] | None] = {}
+    todo = []
+    for image in images:
+        file = folder / f"{image.digest}-{fingerprint}.json" if folder and image.digest else None
+        if file is not None and file.is_file():
+            found[id(image)] = json.loads(file.read_text(encoding="utf-8"))["result"]
+        else:
+            todo.append((image, file))
+    if todo:
+        jobs = [(image_pixels(doc, image), settings) for image, _ in todo]
+        for (image, file), hit in zip(todo, ocr.run_parallel(_burned_job, jobs, workers=workers)):
+            found[id(image)] = hit
+            if file is not None:
+                write_json(file, {"result": hit})
+    return found

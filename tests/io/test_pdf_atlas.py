@@ -1,0 +1,268 @@
+"""Layout pairing of atlas PDFs built here with PyMuPDF: panels, caption above, continued figures, logos, scans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pymupdf = pytest.importorskip("pymupdf")
+
+from keras_medimg.errors import InvalidInputError, MedImgError  # noqa: E402
+from keras_medimg.io import ocr  # noqa: E402
+from keras_medimg.io.pdf_atlas import (  # noqa: E402
+    AtlasSettings,
+    clean_caption,
+    extract_atlas,
+    find_captions,
+    image_pixels,
+    open_atlas,
+    parse_pages,
+    read_layout,
+    split_panels,
+)
+
+needs_tesseract = pytest.mark.skipif(not ocr.tesseract_available(), reason="the tesseract program is not installed")
+HEADER = "Atlas of Test Mammography"
+
+
+def picture(seed: int, height: int = 120, width: int = 90) -> np.ndarray:
+    return (np.random.default_rng(seed).random((height, width)) * 200 + 20).astype(np.uint8)
+
+
+def pixmap(gray: np.ndarray):
+    return pymupdf.Pixmap(pymupdf.csGRAY, gray.shape[1], gray.shape[0], np.ascontiguousarray(gray).tobytes(), False)
+
+
+LOGO = np.where(np.add.outer(np.arange(40), np.arange(40)) % 7 < 3, 30, 220).astype(np.uint8)
+
+
+def new_page(doc, number: int):
+    page = doc.new_page()
+    page.insert_text((72, 30), HEADER, fontsize=8)
+    page.insert_text((300, 820), str(number), fontsize=8)
+    page.insert_image(pymupdf.Rect(500, 18, 530, 48), pixmap=pixmap(LOGO))
+    return page
+
+
+def text(page, rect, body, size=9):
+    assert page.insert_textbox(pymupdf.Rect(*rect), body, fontsize=size) >= 0
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """Five pages: a two-panel figure; caption above; two stacked figures; a continued figure; a caption whose
+    image is at the top of the next page. A logo and a running header on every page."""
+    doc = pymupdf.open()
+    page = new_page(doc, 1)
+    page.insert_image(pymupdf.Rect(72, 100, 252, 340), pixmap=pixmap(picture(1)))
+    page.insert_image(pymupdf.Rect(258, 100, 438, 340), pixmap=pixmap(picture(2)))
+    text(page, (72, 346, 438, 420), "Figure 1. Two views of one mass. (a) Craniocaudal view: an oval circum-\n"
+         "scribed mass. (b) Mediolateral oblique view: the same mass.")
+    text(page, (72, 440, 520, 520), "Masses are described by shape and margin. This paragraph is body text.", 10)
+    page = new_page(doc, 2)
+    text(page, (72, 80, 400, 120), "FIGURE 2-1 Fine pleomorphic calcifications, BI-RADS 4.")
+    page.insert_image(pymupdf.Rect(72, 125, 252, 365), pixmap=pixmap(picture(3)))
+    page = new_page(doc, 3)
+    page.insert_image(pymupdf.Rect(72, 80, 252, 300), pixmap=pixmap(picture(4)))
+    text(page, (72, 306, 400, 340), "Fig. 3 Round mass, BI-RADS 2.")
+    page.insert_image(pymupdf.Rect(72, 350, 252, 570), pixmap=pixmap(picture(5)))
+    text(page, (72, 576, 400, 610), "Fig. 4 Spiculated mass, BI-RADS 5.")
+    page = new_page(doc, 4)
+    page.insert_image(pymupdf.Rect(72, 80, 252, 300), pixmap=pixmap(picture(6)))
+    text(page, (72, 306, 400, 340), "Fig. 4 (continued) Magnification view.")
+    text(page, (72, 700, 400, 740), "Figure 5. Architectural distortion, BI-RADS 4.")
+    page = new_page(doc, 5)
+    page.insert_image(pymupdf.Rect(72, 80, 252, 300), pixmap=pixmap(picture(7)))
+    text(page, (72, 500, 400, 540), "Unrelated body text at the foot of the page.", 10)
+    path = tmp_path_factory.mktemp("atlas") / "book.pdf"
+    doc.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def extracted(book):
+    return extract_atlas(book, AtlasSettings(ocr="never"))
+
+
+def pairs_on(extracted, page):
+    return sorted((p for p in extracted.pairs if p.page == page), key=lambda p: p.image.bbox[0] + p.image.bbox[1])
+
+
+def test_two_panel_figure_gives_one_pair_per_panel_with_shared_and_own_sentence(extracted):
+    left, right = pairs_on(extracted, 1)
+    assert (left.panel, right.panel) == ("a", "b")
+    assert left.figure == right.figure == "1"
+    assert left.caption == "Two views of one mass. Craniocaudal view: an oval circumscribed mass."
+    assert right.caption == "Two views of one mass. Mediolateral oblique view: the same mass."
+
+
+def test_caption_above_its_image(extracted):
+    (pair,) = pairs_on(extracted, 2)
+    assert pair.figure == "2-1" and pair.caption == "Fine pleomorphic calcifications, BI-RADS 4."
+    assert pair.image.bbox[1] == pytest.approx(125)
+
+
+def test_stacked_figures_take_their_own_captions(extracted):
+    top, bottom = pairs_on(extracted, 3)
+    assert (top.figure, top.caption) == ("3", "Round mass, BI-RADS 2.")
+    assert (bottom.figure, bottom.caption) == ("4", "Spiculated mass, BI-RADS 5.")
+
+
+def test_continued_figure_keeps_the_first_caption(extracted):
+    (pair,) = pairs_on(extracted, 4)
+    assert pair.method == "layout-continued" and pair.figure == "4"
+    assert pair.caption == "Spiculated mass, BI-RADS 5. Magnification view."
+
+
+def test_caption_at_page_foot_takes_the_image_at_the_top_of_the_next_page(extracted):
+    (pair,) = pairs_on(extracted, 5)
+    assert pair.method == "layout-next-page" and pair.figure == "5"
+    assert pair.caption == "Architectural distortion, BI-RADS 4."
+    assert not extracted.captions_without_images and not extracted.images_without_captions
+
+
+def test_repeated_logo_is_dropped_never_paired(extracted):
+    assert len(extracted.decorations) == 5
+    assert all(d.decoration == "repeated on 5 pages" for d in extracted.decorations)
+    assert all(p.image.bbox[0] < 500 for p in extracted.pairs)
+    assert len(extracted.pairs) == 7
+
+
+def test_running_header_is_not_a_caption_and_body_text_is_ignored(book):
+    doc = open_atlas(book)
+    layouts = read_layout(doc, [1])
+    captions = find_captions(layouts[0], AtlasSettings())
+    assert [c.figure for c in captions] == ["1"]
+
+
+def test_placed_images_carry_page_rect_resolution_and_native_pixels(book):
+    doc = open_atlas(book)
+    (layout,) = read_layout(doc, [2])
+    image = next(im for im in layout.images if not im.decoration)
+    assert (image.page, image.width, image.height) == (2, 90, 120)
+    assert image.bbox == pytest.approx((72, 125, 252, 365))
+    assert image.dpi == pytest.approx(90 / 180 * 72, abs=0.1)
+    pixels = image_pixels(doc, image)
+    assert pixels.ndim == 2 and np.array_equal(pixels, picture(3))  # grey, native resolution, exact
+
+
+def test_positional_pairing_is_the_study_rule(tmp_path):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for i in range(3):
+        page.insert_image(pymupdf.Rect(72 + 150 * i, 100, 212 + 150 * i, 280), pixmap=pixmap(picture(10 + i)))
+    text(page, (72, 300, 520, 340), "Figure 7 HISTORY: screening. IMPRESSION: benign.")
+    text(page, (72, 350, 520, 390), "Figure 8 MAMMOGRAPHY: mass.")
+    doc.new_page().insert_text((72, 72), "A page of text with no Figure keyword pair.")
+    path = tmp_path / "study.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(pairing="positional", ocr="never"))
+    figures = [p.figure for p in sorted(result.pairs, key=lambda p: p.image.index)]
+    assert figures == ["7", "7", "8"]  # (3 + 1) // 2 images to the first caption, as the authors' script
+    assert {p.method for p in result.pairs} == {"positional"}
+
+
+def test_clean_caption_hyphens_ligatures_whitespace_headers():
+    headers = {"atlasofmammography"}
+    raw = "An oval mass with circum-\nscribed margins,  \ufb01ne\nlinear calci\ufb01cations.\nAtlas of Mammography 12\nBI-\nRADS 3."
+    assert clean_caption(raw, headers) == (
+        "An oval mass with circumscribed margins, fine linear calcifications. BI-RADS 3."
+    )
+
+
+def test_split_panels_needs_as_many_panels_as_images():
+    caption = "Shared. (a) First view. (b) Second view."
+    assert split_panels(caption, 2) == [("a", "Shared. First view."), ("b", "Shared. Second view.")]
+    assert split_panels(caption, 3) is None
+    assert split_panels("No panels named.", 2) is None
+
+
+def test_parse_pages():
+    assert parse_pages("35-", 40) == [35, 36, 37, 38, 39, 40]
+    assert parse_pages("1-3,5", 10) == [1, 2, 3, 5]
+    assert parse_pages(None, 2) == [1, 2]
+    with pytest.raises(MedImgError, match="page range"):
+        parse_pages("x", 3)
+
+
+def test_encrypted_damaged_and_imageless_pdfs_are_clear_errors(tmp_path):
+    damaged = tmp_path / "damaged.pdf"
+    damaged.write_bytes(b"%PDF-1.7\n garbage that is not a pdf")
+    with pytest.raises(InvalidInputError, match="damaged"):
+        open_atlas(damaged)
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "Figure 1. Text only.")
+    locked = tmp_path / "locked.pdf"
+    doc.save(locked, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
+    with pytest.raises(InvalidInputError, match="encrypted"):
+        open_atlas(locked)
+    assert open_atlas(locked, password="secret").page_count == 1
+    textonly = tmp_path / "text.pdf"
+    doc.save(textonly)
+    with pytest.raises(InvalidInputError, match="no images"):
+        extract_atlas(textonly, AtlasSettings(ocr="never"))
+
+
+def test_caption_band_is_found_from_its_text_rows_not_a_darkness_ratio():
+    from keras_medimg.datasets.synthetic.atlas import burn_caption
+
+    photo = np.full((200, 240), 10, np.uint8)
+    photo[40:160, 60:200] = 150  # a grey picture on a black background
+    burned = burn_caption(pymupdf, photo, "Figure 3 ~ An oval mass with circumscribed margins, BI-RADS 3.")
+    band = ocr.find_caption_band(burned)
+    assert band is not None and band.side == "bottom"
+    assert band.picture == (0, 200) or abs(band.picture[1] - 200) <= 4  # cut at the picture's lower edge
+    assert ocr.find_caption_band(photo) is None  # no text rows: no band
+    light = np.full((200, 240), 240, np.uint8)
+    assert ocr.find_caption_band(light) is None  # a plain light image is not all caption band
+    top = np.vstack([burned[200:][::-1], photo])  # the band on top (text mirrored still has text rows)
+    found = ocr.find_caption_band(top)
+    assert found is not None and found.side == "top" and abs(found.picture[0] - (burned.shape[0] - 200)) <= 4
+
+
+def test_caption_after_separator():
+    assert ocr.caption_after_separator("Figure 12 ~ Oval mass.") == ("Oval mass.", True)
+    assert ocr.caption_after_separator("12 - Oval BI-RADS 3 mass.") == ("Oval BI-RADS 3 mass.", True)
+    assert ocr.caption_after_separator("Figure 4. Round mass.", [r"\bfig(?:ure)?\.?\s*\d+[.:]?"]) == ("Round mass.", True)
+    assert ocr.caption_after_separator("no separator", ["~"]) == ("no separator", False)
+
+
+@needs_tesseract
+def test_scanned_page_is_read_with_ocr(tmp_path):
+    draft = pymupdf.open()
+    page = draft.new_page()
+    page.insert_image(pymupdf.Rect(72, 100, 252, 340), pixmap=pixmap(picture(20)))
+    text(page, (72, 350, 480, 420), "Figure 9. Oval mass with circumscribed margins, BI-RADS 3.", size=12)
+    scan = page.get_pixmap(matrix=pymupdf.Matrix(2.5, 2.5), colorspace=pymupdf.csGRAY, alpha=False)
+    doc = pymupdf.open()
+    doc.new_page().insert_image(pymupdf.Rect(0, 0, 595, 842), pixmap=scan)
+    path = tmp_path / "scan.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="auto"), workers=1)
+    assert result.scanned_pages == [1]
+    (pair,) = result.pairs
+    assert pair.method == "scan-ocr" and pair.figure == "9"
+    assert pair.caption == "Oval mass with circumscribed margins, BI-RADS 3."
+    assert pair.ocr_confidence > 80
+    assert pair.image.bbox == pytest.approx((72, 100, 252, 340), abs=3)
+    with pytest.raises(InvalidInputError, match="scanned"):
+        extract_atlas(path, AtlasSettings(ocr="never"))
+
+
+@needs_tesseract
+def test_low_confidence_ocr_pairs_are_listed_not_kept(tmp_path):
+    from keras_medimg.datasets.synthetic.atlas import burn_caption
+
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_text((72, 30), "header", fontsize=8)
+    burned = burn_caption(pymupdf, picture(30, 200, 240), "Figure 2 ~ Spiculated mass, BI-RADS 5.")
+    page.insert_image(pymupdf.Rect(72, 100, 312, 100 + burned.shape[0]), pixmap=pixmap(burned))
+    path = tmp_path / "burned.pdf"
+    doc.save(path)
+    kept = extract_atlas(path, AtlasSettings(ocr="auto"), workers=1)
+    (pair,) = kept.pairs
+    assert pair.method == "burned-ocr" and pair.caption == "Spiculated mass, BI-RADS 5." and pair.figure == "2"
+    assert pair.crop is not None and abs(pair.crop[1] - 200) <= 4
+    strict = extract_atlas(path, AtlasSettings(ocr="auto", min_ocr_confidence=99.9), workers=1)
+    assert not strict.pairs and [p.caption for p in strict.low_confidence] == ["Spiculated mass, BI-RADS 5."]
