@@ -36,11 +36,9 @@ _FIGURE_NUMBER = re.compile(r"\bfig(?:ure)?\.?\s*(\d+(?:[-\u2013.]\d+)*[a-z]?)",
 
 def tesseract_available() -> bool:
     """Whether pytesseract is installed and the `tesseract` program is on the PATH."""
-    try:
-        import pytesseract  # noqa: F401
-    except ImportError:
-        return False
-    return shutil.which("tesseract") is not None
+    import importlib.util
+
+    return importlib.util.find_spec("pytesseract") is not None and shutil.which("tesseract") is not None
 
 
 def require_tesseract(feature: str = "OCR of burned-in captions and scanned pages") -> Any:

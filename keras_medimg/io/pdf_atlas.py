@@ -94,12 +94,13 @@ class AtlasSettings:
             raise MedImgError(f"pairing must be 'layout' or 'positional', not '{self.pairing}'.")
         if self.ocr not in ("auto", "always", "never"):
             raise MedImgError(f"ocr must be 'auto', 'always' or 'never', not '{self.ocr}'.")
-        for name in ("caption_pattern", "continued_pattern", "panel_pattern", *()):
-            try:
-                re.compile(getattr(self, name))
-            except re.error as exc:
-                raise MedImgError(f"{name} is not a valid regular expression ({exc}): {getattr(self, name)!r}.") from None
         self.ocr_separators = tuple(self.ocr_separators)
+        patterns = [(name, getattr(self, name)) for name in ("caption_pattern", "continued_pattern", "panel_pattern")]
+        for name, pattern in patterns + [("ocr_separators", p) for p in self.ocr_separators]:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise MedImgError(f"atlas.{name}: {pattern!r} is not a valid regular expression ({exc}).") from None
         self.caption_keywords = tuple(self.caption_keywords)
 
 
@@ -571,7 +572,7 @@ def pair_layout(layouts: Sequence[PageLayout], settings: AtlasSettings | None = 
     orphan_figures: list[tuple[int, list[PlacedImage]]] = []
     earlier: dict[str, Caption] = {}
     for layout, captions, figures, edges in pages:
-        owner = _assign(edges, preferred, len(figures))
+        owner = _assign(edges, preferred)
         for c, caption in enumerate(captions):
             if caption.continued and caption.figure in earlier:
                 first = earlier[caption.figure]
@@ -605,7 +606,7 @@ def _preferred_side(page_edges: Iterable[list[_Edge]]) -> str:
     return "above" if sides["above"] > sides["below"] else "below"
 
 
-def _assign(edges: Sequence[_Edge], preferred: str, n_figures: int) -> dict[int, int]:
+def _assign(edges: Sequence[_Edge], preferred: str) -> dict[int, int]:
     """Figure -> caption: cheapest edges first (gap, plus a penalty off the preferred side); a caption takes
     several figures only on one side; then a caption left with nothing takes the nearest figure of a caption that
     has several."""

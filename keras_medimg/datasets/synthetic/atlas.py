@@ -169,7 +169,7 @@ def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[s
 
     while made < pairs:
         kind = kinds[figure % len(kinds)]
-        if kind == "continued" and slot == 0:
+        if (kind == "continued" and slot == 0) or (kind in ("panels", "continued") and made + 2 > pairs):
             kind = "single"  # a continued figure starts in the lower half, to end on the next page
         if slot == 0:
             book.new_page()
@@ -211,7 +211,7 @@ def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[s
             book.text((MARGIN, top + 206, MARGIN + 320, top + 206 + _caption_height(text, 320)), text)
             truth.append(_truth(path, page_no, rect, figure, caption, case, case.view))
             made += 1
-            if kind == "continued" and made < pairs:
+            if kind == "continued":
                 # The same breast in the other view on the next page, under "Figure N (continued)".
                 book.new_page()
                 other = "MLO" if case.view == "CC" else "CC"
