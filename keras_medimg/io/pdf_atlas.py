@@ -292,6 +292,7 @@ def _read_page(page: Any, number: int) -> PageLayout:
                 digest=bytes(info.get("digest") or b"").hex(),
             )
         )
+    layout.images = merge_tiles(layout.images)
     for block in page.get_text("dict", flags=0)["blocks"]:
         if block.get("type") != 0:
             continue
@@ -303,6 +304,50 @@ def _read_page(page: Any, number: int) -> PageLayout:
     layout.scanned = not layout.text.strip()
     layout.frames = _frames(page, layout.images)
     return layout
+
+
+def merge_tiles(images: Sequence[PlacedImage], tolerance: float = 0.75) -> list[PlacedImage]:
+    """Join the strips of a picture that the PDF stores as several abutting images (scanners and some
+    publishers slice large pictures into bands) into one placed image. Two images are joined when they touch
+    (within `tolerance` points), span the same columns (or rows), and one is a strip (3 times longer than wide
+    across the seam); two panels set flush against each other are not strips and stay apart."""
+    images = list(images)
+    merged = True
+    while merged:
+        merged = False
+        for i, a in enumerate(images):
+            for j in range(i + 1, len(images)):
+                joined = _join_tiles(a, images[j], tolerance)
+                if joined is not None:
+                    images[i] = joined
+                    del images[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return images
+
+
+def _join_tiles(a: PlacedImage, b: PlacedImage, tol: float) -> PlacedImage | None:
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.bbox, b.bbox
+    stacked = abs(ax0 - bx0) <= tol and abs(ax1 - bx1) <= tol and (abs(ay1 - by0) <= tol or abs(by1 - ay0) <= tol)
+    beside = abs(ay0 - by0) <= tol and abs(ay1 - by1) <= tol and (abs(ax1 - bx0) <= tol or abs(bx1 - ax0) <= tol)
+    if not (stacked or beside):
+        return None
+
+    def strip(r: Rect) -> bool:
+        along, across = (r[2] - r[0], r[3] - r[1]) if stacked else (r[3] - r[1], r[2] - r[0])
+        return along >= 3 * across
+
+    if not (strip(a.bbox) or strip(b.bbox)):
+        return None
+    box = _union([a.bbox, b.bbox])
+    dpi = max(a.dpi, b.dpi)
+    return PlacedImage(
+        page=a.page, index=min(a.index, b.index), xref=0, bbox=box,
+        width=round((box[2] - box[0]) * dpi / 72), height=round((box[3] - box[1]) * dpi / 72), dpi=dpi,
+        digest=hashlib.md5((a.digest + b.digest).encode()).hexdigest(),
+    )
 
 
 def _frames(page: Any, images: Sequence[PlacedImage]) -> list[Rect]:
@@ -394,11 +439,15 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
     pattern = re.compile(settings.caption_pattern, re.IGNORECASE)
     continued = re.compile(r"^\s*[.:]?\s*" + settings.continued_pattern, re.IGNORECASE)
     captions = []
-    for block in sorted(layout.blocks, key=lambda b: (round(b.bbox[1]), b.bbox[0])):
+    blocks = sorted(layout.blocks, key=lambda b: (round(b.bbox[1]), b.bbox[0]))
+    starts = [bool(pattern.match(clean_caption(b.text, headers))) for b in blocks]
+    used: set[int] = set()
+    for i, block in enumerate(blocks):
+        if not starts[i] or i in used:
+            continue
+        block = _caption_paragraph(blocks, starts, i, used)
         text = clean_caption(block.text, headers)
         match = pattern.match(text)
-        if not match:
-            continue
         figure = re.sub(r"\s+", "", match.group("figure")).replace("\u2013", "-")
         rest = text[match.end() :]
         more = continued.match(rest)
@@ -416,6 +465,34 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
             )
         )
     return captions
+
+
+def _caption_paragraph(blocks: Sequence[TextBlock], starts: Sequence[bool], first: int, used: set[int]) -> TextBlock:
+    """A caption block joined with the blocks that continue it: a block on the same line right after it (a label
+    set in another font, "Figure 3." | "Oval mass ..."), or blocks right under it (less than half a line apart,
+    overlapping horizontally) that do not start a caption themselves."""
+    block = blocks[first]
+    used.add(first)
+    grown = True
+    while grown:
+        grown = False
+        x0, y0, x1, y1 = block.bbox
+        line = (y1 - y0) / max(block.text.count("\n") + 1, 1)
+        for j, other in enumerate(blocks):
+            if j in used or starts[j]:
+                continue
+            ox0, oy0, ox1, oy1 = other.bbox
+            same_line = min(y1, oy1) - max(y0, oy0) > 0.5 * min(y1 - y0, oy1 - oy0) and 0 <= ox0 - x1 < 2 * line
+            under = 0 <= oy0 - y1 < 0.5 * line and min(x1, ox1) - max(x0, ox0) > 0.5 * min(x1 - x0, ox1 - ox0)
+            if not (same_line or under):
+                continue
+            joiner = " " if same_line else "\n"
+            confidence = block.confidence if other.confidence is None else other.confidence
+            block = TextBlock(block.page, _union([block.bbox, other.bbox]), block.text + joiner + other.text, confidence)
+            used.add(j)
+            grown = True
+            break
+    return block
 
 
 def split_panels(caption: str, panels: int, pattern: str = PANEL_PATTERN) -> list[tuple[str | None, str]] | None:
@@ -533,20 +610,42 @@ def _candidate_edges(
             if frame is not None and _contains(frame, cb, 2):
                 edges.append(_Edge(f, c, "frame", 0.0))
                 continue
-            if _overlap(box, cb) < settings.min_overlap * min(box[2] - box[0], cb[2] - cb[0]):
-                continue
-            if cb[1] >= box[3] - 4:
-                side, gap, top, bottom = "below", cb[1] - box[3], box[3], cb[1]
-            elif cb[3] <= box[1] + 4:
-                side, gap, top, bottom = "above", box[1] - cb[3], cb[3], box[1]
-            else:
-                continue
-            left, right = max(box[0], cb[0]), min(box[2], cb[2])
             blockers = others + [o.bbox for o in captions if o is not caption]
-            if gap > settings.max_caption_gap or _between(top, bottom, left, right, blockers):
-                continue
-            edges.append(_Edge(f, c, side, max(gap, 0.0)))
+            edge = _vertical_edge(box, cb, settings, blockers) or _side_edge(box, cb, settings, blockers)
+            if edge is not None:
+                edges.append(_Edge(f, c, *edge))
     return edges
+
+
+def _vertical_edge(box: Rect, cb: Rect, settings: AtlasSettings, blockers: Sequence[Rect]) -> tuple[str, float] | None:
+    """A caption under or above a figure, overlapping it horizontally, nothing in between: (side, gap)."""
+    if _overlap(box, cb) < settings.min_overlap * min(box[2] - box[0], cb[2] - cb[0]):
+        return None
+    if cb[1] >= box[3] - 4:
+        side, gap, top, bottom = "below", cb[1] - box[3], box[3], cb[1]
+    elif cb[3] <= box[1] + 4:
+        side, gap, top, bottom = "above", box[1] - cb[3], cb[3], box[1]
+    else:
+        return None
+    left, right = max(box[0], cb[0]), min(box[2], cb[2])
+    if gap > settings.max_caption_gap or _between(top, bottom, left, right, blockers):
+        return None
+    return side, max(gap, 0.0)
+
+
+def _side_edge(box: Rect, cb: Rect, settings: AtlasSettings, blockers: Sequence[Rect]) -> tuple[str, float] | None:
+    """A caption set beside a figure (in the margin), its lines level with the figure: ("beside", gap)."""
+    level = min(box[3], cb[3]) - max(box[1], cb[1])
+    if level < 0.8 * (cb[3] - cb[1]):
+        return None
+    gap = cb[0] - box[2] if cb[0] >= box[2] - 4 else box[0] - cb[2] if cb[2] <= box[0] + 4 else None
+    if gap is None or gap > settings.max_caption_gap / 2:
+        return None
+    left, right = (box[2], cb[0]) if cb[0] >= box[2] - 4 else (cb[2], box[0])
+    for r in blockers:
+        if r[0] < right and r[2] > left and min(r[3], cb[3]) - max(r[1], cb[1]) > 0:
+            return None
+    return "beside", max(gap, 0.0)
 
 
 def pair_layout(layouts: Sequence[PageLayout], settings: AtlasSettings | None = None) -> tuple[list[AtlasPair], list[Caption], list[PlacedImage]]:
@@ -602,7 +701,7 @@ def _preferred_side(page_edges: Iterable[list[_Edge]]) -> str:
     sides: Counter[str] = Counter()
     for edges in page_edges:
         per_figure = Counter(e.figure for e in edges)
-        sides.update(e.side for e in edges if per_figure[e.figure] == 1 and e.side != "frame")
+        sides.update(e.side for e in edges if per_figure[e.figure] == 1 and e.side in ("above", "below"))
     return "above" if sides["above"] > sides["below"] else "below"
 
 
@@ -610,7 +709,7 @@ def _assign(edges: Sequence[_Edge], preferred: str) -> dict[int, int]:
     """Figure -> caption: cheapest edges first (gap, plus a penalty off the preferred side); a caption takes
     several figures only on one side; then a caption left with nothing takes the nearest figure of a caption that
     has several."""
-    penalty = {"frame": -1000.0, preferred: 0.0}
+    penalty = {"frame": -1000.0, preferred: 0.0, "beside": 36.0}
     ordered = sorted(edges, key=lambda e: e.gap + penalty.get(e.side, 18.0))
     owner: dict[int, int] = {}
     side_of: dict[int, str] = {}

@@ -266,3 +266,39 @@ def test_low_confidence_ocr_pairs_are_listed_not_kept(tmp_path):
     assert pair.crop is not None and abs(pair.crop[1] - 200) <= 4
     strict = extract_atlas(path, AtlasSettings(ocr="auto", min_ocr_confidence=99.9), workers=1)
     assert not strict.pairs and [p.caption for p in strict.low_confidence] == ["Spiculated mass, BI-RADS 5."]
+
+
+def test_side_caption_and_a_picture_stored_as_strips(tmp_path):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 420, 252, 660), pixmap=pixmap(picture(40)))
+    text(page, (262, 420, 520, 470), "Figure 7. Side caption: spiculated mass.")
+    sliced = picture(41, 200, 160)
+    for k in range(4):  # one picture stored as four abutting strips
+        page.insert_image(pymupdf.Rect(300, 80 + 50 * k, 460, 130 + 50 * k), pixmap=pixmap(sliced[50 * k : 50 * (k + 1)]))
+    text(page, (300, 286, 520, 330), "Figure 8. Sliced picture.")
+    path = tmp_path / "side.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    by_figure = {p.figure: p for p in result.pairs}
+    assert set(by_figure) == {"7", "8"} and not result.images_without_captions
+    assert by_figure["7"].caption == "Side caption: spiculated mass."
+    strips = by_figure["8"].image
+    assert strips.bbox == pytest.approx((300, 80, 460, 280)) and (strips.width, strips.height) == (160, 200)
+    with open_atlas(path) as reopened:
+        assert np.array_equal(image_pixels(reopened, strips), sliced)
+
+
+def test_caption_split_over_blocks_is_joined():
+    from keras_medimg.io.pdf_atlas import PageLayout, TextBlock
+
+    layout = PageLayout(1, 595, 842, blocks=[
+        TextBlock(1, (72, 300, 120, 311), "Figure 6."),
+        TextBlock(1, (126, 300, 400, 311), "Oval mass with"),
+        TextBlock(1, (72, 313, 400, 324), "circumscribed margins."),
+        TextBlock(1, (72, 360, 400, 371), "Body text further down."),
+        TextBlock(1, (72, 400, 400, 411), "Fig. 7 Next caption."),
+    ])
+    captions = find_captions(layout, AtlasSettings())
+    assert [(c.figure, c.text) for c in captions] == [("6", "Oval mass with circumscribed margins."), ("7", "Next caption.")]
+    assert captions[0].bbox == (72, 300, 400, 324)
