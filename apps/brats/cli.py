@@ -120,12 +120,13 @@ def evaluate(weights: str, data: str | None, strict: bool | None, config_file: s
              overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Detector precision/recall/F1/accuracy/mAP50 and classifier accuracy, macro P/R/F1, confusion matrix."""
     from keras_medimg.apps.brats import pipeline
+    from keras_medimg.metrics.detection import format_detection_line
 
     cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "strict": strict})
     result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
     detect = result.metrics.get("detect")
     if detect:
-        click.echo("Detector: " + pipeline._detector_line(detect))
+        click.echo("Detector: " + format_detection_line(detect))
     report = result.metrics["classify"]["test"]
     click.echo(f"Classifier: accuracy {report['accuracy']:.4f}, macro precision {report['macro']['precision']:.4f}, "
                f"recall {report['macro']['recall']:.4f}, F1 {report['macro']['f1']:.4f}")

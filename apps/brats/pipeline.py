@@ -21,10 +21,9 @@ is how `notumor` images are usually seen) is classified whole.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,10 @@ import numpy as np
 
 from keras_medimg.apps.brats.config import BratsConfig
 from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.detection.lesions import LesionChain, mask_index, write_crops
 from keras_medimg.errors import ConfigError, InvalidInputError
-from keras_medimg.io.annotations import Box
-from keras_medimg.runs import Run, RunPlace, RunResult, TrainedRun, atomic_path, finish_run, open_trained, start_run, write_json
+from keras_medimg.metrics.detection import format_detection_line
+from keras_medimg.runs import Run, RunPlace, RunResult, TrainedRun, finish_run, open_trained, start_run, write_json
 
 log = logging.getLogger("keras_medimg.brats")
 
@@ -48,52 +48,31 @@ DECODER_FILE = "sam_decoder.pth"
 
 
 def demo_data(out_dir: str | Path | None, cfg: BratsConfig) -> Path:
-    """Make (or reuse) the synthetic brain set: Kaggle layout + YOLO box set + ground-truth masks.
+    """Make (or reuse, when `out_dir` is None) the synthetic brain set: Kaggle layout + YOLO box set + masks.
 
-    Args:
-        out_dir: where to write it; None uses the shared demo-data cache.
-        cfg: sizes come from `cfg.data.demo_*` and the seed from `cfg.seed`.
-
-    Returns:
-        The dataset root (holds Training/, Testing/, detection/data.yaml, masks/).
+    Sizes come from `cfg.data.demo_*` and the seed from `cfg.seed`; returns the dataset root (holds Training/,
+    Testing/, detection/data.yaml, masks/).
     """
+    from keras_medimg.datasets.synthetic import demo_data as make_demo
     from keras_medimg.datasets.synthetic.brain import generate_brain
 
-    params = {"n_per_class": cfg.data.demo_n_per_class, "size": cfg.data.demo_size, "seed": cfg.seed,
-              "test_fraction": cfg.data.demo_test_fraction}
-    if out_dir is None:
-        from keras_medimg.datasets.synthetic import ensure_demo_data
-
-        return Path(ensure_demo_data("brain", generate_brain, **params))
-    generate_brain(Path(out_dir), **params)
-    return Path(out_dir)
+    return make_demo("brain", generate_brain, out_dir, n_per_class=cfg.data.demo_n_per_class, size=cfg.data.demo_size,
+                     seed=cfg.seed, test_fraction=cfg.data.demo_test_fraction)
 
 
 def data_root(cfg: BratsConfig) -> Path:
     """The dataset root: `data.root`, or the demo set (made on first use)."""
-    if cfg.data.root:
-        root = Path(cfg.data.root)
-        if not root.is_dir():
-            raise InvalidInputError(root, "the dataset folder does not exist; pass the folder that holds Training/ "
-                                    "and Testing/ with --data, or leave --data out to use the demo data.")
-        return root
-    log.info("No --data given: using the built-in synthetic brain-MRI demo set.")
-    return demo_data(None, cfg)
+    from keras_medimg.datasets.synthetic import dataset_root
+
+    return dataset_root(cfg.data.root, lambda: demo_data(None, cfg), holds="Training/ and Testing/",
+                        what="synthetic brain-MRI")
 
 
 def classification_samples(root: Path, split: str, classes: Sequence[str]) -> list[Sample]:
-    """The Kaggle-layout images of `split`, after checking that every class has its folder."""
+    """The Kaggle-layout images of `split`; in Training every class of data.classes needs its folder."""
     from keras_medimg.datasets.kaggle_brain import read_kaggle_brain
 
-    samples = read_kaggle_brain(root, split, classes)
-    missing = [name for name in classes if not (root / split / name).is_dir()]
-    if missing and split == "Training":
-        raise InvalidInputError(
-            root / split / missing[0],
-            f"the class folder is missing (missing: {', '.join(missing)}). Every class in data.classes needs a "
-            f"{split}/<class>/ folder; add it or remove the class with --set data.classes=[...].",
-        )
-    return samples
+    return read_kaggle_brain(root, split, classes, require_all=split == "Training")
 
 
 def detection_yaml(cfg: BratsConfig, root: Path) -> Path:
@@ -105,258 +84,52 @@ def detection_yaml(cfg: BratsConfig, root: Path) -> Path:
     return path
 
 
-def mask_index(cfg: BratsConfig, root: Path) -> dict[str, Path]:
-    """Ground-truth masks by image id (file stem); empty when the dataset has none."""
-    from keras_medimg.io.images import RASTER_SUFFIXES
-
-    folder = Path(cfg.data.masks) if cfg.data.masks else root / "masks"
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in RASTER_SUFFIXES}
-
-
-def _read_grey(path: Path) -> np.ndarray:
-    """A grey image at its own bit depth (DICOM through the DICOM reader, windowed, as 16-bit)."""
-    from keras_medimg.io.dicom import is_dicom
-    from keras_medimg.io.images import read_image, read_pixels
-
-    if is_dicom(path):
-        return np.round(read_pixels(path) * 65535).astype(np.uint16)
-    image = read_image(path)
-    if image.ndim == 3:
-        import cv2
-
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return image
-
-
-def _mask_box(mask: np.ndarray) -> Box | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1), "tumor", 1.0)
-
-
-# === The chain: detect -> segment -> crop ===
-
-
-@dataclass
-class Lesion:
-    """What the chain found in one image.
-
-    Args:
-        box: the kept detector box (highest score), None when nothing was found.
-        mask: SAM's boolean mask of that box, None without SAM or without a box.
-        crop: the image the classifier sees (lesion crop, or the whole image).
-    """
-
-    box: Box | None
-    mask: np.ndarray | None
-    crop: np.ndarray
-
-
-class LesionChain:
-    """Detector + (SAM or box fallback) + square crop, applied the same way in train, evaluate and predict.
-
-    Args:
-        detector: a model from `detection.yolo.load_detector`, or None to classify whole images.
-        sam_predictor: a `SamPredictor`, or None for the box fallback.
-        cfg: the brats config (detect.conf/iou/imgsz, classify.margin/mask_background).
-    """
-
-    def __init__(self, detector: Any, sam_predictor: Any, cfg: BratsConfig):
-        self.detector = detector
-        self.sam_predictor = sam_predictor
-        self.cfg = cfg
-        self.seconds = {"detect": 0.0, "segment": 0.0, "crop": 0.0}
-
-    def find(self, image: np.ndarray) -> Box | None:
-        if self.detector is None:
-            return None
-        from keras_medimg.detection.yolo import detect
-
-        started = time.perf_counter()
-        boxes = detect(self.detector, [image], conf=self.cfg.detect.conf, iou=self.cfg.detect.iou,
-                       imgsz=self.cfg.detect.imgsz, device=self.cfg.detect.device)[0]
-        self.seconds["detect"] += time.perf_counter() - started
-        return boxes[0] if boxes else None
-
-    def outline(self, image: np.ndarray, box: Box) -> np.ndarray | None:
-        if self.sam_predictor is None:
-            return None
-        from keras_medimg.detection.sam import segment_boxes
-
-        started = time.perf_counter()
-        mask = segment_boxes(self.sam_predictor, image, [box])[0]
-        self.seconds["segment"] += time.perf_counter() - started
-        return mask
-
-    def crop(self, image: np.ndarray, box: Box | None, mask: np.ndarray | None) -> np.ndarray:
-        from keras_medimg.preprocessing.geometry import crop_to_square
-
-        if box is None:
-            return image
-        started = time.perf_counter()
-        grow = self.cfg.classify.margin
-        dx, dy = box.width * grow / 2, box.height * grow / 2
-        grown = box._replace(x1=box.x1 - dx, y1=box.y1 - dy, x2=box.x2 + dx, y2=box.y2 + dy)
-        use_mask = mask if (mask is not None and self.cfg.classify.mask_background and mask.any()) else None
-        crop = crop_to_square(image, grown, mask=use_mask)
-        self.seconds["crop"] += time.perf_counter() - started
-        return crop
-
-    def __call__(self, image: np.ndarray) -> Lesion:
-        box = self.find(image)
-        mask = self.outline(image, box) if box is not None else None
-        return Lesion(box, mask, self.crop(image, box, mask))
-
-
-def load_sam_predictor(cfg: BratsConfig, decoder: Path | None = None, *,
-                       announce: bool = True) -> tuple[Any, dict[str, Any]]:
-    """SAM's predictor from `segment.checkpoint`, or None with the fallback stated in the returned record.
-
-    Args:
-        cfg: the config (segment section).
-        decoder: a fine-tuned mask decoder to load over the checkpoint's.
-        announce: print the fallback warning (once per command is enough).
-
-    Returns:
-        (predictor or None, record for metrics.json: {"mode": "sam" | "box_fallback", ...}).
-    """
-    seg = cfg.segment
-    if seg.checkpoint is None:
-        if seg.fallback == "error":
-            raise ConfigError("segment.checkpoint is not set and segment.fallback is 'error'. Pass a SAM checkpoint "
-                              "with --set segment.checkpoint=PATH (e.g. sam_vit_b_01ec64.pth) or set "
-                              "segment.fallback=box.")
-        message = ("SAM is not used: segment.checkpoint is not set, so the segment stage falls back to "
-                   "segment.fallback=box (the detector's box is cropped without masking the background). Pass "
-                   "--set segment.checkpoint=PATH to a local sam_vit_b_01ec64.pth to segment with SAM.")
-        if announce:
-            log.info(f"WARNING: {message}")
-        return None, {"mode": "box_fallback", "reason": message}
-    from keras_medimg.detection.sam import load_sam, make_predictor
-
-    decoder = decoder or (Path(seg.decoder) if seg.decoder else None)
-    sam = load_sam(seg.model_type, seg.checkpoint, decoder=decoder)
-    record = {"mode": "sam", "model_type": seg.model_type, "checkpoint": str(seg.checkpoint),
-              "decoder": str(decoder) if decoder else None}
-    return make_predictor(sam), record
-
-
-def write_crops(
-    samples: Sequence[Sample],
-    chain: LesionChain,
-    out_dir: Path,
-    *,
-    skipped: Skipped,
-    strict: bool,
-    truth_masks: dict[str, Path] | None = None,
-) -> tuple[list[Sample], list[Lesion | None]]:
-    """Run the chain (or crop with ground-truth masks) over `samples`, writing one PNG crop each.
-
-    Returns:
-        The crop samples (same id and label, path = the crop) and the lesions found, for the readable images.
-    """
-    from keras_medimg.io.images import write_image
-
-    crops, lesions = [], []
-    for sample in samples:
-        try:
-            image = _read_grey(sample.path)
-        except InvalidInputError as exc:
-            if strict:
-                raise
-            skipped.add_error(exc)
-            continue
-        if truth_masks is not None:
-            mask = _read_grey(truth_masks[sample.path.stem]) > 0 if sample.path.stem in truth_masks else None
-            box = _mask_box(mask) if mask is not None else None
-            lesion = Lesion(box, mask, chain.crop(image, box, mask))
-        else:
-            lesion = chain(image)
-        target = out_dir / (sample.label or "unlabelled") / f"{sample.id}.png"
-        write_image(target, lesion.crop, bits=16 if lesion.crop.dtype == np.uint16 else 8)
-        crops.append(replace(sample, path=target))
-        lesions.append(lesion)
-    return crops, lesions
-
-
 # === Stages ===
 
 
 def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]:
     """Train YOLO on the box set; copy its best checkpoint to weights/detector.pt."""
-    from keras_medimg.detection.yolo import train_detector
+    from keras_medimg.detection.lesions import train_lesion_detector
 
-    data_yaml = detection_yaml(cfg, root)
-    _check_box_set(data_yaml)
     d = cfg.detect
-    log.info(f"[detect] training {d.model} ({'from scratch' if not d.weights else d.weights}) for {d.epochs} epochs "
-         f"at {d.imgsz} px on {data_yaml}")
-    result = train_detector(data_yaml, run.subdir("detect"), model=d.model, weights=d.weights, epochs=d.epochs,
-                            imgsz=d.imgsz, batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers,
-                            patience=d.patience)
-    with atomic_path(run.path("weights", DETECTOR_FILE)) as target:  # present only once the stage has finished
-        shutil.copyfile(result.best, target)
-    log.info(f"[detect] done in {result.seconds:.0f} s; validation " +
-         ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
-    return {"model": d.model, "weights": d.weights, "epochs": d.epochs, "imgsz": d.imgsz, "seconds": result.seconds,
-            "ultralytics_dir": str(result.save_dir), "validation": result.metrics}
-
-
-def _check_box_set(data_yaml: Path) -> None:
-    """Read every split with our reader first: a box outside its image or a label without an image is an error."""
-    from keras_medimg.datasets.yolo import read_yolo_folder
-    from keras_medimg.io.annotations import read_yolo_data_yaml
-
-    data = read_yolo_data_yaml(data_yaml)
-    for split in ("train", "val", "test"):
-        if getattr(data, split):
-            read_yolo_folder(data_yaml, split)
+    return train_lesion_detector(detection_yaml(cfg, root), run.subdir("detect"), run.path("weights", DETECTOR_FILE),
+                                 model=d.model, weights=d.weights, epochs=d.epochs, imgsz=d.imgsz, batch=d.batch,
+                                 seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience)
 
 
 def train_segment_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]:
     """SAM: fine-tune the mask decoder on ground-truth masks (segment.finetune) or state the fallback."""
-    predictor, record = load_sam_predictor(cfg)
+    chain, record = _chain_for(cfg, None)
+    predictor = chain.sam_predictor
     if predictor is None or not cfg.segment.finetune:
         if cfg.segment.finetune:
             record["finetune"] = "skipped: fine-tuning needs segment.checkpoint"
             log.info("[segment] segment.finetune is set but there is no SAM checkpoint, so nothing is fine-tuned.")
         return record
-    from keras_medimg.detection.sam import finetune_decoder
+    from keras_medimg.detection.sam import finetune_on_masks
 
-    masks = mask_index(cfg, root)
+    masks = mask_index(cfg.data.masks or root / "masks")
     samples = [s for s in classification_samples(root, "Training", cfg.data.classes) if s.path.stem in masks]
     if not samples:
         raise InvalidInputError(root / "masks", "no ground-truth masks match the Training images (masks/<id>.png); "
                                 "SAM fine-tuning needs them.")
-    samples = samples[: cfg.segment.max_images]
-    triples = []
-    for sample in samples:
-        mask = _read_grey(masks[sample.path.stem]) > 0
-        box = _mask_box(mask)
-        if box is not None:
-            triples.append((_read_grey(sample.path), [box], mask))
-    split = max(1, len(triples) // 5)
-    log.info(f"[segment] fine-tuning SAM {cfg.segment.model_type} mask decoder on {len(triples) - split} images "
-         f"(Dice measured on {split} held-out images)")
-    result = finetune_decoder(predictor.model, triples[split:], run.path("weights", DECODER_FILE),
-                              epochs=cfg.segment.finetune_epochs, learning_rate=cfg.segment.finetune_learning_rate,
-                              seed=cfg.seed, eval_samples=triples[:split], log=_say)
-    log.info(f"[segment] Dice before {result.dice_before:.4f} -> after {result.dice_after:.4f}")
-    record.update({"finetune": True, "dice_before": result.dice_before, "dice_after": result.dice_after,
-                   "decoder": str(result.decoder_path), "losses": result.losses, "seconds": result.seconds})
+    pairs = [(s.path, masks[s.path.stem]) for s in samples[: cfg.segment.max_images]]
+    seg = cfg.segment
+    record.update(finetune_on_masks(predictor, pairs, run.path("weights", DECODER_FILE), epochs=seg.finetune_epochs,
+                                    learning_rate=seg.finetune_learning_rate, seed=cfg.seed, log=log.info))
     return record
 
 
 def _chain_for(cfg: BratsConfig, detector_path: Path | None, decoder: Path | None = None, *,
                announce: bool = True) -> tuple[LesionChain, dict]:
-    from keras_medimg.detection.yolo import load_detector
+    """The lesion chain of `cfg`: its detector (if any), SAM (+ a fine-tuned decoder) or the box fallback stated in
+    the returned segment record, and its crop settings."""
+    from keras_medimg.detection.lesions import build_chain
 
-    detector = load_detector(detector_path) if detector_path is not None else None
-    predictor, record = load_sam_predictor(cfg, decoder, announce=announce)
-    return LesionChain(detector, predictor, cfg), record
+    d, seg, c = cfg.detect, cfg.segment, cfg.classify
+    return build_chain(detector_path, sam_model_type=seg.model_type, sam_checkpoint=seg.checkpoint,
+                       sam_decoder=decoder or seg.decoder, sam_fallback=seg.fallback, announce=announce, conf=d.conf,
+                       iou=d.iou, imgsz=d.imgsz, device=d.device, margin=c.margin, mask_background=c.mask_background)
 
 
 def _detector_path(cfg: BratsConfig, run: Run) -> Path | None:
@@ -389,7 +162,7 @@ def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: Skipped, *,
     decoder = run.dir / "weights" / DECODER_FILE
     chain, sam_record = _chain_for(cfg, _detector_path(cfg, run), decoder if decoder.is_file() else None,
                                    announce=announce)
-    truth = mask_index(cfg, root) if cfg.classify.crop_source == "truth" else None
+    truth = mask_index(cfg.data.masks or root / "masks") if cfg.classify.crop_source == "truth" else None
     source = "ground-truth masks" if truth is not None else "detector" + (" + SAM" if chain.sam_predictor else " boxes")
     log.info(f"[classify] cropping {len(train)} train, {len(val)} val, {len(testing)} test images with the {source}")
     crops = {}
@@ -402,42 +175,30 @@ def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: Skipped, *,
 
 
 def _normalization(cfg: BratsConfig):
-    from keras_medimg.models.backbones import get_spec
+    from keras_medimg.training.image_classifier import backbone_normalization
 
-    return get_spec(cfg.model.backbone).input_normalization(3)
-
-
-def _datasets(cfg: BratsConfig, crops: dict[str, list[Sample]], skipped: Skipped):
-    from keras_medimg.datasets.pipeline import make_dataset
-
-    common = {"image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size, "channels": 3,
-              "normalization": _normalization(cfg), "class_names": cfg.data.classes, "seed": cfg.seed,
-              "denoise_median": cfg.classify.denoise_median, "skipped": skipped, "strict": cfg.strict}
-    train_ds = make_dataset(crops["train"], training=True, augment=cfg.classify.augment, **common)
-    val_ds = make_dataset(crops["val"], training=False, **common) if crops["val"] else None
-    return train_ds, val_ds
+    return backbone_normalization(cfg.model.backbone)
 
 
 def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]], skipped: Skipped, *,
                      resume: bool = False) -> Any:
     """Fit the registry backbone + head on the crops (head phase, then fine-tuning, as `train` says); returns the
     best model."""
-    from keras_medimg.models.classifier import build_classifier, load_model
-    from keras_medimg.training.trainer import fit_plan, set_seed
+    from keras_medimg.datasets.pipeline import make_dataset
+    from keras_medimg.training.image_classifier import fit_image_classifier
+    from keras_medimg.training.trainer import set_seed
 
     set_seed(cfg.seed)
-    m = cfg.model
-    train_ds, val_ds = _datasets(cfg, crops, skipped)
+    common = {"image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size, "channels": 3,
+              "normalization": _normalization(cfg), "class_names": cfg.data.classes, "seed": cfg.seed,
+              "denoise_median": cfg.classify.denoise_median, "skipped": skipped, "strict": cfg.strict}
+    train_ds = make_dataset(crops["train"], training=True, augment=cfg.classify.augment, **common)
+    val_ds = make_dataset(crops["val"], training=False, **common) if crops["val"] else None
     kept = [s for s in crops["train"] if str(s.path) not in skipped.paths()]
-    train_cfg = cfg.train if val_ds is not None else replace(cfg.train, monitor="loss")
-    log.info(f"[classify] training {m.backbone} ({m.image_size}x{m.image_size}, weights={m.weights}) for "
-             f"{train_cfg.epochs} epochs on {len(crops['train'])} crops")
-    result = fit_plan(lambda: build_classifier(m.backbone, len(cfg.data.classes), input_shape=(m.image_size, m.image_size, 3),
-                                               weights=m.weights, pooling=m.pooling, hidden_units=m.hidden_units,
-                                               dropout=m.dropout),
-                      train_ds, val_ds, config=train_cfg, run=run, weights=m.weights, freeze=m.freeze,
-                      labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume)
-    return load_model(result.best_path or result.last_path)
+    log.info(f"[classify] {len(crops['train'])} training crops")
+    model, _ = fit_image_classifier(cfg.model, cfg.train, train_ds, val_ds, num_classes=len(cfg.data.classes),
+                                    run=run, labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume)
+    return model
 
 
 def classify_crops(model: Any, cfg: BratsConfig, crops: Sequence[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
@@ -465,12 +226,11 @@ def evaluate_detector(cfg: BratsConfig, detector_path: Path, root: Path) -> dict
 
     The study's detector finds "tumour"; the box set may name its class(es) differently, so all classes count as one.
     """
+    from keras_medimg.detection.lesions import evaluation_split
     from keras_medimg.detection.yolo import evaluate_detector as evaluate_yolo
-    from keras_medimg.io.annotations import read_yolo_data_yaml
 
     data_yaml = detection_yaml(cfg, root)
-    split = "test" if read_yolo_data_yaml(data_yaml).test else "val"
-    return evaluate_yolo(detector_path, data_yaml, split=split, conf=cfg.detect.conf, iou=0.5, nms_iou=cfg.detect.iou,
+    return evaluate_yolo(detector_path, data_yaml, split=evaluation_split(data_yaml), conf=cfg.detect.conf, iou=0.5, nms_iou=cfg.detect.iou,
                          imgsz=cfg.detect.imgsz, device=cfg.detect.device, class_remap="agnostic")
 
 
@@ -490,13 +250,14 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = 
     if stage not in STAGES:
         raise ConfigError(f"Unknown stage '{stage}'. Choose one of {', '.join(STAGES)}.")
     from keras_medimg.backend import current_backend
+    from keras_medimg.datasets.yolo import check_yolo_dataset
     from keras_medimg.reporting import plot_training_curves
 
     root = data_root(cfg)
     if stage in ("classify", "all"):  # the class folders are checked before hours of detector training
         classification_samples(root, "Training", cfg.data.classes)
     if stage in ("detect", "all"):
-        _check_box_set(detection_yaml(cfg, root))
+        check_yolo_dataset(detection_yaml(cfg, root))
     run = start_run(APP, "train", cfg, run)
     skipped = Skipped()
     metrics: dict[str, Any] = {"stage": stage, "data": str(root), "backend": current_backend()}
@@ -509,7 +270,7 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = 
         else:
             metrics["detect"] = train_detect_stage(cfg, run, root)
         metrics["detect"]["test"] = evaluate_detector(cfg, run.dir / "weights" / DETECTOR_FILE, root)
-        log.info("[detect] test: " + _detector_line(metrics["detect"]["test"]))
+        log.info("[detect] test: " + format_detection_line(metrics["detect"]["test"]))
     if stage in ("segment", "all"):
         metrics["segment"] = train_segment_stage(cfg, run, root)
     if stage in ("classify", "all"):
@@ -522,11 +283,6 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = 
         plot_training_curves(run)
     metrics["seconds"] = time.perf_counter() - started
     return finish_run(run, metrics, skipped, table)
-
-
-def _detector_line(report: dict[str, Any]) -> str:
-    return (f"precision {report['precision']:.3f}, recall {report['recall']:.3f}, F1 {report['f1']:.3f}, "
-            f"accuracy {report['accuracy']:.3f}, mAP50 {report['map50']:.3f} ({report['images']} images)")
 
 
 # === Using a trained run ===
@@ -554,7 +310,8 @@ def predict(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
     are named by the image's path relative to the source, so `a.png` and `sub/a.png` never share one.
     """
     from keras_medimg.datasets.sources import list_images
-    from keras_medimg.io.images import write_image
+    from keras_medimg.detection.lesions import iter_crops, write_lesion_files
+    from keras_medimg.models.saliency import grad_cam_file
 
     trained = open_trained(cfg.predict.weights, APP, BratsConfig)
     if cfg.predict.source is None:
@@ -563,78 +320,33 @@ def predict(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
     samples = list_images(Path(cfg.predict.source), exclude=[_output_root(run)], skipped=skipped)
     chain, model, sam_record = _load_trained(trained)
     run = start_run(APP, "predict", cfg, run)
-    rows, started = [], time.perf_counter()
-    classes = trained.config.data.classes
-    seconds_classify = 0.0
+    rows, started, seconds_classify = [], time.perf_counter(), 0.0
+    config, classes = trained.config, trained.config.data.classes
     # Chunks keep memory flat on big folders while the classifier still sees whole batches.
-    chunk = max(1, trained.config.train.batch_size)
-    for first in range(0, len(samples), chunk):
-        found = []
-        for sample in samples[first:first + chunk]:
-            try:
-                image = _read_grey(sample.path)
-            except InvalidInputError as exc:
-                if cfg.strict:
-                    raise
-                skipped.add_error(exc)
-                continue
-            lesion = chain(image)
-            crop_path = write_image(run.path("crops", f"{sample.id}.png"), lesion.crop,
-                                    bits=16 if lesion.crop.dtype == np.uint16 else 8)
-            found.append((sample, image, lesion, Sample(id=sample.id, path=crop_path)))
+    for found in iter_crops(samples, chain, run.dir / "crops", skipped=skipped, strict=cfg.strict,
+                            chunk=max(1, config.train.batch_size), by_label=False):
         tick = time.perf_counter()
-        probs, kept = classify_crops(model, trained.config, [item[3] for item in found], skipped)
+        probs, kept = classify_crops(model, config, [item.crop for item in found], skipped)
         seconds_classify += time.perf_counter() - tick
         by_id = {crop.id: p for crop, p in zip(kept, probs)}
-        for sample, image, lesion, crop in found:
-            if crop.id in by_id:
-                gradcam = _gradcam(model, trained.config, crop.path, run, crop.id) if cfg.predict.gradcam else ""
-                rows.append(_prediction_row(run, sample, image, lesion, by_id[crop.id], classes, gradcam))
+        for item in (item for item in found if item.crop.id in by_id):
+            p, best = by_id[item.crop.id], int(by_id[item.crop.id].argmax())
+            gradcam = str(grad_cam_file(model, item.crop.path, run.path("gradcam", f"{item.crop.id}.png"),
+                                        image_size=config.model.image_size, normalization=_normalization(config),
+                                        denoise_median=config.classify.denoise_median)) if cfg.predict.gradcam else ""
+            files = write_lesion_files(run.dir, item.sample.id, item.image, item.lesion, f"{classes[best]} {p[best]:.2f}")
+            rows.append({"id": item.sample.id, "path": str(item.sample.path), "predicted": classes[best],
+                         "probability": float(p[best]), **{f"p_{c}": float(v) for c, v in zip(classes, p)},
+                         **files, "gradcam": gradcam})
     seconds = time.perf_counter() - started
     fields = ["id", "path", "predicted", "probability", *[f"p_{c}" for c in classes], "x1", "y1", "x2", "y2",
               "box_score", "mask", "overlay", "gradcam"]
     run.write_csv("predictions.csv", rows, fields)
     images = len(rows)
-    timing = {stage: 1000 * s / max(images, 1) for stage, s in chain.seconds.items()}
-    timing["classify"] = 1000 * seconds_classify / max(images, 1)
+    timing = {**chain.ms_per_image(images), "classify": 1000 * seconds_classify / max(images, 1)}
     metrics = {"weights": str(trained.dir), "images": images, "skipped": len(skipped), "segment": sam_record,
                "ms_per_image": timing, "images_per_second": images / seconds if seconds else 0.0}
     return finish_run(run, metrics, skipped)
-
-
-def _prediction_row(run: Run, sample: Sample, image: np.ndarray, lesion: Lesion, probs: np.ndarray,
-                    classes: Sequence[str], gradcam_file: str) -> dict[str, Any]:
-    """Write the mask and overlay PNGs of one image and return its predictions.csv row."""
-    from keras_medimg.io.images import write_image
-    from keras_medimg.reporting import draw_overlay
-
-    index = int(probs.argmax())
-    mask_file = ""
-    if lesion.mask is not None:
-        mask_file = str(write_image(run.path("masks", f"{sample.id}.png"), lesion.mask.astype(np.uint8) * 255))
-    overlay_file = write_image(run.path("overlays", f"{sample.id}.png"), draw_overlay(
-        image, [lesion.box] if lesion.box else [], lesion.mask, f"{classes[index]} {probs[index]:.2f}"))
-    box = lesion.box
-    return {
-        "id": sample.id, "path": str(sample.path), "predicted": classes[index], "probability": float(probs[index]),
-        **{f"p_{name}": float(p) for name, p in zip(classes, probs)},
-        "x1": box.x1 if box else "", "y1": box.y1 if box else "", "x2": box.x2 if box else "",
-        "y2": box.y2 if box else "", "box_score": box.score if box else "",
-        "mask": mask_file, "overlay": str(overlay_file), "gradcam": gradcam_file,
-    }
-
-
-def _gradcam(model: Any, cfg: BratsConfig, crop_path: Path, run: Run, stem: str) -> str:
-    from keras_medimg.datasets.pipeline import load_images_numpy
-    from keras_medimg.io.images import to_float, write_image
-    from keras_medimg.models.saliency import grad_cam, overlay
-
-    images, _ = load_images_numpy([Sample(id=stem, path=crop_path)], image_size=cfg.model.image_size, channels=3,
-                                  normalization=_normalization(cfg), denoise_median=cfg.classify.denoise_median)
-    heatmap = grad_cam(model, images)[0]
-    crop, _ = load_images_numpy([Sample(id=stem, path=crop_path)], image_size=cfg.model.image_size, channels=3)
-    picture = overlay(to_float(crop[0]), heatmap)
-    return str(write_image(run.path("gradcam", f"{stem}.png"), picture))
 
 
 def evaluate(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
@@ -654,7 +366,7 @@ def evaluate(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResul
     metrics: dict[str, Any] = {"weights": str(trained.dir), "data": str(root)}
     if (detector := trained.file("weights", DETECTOR_FILE)) is not None:
         metrics["detect"] = evaluate_detector(config, detector, root)
-        log.info("[detect] test: " + _detector_line(metrics["detect"]))
+        log.info("[detect] test: " + format_detection_line(metrics["detect"]))
     chain, model, metrics["segment"] = _load_trained(trained)
     crops, _ = write_crops(testing, chain, run.dir / "crops" / "test", skipped=skipped, strict=cfg.strict)
     report, table = evaluate_classifier(model, config, run, crops, skipped)
@@ -700,7 +412,7 @@ def compare(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
 
 def export(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Classifier as SavedModel + ONNX, detector as ONNX, and metadata.json describing the whole pipeline."""
-    from keras_medimg.detection.yolo import export_detector_onnx
+    from keras_medimg.detection.lesions import export_lesion_stages
     from keras_medimg.export import export_model
 
     trained = open_trained(cfg.predict.weights, APP, BratsConfig)
@@ -710,41 +422,26 @@ def export(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     metadata = pipeline_metadata(trained.config, trained.dir)
     classifier = export_model(model_path, out / "classifier", formats=cfg.export.formats,
                               metadata=metadata["stages"][2], atol=cfg.export.atol)
-    files: dict[str, Any] = {"classifier": _export_files(classifier)}
-    if (detector := trained.file("weights", DETECTOR_FILE)) is not None:
-        files["detector"] = str(export_detector_onnx(detector, out / "detector.onnx", imgsz=trained.config.detect.imgsz))
-    if (decoder := trained.file("weights", DECODER_FILE)) is not None:
-        shutil.copyfile(decoder, out / DECODER_FILE)
-        files["sam_decoder"] = str(out / DECODER_FILE)
+    files: dict[str, Any] = {"classifier": {"paths": {fmt: str(path) for fmt, path in classifier.paths.items()},
+                                            "max_abs_diff": classifier.max_abs_diff}}
+    files.update(export_lesion_stages(out, detector=trained.file("weights", DETECTOR_FILE),
+                                      decoder=trained.file("weights", DECODER_FILE), imgsz=trained.config.detect.imgsz))
     metadata["files"] = files
     write_json(out / "metadata.json", metadata)
     return finish_run(run, {"weights": str(trained.dir), "files": files})
 
 
-def _export_files(result: Any) -> dict[str, Any]:
-    return {"paths": {fmt: str(path) for fmt, path in result.paths.items()}, "max_abs_diff": result.max_abs_diff}
-
-
 def pipeline_metadata(cfg: BratsConfig, folder: Path) -> dict[str, Any]:
     """How to run the exported pipeline: stage order, classes, input sizes and preprocessing."""
-    norm = _normalization(cfg)
-    return {
-        "app": APP,
-        "trained_run": str(folder),
-        "classes": cfg.data.classes,
-        "stages": [
-            {"stage": "detect", "model": cfg.detect.model, "file": "detector.onnx", "input_size": cfg.detect.imgsz,
-             "input": "RGB (grey copied to 3 channels), letterboxed to input_size, /255, NCHW",
-             "conf": cfg.detect.conf, "iou": cfg.detect.iou, "keep": "highest-scoring box"},
-            {"stage": "segment", "model": f"SAM {cfg.segment.model_type}" if cfg.segment.checkpoint else None,
-             "fallback": cfg.segment.fallback if not cfg.segment.checkpoint else None,
-             "checkpoint": cfg.segment.checkpoint, "prompt": "detector box"},
-            {"stage": "classify", "backbone": cfg.model.backbone, "input_size": cfg.model.image_size,
-             "classes": cfg.data.classes,
-             "crop": {"margin": cfg.classify.margin, "square": True, "mask_background": cfg.classify.mask_background,
-                      "no_detection": "whole image"},
-             "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain",
-                               "denoise_median": cfg.classify.denoise_median, "scale": "[0, 1]",
-                               "normalization": norm.to_dict()}},
-        ],
-    }
+    from keras_medimg.detection.lesions import chain_metadata
+
+    d, seg, c = cfg.detect, cfg.segment, cfg.classify
+    chain = chain_metadata(detector_model=d.model, imgsz=d.imgsz, conf=d.conf, iou=d.iou, sam_model_type=seg.model_type,
+                           sam_checkpoint=seg.checkpoint, fallback=seg.fallback, margin=c.margin,
+                           mask_background=c.mask_background)
+    classify = {"stage": "classify", "backbone": cfg.model.backbone, "input_size": cfg.model.image_size,
+                "classes": cfg.data.classes, "crop": chain["crop"],
+                "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain", "denoise_median": c.denoise_median,
+                                  "scale": "[0, 1]", "normalization": _normalization(cfg).to_dict()}}
+    return {"app": APP, "trained_run": str(folder), "classes": cfg.data.classes,
+            "stages": [chain["detect"], chain["segment"], classify]}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from keras_medimg.apps.concepts.config import ConceptsConfig
-from keras_medimg.datasets.imageclef import concepts_csv_text, read_cui_mapping, read_imageclef
+from keras_medimg.datasets.imageclef import concepts_csv_text, read_cui_mapping, read_imageclef, truth_by_id
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.metrics import imageclef as scoring
@@ -41,43 +41,25 @@ PREDICTION_FIELDS = ["ID", "CUI", "name", "probability"]
 
 
 def demo_data(out_dir: str | Path | None, cfg: ConceptsConfig) -> Path:
-    """Make (or reuse) the synthetic concept set in the ImageCLEF layout.
+    """Make (or reuse, when `out_dir` is None) the synthetic concept set in the ImageCLEF layout.
 
-    Args:
-        out_dir: where to write it; None uses the shared demo-data cache.
-        cfg: sizes come from `cfg.data.demo_*` and the seed from `cfg.seed`.
-
-    Returns:
-        The dataset folder (cui_mapping.csv, {train,valid,test}_concepts[_manual].csv, {split}/ images).
+    Sizes come from `cfg.data.demo_*` and the seed from `cfg.seed`; returns the dataset folder (cui_mapping.csv,
+    {train,valid,test}_concepts[_manual].csv, {split}/ images).
     """
+    from keras_medimg.datasets.synthetic import demo_data as make_demo
     from keras_medimg.datasets.synthetic.concepts import generate_concepts
 
-    params = {
-        "n_train": cfg.data.demo_n_train,
-        "n_valid": cfg.data.demo_n_valid,
-        "n_test": cfg.data.demo_n_test,
-        "size": cfg.data.demo_size,
-        "seed": cfg.seed,
-    }
-    if out_dir is None:
-        from keras_medimg.datasets.synthetic import ensure_demo_data
-
-        return Path(ensure_demo_data("concepts", generate_concepts, **params))
-    return generate_concepts(Path(out_dir), **params)
+    d = cfg.data
+    return make_demo("concepts", generate_concepts, out_dir, n_train=d.demo_n_train, n_valid=d.demo_n_valid,
+                     n_test=d.demo_n_test, size=d.demo_size, seed=cfg.seed)
 
 
 def data_root(cfg: ConceptsConfig) -> Path:
     """The dataset folder: `data.root`, or the demo set (made on first use)."""
-    if cfg.data.root:
-        root = Path(cfg.data.root)
-        if not root.is_dir():
-            raise InvalidInputError(
-                root, "The dataset folder does not exist. Pass the folder holding cui_mapping.csv with --data, "
-                "or leave --data out to use the demo data."
-            )
-        return root
-    log.info("No --data given: using the built-in synthetic ImageCLEF concept set.")
-    return demo_data(None, cfg)
+    from keras_medimg.datasets.synthetic import dataset_root
+
+    return dataset_root(cfg.data.root, lambda: demo_data(None, cfg), holds="cui_mapping.csv",
+                        what="synthetic ImageCLEF concept")
 
 
 def concept_vocabulary(samples: Sequence[Sample], min_count: int) -> list[str]:
@@ -97,15 +79,6 @@ def concept_vocabulary(samples: Sequence[Sample], min_count: int) -> list[str]:
             f"No training concept appears on at least labels.min_count={min_count} images. Lower labels.min_count."
         )
     return concepts
-
-
-def _truth(samples: Sequence[Sample]) -> dict[str, list[str]]:
-    return {s.id: list(s.labels) for s in samples}
-
-
-def _manual_truth(samples: Sequence[Sample]) -> dict[str, list[str]] | None:
-    manual = {s.id: list(s.meta.get("manual", [])) for s in samples}
-    return manual if any(manual.values()) else None
 
 
 # === The trained model and its concept file ===
@@ -221,9 +194,9 @@ def _datasets(cfg: ConceptsConfig, train: Sequence[Sample], valid: Sequence[Samp
 
 
 def _normalization(backbone: str):
-    from keras_medimg.models.backbones import get_spec
+    from keras_medimg.training.image_classifier import backbone_normalization
 
-    return get_spec(backbone).input_normalization(3)
+    return backbone_normalization(backbone)
 
 
 def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: bool = False) -> RunResult:
@@ -241,9 +214,10 @@ def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: boo
         RunResult with metrics.json's content and the threshold table.
     """
     from keras_medimg.backend import current_backend
-    from keras_medimg.models.classifier import build_classifier, model_summary_dict
+    from keras_medimg.models.classifier import model_summary_dict
     from keras_medimg.reporting import plot_training_curves
-    from keras_medimg.training.trainer import fit_plan, set_seed
+    from keras_medimg.training.image_classifier import fit_image_classifier
+    from keras_medimg.training.trainer import set_seed
 
     scoring.secondary_cuis(cfg.data.edition)  # an unknown edition fails before any work
     root = data_root(cfg)
@@ -260,21 +234,10 @@ def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: boo
     skipped = Skipped()
     train_ds, valid_ds = _datasets(cfg, train_samples, valid_samples, concepts, skipped)
     m = cfg.model
-
-    def build():
-        return build_classifier(
-            m.backbone, len(concepts), input_shape=(m.image_size, m.image_size, 3), multilabel=True, weights=m.weights,
-            pooling=m.pooling, hidden_units=m.hidden_units, dropout=m.dropout,
-        )  # fmt: skip
-
-    log.info(f"{m.backbone} at {m.image_size}x{m.image_size}, weights {m.weights}, head Dense({m.hidden_units}) -> {len(concepts)} sigmoid outputs")
-    plan = fit_plan(build, train_ds, valid_ds, config=cfg.train, run=run, weights=m.weights,
-                    freeze=m.freeze if m.weights is not None else "none", multilabel=True, resume=resume)
+    model, plan = fit_image_classifier(m, cfg.train, train_ds, valid_ds, num_classes=len(concepts), run=run,
+                                       multilabel=True, freeze=m.freeze if m.weights is not None else "none",
+                                       resume=resume)
     train_seconds = time.perf_counter() - started
-
-    from keras_medimg.models.classifier import load_model
-
-    model = load_model(plan.best_path or plan.last_path)
     detector = ConceptModel(
         model, concepts, np.full(len(concepts), 0.5), names, m.image_size,
         _normalization(m.backbone).to_dict(), cfg.thresholds.top1, cfg.thresholds.max_concepts, m.backbone,
@@ -289,9 +252,9 @@ def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: boo
     run.write_csv("thresholds.csv", threshold_rows, ["threshold", "primary_f1", "concepts_per_image"])
 
     predictions = {s.id: [cui for cui, _ in cuis] for s, cuis in zip(kept, detector.predict_cuis(probabilities))}
-    valid_truth = _truth(valid_samples)
-    scores = scoring.score(valid_truth, predictions, manual_truth=_manual_truth(valid_samples), names=names, edition=cfg.data.edition)
-    baseline, k = scoring.best_frequency_baseline(_truth(train_samples), valid_truth)
+    valid_truth = truth_by_id(valid_samples)
+    scores = scoring.score(valid_truth, predictions, manual_truth=truth_by_id(valid_samples, manual=True), names=names, edition=cfg.data.edition)
+    baseline, k = scoring.best_frequency_baseline(truth_by_id(train_samples), valid_truth)
     run.write_csv("concepts_valid.csv", scores.table)
     metrics = {
         "data": str(root),
@@ -330,13 +293,14 @@ def predict(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None) -> RunRes
             images, the test split of the demo data.
         run: where the run folder goes (default: a new runs/concepts/predict[N]).
     """
+    from keras_medimg.datasets.imageclef import unique_ids
     from keras_medimg.datasets.sources import list_images
 
     started = time.perf_counter()
     detector = load_detector(cfg.predict.weights)
     source = Path(cfg.predict.images) if cfg.predict.images else _default_images(cfg)
     skipped = Skipped()
-    samples = _unique_ids(list_images(source, exclude=[_output_root(run)], skipped=skipped), skipped)
+    samples = unique_ids(list_images(source, exclude=[_output_root(run)], skipped=skipped), skipped)
     run = start_run(APP, "predict", cfg, run)
     loaded = time.perf_counter()
     probabilities, kept = detector.probabilities(samples, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
@@ -368,17 +332,6 @@ def _output_root(run: Run | RunPlace | None) -> Path:
     if isinstance(run, Run):
         return run.dir
     return Path(run.project) if run is not None and run.project is not None else Path("runs")
-
-
-def _unique_ids(samples: Sequence[Sample], skipped: Skipped) -> list[Sample]:
-    seen: dict[str, Sample] = {}
-    for sample in samples:
-        if sample.id in seen:
-            skipped.add(sample.path, f"The ID {sample.id} is listed again; it is predicted once, as the official "
-                        "evaluator accepts each ID only once.", line=sample.meta.get("line"))
-        else:
-            seen[sample.id] = sample
-    return list(seen.values())
 
 
 def _default_images(cfg: ConceptsConfig) -> Path:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from keras_medimg.datasets.records import Sample
+from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.datasets.sources import find_images, list_images  # noqa: F401  (list_images: predict sources)
 from keras_medimg.errors import InvalidInputError, problems_error
 
@@ -265,3 +265,25 @@ def find_truth_files(truth: str | Path, *, manual: str | Path | None = None,
         return truth_file, manual_file, Path(mapping)
     beside = (truth_file.with_name("cui_mapping.csv"), truth_file.parent.parent / "cui_mapping.csv")
     return truth_file, manual_file, next((p for p in beside if p.is_file()), None)
+
+
+def unique_ids(samples: Sequence[Sample], skipped: Skipped) -> list[Sample]:
+    """The samples with each ID once (the first kept): the official evaluator rejects a run file that repeats an
+    ID, so a repeat is left out and listed in `skipped` (with its CSV line, when it came from one)."""
+    seen: dict[str, Sample] = {}
+    for sample in samples:
+        if sample.id in seen:
+            skipped.add(sample.path, f"The ID {sample.id} is listed again; it is predicted once, as the official "
+                        "evaluator accepts each ID only once.", line=sample.meta.get("line"))
+        else:
+            seen[sample.id] = sample
+    return list(seen.values())
+
+
+def truth_by_id(samples: Sequence[Sample], *, manual: bool = False) -> dict[str, list[str]] | None:
+    """Ground truth as ID -> CUIs from samples read by `read_imageclef`; `manual` gives the manually validated
+    concepts instead (None when no sample has any)."""
+    if not manual:
+        return {s.id: list(s.labels) for s in samples}
+    found = {s.id: list(s.meta.get("manual", [])) for s in samples}
+    return found if any(found.values()) else None

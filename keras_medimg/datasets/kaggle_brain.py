@@ -20,13 +20,16 @@ CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 SPLITS = ("Training", "Testing")
 
 
-def read_kaggle_brain(root: str | Path, split: str = "Training", class_names: Sequence[str] = CLASSES) -> list[Sample]:
+def read_kaggle_brain(root: str | Path, split: str = "Training", class_names: Sequence[str] = CLASSES, *,
+                      require_all: bool = False) -> list[Sample]:
     """List the images of one split with their class.
 
     Args:
         root: the folder that holds `Training/` and `Testing/`.
         split: `"Training"` or `"Testing"`.
         class_names: the valid class folder names.
+        require_all: every name of `class_names` must have its folder (a training split that lacks a class
+            would train a model that can never predict it).
 
     Returns:
         One `Sample` per image (id = file stem; `<class>/<stem>` for a stem found in several class folders, and
@@ -34,7 +37,8 @@ def read_kaggle_brain(root: str | Path, split: str = "Training", class_names: Se
 
     Raises:
         InvalidInputError: the split folder is missing or empty, a class folder is unknown (the message lists
-            the valid names and the closest one) or empty, or a class folder holds a file that is not an image.
+            the valid names and the closest one) or empty, a class folder holds a file that is not an image, or
+            (`require_all`) a class folder is missing.
     """
     if split not in SPLITS:
         raise ConfigError(f"The Kaggle brain split must be one of {', '.join(SPLITS)}, not '{split}'.")
@@ -50,6 +54,13 @@ def read_kaggle_brain(root: str | Path, split: str = "Training", class_names: Se
     for class_dir in class_dirs:
         if class_dir.name not in class_names:
             raise InvalidInputError(class_dir, _unknown_class(class_dir.name, class_names))
+    missing = [name for name in class_names if not (folder / name).is_dir()]
+    if require_all and missing:
+        raise InvalidInputError(
+            folder / missing[0],
+            f"the class folder is missing (missing: {', '.join(missing)}). Every class in data.classes needs a "
+            f"{split}/<class>/ folder; add it or remove the class with --set data.classes=[...].",
+        )
     samples: list[Sample] = []
     for class_dir in class_dirs:
         samples += _class_samples(class_dir, split)

@@ -130,3 +130,23 @@ def _orphan_labels(image_dir: Path, images: list[Path]) -> list[InvalidInputErro
         for path in sorted(label_dir.rglob("*.txt"))
         if path not in expected
     ]
+
+
+def check_yolo_dataset(data_yaml: str | Path, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, list[Sample]]:
+    """Read every split a YOLO data.yaml names with our reader, before a detector trains on it.
+
+    A box outside its image, a malformed label line or a label file without an image is an error here
+    (naming the file and line), where Ultralytics would drop it with a warning.
+
+    Args:
+        data_yaml: the box set's data.yaml.
+        splits: the splits to check (those the file does not name are passed over).
+
+    Returns:
+        The samples of each checked split.
+
+    Raises:
+        InvalidInputError: the first problem found (all of a split's problems are listed in it).
+    """
+    data = read_yolo_data_yaml(data_yaml)
+    return {split: read_yolo_folder(data_yaml, split) for split in splits if getattr(data, split, None)}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_medimg.errors import InvalidInputError, WeightsUnavailableError, require
+from keras_medimg.errors import ConfigError, InvalidInputError, WeightsUnavailableError, require
 from keras_medimg.io.annotations import Box
 from keras_medimg.io.images import to_rgb_uint8
 
@@ -182,6 +182,96 @@ def _load_into(module: Any, state: dict[str, Any], path: Path) -> None:
 # === Inference ===
 
 
+def load_predictor(model_type: str, checkpoint: str | Path | None, *, decoder: str | Path | None = None,
+                   fallback: str = "box", setting: str = "segment") -> tuple[Any, dict[str, Any]]:
+    """SAM's box-prompted predictor from local files, or None and the box fallback, stated in a record.
+
+    Args:
+        model_type: "vit_b", "vit_l" or "vit_h".
+        checkpoint: Meta's checkpoint file; None means no SAM (see `fallback`).
+        decoder: a fine-tuned mask decoder (from `finetune_decoder`) loaded over the checkpoint's.
+        fallback: without a checkpoint, "box" (crop the detector's box unmasked) or "error" (raise).
+        setting: the config section that holds these keys, named in the messages (`<setting>.checkpoint`).
+
+    Returns:
+        (predictor or None, record for metrics.json: `{"mode": "sam", "model_type", "checkpoint", "decoder"}` or
+        `{"mode": "box_fallback", "reason": ...}`).
+
+    Raises:
+        ConfigError: no checkpoint and `fallback` is "error".
+    """
+    if checkpoint is None:
+        if fallback == "error":
+            raise ConfigError(f"{setting}.checkpoint is not set and {setting}.fallback is 'error'. Pass a SAM checkpoint "
+                              f"with --set {setting}.checkpoint=PATH (e.g. {SAM_ARCHS['vit_b'].checkpoint_file}) or set "
+                              f"{setting}.fallback=box.")
+        reason = (f"SAM is not used: {setting}.checkpoint is not set, so the segment stage falls back to "
+                  f"{setting}.fallback=box (the detector's box is cropped without masking the background). Pass "
+                  f"--set {setting}.checkpoint=PATH to a local {SAM_ARCHS['vit_b'].checkpoint_file} to segment with SAM.")
+        return None, {"mode": "box_fallback", "reason": reason}
+    sam = load_sam(model_type, checkpoint, decoder=decoder)
+    record = {"mode": "sam", "model_type": model_type, "checkpoint": str(checkpoint),
+              "decoder": str(decoder) if decoder else None}
+    return make_predictor(sam), record
+
+
+def mask_box(mask: np.ndarray | None, label: str = "lesion") -> Box | None:
+    """The bounding box of a mask's non-zero pixels (pixel edges, score 1.0), or None for an empty mask."""
+    if mask is None:
+        return None
+    ys, xs = np.nonzero(np.asarray(mask))
+    if len(xs) == 0:
+        return None
+    return Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1), label, 1.0)
+
+
+def finetune_triples(pairs: Sequence[tuple[str | Path, str | Path]]) -> list[tuple[np.ndarray, list[Box], np.ndarray]]:
+    """The (image, [box], mask) training triples of `finetune_decoder` from (image file, mask file) pairs.
+
+    Each image is read at its own bit depth, each mask as non-zero = lesion, and the prompt is the mask's
+    bounding box; a pair whose mask is empty has nothing to prompt for and is left out.
+    """
+    from keras_medimg.detection.lesions import read_grey
+
+    triples = []
+    for image_path, mask_path in pairs:
+        mask = read_grey(mask_path) > 0
+        box = mask_box(mask)
+        if box is not None:
+            triples.append((read_grey(image_path), [box], mask))
+    return triples
+
+
+def finetune_on_masks(predictor: Any, pairs: Sequence[tuple[str | Path, str | Path]], out: str | Path, *,
+                      epochs: int = 5, learning_rate: float = 1e-4, seed: int = 0, holdout: float = 0.2,
+                      log: Any = print) -> dict[str, Any]:
+    """Fine-tune a predictor's mask decoder on (image file, mask file) pairs, measuring Dice on held-out pairs.
+
+    The first `holdout` share of the usable pairs (at least one) measures Dice before and after; the rest train
+    (`finetune_decoder`), prompted with each mask's bounding box. A lone usable pair does both. The fine-tuned decoder is saved to `out`.
+
+    Returns:
+        A record for metrics.json: finetune, dice_before, dice_after, decoder, losses, seconds, images, held_out.
+
+    Raises:
+        InvalidInputError: no pair has a non-empty mask.
+    """
+    triples = finetune_triples(pairs)
+    if not triples:
+        raise InvalidInputError(Path(pairs[0][1]).parent if pairs else Path(out),
+                                "no ground-truth mask has a lesion in it; SAM fine-tuning needs non-empty masks.")
+    # One usable pair cannot be split: it then both trains and measures.
+    held = max(1, int(len(triples) * holdout + 1e-9)) if len(triples) > 1 else 0
+    log(f"[segment] fine-tuning the SAM mask decoder on {len(triples) - held} images (Dice measured on "
+        f"{held or len(triples)} {'held-out ' if held else 'training '}images)")
+    result = finetune_decoder(predictor.model, triples[held:], out, epochs=epochs, learning_rate=learning_rate,
+                              seed=seed, eval_samples=triples[:held] or None, log=log)
+    log(f"[segment] Dice before {result.dice_before:.4f} -> after {result.dice_after:.4f}")
+    return {"finetune": True, "dice_before": result.dice_before, "dice_after": result.dice_after,
+            "decoder": str(result.decoder_path), "losses": result.losses, "seconds": result.seconds,
+            "images": len(triples) - held, "held_out": held}
+
+
 def make_predictor(sam: Any):
     """A `segment_anything.SamPredictor` for `sam` (it caches one image's embedding at a time)."""
     segment_anything = require("segment_anything", package="segment-anything", extra="detect",
@@ -318,7 +408,7 @@ def finetune_decoder(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            epoch_losses.append(float(loss))
+            epoch_losses.append(float(loss.detach()))
         losses.append(float(np.mean(epoch_losses)))
         log(f"SAM decoder epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
     sam.mask_decoder.eval()

@@ -244,3 +244,10 @@ def detection_report(
         images=len(truth),
         per_class=per_class,
     )
+
+
+def format_detection_line(report: Mapping[str, float] | DetectionReport) -> str:
+    """One log line of a detector report: precision, recall, F1, image accuracy, mAP50 and the image count."""
+    r = report.to_dict() if isinstance(report, DetectionReport) else report
+    return (f"precision {r['precision']:.3f}, recall {r['recall']:.3f}, F1 {r['f1']:.3f}, "
+            f"accuracy {r['accuracy']:.3f}, mAP50 {r['map50']:.3f} ({r['images']} images)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -161,3 +163,37 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nd
     colours = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blended = (1.0 - alpha) * image.astype("float32") + alpha * colours.astype("float32")
     return np.clip(blended, 0, 255).round().astype(np.uint8)
+
+
+def grad_cam_file(model: keras.Model, image_path: str | Path, out: str | Path, *, image_size: int,
+                  normalization: Any = None, denoise_median: int = 0, channels: int = 3,
+                  class_index: int | None = None) -> Path:
+    """Grad-CAM of one image file, drawn over that image as the model saw it, written to `out` (PNG).
+
+    The image is decoded exactly as in training (`datasets.pipeline.load_images_numpy`: resize, median
+    filter, `normalization`) for the model; the picture under the heat map is the same image without the
+    normalisation.
+
+    Args:
+        model: a classifier built by `build_classifier`.
+        image_path: the image to explain.
+        out: the overlay file to write.
+        image_size: the model's input side.
+        normalization: the backbone's input `Normalization` (None: [0, 1]).
+        denoise_median: median-filter size used in training (0: off).
+        channels: the model's input channels.
+        class_index: the class to explain (None: the predicted one).
+
+    Returns:
+        `out`.
+    """
+    from keras_medimg.datasets.pipeline import load_images_numpy
+    from keras_medimg.datasets.records import Sample
+    from keras_medimg.io.images import to_float, write_image
+
+    sample = [Sample(id=Path(image_path).stem, path=Path(image_path))]
+    images, _ = load_images_numpy(sample, image_size=image_size, channels=channels, normalization=normalization,
+                                  denoise_median=denoise_median, strict=True)
+    heatmap = grad_cam(model, images, class_index=class_index)[0]
+    picture, _ = load_images_numpy(sample, image_size=image_size, channels=channels, strict=True)
+    return write_image(out, overlay(to_float(picture[0]), heatmap))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from keras_medimg.backend import medimg_home
+
+log = logging.getLogger(__name__)
 
 
 def ensure_demo_data(name: str, generate: Callable[..., Any], **params: Any) -> Path:
@@ -57,3 +60,45 @@ def ensure_demo_data(name: str, generate: Callable[..., Any], **params: Any) -> 
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def demo_data(name: str, generate: Callable[..., Any], out_dir: str | Path | None = None, **params: Any) -> Path:
+    """Write a demo set into `out_dir`, or (None) return the cached copy made by `ensure_demo_data`.
+
+    Args:
+        name: the dataset's name (`brain`, `concepts`, ...).
+        generate: `generate(out_dir, **params)` writes the dataset.
+        out_dir: the folder to write to; None uses the shared demo-data cache.
+        params: the generator's keyword arguments.
+
+    Returns:
+        The dataset folder.
+    """
+    if out_dir is None:
+        return ensure_demo_data(name, generate, **params)
+    generate(Path(out_dir), **params)
+    return Path(out_dir)
+
+
+def dataset_root(root: str | Path | None, make_demo: Callable[[], Path], *, holds: str, what: str) -> Path:
+    """The dataset folder the user gave, or (none given) the demo set, made on first use.
+
+    Args:
+        root: the `data.root` setting (None or empty: the demo data).
+        make_demo: called without arguments to make (or find) the demo set.
+        holds: what the folder must hold, for the error message (e.g. "Training/ and Testing/").
+        what: the demo set's description for the log line (e.g. "synthetic brain-MRI").
+
+    Raises:
+        InvalidInputError: `root` is given but is not a folder.
+    """
+    from keras_medimg.errors import InvalidInputError
+
+    if root:
+        folder = Path(root)
+        if not folder.is_dir():
+            raise InvalidInputError(folder, f"the dataset folder does not exist; pass the folder that holds {holds} "
+                                    "with --data, or leave --data out to use the demo data.")
+        return folder
+    log.info(f"No --data given: using the built-in {what} demo set.")
+    return Path(make_demo())

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from keras_medimg.apps.brats import pipeline
 from keras_medimg.apps.cli import cli
+from keras_medimg.datasets.yolo import check_yolo_dataset
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.runs import create_run
 
@@ -102,12 +103,12 @@ def test_box_outside_image_and_orphan_label_are_errors(tmp_path):
     labels = root / "detection" / "labels" / "train"
     (labels / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     with pytest.raises(InvalidInputError, match="orphan.txt"):
-        pipeline._check_box_set(root / "detection" / "data.yaml")
+        check_yolo_dataset(root / "detection" / "data.yaml")
     (labels / "orphan.txt").unlink()
     first = sorted(p for p in labels.iterdir() if p.read_text())[0]
     first.write_text("0 0.95 0.5 0.4 0.1\n")
     with pytest.raises(InvalidInputError, match=first.name):
-        pipeline._check_box_set(root / "detection" / "data.yaml")
+        check_yolo_dataset(root / "detection" / "data.yaml")
 
 
 def test_classify_stage_without_detector_says_what_to_pass(tmp_path, brain_set):

@@ -1,0 +1,77 @@
+"""Train a registry-backbone image classifier from the shared `model` and `train` config sections.
+
+Every classification app builds the same network from its `model:` section (`build_classifier` with backbone,
+input size, pooling, hidden layer, dropout), trains it with `fit_plan` (head phase on a frozen backbone when
+the weights are pretrained, then fine-tuning under `model.freeze`) and goes on with the best checkpoint. This
+module does that once:
+
+    model, plan = fit_image_classifier(cfg.model, cfg.train, train_ds, val_ds, num_classes=4, run=run)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from keras_medimg.config import ModelConfig, TrainConfig
+from keras_medimg.runs import Run
+
+log = logging.getLogger(__name__)
+
+
+def backbone_normalization(backbone: str, channels: int = 3):
+    """The input `Normalization` a registry backbone expects (applied by the data pipeline, saved with a run)."""
+    from keras_medimg.models.backbones import get_spec
+
+    return get_spec(backbone).input_normalization(channels)
+
+
+def fit_image_classifier(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_ds: Any,
+    val_ds: Any | None,
+    *,
+    num_classes: int,
+    run: Run,
+    multilabel: bool = False,
+    freeze: str | None = None,
+    labels: Sequence[int] | None = None,
+    resume: bool = False,
+) -> tuple[Any, Any]:
+    """Build the classifier `model_cfg` describes, train it phase by phase into `run`, reload its best checkpoint.
+
+    Args:
+        model_cfg: the `model` section (backbone, weights, image_size, pooling, hidden_units, dropout, freeze).
+        train_cfg: the `train` section. Without a validation set, `monitor` becomes "loss" (there is no
+            "val_..." to watch).
+        train_ds: the batched training dataset.
+        val_ds: the validation dataset, or None.
+        num_classes: outputs of the head.
+        run: the run folder (weights/best.keras, weights/last.keras, results.csv, state.json).
+        multilabel: sigmoid outputs with multi-hot labels instead of softmax.
+        freeze: the fine-tuning phase's freeze policy; None uses `model_cfg.freeze`.
+        labels: class index of every training sample (for `train.class_weight: balanced`).
+        resume: continue `run` from its last completed epoch.
+
+    Returns:
+        (the model of weights/best.keras, else weights/last.keras; the `PlanResult` of `fit_plan`).
+    """
+    from keras_medimg.models.classifier import build_classifier, load_model
+    from keras_medimg.training.trainer import fit_plan
+
+    m = model_cfg
+    config = train_cfg if val_ds is not None else replace(train_cfg, monitor="loss")
+
+    def build():
+        return build_classifier(m.backbone, num_classes, input_shape=(m.image_size, m.image_size, 3),
+                                multilabel=multilabel, weights=m.weights, pooling=m.pooling,
+                                hidden_units=m.hidden_units, dropout=m.dropout)
+
+    log.info(f"Training {m.backbone} ({m.image_size}x{m.image_size}, weights {m.weights}, hidden {m.hidden_units}) "
+             f"-> {num_classes} {'sigmoid' if multilabel else 'softmax'} outputs for {config.epochs} epochs")
+    plan = fit_plan(build, train_ds, val_ds, config=config, run=run, weights=m.weights,
+                    freeze=m.freeze if freeze is None else freeze, labels=labels, multilabel=multilabel, resume=resume)
+    return load_model(plan.best_path or plan.last_path), plan
