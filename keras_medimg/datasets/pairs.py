@@ -428,6 +428,7 @@ def _extract_book(pdf: Path, out: Path, settings: Any, pages: str | None, worker
         "source_sha256": extraction.sha256,
         "pages": [extraction.pages[0], extraction.pages[-1]],
         "scanned_pages": extraction.scanned_pages,
+        "page_scans": extraction.page_scans,
         "pairs": len(records),
         "methods": methods,
         "decorations": decorations,
@@ -477,7 +478,8 @@ def report_markdown(reports: Sequence[dict[str, Any]]) -> str:
         lines += [
             f"## {rep['source']}",
             "",
-            f"- pages {rep['pages'][0]}-{rep['pages'][1]}, scanned pages: {len(rep['scanned_pages'])}",
+            f"- pages {rep['pages'][0]}-{rep['pages'][1]}, scanned pages without text (OCR): {len(rep['scanned_pages'])}, "
+            f"scanned pages with a text layer: {len(rep.get('page_scans', []))}",
             f"- pairs: {rep['pairs']} ({', '.join(f'{k}: {v}' for k, v in sorted(rep['methods'].items())) or 'none'})",
             f"- decorations dropped: {', '.join(f'{k}: {v}' for k, v in sorted(rep['decorations'].items())) or 'none'}",
             f"- OCR pairs under the confidence threshold (listed in low_confidence.jsonl, not in pairs.jsonl): {len(rep['low_confidence'])}",

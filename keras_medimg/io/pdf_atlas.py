@@ -153,6 +153,7 @@ class PageLayout:
     blocks: list[TextBlock] = field(default_factory=list)
     frames: list[Rect] = field(default_factory=list)
     scanned: bool = False
+    page_scan: bool = False
     text: str = ""
 
 
@@ -177,8 +178,9 @@ class AtlasPair:
         image: the placed image.
         caption: cleaned caption text (shared sentence plus the panel's own, for panels).
         figure: figure number as printed ("3", "3-2"), None when unknown.
-        method: how the pair was found: "layout", "layout-continued", "layout-next-page", "scan-ocr",
-            "burned-ocr", "positional", "positional-ocr".
+        method: how the pair was found: "layout", "layout-continued", "layout-next-page", "scan-ocr" (a scanned
+            page read with OCR), "scan-text" (a scanned page with a text layer), "burned-ocr", "positional",
+            "positional-ocr".
         panel: the panel letter, when the caption names panels.
         ocr_confidence: Tesseract's mean word confidence (0-100) for OCR captions.
         crop: rows (start, stop) of the image to keep (the picture above a burned-in caption band).
@@ -682,7 +684,7 @@ def pair_layout(layouts: Sequence[PageLayout], settings: AtlasSettings | None = 
             if not owned:
                 orphan_captions.append(caption)
                 continue
-            method = "layout-continued" if caption.continued else "scan-ocr" if layout.scanned else "layout"
+            method = "layout-continued" if caption.continued else "scan-ocr" if layout.scanned else "scan-text" if layout.page_scan else "layout"
             images = reading_order(im for fig in owned for im in fig)
             pairs.extend(_figure_pairs(images, caption, method, settings))
         orphan_figures.extend((layout.number, fig) for f, fig in enumerate(figures) if f not in owner)
@@ -745,18 +747,19 @@ def _follow_to_next_page(
     layouts: Sequence[PageLayout],
     settings: AtlasSettings,
 ) -> tuple[list[AtlasPair], list[Caption], list[tuple[int, list[PlacedImage]]]]:
-    """A caption with no image takes the uncaptioned figures at the top of the next page (above any caption
-    there): the figure was set on the next page, or continues there."""
-    first_caption_y = {}
+    """A caption with no image in the lower half of a page takes the uncaptioned figures at the top of the next
+    page (above any caption there): the figure was set on the next page, or continues there."""
+    first_caption_y, heights = {}, {layout.number: layout.height for layout in layouts}
     for layout in layouts:
         tops = [c.bbox[1] for c in find_captions(layout, settings)]
         first_caption_y[layout.number] = min(tops) if tops else float("inf")
     still: list[Caption] = []
     for caption in orphan_captions:
+        at_foot = caption.bbox[1] >= 0.5 * heights.get(caption.page, 0.0)
         taken = [
             (page, fig)
             for page, fig in orphan_figures
-            if page == caption.page + 1 and max(im.bbox[3] for im in fig) <= first_caption_y.get(page, float("inf"))
+            if at_foot and page == caption.page + 1 and max(im.bbox[3] for im in fig) <= first_caption_y.get(page, float("inf"))
         ]
         if not taken:
             still.append(caption)
@@ -871,9 +874,36 @@ def scanned_page_layout(page_pixels: np.ndarray, layout: PageLayout, settings: A
                 float(np.mean([w.confidence for w in words])),
             )
         )
+    layout.images = scan_figures(page_pixels, layout, text_mask, settings)
+    layout.text = "\n".join(b.text for b in layout.blocks)
+    return layout
+
+
+def is_page_scan(layout: PageLayout, share: float = 0.8) -> bool:
+    """Whether a page is one picture covering most of it (`share` of its area): a scanned page, whose text
+    layer (if any) was added by OCR software over the picture."""
+    area = layout.width * layout.height
+    return any((im.bbox[2] - im.bbox[0]) * (im.bbox[3] - im.bbox[1]) >= share * area for im in layout.images)
+
+
+def page_scan_layout(page_pixels: np.ndarray, layout: PageLayout, settings: AtlasSettings) -> PageLayout:
+    """A scanned page that has a text layer: the text blocks are kept, the figures are the large regions of the
+    rendered page outside them (no OCR needed)."""
+    scale = layout.width / page_pixels.shape[1]
+    text_mask = np.zeros(page_pixels.shape, bool)
+    for block in layout.blocks:
+        x0, y0, x1, y1 = (int(round(v / scale)) for v in block.bbox)
+        text_mask[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+    return replace(layout, images=scan_figures(page_pixels, layout, text_mask, settings), page_scan=True)
+
+
+def scan_figures(page_pixels: np.ndarray, layout: PageLayout, text_mask: np.ndarray, settings: AtlasSettings) -> list[PlacedImage]:
+    """The figures of a rendered page: large connected regions that are not text, cut from the page pixels."""
+    scale = layout.width / page_pixels.shape[1]  # points per pixel
+    images = []
     for index, (y0, y1, x0, x1) in enumerate(_figure_regions(page_pixels, text_mask, settings.min_image_side / scale)):
         pixels = page_pixels[y0:y1, x0:x1].copy()
-        layout.images.append(
+        images.append(
             PlacedImage(
                 page=layout.number,
                 index=index,
@@ -886,8 +916,7 @@ def scanned_page_layout(page_pixels: np.ndarray, layout: PageLayout, settings: A
                 pixels=pixels,
             )
         )
-    layout.text = "\n".join(b.text for b in layout.blocks)
-    return layout
+    return images
 
 
 def _merge_paragraphs(paragraphs: list[list[Any]]) -> list[list[Any]]:
@@ -938,7 +967,8 @@ class AtlasExtraction:
         images_without_captions: figures (not decorations) that no caption was found for.
         decorations: images dropped as icons, logos or rules.
         low_confidence: OCR pairs under `min_ocr_confidence`, listed, not kept.
-        scanned_pages: pages whose text layer was empty.
+        scanned_pages: pages whose text layer was empty (read with OCR when OCR is on).
+        page_scans: pages that are one scanned picture with a text layer over it (figures cut from the page).
     """
 
     source: Path
@@ -950,6 +980,7 @@ class AtlasExtraction:
     decorations: list[PlacedImage] = field(default_factory=list)
     low_confidence: list[AtlasPair] = field(default_factory=list)
     scanned_pages: list[int] = field(default_factory=list)
+    page_scans: list[int] = field(default_factory=list)
 
 
 def _scan_job(job: tuple[np.ndarray, PageLayout, AtlasSettings]) -> PageLayout:
@@ -1021,6 +1052,12 @@ def extract_atlas(
             jobs = [(render_page(doc, layout.number, settings.scan_dpi), layout, settings) for layout in scanned]
             done = {lay.number: lay for lay in ocr.run_parallel(_scan_job, jobs, workers=workers)}
             layouts = [done.get(layout.number, layout) for layout in layouts]
+        layouts = [
+            page_scan_layout(render_page(doc, lay.number, settings.scan_dpi), lay, settings)
+            if not lay.scanned and is_page_scan(lay) else lay
+            for lay in layouts
+        ]
+        result.page_scans = [layout.number for layout in layouts if layout.page_scan]
         if not use_ocr and len(result.scanned_pages) == len(numbers):
             raise InvalidInputError(
                 path, f"Every page read ({_page_span(numbers)}) is a scan without a text layer; turn OCR on (--ocr auto)."

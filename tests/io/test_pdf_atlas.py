@@ -302,3 +302,23 @@ def test_caption_split_over_blocks_is_joined():
     captions = find_captions(layout, AtlasSettings())
     assert [(c.figure, c.text) for c in captions] == [("6", "Oval mass with circumscribed margins."), ("7", "Next caption.")]
     assert captions[0].bbox == (72, 300, 400, 324)
+
+
+def test_scanned_page_with_an_ocr_text_layer_needs_no_tesseract(tmp_path):
+    draft = pymupdf.open()
+    page = draft.new_page()
+    page.insert_image(pymupdf.Rect(72, 100, 252, 340), pixmap=pixmap(picture(50)))
+    caption = "Figure 3. Coarse benign calcifications, BI-RADS 2."
+    text(page, (72, 350, 480, 400), caption, size=12)
+    scan = page.get_pixmap(matrix=pymupdf.Matrix(2, 2), colorspace=pymupdf.csGRAY, alpha=False)
+    doc = pymupdf.open()
+    out = doc.new_page()
+    out.insert_image(out.rect, pixmap=scan)
+    out.insert_textbox(pymupdf.Rect(72, 350, 480, 400), caption, fontsize=12, render_mode=3)  # invisible OCR text
+    path = tmp_path / "ocred.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    assert result.page_scans == [1] and result.scanned_pages == []
+    (pair,) = result.pairs
+    assert (pair.method, pair.figure, pair.caption) == ("scan-text", "3", "Coarse benign calcifications, BI-RADS 2.")
+    assert pair.image.bbox == pytest.approx((72, 100, 252, 340), abs=3)
