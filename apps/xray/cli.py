@@ -1,15 +1,159 @@
-"""`medimg xray`: Click commands only."""
+"""`medimg xray`: Click commands only; the study lives in `pipeline.py`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+
+from keras_medimg.apps.options import common_options, config_options, print_run_summary, resolve_config, run_options
 
 
 @click.group()
 def xray() -> None:
-    """Tiled YOLOv5 anomaly (contraband) detection in 16-bit body X-rays (not yet implemented).
+    """Tiled YOLOv5 anomaly (contraband) detection in 16-bit body X-rays.
 
-    Training uses random positive tiles cut from the full-resolution 16-bit images with augmentation; at test
-    time fixed overlapping tiles are detected and their boxes stitched back into image coordinates. Classes
-    can be remapped (original, by size, binary, class-agnostic). This app has no modes yet.
+    Training uses random positive tiles cut afresh every epoch from the full-resolution 16-bit scans, with the
+    study's augmentations; at test time a fixed overlapping grid of tiles goes through the detector in one batch
+    and the boxes are merged back into the scan. Classes can be remapped (original, score, size, binary,
+    class-agnostic). Data: PASCAL VOC (standard or labelImg layout), 16/8-bit PNG/TIFF or DICOM.
     """
+
+
+def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
+    from keras_medimg.apps.xray.config import XrayConfig
+
+    return resolve_config(XrayConfig, "xray", config_file, overrides, options)
+
+
+def _place(project: str | None, name: str | None, exist_ok: bool):
+    from keras_medimg.runs import RunPlace
+
+    return RunPlace(project, name, exist_ok)
+
+
+def _line(report: dict[str, Any]) -> str:
+    return (f"precision {report['precision']:.4f}, recall {report['recall']:.4f}, F1 {report['f1']:.4f}, "
+            f"mAP50 {report['map50']:.4f} (conf {report['conf']}, IoU {report['iou']})")
+
+
+_tiling = click.option("--tiling", type=click.Choice(["positive", "none"]), default=None,
+                       help="positive = random positive tiles (tiling.mode); none = whole scans.")
+_remap = click.option("--class-remap", "class_remap", default=None,
+                      help="original | score | size | binary | agnostic | a YAML file {class: new name}.")
+
+
+@xray.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=None, help="Random seed of the generator.")
+@config_options
+def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Write the synthetic 16-bit body-scan set (standard VOC layout, the study's 18 classes) to OUT_DIR."""
+    from keras_medimg.apps.xray import pipeline
+
+    cfg = _config(config_file, overrides, {"seed": seed})
+    root = pipeline.demo_data(out_dir, cfg)
+    click.echo(f"Demo data written to {root} (train with: medimg xray train --data {root})")
+
+
+@xray.command()
+@common_options
+@_tiling
+@_remap
+@click.option("--size", type=click.Choice(["n", "s", "m", "l", "x"]), default=None, help="YOLOv5u size (detector.size).")
+@click.option("--epochs", type=int, default=None, help="Training epochs (detector.epochs).")
+@click.option("--weights", default=None, help="A local YOLOv5u .pt to start from (detector.weights); default: scratch.")
+def train(tiling: str | None, class_remap: str | None, size: str | None, epochs: int | None, weights: str | None,
+          data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
+          overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Train YOLOv5u on positive tiles (demo data without --data) and test it with fixed tiling."""
+    from keras_medimg.apps.xray import pipeline
+
+    cfg = _config(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict, "tiling.mode": tiling,
+                                           "class_remap": class_remap, "detector.size": size,
+                                           "detector.epochs": epochs, "detector.weights": weights})
+    result = pipeline.train(cfg, run=_place(project, name, exist_ok))
+    click.echo(f"\nTest ({result.metrics['images']['test']} scans, fixed tiling): {_line(result.metrics['test'])}")
+    click.echo(f"Training took {result.metrics['train_seconds']:.0f} s.")
+    click.echo(result.table)
+    print_run_summary(result.run.dir)
+
+
+@xray.command()
+@click.argument("source", type=click.Path())
+@click.option("--weights", required=True, type=click.Path(), help="The folder of a `xray train` run.")
+@click.option("--conf", type=float, default=None, help="Least score of a reported box (predict.conf).")
+@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable scan instead of skipping it.")
+@config_options
+@run_options
+def predict(source: str, weights: str, conf: float | None, strict: bool | None, config_file: str | None,
+            overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Detect objects in SOURCE (a scan or a folder): VOC XML, YOLO txt, predictions.csv, overlays."""
+    from keras_medimg.apps.xray import pipeline
+
+    cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.source": source,
+                                           "predict.conf": conf, "strict": strict})
+    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
+    m = result.metrics
+    click.echo(f"Found {m['boxes']} box(es) in {m['images']} scan(s) at {m['images_per_second']:.2f} scans/s.")
+    print_run_summary(result.run.dir)
+
+
+@xray.command()
+@click.option("--weights", required=True, type=click.Path(), help="The folder of a `xray train` run.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="VOC set to evaluate on (default: the data the run was trained on, same split).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Split (evaluate.split).")
+@click.option("--strict", is_flag=True, default=None, help="Stop at the first bad file instead of skipping it.")
+@config_options
+@run_options
+def evaluate(weights: str, data: str | None, split: str | None, strict: bool | None, config_file: str | None,
+             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Precision, recall, F1 at IoU 0.5 per class and overall, mAP50, PR curve (fixed tiling)."""
+    from keras_medimg.apps.xray import pipeline
+
+    cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "evaluate.split": split,
+                                           "strict": strict})
+    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
+    click.echo(f"{cfg.evaluate.split}: {_line(result.metrics['test'])}")
+    click.echo(result.table)
+    print_run_summary(result.run.dir)
+
+
+@xray.command()
+@click.argument("experiment", type=click.Choice(["tiling", "augment", "remap"]))
+@common_options
+@click.option("--grid", default=None,
+              help="Comma-separated rows, e.g. none,1x512,2x384,4x256 | none,flip,blur,rbc,noise,combined | "
+                   "original,score,size,binary,agnostic.")
+@click.option("--seeds", type=int, default=None, help="Repeats of each row (ablate.seeds); mean +/- std.")
+@click.option("--epochs", type=int, default=None, help="Training epochs of every row (detector.epochs).")
+def ablate(experiment: str, grid: str | None, seeds: int | None, epochs: int | None, data: str | None,
+           seed: int | None, strict: bool | None, config_file: str | None, overrides: tuple[str, ...],
+           project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Run one of the study's experiments on one split: a CSV, a Markdown table and a chart."""
+    from keras_medimg.apps.xray import pipeline
+
+    rows = [r.strip() for r in grid.split(",") if r.strip()] if grid else None
+    cfg = _config(config_file, overrides, {"ablate.grid": rows, "ablate.seeds": seeds, "data.root": data,
+                                           "seed": seed, "strict": strict, "detector.epochs": epochs})
+    result = pipeline.ablate(cfg, experiment, run=_place(project, name, exist_ok))
+    click.echo(result.table)
+    print_run_summary(result.run.dir)
+
+
+@xray.command()
+@click.option("--weights", required=True, type=click.Path(), help="The folder of a `xray train` run.")
+@config_options
+@run_options
+def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
+           exist_ok: bool) -> None:
+    """Export the detector as ONNX with metadata.json (tiling, merge rule, classes, 16-bit conversion), checked."""
+    from keras_medimg.apps.xray import pipeline
+
+    cfg = _config(config_file, overrides, {"predict.weights": weights})
+    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
+    click.echo(f"Exported: {', '.join(result.metrics['files'])}")
+    click.echo(f"Check on {result.metrics['check']['tiles']} tiles: largest difference "
+               f"{result.metrics['check']['max_abs_difference']:.2g}, boxes equal: {result.metrics['check']['boxes_equal']}")
+    print_run_summary(result.run.dir)

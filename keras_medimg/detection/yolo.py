@@ -15,6 +15,7 @@ untouched, so training reads a staged copy of the dataset made of symlinks insid
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -223,7 +224,10 @@ class DetectorResult:
 def _model_source(model: str, weights: str | None) -> str:
     """The architecture .yaml (from scratch) or a local .pt file; never a name Ultralytics would download."""
     if weights in (None, "", "none"):
-        return model if model.endswith(".yaml") else f"{model}.yaml"
+        if model.endswith(".yaml"):
+            return model
+        # YOLOv5u (anchor-free head) is Ultralytics' yolov5<size>.yaml; its checkpoints are named yolov5<size>u.pt.
+        return f"{model[:-1]}.yaml" if re.fullmatch(r"yolov5[nsmlx]u", model) else f"{model}.yaml"
     path = Path(weights)
     if weights == "imagenet" or not path.is_file():
         raise WeightsUnavailableError(
@@ -268,6 +272,7 @@ def train_detector(
     class_remap: ClassRemap = None,
     hyperparameters: Mapping[str, Any] | None = None,
     verbose: bool = False,
+    trainer: type | None = None,
 ) -> DetectorResult:
     """Train an Ultralytics detector offline, keeping all its files under `out_dir`.
 
@@ -287,6 +292,8 @@ def train_detector(
         class_remap: train on remapped classes (`"agnostic"` or a name mapping; see `remap_label_set`).
         hyperparameters: further Ultralytics training arguments (`lr0`, `optimizer`, `mosaic`, `fliplr`, ...).
         verbose: let Ultralytics print its per-epoch progress.
+        trainer: an Ultralytics `DetectionTrainer` subclass to train with (e.g. one whose datasets cut tiles,
+            `detection.tiled.tile_trainer`); None uses Ultralytics' own.
 
     Returns:
         A `DetectorResult` with the best and last checkpoints and the final validation metrics.
@@ -320,6 +327,7 @@ def train_detector(
         amp=device != "cpu" and source.endswith(".pt"),  # the AMP check downloads yolov8n.pt when no .pt is given
         plots=False,
         verbose=verbose,
+        **({"trainer": trainer} if trainer is not None else {}),
         **dict(hyperparameters or {}),
     )
     seconds = time.perf_counter() - started
@@ -485,7 +493,8 @@ def evaluate_detector(
 # === Export ===
 
 
-def export_detector_onnx(weights: str | Path, out: str | Path, *, imgsz: int = 640, atol: float = 1e-3) -> Path:
+def export_detector_onnx(weights: str | Path, out: str | Path, *, imgsz: int = 640, atol: float = 1e-3,
+                         dynamic: bool = False) -> Path:
     """Export a detector checkpoint to ONNX and check it against the PyTorch model with onnxruntime.
 
     Args:
@@ -493,6 +502,7 @@ def export_detector_onnx(weights: str | Path, out: str | Path, *, imgsz: int = 6
         out: the `.onnx` file to write.
         imgsz: the square input size baked into the graph.
         atol: largest allowed absolute difference between ONNX and PyTorch raw outputs on a sample.
+        dynamic: a dynamic batch axis (and input size), e.g. to run all tiles of a scan in one call.
 
     Returns:
         The written `.onnx` path.
@@ -508,7 +518,7 @@ def export_detector_onnx(weights: str | Path, out: str | Path, *, imgsz: int = 6
     staged_weights = staging / weights.name
     shutil.copyfile(weights, staged_weights)
     detector = load_detector(staged_weights)
-    produced = Path(detector.export(format="onnx", imgsz=imgsz, simplify=False, dynamic=False, device="cpu",
+    produced = Path(detector.export(format="onnx", imgsz=imgsz, simplify=False, dynamic=dynamic, device="cpu",
                                     verbose=False))
     _verify_onnx(detector, produced, imgsz, atol)
     with atomic_path(out) as tmp:

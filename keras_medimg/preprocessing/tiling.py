@@ -119,14 +119,21 @@ def _random_start(low: float, high: float, length: int, tile: int, rng: np.rando
     return int(rng.integers(first, last + 1)) if last >= first else int(np.clip(first, 0, length - tile))
 
 
-def stitch_boxes(per_tile_boxes: Sequence[Sequence[Box]], positions: Sequence[tuple[int, int]], iou: float = 0.5) -> list[Box]:
+def stitch_boxes(
+    per_tile_boxes: Sequence[Sequence[Box]],
+    positions: Sequence[tuple[int, int]],
+    iou: float = 0.5,
+    *,
+    class_agnostic: bool = False,
+) -> list[Box]:
     """Move each tile's detections into image pixels and merge duplicates from overlapping tiles.
 
     Args:
         per_tile_boxes: the boxes found in each tile, in tile pixels.
         positions: the `(x, y)` of each tile, from `tile_positions`.
-        iou: boxes of the same label overlapping more than this are one object; the highest score is kept
-            (greedy non-maximum suppression, per label).
+        iou: boxes overlapping more than this are one object; the highest score is kept.
+        class_agnostic: merge boxes whatever their label (one object seen as two classes by two tiles is one
+            box); by default only boxes of the same label are merged.
 
     Returns:
         The merged boxes, highest score first.
@@ -138,27 +145,27 @@ def stitch_boxes(per_tile_boxes: Sequence[Sequence[Box]], positions: Sequence[tu
         for boxes, (x, y) in zip(per_tile_boxes, positions)
         for box in boxes
     ]
-    kept: list[Box] = []
-    for label in dict.fromkeys(box.label for box in moved):
-        kept += non_max_suppression([box for box in moved if box.label == label], iou)
-    return sorted(kept, key=lambda box: -box.score)
+    return non_max_suppression(moved, iou, class_agnostic=class_agnostic)
 
 
-def non_max_suppression(boxes: Sequence[Box], iou: float) -> list[Box]:
-    """Greedy NMS: keep the best-scoring box, drop those overlapping it by more than `iou`, repeat."""
+def non_max_suppression(boxes: Sequence[Box], iou: float, *, class_agnostic: bool = True) -> list[Box]:
+    """Greedy NMS (torchvision's `batched_nms`): keep the best-scoring box, drop those of its group overlapping it
+    by more than `iou`, repeat; a group is one label, or every box with `class_agnostic`.
+
+    Returns:
+        The kept boxes, highest score first (ties keep their input order).
+    """
     if not boxes:
         return []
-    order = sorted(range(len(boxes)), key=lambda i: -boxes[i].score)
-    corners = np.array([boxes[i][:4] for i in order], dtype=np.float64)
-    areas = np.maximum(0, corners[:, 2] - corners[:, 0]) * np.maximum(0, corners[:, 3] - corners[:, 1])
-    alive = np.ones(len(order), dtype=bool)
-    kept = []
-    for i in range(len(order)):
-        if not alive[i]:
-            continue
-        kept.append(boxes[order[i]])
-        w = np.clip(np.minimum(corners[i, 2], corners[:, 2]) - np.maximum(corners[i, 0], corners[:, 0]), 0, None)
-        h = np.clip(np.minimum(corners[i, 3], corners[:, 3]) - np.maximum(corners[i, 1], corners[:, 1]), 0, None)
-        overlap = w * h / np.maximum(areas[i] + areas - w * h, 1e-12)
-        alive &= overlap <= iou
-    return kept
+    import torch
+    from torchvision.ops import batched_nms
+
+    corners = torch.tensor([box[:4] for box in boxes], dtype=torch.float64)
+    scores = torch.tensor([box.score for box in boxes], dtype=torch.float64)
+    labels = [str(box.label) for box in boxes]
+    index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    groups = torch.zeros(len(boxes), dtype=torch.int64) if class_agnostic else torch.tensor([index[label] for label in labels])
+    # Equal scores keep input order: torchvision sorts by score only, so break ties with a tiny rank offset.
+    ranked = scores - torch.arange(len(boxes), dtype=torch.float64) * 1e-12
+    kept = batched_nms(corners, ranked, groups, iou)
+    return [boxes[int(i)] for i in kept]

@@ -1,0 +1,556 @@
+"""The X-ray contraband study as plain functions: 16-bit scans -> positive tiles -> YOLOv5u -> fixed grid -> merge.
+
+`train(cfg)` writes one run folder:
+
+    runs/xray/train[N]/
+        config.yaml              resolved config (rerun with --config)
+        splits.csv               id, split, path of every scan (the seeded stratified 60/20/20 split)
+        class_map.json           original class -> detector class, and the detector's class names
+        detector/                Ultralytics' own run (results.csv, args.yaml, weights/) and the YOLO view of the data
+        weights/detector.pt      the detector every later command uses
+        metrics.json             test P/R/F1/mAP50 with fixed tiling, per class; per_class.csv, plots/pr_curve.png
+        skipped.csv              bad files that were left out (unless --strict)
+
+The detector is evaluated the way the study tested it: the whole test scan tiled at the training tile size (with
+`tiling.overlap`), every tile through the detector, boxes mapped back and merged (`detection.tiled`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keras_medimg.apps.xray.config import XrayConfig
+from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.datasets.voc import VocDataset, read_voc_dataset, split_dataset
+from keras_medimg.detection import tiled
+from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.io.annotations import Box
+from keras_medimg.metrics.detection import AGNOSTIC_LABEL, detection_report, match_boxes
+from keras_medimg.preprocessing.bit_depth import Conversion
+from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, open_trained, start_run, write_json
+
+log = logging.getLogger("keras_medimg.xray")
+
+APP = "xray"
+DETECTOR_FILE = "detector.pt"
+REMAPS = ("original", "score", "size", "binary", "agnostic")
+AUGMENT_ROWS = ("none", "flip", "blur", "rbc", "noise", "combined")
+TILING_ROWS = ("none", "1x512", "2x384", "4x256", "8x128")
+
+
+# === Data ===
+
+
+def demo_data(out_dir: str | Path | None, cfg: XrayConfig) -> Path:
+    """Make (or reuse) the synthetic 16-bit body-scan set in the standard VOC layout."""
+    from keras_medimg.datasets.synthetic.xray import generate_xray
+
+    params = {"n_images": cfg.data.demo_images, "width": cfg.data.demo_width, "height": cfg.data.demo_height,
+              "seed": cfg.seed}
+    if out_dir is None:
+        from keras_medimg.datasets.synthetic import ensure_demo_data
+
+        return Path(ensure_demo_data("xray", generate_xray, **params))
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"'{out}' is not empty; demo-data never writes over files. Give a new or empty folder.")
+    return generate_xray(out, **params)
+
+
+def data_root(cfg: XrayConfig) -> Path:
+    """The VOC folder: `data.root`, or the demo set (made on first use)."""
+    if cfg.data.root:
+        root = Path(cfg.data.root)
+        if not root.is_dir():
+            raise InvalidInputError(root, "the dataset folder does not exist; pass a PASCAL VOC folder with --data, or "
+                                    "leave --data out to use the demo data.")
+        return root
+    log.info("No --data given: using the built-in synthetic body-scan demo set.")
+    return demo_data(None, cfg)
+
+
+def load_data(cfg: XrayConfig, skipped: Skipped) -> tuple[VocDataset, dict[str, list[Sample]]]:
+    """Read the VOC set and split it (split files, else seeded and stratified by rarest class)."""
+    dataset = read_voc_dataset(data_root(cfg), class_names=cfg.data.classes or None, strict=cfg.strict, skipped=skipped)
+    splits = split_dataset(dataset, val=cfg.data.val_fraction, test=cfg.data.test_fraction, seed=cfg.seed,
+                           use_split_files=cfg.data.use_split_files)
+    for name in ("train", "val"):
+        if not any(s.boxes for s in splits[name]):
+            raise InvalidInputError(dataset.root, f"the {name} split has no annotated object; the detector needs boxes "
+                                    "to learn from and to be checked on. Add annotated scans.")
+    return dataset, splits
+
+
+def conversion(cfg: XrayConfig) -> Conversion:
+    return Conversion(cfg.convert.method, cfg.convert.low, cfg.convert.high)
+
+
+def tile_plan(cfg: XrayConfig) -> tiled.TilePlan:
+    t = cfg.tiling
+    return tiled.TilePlan(t.mode, t.size, t.tiles, t.min_visible, t.overlap, t.whole_size)
+
+
+def merge_rule(cfg: XrayConfig, conf: float | None = None) -> tiled.MergeRule:
+    p = cfg.predict
+    return tiled.MergeRule(p.conf if conf is None else conf, p.nms_iou, p.merge_iou, p.class_agnostic_merge, p.max_det)
+
+
+def box_augment(cfg: XrayConfig) -> tiled.BoxAugment:
+    a = cfg.augment
+    if len(a.blur_sigma) != 2 or not 0 < a.blur_sigma[0] <= a.blur_sigma[1]:
+        raise ConfigError(f"augment.blur_sigma must be [low, high] with 0 < low <= high, not {a.blur_sigma}.")
+    return tiled.BoxAugment(a.flip, a.blur, a.rbc, a.noise, tuple(a.blur_sigma), a.brightness, a.contrast, a.noise_std)
+
+
+# === Class remapping ===
+
+
+def class_mapping(cfg: XrayConfig, class_names: Sequence[str], train: Sequence[Sample]) -> dict[str, str]:
+    """Original class -> the class the detector learns, for `cfg.class_remap` (the study's remappings).
+
+    Raises:
+        ConfigError: an unknown remap, a binary group list that misses a class, a score run without per-class F1.
+    """
+    remap = cfg.class_remap
+    if remap == "original":
+        return {name: name for name in class_names}
+    if remap == "agnostic":
+        return {name: AGNOSTIC_LABEL for name in class_names}
+    if remap == "binary":
+        group = {name: g for g, names in cfg.remap.binary.items() for name in names}
+        missing = [name for name in class_names if name not in group]
+        if missing:
+            raise ConfigError(f"class_remap binary: {', '.join(missing)} in no group of remap.binary; add each class to "
+                              "one group (e.g. --set remap.binary.anomaly=[...]).")
+        return {name: group[name] for name in class_names}
+    if remap == "size":
+        return size_mapping(class_names, train, cfg.remap.size_bins)
+    if remap == "score":
+        return score_mapping(class_names, cfg.remap.score_run, cfg.remap.score_bins)
+    path = Path(remap)
+    if not path.is_file():
+        raise ConfigError(f"class_remap '{remap}' is none of {', '.join(REMAPS)} nor an existing YAML file of "
+                          "{class: new name}. Choose one.")
+    from keras_medimg.config import read_yaml
+
+    mapping = {str(k): str(v) for k, v in read_yaml(path).items()}
+    unknown = sorted(set(mapping) - set(class_names))
+    if unknown:
+        raise ConfigError(f"The class remap file {path} names {', '.join(unknown)}, which the dataset does not have; "
+                          f"its classes are {', '.join(class_names)}.")
+    return {name: mapping.get(name, name) for name in class_names}
+
+
+def size_mapping(class_names: Sequence[str], train: Sequence[Sample], bins: Mapping[str, float]) -> dict[str, str]:
+    """Each class by its mean box side (sqrt of area, px) on the training split: below each bound of `bins` (in
+    increasing order) gets that bin, above them all "large"; a class without training boxes is "large"."""
+    sides: dict[str, list[float]] = {}
+    for sample in train:
+        for box in sample.boxes:
+            sides.setdefault(str(box.label), []).append(math.sqrt(box.area))
+    ordered = sorted(bins.items(), key=lambda item: item[1])
+
+    def bin_of(side: float) -> str:
+        return next((name for name, bound in ordered if side < bound), "large")
+
+    return {name: bin_of(float(np.mean(sides[name]))) if name in sides else "large" for name in class_names}
+
+
+def score_mapping(class_names: Sequence[str], score_run: str | None, bins: Mapping[str, float]) -> dict[str, str]:
+    """Each class by its test F1 in an earlier run's metrics.json: above each bound of `bins` (in decreasing order)
+    gets that bin, else "low"."""
+    if not score_run:
+        raise ConfigError("class_remap score needs the per-class F1 of an earlier run: --set remap.score_run=RUN "
+                          "(a `medimg xray train` or `evaluate` run with the original classes).")
+    metrics_path = Path(score_run) / "metrics.json"
+    if not metrics_path.is_file():
+        raise ConfigError(f"remap.score_run '{score_run}' holds no metrics.json; pass a finished train or evaluate run.")
+    import json
+
+    report = json.loads(metrics_path.read_text(encoding="utf-8")).get("test", {})
+    per_class = report.get("per_class") or {}
+    if not per_class:
+        raise ConfigError(f"{metrics_path} has no per-class test results; pass a train or evaluate run of this app.")
+    ordered = sorted(bins.items(), key=lambda item: -item[1])
+
+    def bin_of(f1: float) -> str:
+        return next((name for name, bound in ordered if f1 > bound), "low")
+
+    return {name: bin_of(float(per_class.get(name, {}).get("f1", 0.0))) for name in class_names}
+
+
+def remapped(samples: Sequence[Sample], mapping: Mapping[str, str]) -> list[Sample]:
+    return [replace(s, boxes=[b._replace(label=mapping[str(b.label)]) for b in s.boxes],
+                    labels=sorted({mapping[label] for label in s.labels})) for s in samples]
+
+
+# === Training ===
+
+
+def _write_splits(run: Run, splits: Mapping[str, Sequence[Sample]]) -> None:
+    rows = [{"id": s.id, "split": name, "path": str(s.path)} for name, samples in splits.items() for s in samples]
+    run.write_csv("splits.csv", rows, ["id", "split", "path"])
+
+
+def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mapping: Mapping[str, str],
+                 out_dir: Path) -> tuple[Path, list[str], float]:
+    """Train YOLOv5u on tiles of the remapped train split (validated on the val split's grid).
+
+    Returns:
+        (last checkpoint, detector class names, seconds).
+    """
+    from keras_medimg.detection.yolo import train_detector
+
+    names = list(dict.fromkeys(mapping.values()))
+    train, val = remapped(splits["train"], mapping), remapped(splits["val"], mapping)
+    plan, convert = tile_plan(cfg), conversion(cfg)
+    cache = tiled.ScanCache(convert)
+    train_set = tiled.TileDataset(train, names, plan, convert, training=True, augment=box_augment(cfg),
+                                  seed=cfg.seed, cache=cache)
+    val_set = tiled.TileDataset(val, names, plan, convert, training=False, cache=cache)
+    data_yaml = tiled.write_yolo_set({"train": train, "val": val}, names, out_dir / "data")
+    d = cfg.detector
+    result = train_detector(
+        data_yaml, out_dir, model=f"yolov5{d.size}u", weights=d.weights, epochs=d.epochs, imgsz=plan.imgsz,
+        batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience,
+        trainer=tiled.tile_trainer(train_set, val_set),
+        # Ultralytics' own augmentations never reach TileDataset; these keep its other defaults from acting.
+        hyperparameters={"optimizer": d.optimizer, "lr0": d.learning_rate, "warmup_epochs": d.warmup_epochs,
+                         "mosaic": 0.0, "close_mosaic": 0, "val": True},
+    )
+    # The last checkpoint: Ultralytics' `best` is chosen on a handful of validation scans by mAP, a noisy pick.
+    return result.last, names, result.seconds
+
+
+def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
+    """Read and split the VOC set, train YOLOv5u on positive tiles (or whole scans), test with fixed tiling."""
+    skipped = Skipped()
+    dataset, splits = load_data(cfg, skipped)
+    mapping = class_mapping(cfg, dataset.class_names, splits["train"])
+    run = start_run(APP, "train", cfg, run)
+    _write_splits(run, splits)
+    last, names, seconds = fit_detector(cfg, splits, mapping, run.dir / "detector")
+    weights = run.path("weights", DETECTOR_FILE)
+    shutil.copyfile(last, weights)
+    write_json(run.path("class_map.json"), {"mapping": mapping, "detector_classes": names})
+    report, seconds_eval = score(cfg, weights, splits["test"], mapping, names)
+    write_evaluation(run, report, "test")
+    metrics = {"test": report, "train_seconds": seconds, "evaluate_seconds": seconds_eval,
+               "images": {k: len(v) for k, v in splits.items()}, "class_remap": cfg.class_remap,
+               "tiling": cfg.tiling.mode, "detector_classes": names}
+    return finish_run(run, metrics, skipped, per_class_table(report))
+
+
+# === Evaluation ===
+
+
+def predict_all(cfg: XrayConfig, weights: Path, samples: Sequence[Sample], conf: float) -> tuple[list[list[Box]], float]:
+    """Every scan's merged boxes (down to `conf`), and the seconds it took."""
+    runner, names = tiled.torch_runner(weights, cfg.detector.device)
+    plan, rule, cache = tile_plan(cfg), merge_rule(cfg, conf), tiled.ScanCache(conversion(cfg))
+    started = time.perf_counter()
+    found = [tiled.predict_scan(runner, cache(s.path), plan, rule, names) for s in samples]
+    return found, time.perf_counter() - started
+
+
+def score(cfg: XrayConfig, weights: Path, samples: Sequence[Sample], mapping: Mapping[str, str],
+          names: Sequence[str]) -> tuple[dict[str, Any], float]:
+    """P/R/F1 at `predict.conf` and IoU `evaluate.iou`, mAP50 (every box down to 0.001), per class, PR curve."""
+    predicted, seconds = predict_all(cfg, weights, samples, conf=0.001)
+    truth = [s.boxes for s in remapped(samples, mapping)]
+    report = detection_report(predicted, truth, conf=cfg.predict.conf, iou_threshold=cfg.evaluate.iou).to_dict()
+    report["pr_curve"] = pr_curve(predicted, truth, cfg.evaluate.iou)
+    report.update(conf=cfg.predict.conf, iou=cfg.evaluate.iou, class_names=list(names))
+    return report, seconds
+
+
+def pr_curve(predicted: Sequence[Sequence[Box]], truth: Sequence[Sequence[Box]], iou: float) -> dict[str, list[float]]:
+    """All classes together: precision and recall as the score threshold falls through every predicted box."""
+    ranked = []
+    for boxes, gts in zip(predicted, truth):
+        ranked += [(b.score, hit) for b, hit in zip(boxes, match_boxes(boxes, gts, iou_threshold=iou))]
+    ranked.sort(key=lambda item: -item[0])
+    n_truth = sum(len(g) for g in truth)
+    hits = np.cumsum([hit for _, hit in ranked]) if ranked else np.zeros(0)
+    precision = hits / np.arange(1, len(ranked) + 1) if ranked else hits
+    recall = hits / max(n_truth, 1)
+    step = max(1, len(ranked) // 200)  # enough points to draw, not thousands in metrics.json
+    return {"score": [round(s, 4) for s, _ in ranked[::step]], "precision": precision[::step].round(4).tolist(),
+            "recall": recall[::step].round(4).tolist()}
+
+
+def per_class_table(report: Mapping[str, Any]) -> str:
+    from keras_medimg.reporting import markdown_table
+
+    rows = [{"class": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
+            for name, values in report["per_class"].items()]
+    rows.append({"class": "all", "tp": report["tp"], "fp": report["fp"], "fn": report["fn"],
+                 "precision": round(report["precision"], 4), "recall": round(report["recall"], 4),
+                 "f1": round(report["f1"], 4), "ap50": round(report["map50"], 4)})
+    return markdown_table(rows, ["class", "tp", "fp", "fn", "precision", "recall", "f1", "ap50"])
+
+
+def write_evaluation(run: Run, report: Mapping[str, Any], split: str) -> None:
+    """per_class.csv, per_class.md and plots/pr_curve.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_medimg.runs import atomic_write_text
+
+    rows = [{"class": name, **values} for name, values in report["per_class"].items()]
+    rows.append({"class": "all", "tp": report["tp"], "fp": report["fp"], "fn": report["fn"],
+                 "precision": report["precision"], "recall": report["recall"], "f1": report["f1"], "ap50": report["map50"]})
+    run.write_csv("per_class.csv", rows, ["class", "tp", "fp", "fn", "precision", "recall", "f1", "ap50"])
+    atomic_write_text(run.path("per_class.md"), per_class_table(report))
+    curve = report["pr_curve"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(curve["recall"], curve["precision"], lw=1.5)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"{split}: mAP50 {report['map50']:.3f}, F1 {report['f1']:.3f} at conf {report['conf']}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run.path("plots", "pr_curve.png"), dpi=100)
+    plt.close(fig)
+
+
+def _trained(cfg: XrayConfig) -> tuple[Any, Path, dict[str, Any]]:
+    import json
+
+    trained = open_trained(cfg.predict.weights, APP, XrayConfig)
+    weights = trained.require("weights", DETECTOR_FILE, how="Train it with `medimg xray train`.")
+    class_map = json.loads(trained.require("class_map.json", how="Train it again with `medimg xray train`.")
+                           .read_text(encoding="utf-8"))
+    return trained, weights, class_map
+
+
+def with_trained(cfg: XrayConfig, trained_cfg: XrayConfig) -> XrayConfig:
+    """What a later command takes from the trained run: how scans were converted and tiled (the detector only
+    knows those), and the data it was trained on unless --data says otherwise."""
+    data = cfg.data if cfg.data.root else replace(cfg.data, root=trained_cfg.data.root)
+    tiling = replace(cfg.tiling, mode=trained_cfg.tiling.mode, size=trained_cfg.tiling.size,
+                     whole_size=trained_cfg.tiling.whole_size)
+    return replace(cfg, data=data, convert=trained_cfg.convert, tiling=tiling, detector=replace(
+        cfg.detector, size=trained_cfg.detector.size), class_remap=trained_cfg.class_remap)
+
+
+def evaluate(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
+    """Score a trained run on one split of its data (or of --data) with fixed tiling: tables and a PR curve."""
+    trained, weights, class_map = _trained(cfg)
+    cfg = with_trained(cfg, trained.config)
+    skipped = Skipped()
+    dataset, splits = load_data(cfg, skipped)
+    mapping = class_map["mapping"]
+    unknown = sorted(set(dataset.class_names) - set(mapping))
+    if unknown:
+        raise ConfigError(f"The data has classes the trained run never saw ({', '.join(unknown)}); evaluate on data "
+                          "with the run's classes (see its class_map.json).")
+    run = start_run(APP, "evaluate", cfg, run)
+    report, seconds = score(cfg, weights, splits[cfg.evaluate.split], mapping, class_map["detector_classes"])
+    write_evaluation(run, report, cfg.evaluate.split)
+    metrics = {cfg.evaluate.split: report, "test": report, "seconds": seconds, "weights": str(weights)}
+    return finish_run(run, metrics, skipped, per_class_table(report))
+
+
+# === Prediction ===
+
+
+def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
+    """Detect objects in new scans: VOC XML, YOLO txt, a predictions.csv row per box, an 8-bit overlay."""
+    from keras_medimg.datasets.sources import list_images
+    from keras_medimg.io.annotations import write_voc, write_yolo
+    from keras_medimg.io.images import write_image
+    from keras_medimg.reporting import draw_overlay
+
+    trained, weights, class_map = _trained(cfg)
+    cfg = with_trained(cfg, trained.config)
+    if not cfg.predict.source:
+        raise ConfigError("No scans given. Pass an image or a folder: medimg xray predict --weights RUN SOURCE.")
+    skipped = Skipped()
+    run = start_run(APP, "predict", cfg, run)
+    sources = list_images(cfg.predict.source, exclude=[run.dir], skipped=skipped)
+    runner, names = tiled.torch_runner(weights, cfg.detector.device)
+    plan, rule, convert = tile_plan(cfg), merge_rule(cfg), conversion(cfg)
+    from keras_medimg.preprocessing.bit_depth import read_scan
+
+    rows, done, started = [], 0, time.perf_counter()
+    for sample in sources:
+        try:
+            image = read_scan(sample.path, convert)
+        except InvalidInputError as exc:
+            if cfg.strict:
+                raise
+            skipped.add_error(exc)
+            continue
+        boxes = tiled.predict_scan(runner, image, plan, rule, names)
+        size = (image.shape[1], image.shape[0])
+        write_voc(run.path("labels_voc", f"{sample.id}.xml"), boxes, size, sample.path.name)
+        write_yolo(run.path("labels", f"{sample.id}.txt"), boxes, size, class_map["detector_classes"])
+        if cfg.predict.overlays:
+            write_image(run.path("overlays", f"{sample.id}.png"), draw_overlay(image, boxes, None, sample.id))
+        rows += [{"id": sample.id, "path": str(sample.path), "class": b.label, "score": round(b.score, 4),
+                  "x1": round(b.x1, 1), "y1": round(b.y1, 1), "x2": round(b.x2, 1), "y2": round(b.y2, 1)} for b in boxes]
+        done += 1
+    seconds = time.perf_counter() - started
+    run.write_csv("predictions.csv", rows, ["id", "path", "class", "score", "x1", "y1", "x2", "y2"])
+    metrics = {"images": done, "boxes": len(rows), "seconds": seconds,
+               "images_per_second": done / seconds if seconds else 0.0, "weights": str(weights)}
+    return finish_run(run, metrics, skipped)
+
+
+# === Ablations ===
+
+
+def ablation_rows(experiment: str, grid: Sequence[str]) -> list[str]:
+    defaults = {"tiling": TILING_ROWS, "augment": AUGMENT_ROWS, "remap": REMAPS}
+    if experiment not in defaults:
+        raise ConfigError(f"Unknown ablation '{experiment}'; choose tiling, augment or remap.")
+    rows = list(grid) or list(defaults[experiment])
+    for row in rows:
+        _row_config(XrayConfig(), experiment, row)  # refuse a bad row before anything is trained
+    return rows
+
+
+def _row_config(cfg: XrayConfig, experiment: str, row: str) -> XrayConfig:
+    """The config of one ablation row (everything else as given)."""
+    if experiment == "tiling":
+        if row == "none":
+            return replace(cfg, tiling=replace(cfg.tiling, mode="none"))
+        try:
+            tiles, size = (int(v) for v in row.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"Tiling row '{row}' is neither 'none' nor TILESxSIZE (e.g. 4x256).") from None
+        overlap = min(cfg.tiling.overlap, size // 4)
+        return replace(cfg, tiling=replace(cfg.tiling, mode="positive", tiles=tiles, size=size, overlap=overlap))
+    if experiment == "augment":
+        p = 0.5
+        probabilities = {"none": {}, "flip": {"flip": p}, "blur": {"blur": p}, "rbc": {"rbc": p},
+                         "noise": {"noise": p}, "combined": {"flip": p, "blur": p, "rbc": p}}
+        if row not in probabilities:
+            raise ConfigError(f"Augment row '{row}' is none of {', '.join(probabilities)}.")
+        off = {"flip": 0.0, "blur": 0.0, "rbc": 0.0, "noise": 0.0}
+        return replace(cfg, augment=replace(cfg.augment, **{**off, **probabilities[row]}))
+    if row not in REMAPS and not Path(row).is_file():
+        raise ConfigError(f"Remap row '{row}' is none of {', '.join(REMAPS)} nor a YAML file.")
+    return replace(cfg, class_remap=row)
+
+
+def ablate(cfg: XrayConfig, experiment: str, *, run: Run | RunPlace | None = None) -> RunResult:
+    """Train and test one detector per row (and seed) on the same split; a table of mean +/- std P/R/F1."""
+    from keras_medimg.reporting import write_comparison
+
+    rows = ablation_rows(experiment, cfg.ablate.grid)
+    if cfg.ablate.seeds < 1:
+        raise ConfigError(f"ablate.seeds must be at least 1, not {cfg.ablate.seeds}.")
+    skipped = Skipped()
+    dataset, splits = load_data(cfg, skipped)
+    needs_score = "score" in rows
+    run = start_run(APP, f"ablate-{experiment}", cfg, run)
+    _write_splits(run, splits)
+    results, table_rows = {}, []
+    for row in rows:
+        scores = []
+        for k in range(cfg.ablate.seeds):
+            row_cfg = replace(_row_config(cfg, experiment, row), seed=cfg.seed + k)
+            if needs_score and row == "score" and not row_cfg.remap.score_run:
+                # The study binned classes by the F1 of its original-class model: use this ablation's own.
+                original = run.dir / "rows" / "original" / f"seed{k}"
+                if not (original / "metrics.json").is_file():
+                    raise ConfigError("The score row needs the original row first (or remap.score_run); put "
+                                      "'original' before 'score' in --grid.")
+                row_cfg = replace(row_cfg, remap=replace(row_cfg.remap, score_run=str(original)))
+            out = run.dir / "rows" / row / f"seed{k}"
+            mapping = class_mapping(row_cfg, dataset.class_names, splits["train"])
+            last, names, seconds = fit_detector(row_cfg, splits, mapping, out / "detector")
+            report, _ = score(row_cfg, last, splits["test"], mapping, names)
+            write_json(out / "metrics.json", {"test": report, "train_seconds": seconds})
+            scores.append(report)
+            log.info("%s %s seed %d: P %.3f R %.3f F1 %.3f", experiment, row, k, report["precision"],
+                     report["recall"], report["f1"])
+        results[row] = scores
+        table_rows.append(_mean_row(experiment, row, scores))
+    columns = [experiment, "seeds", "precision", "precision_std", "recall", "recall_std", "f1", "f1_std", "map50"]
+    write_comparison(run, f"ablation_{experiment}", table_rows, columns=columns, metric="f1", label=experiment,
+                     error="f1_std", title=f"{experiment} ablation (test F1, mean +/- std over seeds)", ylabel="F1")
+    metrics = {"experiment": experiment, "rows": {r: [{k: s[k] for k in ("precision", "recall", "f1", "map50")}
+                                                        for s in v] for r, v in results.items()}}
+    from keras_medimg.reporting import markdown_table
+
+    return finish_run(run, metrics, skipped, markdown_table(table_rows, columns))
+
+
+def _mean_row(experiment: str, row: str, scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {experiment: row, "seeds": len(scores)}
+    for key in ("precision", "recall", "f1", "map50"):
+        values = np.array([s[key] for s in scores], float)
+        out[key] = round(float(values.mean()), 4)
+        out[f"{key}_std"] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4)
+    return out
+
+
+# === Export ===
+
+
+def export(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
+    """The detector as ONNX (dynamic batch: all tiles of a scan in one call) and metadata.json, checked by running
+    `predict`'s tiling and merging on a scan with both the ONNX and the PyTorch detector."""
+    from keras_medimg.detection.yolo import export_detector_onnx
+
+    trained, weights, class_map = _trained(cfg)
+    cfg = with_trained(cfg, trained.config)
+    plan, rule = tile_plan(cfg), merge_rule(cfg)
+    run = start_run(APP, "export", cfg, run)
+    onnx_path = export_detector_onnx(weights, run.path("export", "detector.onnx"), imgsz=plan.imgsz,
+                                     atol=cfg.export.atol, dynamic=True)
+    check = _check_export(cfg, weights, onnx_path, plan, rule)
+    metadata = {
+        "format": "onnx", "file": onnx_path.name,
+        "input": {"shape": ["tiles", 3, plan.imgsz, plan.imgsz], "dtype": "float32", "range": [0, 1],
+                  "channels": "grey repeated into 3"},
+        "output": "raw YOLOv5u head (tiles, 4 + classes, anchors): cx cy w h in input pixels, then class scores",
+        "conversion_16bit": conversion(cfg).describe(),
+        "tiling": {"mode": plan.mode, "tile_size": plan.size, "overlap": plan.overlap, "whole_size": plan.whole_size,
+                   "grid": "tiles start every size-overlap px; the last tile of a row/column ends at the border; "
+                           "a scan smaller than a tile is zero-padded bottom/right",
+                   "none_mode": "longer side resized (INTER_AREA) to whole_size, zero-padded bottom/right"},
+        "merge": {"per_tile": f"score >= conf, class-aware NMS IoU {rule.nms_iou}, at most {rule.max_det} boxes",
+                  "across_tiles": f"boxes moved to scan pixels, clipped, torchvision batched_nms IoU {rule.merge_iou}, "
+                                  + ("across classes" if rule.class_agnostic else "per class"),
+                  "conf": rule.conf, "nms_iou": rule.nms_iou, "merge_iou": rule.merge_iou,
+                  "class_agnostic": rule.class_agnostic, "max_det": rule.max_det},
+        "classes": class_map["detector_classes"], "class_map": class_map["mapping"],
+        "check": check,
+    }
+    write_json(run.path("export", "metadata.json"), metadata)
+    return finish_run(run, {"files": [str(onnx_path), str(run.path("export", "metadata.json"))], "check": check})
+
+
+def _check_export(cfg: XrayConfig, weights: Path, onnx_path: Path, plan: tiled.TilePlan,
+                  rule: tiled.MergeRule) -> dict[str, Any]:
+    from keras_medimg.datasets.synthetic.xray import make_scan
+    from keras_medimg.preprocessing.bit_depth import to_uint8
+
+    scan, _ = make_scan(np.random.default_rng(cfg.seed), cfg.data.demo_width, cfg.data.demo_height)
+    image = to_uint8(scan, conversion(cfg)) if cfg.convert.method != "dicom" else to_uint8(scan, Conversion("minmax"))
+    torch_run, names = tiled.torch_runner(weights)
+    onnx_run = tiled.onnx_runner(onnx_path)
+    batch, _, _ = tiled.scan_inputs(image, plan)
+    error = float(np.max(np.abs(torch_run(batch) - onnx_run(batch))))
+    low = replace(rule, conf=0.01)
+    a = tiled.predict_scan(torch_run, image, plan, low, names)
+    b = tiled.predict_scan(onnx_run, image, plan, low, names)
+    same = len(a) == len(b) and all(np.allclose(x[:4], y[:4], atol=0.05) and x.label == y.label for x, y in zip(a, b))
+    if error > cfg.export.atol or not same:
+        raise RuntimeError(f"The ONNX detector differs from the PyTorch one on a batch of {len(batch)} tiles (largest "
+                           f"raw difference {error:.3g}, boxes equal: {same}); the export is not trustworthy.")
+    return {"tiles": int(len(batch)), "max_abs_difference": error, "boxes": len(a), "boxes_equal": same}
