@@ -447,7 +447,9 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
     for i, block in enumerate(blocks):
         if not starts[i] or i in used:
             continue
-        block = _caption_paragraph(blocks, starts, i, used)
+        label = pattern.match(clean_caption(block.text, headers))
+        label_only = len(clean_caption(block.text, headers)[label.end() :].strip(" .:")) == 0
+        block = _caption_paragraph(blocks, starts, i, used, label_only)
         text = clean_caption(block.text, headers)
         match = pattern.match(text)
         figure = re.sub(r"\s+", "", match.group("figure")).replace("\u2013", "-")
@@ -469,10 +471,13 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
     return captions
 
 
-def _caption_paragraph(blocks: Sequence[TextBlock], starts: Sequence[bool], first: int, used: set[int]) -> TextBlock:
-    """A caption block joined with the blocks that continue it: a block on the same line right after it (a label
-    set in another font, "Figure 3." | "Oval mass ..."), or blocks right under it (less than half a line apart,
-    overlapping horizontally) that do not start a caption themselves."""
+def _caption_paragraph(
+    blocks: Sequence[TextBlock], starts: Sequence[bool], first: int, used: set[int], label_only: bool
+) -> TextBlock:
+    """A caption block joined with the blocks that continue it: when the block is only the label ("Figure 3."
+    set apart in another font), the block on the same line right after it; then blocks right under it (less than
+    half a line apart, overlapping horizontally) that do not start a caption themselves. A block beside a whole
+    caption is the next column, not its continuation."""
     block = blocks[first]
     used.add(first)
     grown = True
@@ -484,7 +489,8 @@ def _caption_paragraph(blocks: Sequence[TextBlock], starts: Sequence[bool], firs
             if j in used or starts[j]:
                 continue
             ox0, oy0, ox1, oy1 = other.bbox
-            same_line = min(y1, oy1) - max(y0, oy0) > 0.5 * min(y1 - y0, oy1 - oy0) and 0 <= ox0 - x1 < 2 * line
+            same_line = (label_only and block is blocks[first] and 0 <= ox0 - x1 < 2 * line
+                         and min(y1, oy1) - max(y0, oy0) > 0.5 * min(y1 - y0, oy1 - oy0))
             under = 0 <= oy0 - y1 < 0.5 * line and min(x1, ox1) - max(x0, ox0) > 0.5 * min(x1 - x0, ox1 - ox0)
             if not (same_line or under):
                 continue

@@ -322,3 +322,69 @@ def test_scanned_page_with_an_ocr_text_layer_needs_no_tesseract(tmp_path):
     (pair,) = result.pairs
     assert (pair.method, pair.figure, pair.caption) == ("scan-text", "3", "Coarse benign calcifications, BI-RADS 2.")
     assert pair.image.bbox == pytest.approx((72, 100, 252, 340), abs=3)
+
+
+WORDS = "mass margin oval round spiculated calcifications density dense breast view craniocaudal oblique lesion".split()
+
+
+def random_book(seed: int, pages: int = 5):
+    """A book of random layouts: one or two columns, captions under (or, for a third of books, above) figures
+    of one to three panels, grey and colour pictures, body paragraphs (some starting "Figure N shows"), a
+    running header, page numbers and a footer logo. Returns the PDF and the truth (page, x0, y0, figure, caption)."""
+    rng = np.random.default_rng(seed)
+    doc, truth, fig = pymupdf.open(), [], 0
+    above, two_col = rng.random() < 0.3, rng.random() < 0.5
+
+    def sentence(n=8):
+        return " ".join(rng.choice(WORDS, n)).capitalize() + "."
+
+    for number in range(1, pages + 1):
+        page = new_page(doc, number)
+        for x0, x1 in [(60, 290), (305, 535)] if two_col else [(60, 535)]:
+            y = 60
+            while y < 700:
+                if rng.random() < 0.35:
+                    opening = f"Figure {fig + 1} shows " if fig and rng.random() < 0.3 else ""
+                    if y + 60 > 780:
+                        break
+                    text(page, (x0, y, x1, y + 60), opening + " ".join(sentence() for _ in range(2)), size=8)
+                    y += 70
+                    continue
+                n = int(rng.integers(1, 4 if x1 - x0 > 300 else 3))
+                w = min(150, (x1 - x0 - 6 * (n - 1)) / n)
+                h = w * 4 / 3
+                if y + h + 50 > 790:
+                    break
+                fig += 1
+                shared, panels = sentence(), [sentence(4) for _ in range(n)]
+                label = rng.choice([f"Figure {fig}.", f"Fig. {fig}", f"FIGURE {fig}"])
+                body = f"{label} {shared}" + ("".join(f" ({'abc'[i]}) {panels[i]}" for i in range(n)) if n > 1 else "")
+                caption_y, image_y = (y, y + 44) if above else (y + h + 6, y)
+                for i in range(n):
+                    rect = (x0 + i * (w + 6), image_y, x0 + i * (w + 6) + w, image_y + h)
+                    gray = (rng.random((int(h), int(w))) * 255).astype(np.uint8)
+                    if rng.random() < 0.3:
+                        colour = np.ascontiguousarray(np.stack([gray, gray[:, ::-1], gray // 2], -1))
+                        pix = pymupdf.Pixmap(pymupdf.csRGB, gray.shape[1], gray.shape[0], colour.tobytes(), False)
+                    else:
+                        pix = pixmap(gray)
+                    page.insert_image(pymupdf.Rect(*rect), pixmap=pix)
+                    truth.append((number, rect[0], rect[1], str(fig), shared + (f" {panels[i]}" if n > 1 else "")))
+                text(page, (x0, caption_y, x1, caption_y + 40), body, size=8)
+                y += h + 60
+    return doc, truth
+
+
+def test_random_layouts_are_paired_as_a_person_would(tmp_path):
+    right = total = 0
+    for seed in range(6):
+        doc, truth = random_book(seed)
+        path = tmp_path / f"book{seed}.pdf"
+        doc.save(path)
+        result = extract_atlas(path, AtlasSettings(ocr="never"))
+        assert len(result.pairs) == len(truth)  # no logo, no body paragraph made a pair
+        for page, x0, y0, figure, caption in truth:
+            found = [p for p in result.pairs if p.page == page and abs(p.image.bbox[0] - x0) < 3 and abs(p.image.bbox[1] - y0) < 3]
+            right += len(found) == 1 and (found[0].figure, found[0].caption) == (figure, caption)
+            total += 1
+    assert total > 100 and right / total >= 0.98, f"{right}/{total}"
