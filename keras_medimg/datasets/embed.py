@@ -1,0 +1,124 @@
+"""EMBED (Emory Breast Imaging Dataset): BI-RADS and density per image from the clinical and metadata tables.
+
+Layout (columns found by name, in any order and case):
+
+    <root>/EMBED_OpenData_clinical.csv   empi_anon, acc_anon, side (L, R or B = both), asses (A N B P S M K),
+                                         tissueden (1-4 = ACR A-D; 5 = male, no density)
+    <root>/EMBED_OpenData_metadata.csv   empi_anon, acc_anon, ImageLateralityFinal (L/R), ViewPosition (CC/MLO),
+                                         anon_dicom_path (or png_path), FinalImageType (2D/cview, optional)
+
+Images and findings are joined on patient (empi_anon), exam (acc_anon) and side; a finding on side B applies to both
+breasts. When an exam side has several findings the most severe assessment is kept (6 > 5 > 4 > 0 > 3 > 2 > 1).
+Only 2D CC and MLO images are used, as in the study. `asses` letters map to BI-RADS: A 0, N 1, B 2, P 3, S 4, M 5,
+K 6. An image path is used as given when it exists, else relative to `root` (leading '/' dropped), else
+`root/images/<file name>`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from keras_medimg.datasets.mammo_labels import EMBED_ASSESSMENT, _finish, parse_density
+import re
+
+from keras_medimg.datasets.mammography import check_columns
+from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.errors import InvalidInputError
+
+CLINICAL = "EMBED_OpenData_clinical.csv"
+METADATA = "EMBED_OpenData_metadata.csv"
+SEVERITY = ("1", "2", "3", "0", "4", "5", "6")  # least to most severe
+
+
+def check_optional(fieldnames, names) -> dict[str, str]:
+    """The optional columns present, matched without case, spaces, '_' or '-' (as `check_columns` does)."""
+    def key(name: str) -> str:
+        return re.sub(r"[\s_\-/]+", "", name or "").lower()
+
+    present = {key(n): n for n in fieldnames or [] if n}
+    return {name: present[key(name)] for name in names if key(name) in present}
+
+
+def _clinical(path: Path, problems: list[InvalidInputError]) -> dict[tuple[str, str, str], dict[str, str | None]]:
+    findings: dict[tuple[str, str, str], dict[str, str | None]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        col = check_columns(path, reader.fieldnames, ("empi_anon", "acc_anon", "side", "asses"),
+                            what="EMBED's clinical table")
+        optional = check_optional(reader.fieldnames, ("tissueden",))
+        for row in reader:
+            line = reader.line_num
+            letter = (row.get(col["asses"]) or "").strip().upper()
+            side = (row.get(col["side"]) or "").strip().upper()
+            if letter not in EMBED_ASSESSMENT:
+                problems.append(InvalidInputError(path, f"asses '{letter}' is not an EMBED assessment letter "
+                                                        f"({' '.join(EMBED_ASSESSMENT)})", line=line))
+                continue
+            if side not in ("L", "R", "B"):
+                problems.append(InvalidInputError(path, f"side '{side}' is not L, R or B", line=line))
+                continue
+            raw_density = (row.get(optional["tissueden"]) or "").strip() if "tissueden" in optional else ""
+            try:
+                density = None if raw_density.split(".")[0] == "5" else parse_density(raw_density)
+            except ValueError as exc:
+                problems.append(InvalidInputError(path, str(exc), line=line))
+                continue
+            patient, exam = (row.get(col["empi_anon"]) or "").strip(), (row.get(col["acc_anon"]) or "").strip()
+            birads = EMBED_ASSESSMENT[letter]
+            for breast in ("L", "R") if side == "B" else (side,):
+                key = (patient, exam, breast)
+                known = findings.get(key)
+                if known is None or SEVERITY.index(birads) > SEVERITY.index(known["birads"]):
+                    findings[key] = {"birads": birads, "density": density or (known or {}).get("density"),
+                                     "line": str(line)}
+    return findings
+
+
+def _image_path(root: Path, text: str) -> Path:
+    given = Path(text)
+    for candidate in (given, root / text.lstrip("/"), root / "images" / given.name):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"the image '{text}' does not exist (looked as given, under {root} and in {root / 'images'})")
+
+
+def read_embed(root: str | Path, *, skipped: Skipped | None = None, strict: bool = False) -> list[Sample]:
+    """Read EMBED: one sample per 2D CC/MLO image with a finding on its side; `meta` holds `birads`, `density`."""
+    root = Path(root)
+    clinical, metadata = root / CLINICAL, root / METADATA
+    for path in (clinical, metadata):
+        if not path.is_file():
+            raise InvalidInputError(path, f"this EMBED table is missing. Give the folder that holds {CLINICAL} and "
+                                          f"{METADATA}.")
+    problems: list[InvalidInputError] = []
+    findings = _clinical(clinical, problems)
+    samples = []
+    with open(metadata, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        col = check_columns(metadata, reader.fieldnames, ("empi_anon", "acc_anon", "ImageLateralityFinal",
+                                                          "ViewPosition"), what="EMBED's metadata table")
+        optional = check_optional(reader.fieldnames, ("anon_dicom_path", "png_path", "FinalImageType"))
+        path_col = optional.get("png_path") or optional.get("anon_dicom_path")
+        if path_col is None:
+            raise InvalidInputError(metadata, "needs an anon_dicom_path or png_path column with the image files.")
+        for row in reader:
+            line = reader.line_num
+            kind = (row.get(optional.get("FinalImageType", ""), "") or "2D").strip().upper()
+            view = (row.get(col["ViewPosition"]) or "").strip().upper()
+            if kind != "2D" or view not in ("CC", "MLO"):
+                continue  # the study uses 2D CC and MLO images only
+            patient, exam = (row.get(col["empi_anon"]) or "").strip(), (row.get(col["acc_anon"]) or "").strip()
+            side = (row.get(col["ImageLateralityFinal"]) or "").strip().upper()[:1]
+            finding = findings.get((patient, exam, side))
+            if finding is None:
+                continue  # no assessment for this breast in this exam
+            try:
+                image = _image_path(root, (row.get(path_col) or "").strip())
+            except ValueError as exc:
+                problems.append(InvalidInputError(metadata, str(exc), line=line))
+                continue
+            samples.append(Sample(id=f"{exam}/{image.stem}", path=image, group=patient, view=view, laterality=side,
+                                  meta={"birads": finding["birads"], "density": finding["density"],
+                                        "file": str(metadata), "line": line, "exam": exam}))
+    return _finish(metadata, samples, problems, skipped, strict, "EMBED")

@@ -1,0 +1,70 @@
+"""EMBED reader: clinical and metadata tables joined on patient, exam and side; asses letters to BI-RADS."""
+
+import numpy as np
+import pytest
+
+from keras_medimg.datasets.embed import read_embed
+from keras_medimg.datasets.records import Skipped
+from keras_medimg.errors import InvalidInputError
+from keras_medimg.io.images import write_image
+
+CLINICAL = """empi_anon,acc_anon,side,asses,tissueden
+1,100,L,S,2
+1,100,L,B,2
+1,100,R,N,2
+2,200,B,K,4
+3,300,L,A,5
+"""
+METADATA = """empi_anon,acc_anon,ImageLateralityFinal,ViewPosition,anon_dicom_path,FinalImageType
+1,100,L,CC,/data/1/a.png,2D
+1,100,L,MLO,/data/1/b.png,2D
+1,100,R,CC,/data/1/c.png,2D
+1,100,R,CC,/data/1/c_cview.png,cview
+2,200,L,MLO,/data/2/d.png,2D
+2,200,R,CC,/data/2/e.png,2D
+2,200,R,XCCL,/data/2/f.png,2D
+3,300,L,CC,/data/3/g.png,2D
+"""
+
+
+def _write(tmp_path, clinical=CLINICAL, metadata=METADATA):
+    for name in "abcdefg":
+        write_image(tmp_path / "data" / name[0].replace(name, {"a": "1", "b": "1", "c": "1", "d": "2", "e": "2",
+                                                               "f": "2", "g": "3"}[name]) / f"{name}.png",
+                    np.zeros((8, 8), np.uint8))
+    (tmp_path / "EMBED_OpenData_clinical.csv").write_text(clinical)
+    (tmp_path / "EMBED_OpenData_metadata.csv").write_text(metadata)
+    return tmp_path
+
+
+def test_join_on_patient_exam_and_side(tmp_path):
+    samples = read_embed(_write(tmp_path))
+    got = {s.path.name: (s.group, s.laterality, s.view, s.meta["birads"], s.meta["density"]) for s in samples}
+    assert got == {
+        "a.png": ("1", "L", "CC", "4", "B"),  # S (4) and B (2) on the left: the more severe is kept
+        "b.png": ("1", "L", "MLO", "4", "B"),
+        "c.png": ("1", "R", "CC", "1", "B"),  # N -> 1; the C-view image is left out
+        "d.png": ("2", "L", "MLO", "6", "D"),  # side B applies to both breasts; K -> 6
+        "e.png": ("2", "R", "CC", "6", "D"),
+        "g.png": ("3", "L", "CC", "0", None),  # A -> 0; tissueden 5 (male) has no density
+    }
+
+
+def test_bad_assessment_letter_names_file_and_row(tmp_path):
+    _write(tmp_path, clinical=CLINICAL.replace("1,100,R,N,2", "1,100,R,Q,2"))
+    with pytest.raises(InvalidInputError, match=r"EMBED_OpenData_clinical.csv.*line 4.*asses 'Q'"):
+        read_embed(tmp_path)
+    skipped = Skipped()
+    assert {s.path.name for s in read_embed(tmp_path, skipped=skipped)} == {"a.png", "b.png", "d.png", "e.png", "g.png"}
+    assert skipped.rows()[0]["line"] == 4
+
+
+def test_missing_image_and_missing_table(tmp_path):
+    _write(tmp_path)
+    (tmp_path / "data" / "2" / "e.png").unlink()
+    skipped = Skipped()
+    assert len(read_embed(tmp_path, skipped=skipped)) == 5
+    assert skipped.rows()[0]["line"] == 7 and "e.png" in skipped.rows()[0]["reason"]
+    (tmp_path / "EMBED_OpenData_metadata.csv").unlink()
+    with pytest.raises(InvalidInputError, match="EMBED table is missing"):
+        read_embed(tmp_path)
