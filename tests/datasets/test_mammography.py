@@ -1,0 +1,38 @@
+"""The mammography manifest and the shared label/view rules."""
+
+from pathlib import Path
+
+import pytest
+
+from keras_medimg.datasets.mammography import birads_label, parse_birads, read_manifest
+from keras_medimg.datasets.records import Skipped
+from keras_medimg.errors import InvalidInputError
+
+
+def test_birads_rules_of_the_study():
+    assert [birads_label(b) for b in (1, 2, 3, 4, 5)] == [None, "benign", "benign", "malignant", "malignant"]
+    assert parse_birads("BI-RADS 4") == 4 and parse_birads("birads 4a") == 4 and parse_birads("") is None
+    with pytest.raises(ValueError):
+        parse_birads("BI-RADS X")
+
+
+def test_manifest_rows_and_problems_by_line(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("Patient,ROI,Laterality,View,Label,Path,split\n"
+                        "p1,1,L,CC,malignant,a.png,test\n"
+                        "p1,no,,RMLO,BI-RADS 2,b.png,\n"
+                        "p2,0,L,CC,BI-RADS 1,c.png,\n"
+                        "p2,0,L,XX,benign,c.png,\n"
+                        "p3,0,L,CC,benign,missing.png,\n", encoding="utf-8")
+    skipped = Skipped()
+    samples = read_manifest(manifest, skipped=skipped)
+    assert [(s.id, s.label, s.view, s.laterality, s.meta["roi"], s.group, s.meta["split"]) for s in samples] == [
+        ("a", "malignant", "CC", "L", True, "p1", "test"), ("b", "benign", "MLO", "R", False, "p1", None)]
+    assert [(Path(f.path).name, f.line) for f in skipped] == [("m.csv", 4), ("m.csv", 5), ("m.csv", 6)]
+    with pytest.raises(InvalidInputError, match="line 4"):
+        read_manifest(manifest, strict=True)
+    (tmp_path / "bad.csv").write_text("path,label\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="view, laterality, roi, patient"):
+        read_manifest(tmp_path / "bad.csv")
