@@ -102,3 +102,126 @@ def print_run_summary(run_dir: Path) -> None:
     if count:
         log.warning("%d unreadable file(s) were skipped; see %s.", count, skipped)
     log.info("Results saved to %s", run_dir)
+
+
+# === Pieces every app's command module composes ===
+
+
+def import_named(path: str) -> Any:
+    """The object named `"package.module:attribute"` (a config class, a writer), imported when first needed, so
+    `--help` stays fast."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_place(project: str | None, name: str | None, exist_ok: bool):
+    """Where a command's run folder goes (`--project`, `--name`, `--exist-ok`); the pipeline creates it once its
+    checks have passed, so a bad input leaves no empty folder."""
+    from keras_medimg.runs import RunPlace
+
+    return RunPlace(project, name, exist_ok)
+
+
+def resolve_train(
+    config: str,
+    app: str,
+    *,
+    resume: str | None,
+    config_file: str | None,
+    overrides: Sequence[str],
+    options: Mapping[str, Any],
+    project: str | None,
+    name: str | None,
+    exist_ok: bool,
+) -> tuple[Any, Any]:
+    """The config and run folder of a `train` command: a new place, or (`--resume FOLDER`) that run with its saved
+    config.yaml under the given options and --set overrides.
+
+    Args:
+        config: the app's config class as `"package.module:ClassName"`.
+        app: the app name (defaults file, run-folder layout).
+
+    Returns:
+        (resolved config, `Run` to resume or `RunPlace` for a new run).
+    """
+    from keras_medimg.runs import open_run
+
+    cls = import_named(config)
+    if resume:
+        run = open_run(resume, app, "train")
+        return resolve_config(cls, app, config_file or str(run.dir / "config.yaml"), overrides, options), run
+    return resolve_config(cls, app, config_file, overrides, options), run_place(project, name, exist_ok)
+
+
+def add_demo_data_command(group: click.Group, app: str, config: str, make: str, what: str) -> click.Command:
+    """Register `medimg <app> demo-data OUT_DIR [--seed N] [--config/--set]` on `group`.
+
+    Args:
+        group: the app's Click group.
+        app: the app name.
+        config: the app's config class as `"package.module:ClassName"`.
+        make: the writer as `"package.module:function"`, called `function(out_dir, cfg)` and returning the folder.
+        what: the first line of the command's help (what the set holds).
+    """
+
+    @group.command("demo-data", help=f"{what}\n\nSizes come from the data.demo_* keys of the config.")
+    @click.argument("out_dir", type=click.Path(file_okay=False))
+    @click.option("--seed", type=int, default=None, help="Random seed of the generator.")
+    @config_options
+    def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
+        cfg = resolve_config(import_named(config), app, config_file, overrides, {"seed": seed})
+        root = import_named(make)(out_dir, cfg)
+        click.echo(f"Demo data written to {root} (train with: medimg {app} train --data {root})")
+
+    return demo_data
+
+
+class AppCommands:
+    """The config wiring of one app's command module: resolve its config, its train run, its demo-data command.
+
+    Args:
+        app: the app name (`configs/<app>.yaml`, `runs/<app>/`).
+        config: the app's config class as `"package.module:ClassName"` (imported when a command runs).
+
+    Example:
+        APP = AppCommands("brats", "keras_medimg.apps.brats.config:BratsConfig")
+        cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
+    """
+
+    def __init__(self, app: str, config: str):
+        self.app = app
+        self.config = config
+
+    def resolve(self, config_file: str | None, overrides: Sequence[str], options: Mapping[str, Any] | None = None) -> Any:
+        """Defaults (or --config), then the command's typed options, then --set (see `resolve_config`)."""
+        return resolve_config(import_named(self.config), self.app, config_file, overrides, options)
+
+    def resolve_train(self, *, resume: str | None, config_file: str | None, overrides: Sequence[str],
+                      options: Mapping[str, Any], project: str | None, name: str | None, exist_ok: bool) -> tuple[Any, Any]:
+        """(config, run) of a train command, as `resolve_train`."""
+        return resolve_train(self.config, self.app, resume=resume, config_file=config_file, overrides=overrides,
+                             options=options, project=project, name=name, exist_ok=exist_ok)
+
+    def add_demo_data(self, group: click.Group, make: str, what: str) -> click.Command:
+        """Register the app's `demo-data` command (see `add_demo_data_command`)."""
+        return add_demo_data_command(group, self.app, self.config, make, what)
+
+
+strict_option = click.option(
+    "--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it."
+)
+
+
+def trained_run_options(weights_help: str, *, strict: bool = True) -> Callable[[F], F]:
+    """The options of a command that uses a trained run: required --weights, --strict (unless `strict=False`),
+    --backend, --config/--set and the run-folder options."""
+
+    def decorate(func: F) -> F:
+        func = run_options(config_options(backend_option(func)))
+        if strict:
+            func = strict_option(func)
+        return click.option("--weights", "weights", required=True, type=click.Path(), help=weights_help)(func)
+
+    return decorate

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from keras_medimg.apps.options import (
-    backend_option,
+    AppCommands,
     common_options,
-    config_options,
     print_run_summary,
-    resolve_config,
     resume_option,
-    run_options,
+    run_place,
+    trained_run_options,
 )
 
 
@@ -28,30 +25,9 @@ def brats() -> None:
     """
 
 
-def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
-    from keras_medimg.apps.brats.config import BratsConfig
-
-    return resolve_config(BratsConfig, "brats", config_file, overrides, options)
-
-
-def _place(project: str | None, name: str | None, exist_ok: bool):
-    """Where the run folder goes; the pipeline creates it once its checks have passed."""
-    from keras_medimg.runs import RunPlace
-
-    return RunPlace(project, name, exist_ok)
-
-
-@brats.command("demo-data")
-@click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=None, help="Random seed of the generator.")
-@config_options
-def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
-    """Write the synthetic brain-MRI set to OUT_DIR: Training/Testing class folders, a YOLO box set, masks."""
-    from keras_medimg.apps.brats import pipeline
-
-    cfg = _config(config_file, overrides, {"seed": seed})
-    root = pipeline.demo_data(out_dir, cfg)
-    click.echo(f"Demo data written to {root} (train with: medimg brats train --data {root})")
+APP = AppCommands("brats", "keras_medimg.apps.brats.config:BratsConfig")
+APP.add_demo_data(brats, "keras_medimg.apps.brats.pipeline:demo_data",
+                  "Write the synthetic brain-MRI set to OUT_DIR: Training/Testing class folders, a YOLO box set, masks.")
 
 
 @brats.command()
@@ -67,16 +43,11 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
           overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Train detect -> segment -> classify (default: all stages, on the demo data when --data is not given)."""
     from keras_medimg.apps.brats import pipeline
-    from keras_medimg.runs import open_run
 
     options = {"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
                "train.epochs": epochs, "detect.epochs": detect_epochs}
-    if resume:
-        run = open_run(resume, "brats", "train")
-        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
-    else:
-        run = _place(project, name, exist_ok)
-        cfg = _config(config_file, overrides, options)
+    cfg, run = APP.resolve_train(resume=resume, config_file=config_file, overrides=overrides,
+                             options=options, project=project, name=name, exist_ok=exist_ok)
     result = pipeline.train(cfg, stage, run=run, resume=bool(resume))
     classify = result.metrics.get("classify")
     if classify:
@@ -89,41 +60,33 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
 
 @brats.command()
 @click.argument("source", type=click.Path(exists=False))
-@click.option("--weights", "weights", required=True, type=click.Path(), help="The folder of a `brats train` run.")
 @click.option("--gradcam", is_flag=True, default=None, help="Also write a Grad-CAM overlay per image.")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options("The folder of a `brats train` run.")
 def predict(source: str, weights: str, gradcam: bool | None, strict: bool | None, config_file: str | None,
             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Run the whole pipeline on SOURCE (an image or a folder): class, probability, box, mask, overlay."""
     from keras_medimg.apps.brats import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.source": source,
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.source": source,
                                            "predict.gradcam": gradcam, "strict": strict})
-    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
+    result = pipeline.predict(cfg, run=run_place(project, name, exist_ok))
     m = result.metrics
     click.echo(f"Predicted {m['images']} image(s) at {m['images_per_second']:.2f} images/s.")
     print_run_summary(result.run.dir)
 
 
 @brats.command()
-@click.option("--weights", "weights", required=True, type=click.Path(), help="The folder of a `brats train` run.")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Dataset to evaluate on (default: the data the run was trained on).")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options("The folder of a `brats train` run.")
 def evaluate(weights: str, data: str | None, strict: bool | None, config_file: str | None,
              overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Detector precision/recall/F1/accuracy/mAP50 and classifier accuracy, macro P/R/F1, confusion matrix."""
     from keras_medimg.apps.brats import pipeline
     from keras_medimg.metrics.detection import format_detection_line
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "strict": strict})
-    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "data.root": data, "strict": strict})
+    result = pipeline.evaluate(cfg, run=run_place(project, name, exist_ok))
     detect = result.metrics.get("detect")
     if detect:
         click.echo("Detector: " + format_detection_line(detect))
@@ -146,25 +109,22 @@ def compare(backbones: str | None, epochs: int | None, data: str | None, seed: i
     from keras_medimg.apps.brats import pipeline
 
     names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones else None
-    cfg = _config(config_file, overrides, {"compare.backbones": names, "data.root": data, "seed": seed,
+    cfg = APP.resolve(config_file, overrides, {"compare.backbones": names, "data.root": data, "seed": seed,
                                            "strict": strict, "train.epochs": epochs})
-    result = pipeline.compare(cfg, run=_place(project, name, exist_ok))
+    result = pipeline.compare(cfg, run=run_place(project, name, exist_ok))
     click.echo(result.table)
     print_run_summary(result.run.dir)
 
 
 @brats.command()
-@click.option("--weights", "weights", required=True, type=click.Path(), help="The folder of a `brats train` run.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options("The folder of a `brats train` run.", strict=False)
 def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None,
            name: str | None, exist_ok: bool) -> None:
     """Export the classifier (SavedModel, ONNX), the detector (ONNX) and a metadata.json of the pipeline."""
     from keras_medimg.apps.brats import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
+    result = pipeline.export(cfg, run=run_place(project, name, exist_ok))
     for part, files in result.metrics["files"].items():
         click.echo(f"{part}: {files}")
     print_run_summary(result.run.dir)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from keras_medimg.apps.options import (
-    backend_option,
+    AppCommands,
     common_options,
     config_options,
     print_run_summary,
-    resolve_config,
     resume_option,
     run_options,
+    run_place,
+    trained_run_options,
 )
 
 
@@ -28,30 +27,9 @@ def concepts() -> None:
     """
 
 
-def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
-    from keras_medimg.apps.concepts.config import ConceptsConfig
-
-    return resolve_config(ConceptsConfig, "concepts", config_file, overrides, options)
-
-
-def _place(project: str | None, name: str | None, exist_ok: bool):
-    """Where the run folder goes; the pipeline creates it once its checks have passed."""
-    from keras_medimg.runs import RunPlace
-
-    return RunPlace(project, name, exist_ok)
-
-
-@concepts.command("demo-data")
-@click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=None, help="Random seed of the generator.")
-@config_options
-def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
-    """Write the synthetic ImageCLEF concept set (train/valid/test, concepts, manual concepts, CUI mapping) to OUT_DIR."""
-    from keras_medimg.apps.concepts import pipeline
-
-    cfg = _config(config_file, overrides, {"seed": seed})
-    root = pipeline.demo_data(out_dir, cfg)
-    click.echo(f"Demo data written to {root} (train with: medimg concepts train --data {root})")
+APP = AppCommands("concepts", "keras_medimg.apps.concepts.config:ConceptsConfig")
+APP.add_demo_data(concepts, "keras_medimg.apps.concepts.pipeline:demo_data",
+                  "Write the synthetic ImageCLEF concept set (train/valid/test, concepts, manual concepts, CUI mapping) to OUT_DIR.")
 
 
 @concepts.command()
@@ -68,17 +46,12 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
     """Train a concept detector and tune its thresholds (on the demo data when --data is not given)."""
     from keras_medimg.apps.concepts import pipeline
     from keras_medimg.apps.concepts.config import STUDY
-    from keras_medimg.runs import open_run
 
     options = dict(STUDY) if study else {}
     options.update({"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
                     "model.weights": weights, "train.epochs": epochs, "model.image_size": image_size})
-    if resume:
-        run = open_run(resume, "concepts", "train")
-        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
-    else:
-        run = _place(project, name, exist_ok)
-        cfg = _config(config_file, overrides, options)
+    cfg, run = APP.resolve_train(resume=resume, config_file=config_file, overrides=overrides,
+                             options=options, project=project, name=name, exist_ok=exist_ok)
     result = pipeline.train(cfg, run=run, resume=bool(resume))
     click.echo("\nThresholds on the validation split:")
     click.echo(result.table)
@@ -86,20 +59,16 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
 
 
 @concepts.command()
-@click.option("--weights", required=True, type=click.Path(), help="A `concepts train` run folder, or its .keras file.")
 @click.option("--images", type=click.Path(), default=None,
               help="A folder of images, or a CSV with an ID column (default: the demo test split).")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options("A `concepts train` run folder, or its .keras file.")
 def predict(weights: str, images: str | None, strict: bool | None, config_file: str | None,
             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Predict concepts and write submission.csv (official format) and predictions.csv."""
     from keras_medimg.apps.concepts import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.images": images, "strict": strict})
-    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.images": images, "strict": strict})
+    result = pipeline.predict(cfg, run=run_place(project, name, exist_ok))
     m = result.metrics
     click.echo(f"{m['predicted']} of {m['images']} images predicted ({m['concepts_per_image']:.2f} concepts per image, "
                f"{m['images_per_second']:.1f} images/s). Submission: {m['submission']}")
@@ -120,9 +89,9 @@ def evaluate(submission: str, truth: str | None, manual: str | None, mapping: st
     """Validate a submission as the official evaluator does and print its primary and secondary F1."""
     from keras_medimg.apps.concepts import pipeline
 
-    cfg = _config(config_file, overrides, {"evaluate.submission": submission, "evaluate.truth": truth,
+    cfg = APP.resolve(config_file, overrides, {"evaluate.submission": submission, "evaluate.truth": truth,
                                            "evaluate.manual": manual, "evaluate.mapping": mapping})
-    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
+    result = pipeline.evaluate(cfg, run=run_place(project, name, exist_ok))
     m = result.metrics
     click.echo(result.table)
     click.echo(f"\nprimary F1 {m['primary_f1']:.4f} ({m['images']} images)   secondary F1 {m['secondary_f1']:.4f} "
@@ -133,17 +102,14 @@ def evaluate(submission: str, truth: str | None, manual: str | None, mapping: st
 
 
 @concepts.command()
-@click.option("--weights", required=True, type=click.Path(), help="A `concepts train` run folder, or its .keras file.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options("A `concepts train` run folder, or its .keras file.", strict=False)
 def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
            exist_ok: bool) -> None:
     """Export the trained model as SavedModel and ONNX with its concepts and thresholds in metadata.json."""
     from keras_medimg.apps.concepts import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
+    result = pipeline.export(cfg, run=run_place(project, name, exist_ok))
     for fmt, path in result.metrics["files"].items():
         click.echo(f"{fmt}: {path} (max abs diff {result.metrics['max_abs_diff'][fmt]:.2e})")
     click.echo(f"metadata: {result.metrics['metadata']}")
