@@ -224,8 +224,10 @@ def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mappin
         batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience,
         trainer=tiled.tile_trainer(train_set, val_set),
         # Ultralytics' own augmentations never reach TileDataset; these keep its other defaults from acting.
+        # nbs = batch: one optimizer step per batch of tiles, as the study's batch of 8 (Ultralytics otherwise
+        # accumulates to 64 images, i.e. a step every 8 batches, which from scratch on a small set barely learns).
         hyperparameters={"optimizer": d.optimizer, "lr0": d.learning_rate, "warmup_epochs": d.warmup_epochs,
-                         "mosaic": 0.0, "close_mosaic": 0, "val": True},
+                         "warmup_bias_lr": d.learning_rate, "nbs": d.batch, "mosaic": 0.0, "close_mosaic": 0},
     )
     # The last checkpoint: Ultralytics' `best` is chosen on a handful of validation scans by mAP, a noisy pick.
     return result.last, names, result.seconds
@@ -324,7 +326,8 @@ def write_evaluation(run: Run, report: Mapping[str, Any], split: str) -> None:
     plt.close(fig)
 
 
-def _trained(cfg: XrayConfig) -> tuple[Any, Path, dict[str, Any]]:
+def open_detector_run(cfg: XrayConfig) -> tuple[Any, Path, dict[str, Any]]:
+    """The trained run named by `predict.weights`: (run, weights/detector.pt, class_map.json)."""
     import json
 
     trained = open_trained(cfg.predict.weights, APP, XrayConfig)
@@ -336,17 +339,18 @@ def _trained(cfg: XrayConfig) -> tuple[Any, Path, dict[str, Any]]:
 
 def with_trained(cfg: XrayConfig, trained_cfg: XrayConfig) -> XrayConfig:
     """What a later command takes from the trained run: how scans were converted and tiled (the detector only
-    knows those), and the data it was trained on unless --data says otherwise."""
-    data = cfg.data if cfg.data.root else replace(cfg.data, root=trained_cfg.data.root)
+    knows those), its seed and split settings, and the data it was trained on unless --data says otherwise."""
+    # The run's split settings and seed, so `evaluate` scores the very scans the run was tested on.
+    data = replace(trained_cfg.data, root=cfg.data.root or trained_cfg.data.root)
     tiling = replace(cfg.tiling, mode=trained_cfg.tiling.mode, size=trained_cfg.tiling.size,
                      whole_size=trained_cfg.tiling.whole_size)
-    return replace(cfg, data=data, convert=trained_cfg.convert, tiling=tiling, detector=replace(
-        cfg.detector, size=trained_cfg.detector.size), class_remap=trained_cfg.class_remap)
+    return replace(cfg, seed=trained_cfg.seed, data=data, convert=trained_cfg.convert, tiling=tiling,
+                   detector=replace(cfg.detector, size=trained_cfg.detector.size), class_remap=trained_cfg.class_remap)
 
 
 def evaluate(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Score a trained run on one split of its data (or of --data) with fixed tiling: tables and a PR curve."""
-    trained, weights, class_map = _trained(cfg)
+    trained, weights, class_map = open_detector_run(cfg)
     cfg = with_trained(cfg, trained.config)
     skipped = Skipped()
     dataset, splits = load_data(cfg, skipped)
@@ -372,7 +376,7 @@ def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     from keras_medimg.io.images import write_image
     from keras_medimg.reporting import draw_overlay
 
-    trained, weights, class_map = _trained(cfg)
+    trained, weights, class_map = open_detector_run(cfg)
     cfg = with_trained(cfg, trained.config)
     if not cfg.predict.source:
         raise ConfigError("No scans given. Pass an image or a folder: medimg xray predict --weights RUN SOURCE.")
@@ -506,7 +510,7 @@ def export(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     `predict`'s tiling and merging on a scan with both the ONNX and the PyTorch detector."""
     from keras_medimg.detection.yolo import export_detector_onnx
 
-    trained, weights, class_map = _trained(cfg)
+    trained, weights, class_map = open_detector_run(cfg)
     cfg = with_trained(cfg, trained.config)
     plan, rule = tile_plan(cfg), merge_rule(cfg)
     run = start_run(APP, "export", cfg, run)
