@@ -197,7 +197,8 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     kept = [s for s in crops["train"] if str(s.path) not in skipped.paths()]
     log.info(f"[classify] {len(crops['train'])} training crops")
     model, _ = fit_image_classifier(cfg.model, cfg.train, train_ds, val_ds, num_classes=len(cfg.data.classes),
-                                    run=run, labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume)
+                                    run=run, labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume,
+                                    train_samples=len(kept))
     return model
 
 

@@ -236,7 +236,7 @@ def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: boo
     m = cfg.model
     model, plan = fit_image_classifier(m, cfg.train, train_ds, valid_ds, num_classes=len(concepts), run=run,
                                        multilabel=True, freeze=m.freeze if m.weights is not None else "none",
-                                       resume=resume)
+                                       resume=resume, train_samples=len(train_samples))
     train_seconds = time.perf_counter() - started
     detector = ConceptModel(
         model, concepts, np.full(len(concepts), 0.5), names, m.image_size,

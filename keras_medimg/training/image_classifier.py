@@ -28,6 +28,18 @@ def backbone_normalization(backbone: str, channels: int = 3):
     return get_spec(backbone).input_normalization(channels)
 
 
+def known_length(dataset: Any, batches: int) -> Any:
+    """`dataset` with a known number of batches per epoch (for schedules that need it).
+
+    A dataset that can drop elements (unreadable files are skipped while streaming) has an unknown length; it is
+    repeated and cut at `batches`, so an epoch has exactly that many batches (when files were dropped, the epoch
+    starts over its shuffled images to fill them). A dataset of known length is returned as it is.
+    """
+    if int(dataset.cardinality()) > 0:
+        return dataset
+    return dataset.repeat().take(batches)
+
+
 def fit_image_classifier(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -40,6 +52,7 @@ def fit_image_classifier(
     freeze: str | None = None,
     labels: Sequence[int] | None = None,
     resume: bool = False,
+    train_samples: int | None = None,
 ) -> tuple[Any, Any]:
     """Build the classifier `model_cfg` describes, train it phase by phase into `run`, reload its best checkpoint.
 
@@ -55,6 +68,8 @@ def fit_image_classifier(
         freeze: the fine-tuning phase's freeze policy; None uses `model_cfg.freeze`.
         labels: class index of every training sample (for `train.class_weight: balanced`).
         resume: continue `run` from its last completed epoch.
+        train_samples: images in `train_ds`; gives a streamed dataset of unknown length (one that drops
+            unreadable files) its number of batches, which `train.schedule: cosine` needs (see `known_length`).
 
     Returns:
         (the model of weights/best.keras, else weights/last.keras; the `PlanResult` of `fit_plan`).
@@ -64,6 +79,8 @@ def fit_image_classifier(
 
     m = model_cfg
     config = train_cfg if val_ds is not None else replace(train_cfg, monitor="loss")
+    if config.schedule == "cosine" and train_samples:
+        train_ds = known_length(train_ds, -(-train_samples // config.batch_size))
 
     def build():
         return build_classifier(m.backbone, num_classes, input_shape=(m.image_size, m.image_size, 3),

@@ -37,3 +37,18 @@ def test_backbone_normalization_is_the_registry_one():
     from keras_medimg.models.backbones import get_spec
 
     assert backbone_normalization("vgg16").to_dict() == get_spec("vgg16").input_normalization(3).to_dict()
+
+
+def test_known_length_gives_a_filtered_dataset_its_batches():
+    import tensorflow as tf
+
+    from keras_medimg.training.image_classifier import known_length
+
+    filtered = tf.data.Dataset.range(10).filter(lambda x: x != 3).batch(4)  # one element dropped: length unknown
+    assert int(filtered.cardinality()) < 0
+    fixed = known_length(filtered, 3)
+    assert int(fixed.cardinality()) == 3
+    batches = [b.numpy().tolist() for b in fixed]
+    assert batches == [[0, 1, 2, 4], [5, 6, 7, 8], [9]]  # an epoch is the 3 batches, in order
+    plain = tf.data.Dataset.range(8).batch(4)
+    assert known_length(plain, 5) is plain
