@@ -520,11 +520,13 @@ class MamClip(keras.Model):
         contrastive = info_nce(ops.cast(y_pred["image_embedding"], "float32"),
                                ops.cast(y_pred["text_embedding"], "float32"), ops.cast(scale, "float32"))
         loss = contrastive
-        self.contrastive_tracker.update_state(contrastive)
+        # Weighted by batch size, as Keras weights the total loss, so that the logged parts add up to it.
+        batch = ops.cast(ops.shape(y_pred["image_embedding"])[0], "float32")
+        self.contrastive_tracker.update_state(contrastive, sample_weight=batch)
         if "mlm_logits" in y_pred:
             mlm = masked_lm_loss(y_pred["mlm_logits"], x["mlm_labels"], x["mlm_weights"])
             loss = loss + self.mlm_weight * mlm
-            self.mlm_tracker.update_state(mlm)
+            self.mlm_tracker.update_state(mlm, sample_weight=batch)
         self.scale_tracker.update_state(scale)
         return loss
 

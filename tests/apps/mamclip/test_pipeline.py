@@ -1,0 +1,109 @@
+"""medimg mamclip: config, label counts, subsets, bad pairs, and (slow) pretraining that learns."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from keras_medimg.apps.mamclip import pipeline
+from keras_medimg.apps.mamclip.config import MamclipConfig
+from keras_medimg.config import load_config
+from keras_medimg.datasets.records import Sample
+from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.io.images import write_image
+from keras_medimg.runs import RunPlace
+
+
+def test_packaged_yaml_equals_the_defaults():
+    assert load_config(MamclipConfig, app="mamclip") == MamclipConfig()
+
+
+def test_label_counts_and_fractions():
+    assert pipeline.parse_train_samples(["40", "0.5", "all", "1000"], 100) == [
+        ("40", 40), ("0.5", 50), ("all", 100), ("1000", 100)]
+    with pytest.raises(ConfigError, match="not a count"):
+        pipeline.parse_train_samples(["many"], 10)
+    assert pipeline.parse_init("vlm:runs/x") == ("vlm", "runs/x")
+    with pytest.raises(ConfigError, match="Unknown init"):
+        pipeline.parse_init("random")
+
+
+def test_subsample_is_stratified_seeded_and_sized():
+    samples = [Sample(id=str(i), path=f"{i}.png", label="a" if i < 80 else "b") for i in range(100)]
+    subset = pipeline.subsample(samples, 20, seed=3)
+    assert len(subset) == 20
+    assert sum(s.label == "b" for s in subset) == 4  # 20% of the set, 20% of the subset
+    assert [s.id for s in pipeline.subsample(samples, 20, seed=3)] == [s.id for s in subset]
+    assert [s.id for s in pipeline.subsample(samples, 20, seed=4)] != [s.id for s in subset]
+
+
+def _pairs(tmp_path, n=24, missing=0, long_captions=0):
+    """Pairs whose caption names what the image shows: a bright block on the left, on the right, or none."""
+    rng = np.random.default_rng(0)
+    kinds = [("left", "A bright mass on the left side."), ("right", "A bright mass on the right side."),
+             ("none", "No mass; fatty tissue only.")]
+    rows = []
+    for i in range(n):
+        kind, caption = kinds[i % 3]
+        image = rng.uniform(0, 0.2, size=(32, 32)).astype("float32")
+        if kind == "left":
+            image[8:24, 2:14] = 1.0
+        elif kind == "right":
+            image[8:24, 18:30] = 1.0
+        write_image(tmp_path / "img" / f"{i}.png", (image * 255).astype("uint8"))
+        if i < long_captions:
+            caption = caption + " More words." * 20
+        rows.append({"image": f"img/{i}.png", "caption": caption, "page": i, "source": "book.pdf"})
+    for i in range(missing):
+        rows.append({"image": f"img/missing{i}.png", "caption": "A lost picture.", "page": 1000 + i})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _tiny(cfg: MamclipConfig, pairs, epochs=1) -> MamclipConfig:
+    return replace(
+        cfg, data=replace(cfg.data, pairs=str(pairs), val_fraction=0.34),
+        model=replace(cfg.model, image_size=32, embed_dim=32, text_layers=1, text_width=32, text_intermediate=64,
+                      text_length=16, fusion_heads=4),
+        pretrain=replace(cfg.pretrain, epochs=epochs, batch_size=8, learning_rate=2e-3, verbose=0),
+    )
+
+
+def test_pairs_with_missing_images_fail_strict_and_are_listed_otherwise(tmp_path):
+    pairs = _pairs(tmp_path, n=6, missing=2)
+    cfg = replace(_tiny(MamclipConfig(), pairs), strict=True)
+    with pytest.raises(InvalidInputError, match=r"pairs.jsonl.*2 problems"):
+        pipeline.pretrain(cfg, run=RunPlace(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_too_few_pairs_is_a_clear_error(tmp_path):
+    pairs = _pairs(tmp_path, n=3)
+    with pytest.raises(InvalidInputError, match="at least 4"):
+        pipeline.pretrain(_tiny(MamclipConfig(), pairs), run=RunPlace(tmp_path / "runs"))
+
+
+def test_finetune_needs_data_and_a_known_task():
+    with pytest.raises(ConfigError, match="--data"):
+        pipeline.load_classification(MamclipConfig(), None)
+
+
+@pytest.mark.slow
+def test_pretraining_learns_retrieval_and_counts_cut_captions(tmp_path):
+    pairs = _pairs(tmp_path, n=48, missing=1, long_captions=2)
+    cfg = _tiny(MamclipConfig(), pairs, epochs=12)
+    result = pipeline.pretrain(cfg, run=RunPlace(tmp_path / "runs"))
+    m = result.metrics
+    assert m["pairs"]["captions_truncated"] == 2
+    recall = m["retrieval_val"]
+    # Three kinds of caption: chance of the right one at rank 1 is about 1/3.
+    assert recall["image_to_text@1"] > recall["chance@1"] + 0.3, recall
+    assert recall["text_to_image@1"] > recall["chance@1"] + 0.3, recall
+    skipped = (result.run.dir / "skipped.csv").read_text()
+    assert "missing0.png" in skipped
+    results = (result.run.dir / "results.csv").read_text().splitlines()
+    assert results[0].split(",") == ["epoch", "contrastive", "logit_scale", "loss", "mlm", "val_contrastive",
+                                     "val_logit_scale", "val_loss", "val_mlm"]
+    assert (result.run.dir / "weights" / "best.keras").is_file() and (result.run.dir / "weights" / "vocab.txt").is_file()
