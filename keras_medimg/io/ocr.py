@@ -123,9 +123,10 @@ def find_caption_band(
     """Find a band of burned-in caption text at the bottom or top of a raster.
 
     From the edge inwards, rows that are blank (the edge's background colour, within `tolerance`) or text-like
-    (at least 30% background, and ink broken into strokes: an edge every ~16 pixels) belong to the band; the band
-    must hold at least `min_text_rows` text-like rows and stop before `max_fraction` of the height, else there is
-    no band (a picture that merely has a plain border). This reads the rows' content, not a fixed darkness ratio, so it works for dark
+    (at least 30% background, and ink broken into strokes: an edge every ~16 pixels of the ink's extent) belong
+    to the band, until a row of the picture or a blank stretch over two text lines high (the picture's own
+    background, when it has the band's colour); the band must hold at least `min_text_rows` text-like rows and end
+    before `max_fraction` of the height, else there is no band (a picture that merely has a plain border). This reads the rows' content, not a fixed darkness ratio, so it works for dark
     text on a light strip and light text on a dark strip alike.
 
     Args:
@@ -141,45 +142,73 @@ def find_caption_band(
     height = gray.shape[0]
     if height < 4 * min_text_rows:
         return None
+    found = {}
     for side in ("bottom", "top"):
-        rows = gray[::-1] if side == "bottom" else gray
-        band = _band_from_edge(rows, max_fraction, min_text_rows, tolerance)
-        if band is None:
-            continue
-        depth, first_text, line_height = band  # rows from the edge: band extent, innermost text row, its line
-        # Blank rows between the picture and the text belong to the band, unless the picture's own background
-        # has the band's colour; then the cut goes two text lines' height beyond the text.
-        inner = min(depth, first_text + max(3, 2 * line_height))
-        if side == "bottom":
-            return CaptionBand(height - inner, height, side, (0, height - inner))
-        return CaptionBand(0, inner, side, (inner, height))
-    return None
+        band = _band_from_edge(gray[::-1] if side == "bottom" else gray, max_fraction, min_text_rows, tolerance)
+        if band is not None:
+            found[side] = band
+    if not found:
+        return None
+    # Both edges can look like a band (the soft edge of a picture on a plain background has stroke-like rows);
+    # the caption is the one with more lines of type (runs of text rows between blank rows).
+    side = max(found, key=lambda s: found[s][1])
+    inner = found[side][0]  # the band's depth from the edge
+    if side == "bottom":
+        return CaptionBand(height - inner, height, side, (0, height - inner))
+    return CaptionBand(0, inner, side, (inner, height))
 
 
 def _band_from_edge(
     rows: np.ndarray, max_fraction: float, min_text_rows: int, tolerance: int
-) -> tuple[int, int, int] | None:
+) -> tuple[int, int] | None:
+    """Walk rows from the edge: (band depth, lines of type in it), or None when there is no band."""
     background = int(np.median(rows[:2]))
     near = np.abs(rows - background) <= tolerance
     background_share = near.mean(axis=1)
     ink = ~near
     edges = (ink[:, 1:] != ink[:, :-1]).sum(axis=1)
-    # A text row is half ink at most, and its ink is broken into many strokes (an edge every few pixels); a
-    # picture row on the band's colour has long runs instead. Blank rows are (almost) all background.
-    text_like = (background_share >= 0.3) & (edges >= max(6, 0.06 * rows.shape[1])) & (ink.mean(axis=1) >= 0.01)
+    # The ink's extent in each row: a short last line of a caption is as dense in strokes as a full one.
+    cols = np.arange(rows.shape[1])
+    first = np.where(ink, cols, rows.shape[1]).min(axis=1)
+    last = np.where(ink, cols, -1).max(axis=1)
+    span = np.maximum(last - first + 1, 1)
+    # A text row is at most ~70% ink, broken into strokes (an edge every ~16 pixels of its extent); a picture row
+    # on the band's colour has long runs instead. Blank rows are (almost) all background.
+    text_like = (background_share >= 0.3) & (edges >= 4) & (edges >= 0.06 * span) & (ink.mean(axis=1) >= 0.003)
+    inked = ink.sum(axis=1) >= 2  # a short last line ("5.") or a dot of type: not blank, though too small for text
     band_like = (background_share >= 0.9) | text_like
     limit = int(len(rows) * max_fraction)
-    not_band = np.flatnonzero(~band_like[: limit + 1])
-    if not_band.size == 0:  # the "band" runs past the limit: a plain picture border or a text-only image
+    max_line = max(48, len(rows) // 12)  # a taller run of "text" rows is textured picture, not a line of type
+    last_text, line_height, run, text_rows, before_run, lines = -1, 0, 0, 0, -1, 0
+    for i in range(limit + 1):
+        if text_like[i]:
+            if run == 0:
+                before_run = last_text
+            last_text, run, text_rows = i, run + 1, text_rows + 1
+            if run > max_line:
+                i, last_text, text_rows = i - run + 1, before_run, text_rows - run
+                break
+            line_height = max(line_height, run)
+            continue
+        if not band_like[i]:
+            if run:  # a run of "text" rows running into the picture is the picture's own edge
+                i, last_text, text_rows = i - run, before_run, text_rows - run
+            break  # the picture starts
+        lines += run > 0  # a line of type: text rows with blank rows on both sides
+        run = 0
+        if inked[i] and last_text >= 0:
+            last_text = i
+            continue
+        if last_text >= 0 and i - last_text > max(8, 2 * line_height):
+            # A long blank stretch after the text: the picture's own background has the band's colour, so the
+            # cut goes one text line beyond the last text row.
+            i = last_text + 1 + max(3, line_height)
+            break
+    else:
+        return None  # the "band" runs past the limit: a plain picture border or a text-only image
+    if text_rows < min_text_rows or lines == 0:
         return None
-    depth = int(not_band[0])
-    text_rows = np.flatnonzero(text_like[:depth])
-    if text_rows.size < min_text_rows:
-        return None
-    innermost = int(text_rows[-1])
-    line = np.flatnonzero(~text_like[: innermost + 1][::-1])
-    line_height = int(line[0]) if line.size else innermost + 1
-    return depth, innermost, line_height
+    return i, lines
 
 
 def ocr_words(pixels: np.ndarray, *, lang: str = "eng", psm: int = 6, scale: float = 1.0) -> OcrText:

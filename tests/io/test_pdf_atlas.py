@@ -388,3 +388,34 @@ def test_random_layouts_are_paired_as_a_person_would(tmp_path):
             right += len(found) == 1 and (found[0].figure, found[0].caption) == (figure, caption)
             total += 1
     assert total > 100 and right / total >= 0.98, f"{right}/{total}"
+
+
+@needs_tesseract
+@pytest.mark.parametrize("variant", ["light band under", "dark band under", "band on top", "jpeg"])
+def test_burned_caption_variants_are_read_and_cut(variant):
+    import cv2
+
+    from keras_medimg.datasets.synthetic.atlas import burn_caption, case_image, random_case
+
+    rng = np.random.default_rng(7)
+    picture_rows = 300
+    photo = case_image(rng, random_case(rng), height=picture_rows, width=240)
+    caption = "An irregular mass with spiculated margins in the middle third of the breast. BI-RADS 5."
+    burned = burn_caption(pymupdf, photo, f"Figure 11 ~ {caption}", size=10)
+    band = burned[picture_rows:]
+    if variant == "dark band under":
+        burned = np.vstack([photo, 255 - band])  # white type on black, like the picture's own background
+    elif variant == "band on top":
+        burned = np.vstack([band, photo])
+    elif variant == "jpeg":
+        burned = cv2.imdecode(cv2.imencode(".jpg", burned, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_GRAYSCALE)
+    found = ocr.read_burned_caption(burned)
+    assert found is not None and found.figure == "11"
+    assert found.caption == caption
+    picture = found.band.picture
+    if variant == "band on top":
+        assert abs(picture[0] - band.shape[0]) <= 2 and picture[1] == burned.shape[0]
+    else:
+        # cut at the picture's lower edge; a dark band on the picture's dark background is cut within a text line
+        # of it, in rows of that background
+        assert picture[0] == 0 and -10 <= picture[1] - picture_rows <= (8 if variant == "dark band under" else 2)

@@ -247,15 +247,10 @@ def _truth(path: Path, page: int, rect: tuple, figure: int, caption: str, case: 
 def burn_caption(pymupdf: Any, picture: np.ndarray, text: str, *, size: float = 11.0) -> np.ndarray:
     """A picture with its caption burned in: a white band under it with the text typeset in black."""
     width = picture.shape[1]
-    page_doc = pymupdf.open()
-    height = _caption_height(text, width - 12, size) + 10
-    page = page_doc.new_page(width=width, height=height)
-    left = page.insert_textbox(pymupdf.Rect(6, 8, width - 6, height), text, fontsize=size, fontname="helv")
-    if left < 0:
-        height -= left
-        page_doc = pymupdf.open()
-        page = page_doc.new_page(width=width, height=height)
-        page.insert_textbox(pymupdf.Rect(6, 8, width - 6, height), text, fontsize=size, fontname="helv")
+    height = 2 * _caption_height(text, width - 12, size) + 40  # generous; trimmed to the type below
+    page = pymupdf.open().new_page(width=width, height=height)
+    if page.insert_textbox(pymupdf.Rect(6, 8, width - 6, height - 16), text, fontsize=size, fontname="helv") < 0:
+        raise ValueError(f"The caption does not fit under a {width}-pixel-wide picture: {text[:60]}...")
     pix = page.get_pixmap(colorspace=pymupdf.csGRAY, alpha=False)
     band = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.stride)[:, : pix.width]
     used = np.flatnonzero((band < 200).any(axis=1))
