@@ -201,29 +201,40 @@ def _problem(item: Any, root: Path, check_images: bool) -> str | None:
         return "the record has no image."
     if caption is None or not str(caption).strip():
         return f"the record of {image} has no caption."
+    for name in (*_INTEGERS, "ocr_confidence"):
+        value = item.get(name)
+        if value not in (None, ""):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                return f"{name} must be a number, not {value!r}."
     if check_images and not (root / str(image)).is_file():
         return f"the image {root / str(image)} does not exist."
     return None
 
 
+_INTEGERS = ("page", "width", "height")
+_TEXTS = ("figure", "panel", "source", "method", "source_sha256", "image_sha256")
+
+
 def _record(item: dict[str, Any], root: Path, path: Path, line: int) -> PairRecord:
-    known = {name: item.get(name) for name in FIELDS if name not in ("image", "caption")}
-    for name in ("page", "width", "height"):
-        if known[name] not in (None, ""):
-            known[name] = int(known[name])
+    """A record from a JSON object or CSV row; empty CSV cells are unknown values."""
+    known: dict[str, Any] = {}
+    for name in FIELDS[2:]:
+        value = item.get(name)
+        if value in (None, ""):
+            known[name] = None
+        elif name in _INTEGERS:
+            known[name] = int(float(value))
+        elif name == "ocr_confidence":
+            known[name] = float(value)
+        elif name == "bbox":
+            known[name] = json.loads(value) if isinstance(value, str) else list(value)
         else:
-            known[name] = None
-    if known["ocr_confidence"] in ("",):
-        known["ocr_confidence"] = None
-    if isinstance(known["bbox"], str):
-        known["bbox"] = json.loads(known["bbox"]) if known["bbox"] else None
-    for name in ("figure", "panel", "source", "method", "source_sha256", "image_sha256"):
-        if known[name] in ("",):
-            known[name] = None
-    if known["ocr_confidence"] is not None:
-        known["ocr_confidence"] = float(known["ocr_confidence"])
+            known[name] = str(value)
     meta = {k: v for k, v in item.items() if k not in FIELDS}
-    return PairRecord(image=root / str(item["image"]), caption=" ".join(str(item["caption"]).split()), file=path, line=line, meta=meta, **known)
+    caption = " ".join(str(item["caption"]).split())
+    return PairRecord(image=root / str(item["image"]), caption=caption, file=path, line=line, meta=meta, **known)
 
 
 def write_pairs(path: str | Path, records: Iterable[PairRecord]) -> Path:
@@ -500,12 +511,13 @@ def write_contact_sheet(records: Sequence[PairRecord], path: str | Path, *, per_
     """A contact sheet: thumbnails with their caption, source page and method, `per_page` to an A4 page, as one
     PDF (`path`) and one PNG per page beside it (`<stem>-001.png`, ...), so a person can check a book at a glance.
     """
-    from keras_medimg.errors import require
-    from keras_medimg.io.images import read_image, to_rgb_uint8
-
-    pymupdf = require("pymupdf", extra="atlas", feature="Writing a contact sheet")
     import cv2
 
+    from keras_medimg.errors import require
+    from keras_medimg.io.images import read_image, to_rgb_uint8
+    from keras_medimg.runs import atomic_write_bytes
+
+    pymupdf = require("pymupdf", extra="atlas", feature="Writing a contact sheet")
     path = Path(path)
     cols = 3
     rows = max(1, -(-per_page // cols))
@@ -514,34 +526,29 @@ def write_contact_sheet(records: Sequence[PairRecord], path: str | Path, *, per_
     doc = pymupdf.open()
     for start in range(0, max(len(records), 1), cols * rows):
         page = doc.new_page(width=width, height=height)
+        if not records:
+            page.insert_text((margin, margin + 20), "No pairs were extracted.", fontsize=12)
         for i, record in enumerate(records[start : start + cols * rows]):
             x0 = margin + (i % cols) * cell_w
             y0 = margin + (i // cols) * cell_h
             thumb_h = cell_h * 0.55
             pixels = to_rgb_uint8(read_image(record.image))
-            ok, png = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-            page.insert_image(pymupdf.Rect(x0 + 4, y0 + 4, x0 + cell_w - 4, y0 + thumb_h), stream=png.tobytes(), keep_proportion=True)
+            png = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
+            page.insert_image(pymupdf.Rect(x0 + 4, y0 + 4, x0 + cell_w - 4, y0 + thumb_h), stream=png, keep_proportion=True)
             where = f"{record.source or ''} p.{record.page or '?'} fig. {record.figure or '?'}{record.panel or ''} [{record.method or ''}"
             where += f", conf {record.ocr_confidence:.0f}]" if record.ocr_confidence is not None else "]"
             box = pymupdf.Rect(x0 + 4, y0 + thumb_h + 2, x0 + cell_w - 4, y0 + cell_h - 4)
-            _fit_text(page, box, where + "\n" + record.caption, pymupdf)
-        if not records:
-            page.insert_text((margin, margin + 20), "No pairs were extracted.", fontsize=12)
-    with_pngs = []
+            _fit_text(page, box, where + "\n" + record.caption)
     for number, page in enumerate(doc, start=1):
-        png = path.with_name(f"{path.stem}-{number:03d}.png")
         pix = page.get_pixmap(matrix=pymupdf.Matrix(dpi / 72, dpi / 72), alpha=False)
-        from keras_medimg.runs import atomic_write_bytes
-
-        atomic_write_bytes(png, pix.tobytes("png"))
-        with_pngs.append(png)
-    from keras_medimg.runs import atomic_write_bytes
-
+        atomic_write_bytes(path.with_name(f"{path.stem}-{number:03d}.png"), pix.tobytes("png"))
+    for stale in sorted(path.parent.glob(f"{path.stem}-*.png"))[doc.page_count :]:
+        stale.unlink()  # pages of a longer sheet written before
     atomic_write_bytes(path, doc.tobytes(garbage=3, deflate=True))
     return path
 
 
-def _fit_text(page: Any, box: Any, text: str, pymupdf: Any) -> None:
+def _fit_text(page: Any, box: Any, text: str) -> None:
     """Insert text into a box, shortening it with an ellipsis until it fits."""
     for limit in (len(text), 400, 250, 150, 80):
         shown = text if limit >= len(text) else text[:limit].rstrip() + "..."

@@ -419,3 +419,21 @@ def test_burned_caption_variants_are_read_and_cut(variant):
         # cut at the picture's lower edge; a dark band on the picture's dark background is cut within a text line
         # of it, in rows of that background
         assert picture[0] == 0 and -10 <= picture[1] - picture_rows <= (8 if variant == "dark band under" else 2)
+
+
+@needs_tesseract
+def test_ocr_always_cuts_a_burned_band_from_an_image_that_has_a_text_caption(tmp_path):
+    from keras_medimg.datasets.synthetic.atlas import burn_caption
+
+    doc = pymupdf.open()
+    page = doc.new_page()
+    burned = burn_caption(pymupdf, picture(60, 200, 240), "Figure 5 ~ Round mass, BI-RADS 2.")
+    page.insert_image(pymupdf.Rect(72, 100, 312, 100 + burned.shape[0]), pixmap=pixmap(burned))
+    text(page, (72, 106 + burned.shape[0], 400, 150 + burned.shape[0]), "Figure 5. Round mass with circumscribed margins.")
+    path = tmp_path / "both.pdf"
+    doc.save(path)
+    (auto,) = extract_atlas(path, AtlasSettings(ocr="auto"), workers=1).pairs
+    assert (auto.method, auto.crop) == ("layout", None)  # captioned by the text layer: not read by OCR
+    (always,) = extract_atlas(path, AtlasSettings(ocr="always"), workers=1).pairs
+    assert always.method == "layout" and always.caption == "Round mass with circumscribed margins."
+    assert always.crop is not None and abs(always.crop[1] - 200) <= 2
