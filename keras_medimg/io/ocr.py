@@ -316,19 +316,52 @@ def _init_worker() -> None:
     os.environ["OMP_THREAD_LIMIT"] = "1"
 
 
+class OcrPool:
+    """Worker processes for OCR jobs, started at the first `map` that has work for more than one, and reused
+    (starting processes costs about a second each on a small machine).
+
+    Args:
+        workers: processes (0: one per CPU core; 1: run in this process).
+
+    Example:
+        >>> with OcrPool(1) as pool:
+        ...     pool.map(abs, [-1, 2])
+        [1, 2]
+    """
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(self, func: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """`[func(item) for item in items]` in the workers, in order; `func` must be a module-level function."""
+        items = list(items)
+        if self.workers <= 1 or len(items) <= 1:
+            _init_worker()
+            return [func(item) for item in items]
+        if self._pool is None:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")  # as datasets.prepare: no forked copies of TF state
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
+        return list(self._pool.map(func, items, chunksize=1))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> OcrPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_parallel(func: Callable[[T], R], items: Iterable[T], *, workers: int = 0) -> list[R]:
     """`[func(item) for item in items]` in worker processes (0: one per CPU core; 1: in this process).
 
     `func` must be a module-level function; results come back in the order of `items`.
     """
-    items = list(items)
-    workers = workers or os.cpu_count() or 1
-    workers = min(workers, len(items))
-    if workers <= 1:
-        _init_worker()
-        return [func(item) for item in items]
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # as datasets.prepare: no forked copies of Keras or TF state
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        return list(pool.map(func, items, chunksize=1))
+    with OcrPool(workers) as pool:
+        return pool.map(func, items)

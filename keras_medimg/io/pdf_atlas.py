@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from keras_medimg.errors import InvalidInputError, MedImgError, require
+from keras_medimg.io import ocr
 
 log = logging.getLogger(__name__)
 
@@ -854,8 +855,6 @@ def render_page(doc: Any, number: int, dpi: int) -> np.ndarray:
 def scanned_page_layout(page_pixels: np.ndarray, layout: PageLayout, settings: AtlasSettings) -> PageLayout:
     """Fill a scanned page's layout from OCR of its rendered pixels: text blocks (with confidence) from
     Tesseract's paragraphs, figures from the large regions that are not text."""
-    from keras_medimg.io import ocr
-
     scale = layout.width / page_pixels.shape[1]  # points per pixel
     read = ocr.ocr_words(page_pixels, lang=settings.ocr_lang, psm=3)
     text_mask = np.zeros(page_pixels.shape, bool)
@@ -994,8 +993,6 @@ def _scan_job(job: tuple[np.ndarray, PageLayout, AtlasSettings]) -> PageLayout:
 
 
 def _burned_job(job: tuple[np.ndarray, AtlasSettings]) -> dict[str, Any] | None:
-    from keras_medimg.io import ocr
-
     pixels, settings = job
     if settings.pairing == "positional":
         found = ocr.study_burned_caption(pixels, lang=settings.ocr_lang)
@@ -1038,11 +1035,10 @@ def extract_atlas(
     Raises:
         InvalidInputError: the PDF cannot be opened, or the pages read hold no image at all.
     """
-    from keras_medimg.io import ocr
-
     settings = settings or AtlasSettings()
     path = Path(path)
     doc = open_atlas(path, password=password)
+    pool = ocr.OcrPool(workers)
     try:
         numbers = parse_pages(pages, doc.page_count) if pages is None or isinstance(pages, str) else list(pages)
         if not numbers:
@@ -1056,7 +1052,7 @@ def extract_atlas(
         if use_ocr and result.scanned_pages:
             scanned = [layout for layout in layouts if layout.scanned]
             jobs = [(render_page(doc, layout.number, settings.scan_dpi), layout, settings) for layout in scanned]
-            done = {lay.number: lay for lay in ocr.run_parallel(_scan_job, jobs, workers=workers)}
+            done = {lay.number: lay for lay in pool.map(_scan_job, jobs)}
             layouts = [done.get(layout.number, layout) for layout in layouts]
         layouts = [
             page_scan_layout(render_page(doc, lay.number, settings.scan_dpi), lay, settings)
@@ -1081,7 +1077,7 @@ def extract_atlas(
         targets = lonely if settings.ocr == "auto" else [im for lay in layouts for im in lay.images if not im.decoration]
         if use_ocr and targets:
             ocr.require_tesseract()
-            found = _cached_ocr(doc, targets, settings, workers, cache_dir)
+            found = _cached_ocr(doc, targets, settings, pool, cache_dir)
             lonely = [im for im in lonely if found.get(id(im)) is None or not found[id(im)]["caption"]]
             for image in targets:
                 hit = found.get(id(image))
@@ -1101,6 +1097,7 @@ def extract_atlas(
         result.images_without_captions = lonely
         return result
     finally:
+        pool.close()
         doc.close()
 
 
@@ -1109,12 +1106,11 @@ def _page_span(numbers: Sequence[int]) -> str:
 
 
 def _cached_ocr(
-    doc: Any, images: Sequence[PlacedImage], settings: AtlasSettings, workers: int, cache_dir: str | Path | None
+    doc: Any, images: Sequence[PlacedImage], settings: AtlasSettings, pool: ocr.OcrPool, cache_dir: str | Path | None
 ) -> dict[int, dict[str, Any] | None]:
     """OCR of burned-in captions for `images`, read from and written to the cache folder."""
     import json
 
-    from keras_medimg.io import ocr
     from keras_medimg.runs import write_json
 
     fingerprint = _ocr_fingerprint(settings)
@@ -1129,7 +1125,7 @@ def _cached_ocr(
             todo.append((image, file))
     if todo:
         jobs = [(image_pixels(doc, image), settings) for image, _ in todo]
-        for (image, file), hit in zip(todo, ocr.run_parallel(_burned_job, jobs, workers=workers)):
+        for (image, file), hit in zip(todo, pool.map(_burned_job, jobs)):
             found[id(image)] = hit
             if file is not None:
                 write_json(file, {"result": hit})
