@@ -437,3 +437,29 @@ def test_ocr_always_cuts_a_burned_band_from_an_image_that_has_a_text_caption(tmp
     (always,) = extract_atlas(path, AtlasSettings(ocr="always"), workers=1).pairs
     assert always.method == "layout" and always.caption == "Round mass with circumscribed margins."
     assert always.crop is not None and abs(always.crop[1] - 200) <= 2
+
+
+def test_pixels_are_grey_when_grey_and_rgb_otherwise(tmp_path):
+    import cv2
+
+    gray = picture(70, 60, 50)
+    colour = np.ascontiguousarray(np.stack([gray, gray[::-1], 255 - gray], -1))
+    doc = pymupdf.open()
+    page = doc.new_page()
+    rgb_of_grey = np.ascontiguousarray(np.dstack([gray] * 3))
+    page.insert_image(pymupdf.Rect(50, 50, 150, 170), pixmap=pymupdf.Pixmap(pymupdf.csRGB, 50, 60, rgb_of_grey.tobytes(), False))
+    page.insert_image(pymupdf.Rect(200, 50, 300, 170), pixmap=pymupdf.Pixmap(pymupdf.csRGB, 50, 60, colour.tobytes(), False))
+    rgba = cv2.cvtColor(np.dstack([colour, np.full((60, 50), 128, np.uint8)]), cv2.COLOR_RGBA2BGRA)
+    page.insert_image(pymupdf.Rect(50, 200, 150, 320), stream=cv2.imencode(".png", rgba)[1].tobytes())
+    cmyk = np.ascontiguousarray(np.dstack([gray, gray // 2, gray // 3, gray // 4]))
+    page.insert_image(pymupdf.Rect(200, 200, 300, 320), pixmap=pymupdf.Pixmap(pymupdf.csCMYK, 50, 60, cmyk.tobytes(), False))
+    path = tmp_path / "colours.pdf"
+    doc.save(path)
+    with open_atlas(path) as reopened:
+        (layout,) = read_layout(reopened, [1])
+        pixels = [image_pixels(reopened, im) for im in sorted(layout.images, key=lambda im: (im.bbox[1], im.bbox[0]))]
+    assert np.array_equal(pixels[0], gray)  # RGB with equal channels is written grey
+    assert np.array_equal(pixels[1], colour)
+    assert pixels[2].shape == colour.shape  # alpha dropped (PyMuPDF's PNG import may round a level)
+    assert np.abs(pixels[2].astype(int) - colour).max() <= 1
+    assert pixels[3].shape == (60, 50, 3)  # CMYK converted to RGB
