@@ -508,7 +508,7 @@ def split_panels(caption: str, panels: int, pattern: str = PANEL_PATTERN) -> lis
     """Split a caption that names `panels` panels into one caption per panel, in panel order.
 
     Each panel keeps the shared text (before the first marker) plus its own sentence; returns None when the
-    caption does not name exactly `panels` distinct panels.
+    caption does not name exactly `panels` distinct panels, each opening a sentence.
 
     Example:
         >>> split_panels("Two views. (a) CC view: oval mass. (b) MLO view: same mass.", 2)
@@ -517,6 +517,10 @@ def split_panels(caption: str, panels: int, pattern: str = PANEL_PATTERN) -> lis
     marks = list(re.finditer(pattern, caption))
     letters = [m.group(1).lower() for m in marks]
     if panels < 2 or len(marks) != panels or len(set(letters)) != panels:
+        return None
+    # Panels own sentences only when each marker opens one ("... views. (a) CC view ..."); markers inside a
+    # sentence ("spot (a) and magnification (b) views") name the panels of one shared sentence.
+    if any(caption[: m.start()].rstrip()[-1:] not in ("", ".", ":", ";") for m in marks):
         return None
     shared = caption[: marks[0].start()].strip()
     out = []

@@ -175,6 +175,7 @@ def test_split_panels_needs_as_many_panels_as_images():
     assert split_panels(caption, 2) == [("a", "Shared. First view."), ("b", "Shared. Second view.")]
     assert split_panels(caption, 3) is None
     assert split_panels("No panels named.", 2) is None
+    assert split_panels("Spot (a) and magnification (b) views.", 2) is None
 
 
 def test_parse_pages():
@@ -463,3 +464,19 @@ def test_pixels_are_grey_when_grey_and_rgb_otherwise(tmp_path):
     assert pixels[2].shape == colour.shape  # alpha dropped (PyMuPDF's PNG import may round a level)
     assert np.abs(pixels[2].astype(int) - colour).max() <= 1
     assert pixels[3].shape == (60, 50, 3)  # CMYK converted to RGB
+
+
+def test_a_drawn_frame_holds_one_figure(tmp_path):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.draw_rect(pymupdf.Rect(60, 60, 300, 560), color=(0, 0, 0), width=0.5)
+    page.insert_image(pymupdf.Rect(80, 80, 240, 280), pixmap=pixmap(picture(80)))
+    page.insert_image(pymupdf.Rect(80, 320, 240, 520), pixmap=pixmap(picture(81)))  # 40 pt apart: not one figure by gap
+    text(page, (80, 524, 290, 556), "Figure 12. Spot compression (a) and magnification (b) views.")
+    path = tmp_path / "framed.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    assert [(p.figure, round(p.image.bbox[1])) for p in result.pairs] == [("12", 80), ("12", 320)]
+    # the panel markers sit inside one sentence: both panels keep the whole caption
+    assert {p.caption for p in result.pairs} == {"Spot compression (a) and magnification (b) views."}
+    assert not result.images_without_captions
