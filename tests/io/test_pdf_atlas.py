@@ -480,3 +480,24 @@ def test_a_drawn_frame_holds_one_figure(tmp_path):
     # the panel markers sit inside one sentence: both panels keep the whole caption
     assert {p.caption for p in result.pairs} == {"Spot compression (a) and magnification (b) views."}
     assert not result.images_without_captions
+
+
+@needs_tesseract
+def test_positional_ocr_is_the_study_acr_rule(tmp_path):
+    from keras_medimg.datasets.synthetic.atlas import burn_caption
+
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_text((72, 30), "header", fontsize=8)
+    photo = np.full((200, 240), 30, np.uint8)
+    photo[40:160, 40:200] = 120
+    burned = burn_caption(pymupdf, photo, "Figure 2 ~ Spiculated mass, BI-RADS 5.")
+    page.insert_image(pymupdf.Rect(72, 100, 312, 100 + burned.shape[0]), pixmap=pixmap(burned))
+    page.insert_image(pymupdf.Rect(72, 400, 312, 600), pixmap=pixmap(photo))  # no "~" or "-" in it: dropped
+    path = tmp_path / "acr.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(pairing="positional", ocr="auto"), workers=1)
+    (pair,) = result.pairs
+    assert pair.method == "positional-ocr" and pair.caption.startswith("Spiculated")  # whole-image OCR, as theirs
+    assert pair.crop == (0, 200)  # the first row 20 times darker than the next: the picture's lower edge
+    assert len(result.images_without_captions) == 1
