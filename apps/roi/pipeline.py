@@ -395,7 +395,8 @@ def train(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None, resume: bool 
     started = time.perf_counter()
     routing = {"schemes": {}, "classes": list(CLASSES), "threshold": cfg.evaluate.threshold,
                "input": {"image_size": cfg.model.image_size, "channels": 1, "normalization": _normalization(cfg).to_dict()},
-               "preprocessing": asdict(cfg.prepare), "backbone": cfg.model.backbone, "fallback": cfg.groups.fallback}
+               "preprocessing": asdict(cfg.prepare), "backbone": cfg.model.backbone, "network": asdict(cfg.network),
+               "fallback": cfg.groups.fallback, "one_class": cfg.groups.one_class}
     for scheme in SCHEMES:
         routing["schemes"][scheme] = {}
         for group, plan in plans[scheme].items():
@@ -730,12 +731,32 @@ def _gradcam(router: Router, routing: dict[str, Any], group: str, sample: Sample
     return str(out.relative_to(run.dir))
 
 
+def _convertible_exact_gelu() -> None:
+    """Teach tf2onnx TensorFlow's Erfc (exact GELU in ConvNeXtV2 and Swin), as 1 - Erf: it has no converter for it.
+
+    Belongs in `keras_medimg.export`; registered here until it is there (registering twice is harmless)."""
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            one = ctx.make_const(utils.make_name("erfc_one"), np.array(1.0, dtype=np.float32))
+            minus = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name("erfc"))
+            ctx.replace_inputs(minus, [one.output[0], node.output[0]])
+
+
 def export(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Every trained group model as SavedModel + ONNX (verified), and metadata.json with the routing table."""
     from keras_medimg.export import export_model
 
     trained = open_trained(cfg.predict.weights, APP, RoiAppConfig)
     routing = _routing(trained)
+    if "onnx" in cfg.export.formats:
+        _convertible_exact_gelu()
     run = start_run(APP, "export", cfg, run)
     out = run.subdir("export")
     table: dict[str, dict[str, Any]] = {}
@@ -757,7 +778,7 @@ def export(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResult
                 models[f"{scheme}/{group}"] = row["files"]
             table[scheme][group] = row
     metadata = {"app": APP, "classes": list(CLASSES), "positive": "malignant", "threshold": routing["threshold"],
-                "backbone": routing["backbone"], "input": routing["input"], "preprocessing": routing["preprocessing"],
+                "backbone": routing["backbone"], "network": routing.get("network"), "input": routing["input"], "preprocessing": routing["preprocessing"],
                 "routing": table,
                 "how_to_route": ("group = '<roi|noroi>-<L|R><CC|MLO>' in roi_aware when ROI presence is known, else "
                                  "'<L|R><CC|MLO>' in baseline, else 'all' in pooled; rule 'parent' = use the parent "
