@@ -1050,9 +1050,10 @@ def extract_atlas(
         result = AtlasExtraction(path, sha256_file(path), numbers)
         layouts = read_layout(doc, numbers, settings)
         result.scanned_pages = [layout.number for layout in layouts if layout.scanned]
-        use_ocr = settings.ocr != "never"
-        if use_ocr and (result.scanned_pages or settings.ocr == "always"):
-            ocr.require_tesseract()
+        if settings.ocr == "always" or (settings.ocr == "auto" and len(result.scanned_pages) == len(numbers)):
+            ocr.require_tesseract()  # nothing to do without it
+        # "auto" reads with OCR what needs it when Tesseract is there, and says what it left unread otherwise.
+        use_ocr = settings.ocr == "always" or (settings.ocr == "auto" and ocr.tesseract_available())
         if use_ocr and result.scanned_pages:
             scanned = [layout for layout in layouts if layout.scanned]
             jobs = [(render_page(doc, layout.number, settings.scan_dpi), layout, settings) for layout in scanned]
@@ -1079,8 +1080,13 @@ def extract_atlas(
             lonely = [im for im in lonely if not im.decoration]
         paired = {id(p.image): p for p in pairs}
         targets = lonely if settings.ocr == "auto" else [im for lay in layouts for im in lay.images if not im.decoration]
+        if settings.ocr == "auto" and not use_ocr and (targets or result.scanned_pages):
+            log.warning(
+                "%s: %d scanned page(s) and %d uncaptioned image(s) were not read with OCR because the tesseract "
+                "program is not installed (apt install tesseract-ocr); they are listed as unpaired.",
+                path.name, len(result.scanned_pages), len(targets),
+            )
         if use_ocr and targets:
-            ocr.require_tesseract()
             found = _cached_ocr(doc, targets, settings, pool, cache_dir)
             lonely = [im for im in lonely if found.get(id(im)) is None or not found[id(im)]["caption"]]
             for image in targets:

@@ -501,3 +501,19 @@ def test_positional_ocr_is_the_study_acr_rule(tmp_path):
     assert pair.method == "positional-ocr" and pair.caption.startswith("Spiculated")  # whole-image OCR, as theirs
     assert pair.crop == (0, 200)  # the first row 20 times darker than the next: the picture's lower edge
     assert len(result.images_without_captions) == 1
+
+
+def test_ocr_auto_without_tesseract_lists_what_it_could_not_read(tmp_path, monkeypatch, caplog):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 100, 252, 340), pixmap=pixmap(picture(90)))
+    text(page, (72, 346, 400, 380), "Figure 1. Oval mass.")
+    page.insert_image(pymupdf.Rect(72, 450, 252, 690), pixmap=pixmap(picture(91)))  # no caption
+    path = tmp_path / "mixed.pdf"
+    doc.save(path)
+    monkeypatch.setattr(ocr, "tesseract_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        result = extract_atlas(path, AtlasSettings(ocr="auto"))
+    assert [p.caption for p in result.pairs] == ["Oval mass."]
+    assert [im.bbox[1] for im in result.images_without_captions] == [450]
+    assert "tesseract" in caplog.text and "1 uncaptioned image" in caplog.text
