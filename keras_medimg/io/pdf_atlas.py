@@ -105,7 +105,7 @@ class AtlasSettings:
         self.caption_keywords = tuple(self.caption_keywords)
 
 
-@dataclass
+@dataclass(eq=False)  # one placement is one object; pixel arrays have no truth value to compare
 class PlacedImage:
     """One raster placed on a page.
 
@@ -775,6 +775,10 @@ def _follow_to_next_page(
         if not taken:
             still.append(caption)
             continue
+        # Only the top row: the figure that opens the page and those level with it.
+        top = min(taken, key=lambda item: min(im.bbox[1] for im in item[1]))
+        first_bottom = max(im.bbox[3] for im in top[1])
+        taken = [item for item in taken if min(im.bbox[1] for im in item[1]) < first_bottom]
         orphan_figures = [item for item in orphan_figures if item not in taken]
         images = reading_order(im for _, fig in taken for im in fig)
         pairs.extend(_figure_pairs(images, caption, "layout-next-page", settings))

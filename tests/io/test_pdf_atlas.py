@@ -517,3 +517,19 @@ def test_ocr_auto_without_tesseract_lists_what_it_could_not_read(tmp_path, monke
     assert [p.caption for p in result.pairs] == ["Oval mass."]
     assert [im.bbox[1] for im in result.images_without_captions] == [450]
     assert "tesseract" in caplog.text and "1 uncaptioned image" in caplog.text
+
+
+def test_next_page_takes_only_the_top_row(tmp_path):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 100, 252, 340), pixmap=pixmap(picture(100)))
+    text(page, (72, 346, 400, 380), "Figure 3. Round mass.")
+    text(page, (72, 700, 400, 740), "Figure 4. Oval mass, set on the next page.")
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 80, 252, 320), pixmap=pixmap(picture(101)))
+    page.insert_image(pymupdf.Rect(300, 500, 480, 740), pixmap=pixmap(picture(102)))  # lower down: not Figure 4
+    path = tmp_path / "next.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    assert [(p.page, p.figure, p.method) for p in result.pairs] == [(1, "3", "layout"), (2, "4", "layout-next-page")]
+    assert [(im.page, round(im.bbox[1])) for im in result.images_without_captions] == [(2, 500)]
