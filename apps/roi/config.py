@@ -89,7 +89,7 @@ class RoiAppConfig:
     strict: bool = False  # stop at the first bad row/image instead of skipping it (listed in skipped.csv)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: Settings = field(default_factory=lambda: Settings(window="auto", crop=True, margin=0.02, clahe=True,
-                                                              clip_limit=2.0, size=64))
+                                                              clip_limit=2.0, size=256))
     network: NetworkConfig = field(default_factory=NetworkConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     roi: RoiConfig = field(default_factory=RoiConfig)

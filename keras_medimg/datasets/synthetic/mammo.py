@@ -234,7 +234,7 @@ class _Breast:
         inside_values = noise[self.inside]
         threshold = np.quantile(inside_values, 1.0 - _GLANDULAR_SHARE[density])
         glands = 1.0 / (1.0 + np.exp(-(noise - threshold) / (0.25 * inside_values.std() + 1e-6)))
-        fine = 0.04 * _smooth_noise(rng, (h, w), 1.5)
+        fine = 0.012 * _smooth_noise(rng, (h, w), 2.5)
         image = (_FAT + _GLAND * glands + fine) * (0.55 + 0.45 * thickness)
         skin = (distance > 0) & (distance < 2.0)
         image[skin] += 0.08
@@ -347,5 +347,5 @@ def _acquisition(rng: np.random.Generator, image: np.ndarray, inside: np.ndarray
     """Detector blur, gain and quantum noise, as they vary between units."""
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 0.8))
     image = image * rng.uniform(0.9, 1.1)
-    noise = rng.normal(0, rng.uniform(0.008, 0.018), image.shape).astype(np.float32)
+    noise = rng.normal(0, rng.uniform(0.003, 0.007), image.shape).astype(np.float32)
     return np.clip(image + noise, 0.0, 1.0)

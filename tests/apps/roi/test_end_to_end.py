@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def _config(tmp_path: Path, root: Path, *overrides: str) -> RoiAppConfig:
     return load_config(RoiAppConfig, app="roi", options={"data.root": str(root), "data.prepared": str(tmp_path / "prepared")},
-                       overrides=["train.epochs=6", "evaluate.bootstrap=50", "prepare.size=48", "model.image_size=64",
+                       overrides=["train.epochs=6", "evaluate.bootstrap=50", "prepare.size=128", "model.image_size=64",
                                   *overrides])
 
 
