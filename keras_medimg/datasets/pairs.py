@@ -21,13 +21,16 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from keras_medimg.datasets.records import Skipped
 from keras_medimg.errors import InvalidInputError, problems_error
 from keras_medimg.runs import atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    from keras_medimg.io.pdf_atlas import AtlasSettings
 
 log = logging.getLogger(__name__)
 
@@ -336,14 +339,14 @@ class BookResult:
     reused: bool = False
 
 
-def _settings_key(settings: Any, pages: str | None) -> str:
+def _settings_key(settings: AtlasSettings, pages: str | None) -> str:
     return hashlib.sha256(json.dumps([asdict(settings), pages, 1], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def extract_books(
     pdfs: Sequence[str | Path],
     out_dir: str | Path,
-    settings: Any = None,
+    settings: AtlasSettings | None = None,
     *,
     pages: str | None = None,
     workers: int = 0,
@@ -400,7 +403,9 @@ def _reuse(book_file: Path, key: str, out: Path) -> tuple[list[PairRecord], list
     return pairs, low, data["report"]
 
 
-def _extract_book(pdf: Path, out: Path, settings: Any, pages: str | None, workers: int, password: str | None) -> BookResult:
+def _extract_book(
+    pdf: Path, out: Path, settings: AtlasSettings, pages: str | None, workers: int, password: str | None
+) -> BookResult:
     from keras_medimg.io.pdf_atlas import extract_atlas, image_pixels, open_atlas
 
     extraction = extract_atlas(pdf, settings, pages=pages, workers=workers, cache_dir=out / "cache", password=password)
