@@ -42,7 +42,7 @@ from keras_medimg.config import TrainConfig
 from keras_medimg.errors import ConfigError, require
 from keras_medimg.models import torch_kernels
 from keras_medimg.models.classifier import Phase, apply_freeze, finetune_phases, load_model
-from keras_medimg.runs import Run, atomic_path, write_csv, write_json
+from keras_medimg.runs import Run, atomic_path, remove_stale_temporaries, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +452,8 @@ def fit(
         jit_compile=resolve_jit_compile(config),
     )
 
+    if resume:
+        remove_stale_temporaries(run.dir)  # a kill -9 during the last checkpoint write left its temporary file
     state = _read_state(run) if (resume or initial_epoch > 0) else None
     if state is None:
         state = {"epoch": 0, "phase": phase, "monitor": config.monitor, "best": {"value": None, "epoch": None},
