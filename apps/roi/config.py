@@ -11,6 +11,7 @@ from typing import Literal
 
 from keras_medimg.config import ExportConfig, ModelConfig, TrainConfig
 from keras_medimg.datasets.prepare import Settings
+from keras_medimg.preprocessing.augment import Augment
 
 FORMATS = ("vindr", "cddcesm", "csv")
 MODELS = {"swin": "swin_tiny", "convnextv2": "convnextv2_atto"}  # --model -> registry entry
@@ -91,6 +92,8 @@ class RoiAppConfig:
     prepare: Settings = field(default_factory=lambda: Settings(window="auto", crop=True, margin=0.02, clahe=True,
                                                               clip_limit=2.0, size=256))
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    augment: Augment = field(default_factory=lambda: Augment(probability=0.5, rotation=10.0, zoom_min=0.9, zoom_max=1.1,
+                                                             hflip=True, brightness=0.05))
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     roi: RoiConfig = field(default_factory=RoiConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(backbone="convnextv2_atto", image_size=64))

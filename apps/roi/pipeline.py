@@ -37,7 +37,8 @@ ROUTING_FILE = "routing.json"
 DETECTOR_FILE = "detector.pt"
 METHODS = ("baseline", "roi_aware", "pooled", "roi_only_rule")
 METHOD_NAMES = {"baseline": "baseline (view only, 4 models)", "roi_aware": "ROI-aware (ROI x view, 8 models)",
-                "pooled": "pooled (1 model)", "roi_only_rule": "ROI-only rule (no image model)"}
+                "pooled": "pooled (1 model)", "roi_only_rule": "ROI-only rule (no image model)",
+                "roi_aware_detected": "ROI-aware, detected ROI", "roi_only_rule_detected": "ROI-only rule, detected ROI"}
 SCORES = ("sensitivity", "specificity", "f1", "accuracy", "roc_auc")
 
 
@@ -299,6 +300,7 @@ def train_group(plan: GroupPlan, cfg: RoiAppConfig, run: Run, skipped: Skipped, 
     set_seed(cfg.seed)
     sub = Run(dir=run.subdir(f"groups/{plan.scheme}/{plan.group}"), app=APP, mode="train")
     train_ds = make_dataset(plan.train, training=True, batch_size=cfg.train.batch_size, class_names=list(CLASSES),
+                            augment=cfg.augment,
                             seed=cfg.seed, skipped=skipped, strict=cfg.strict, **_input(cfg))
     kept = [s for s in plan.train if str(s.path) not in skipped.paths()]
     m = cfg.model
@@ -431,21 +433,21 @@ def evaluate_split(cfg: RoiAppConfig, run: Run, test: Sequence[Sample], routing:
     from keras_medimg.metrics.classification import binary_report
 
     router = Router(routing, folder, cfg)
-    roi = None
-    if cfg.roi.source == "detector":
-        roi = detect_roi(cfg, detector, test)
     results, predictions = {}, {s.id: _prediction_base(s) for s in test}
-    if roi is not None:
-        for sample, flag in zip(test, roi):
-            predictions[sample.id]["roi_used"] = int(flag)
-    for method in METHODS:
-        probs, groups, kept = router.predict(test, method, skipped, roi)
+    evaluations = [(method, method, None) for method in METHODS]
+    if cfg.roi.source == "detector":
+        detected = detect_roi(cfg, detector, test)
+        for sample, flag in zip(test, detected):
+            predictions[sample.id]["roi_detected"] = int(flag)
+        evaluations += [("roi_aware_detected", "roi_aware", detected), ("roi_only_rule_detected", "roi_only_rule", detected)]
+    for name, scheme, roi in evaluations:
+        probs, groups, kept = router.predict(test, scheme, skipped, roi)
         truth = np.array([label_of(s) for s in kept])
         report = binary_report(truth, probs, cfg.evaluate.threshold, bootstrap=cfg.evaluate.bootstrap, seed=cfg.seed)
-        results[method] = {"merged": report, "groups": _routed_groups(kept, groups, truth, probs, method, roi, test, cfg)}
+        results[name] = {"merged": report, "groups": _routed_groups(kept, groups, truth, probs, scheme, roi, test, cfg)}
         for sample, prob, group in zip(kept, probs, groups):
-            predictions[sample.id][f"{method}_group"] = group
-            predictions[sample.id][f"{method}_probability"] = round(float(prob), 6)
+            predictions[sample.id][f"{name}_group"] = group
+            predictions[sample.id][f"{name}_probability"] = round(float(prob), 6)
     run.write_csv("predictions.csv", list(predictions.values()))
     rows = comparison_rows(results)
     table = write_tables(run, rows, cfg)
@@ -476,7 +478,7 @@ def _prediction_base(sample: Sample) -> dict[str, Any]:
 
 def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for method in METHODS:
+    for method in results:
         report = results[method]["merged"]
         row = {"method": METHOD_NAMES[method]}
         for score in SCORES:

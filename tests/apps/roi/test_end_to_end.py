@@ -78,3 +78,25 @@ def test_no_phi_in_any_output_of_train_predict_export(tmp_path):
     assert len(files) > 20
     leaks = [(str(p), m) for p in files for m in set(markers) if m in p.read_bytes()]
     assert not leaks
+
+
+def test_detector_routes_by_detected_roi(tmp_path):
+    """roi.source detector: a YOLO stage trained on the ROI boxes decides ROI presence; the detected rows are
+    scored beside the annotated ones, and predict routes by detection."""
+    root = generate_vindr(tmp_path / "vindr", n_studies=8, height=128, width=96, seed=5)
+    cfg = _config(tmp_path, root, "groups.min_images=20", "train.epochs=1", "roi.source=detector", "roi.detector_epochs=1",
+                  "roi.detector_imgsz=64")
+    result = pipeline.train(cfg, run=RunPlace(tmp_path / "runs", "train"))
+    assert {"roi_aware_detected", "roi_only_rule_detected"} <= set(result.metrics["methods"])
+    with open(result.run.dir / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["roi_detected"] in ("0", "1") for r in rows)
+    for row in rows:  # the detected ROI flag, not the annotation, chose the ROI-aware group
+        assert float(row["roi_only_rule_detected_probability"]) == float(row["roi_detected"])
+    assert (result.run.dir / "weights" / "detector.pt").is_file()
+    predict_cfg = load_config(RoiAppConfig, app="roi", options={"predict.weights": str(result.run.dir),
+                                                               "predict.source": str(root / "images"),
+                                                               "roi.source": "detector"})
+    predicted = pipeline.predict(predict_cfg, run=RunPlace(tmp_path / "runs", "predict"))
+    with open(predicted.run.dir / "predictions.csv", newline="") as fh:
+        assert {r["roi_source"] for r in csv.DictReader(fh)} == {"detector"}
