@@ -1,0 +1,131 @@
+"""No DICOM PHI in any output: predict and export of every app on DICOMs whose PHI tags hold marker strings.
+
+The roi app has its own such test (tests/apps/roi); mamclip and xray join here as they read DICOMs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from keras_medimg.apps.cli import cli
+from keras_medimg.io.images import read_image
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                       reason="what is written is backend-independent; CI runs these app runs once, under TensorFlow"),
+]
+
+PHI_MARKERS = {
+    "PatientName": "Zqxmarker^Patientname",
+    "PatientID": "ZQXMARKER-PID-4471",
+    "PatientBirthDate": "19310217",
+    "AccessionNumber": "ZQXACC90213",
+    "InstitutionName": "Zqxmarker Institution",
+    "ReferringPhysicianName": "Zqxmarker^Referrer",
+    "StudyID": "ZQXSTUDY77",
+    "OtherPatientIDs": "ZQXOTHER31",
+}
+
+
+def write_phi_dicom(path: Path, pixels: np.ndarray) -> Path:
+    """An MR slice as DICOM whose PHI tags hold the markers."""
+    pixels = np.asarray(np.clip(pixels, 0, 1) * 4095, np.uint16) if pixels.dtype != np.uint16 else pixels
+    if pixels.ndim == 3:
+        pixels = pixels[..., 0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = "MR"
+    for keyword, value in PHI_MARKERS.items():
+        setattr(ds, keyword, value)
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def markers_found(folder: Path, *texts: str) -> list[str]:
+    """Every (file, marker) where a marker (any case, also as DICOM's '^'-free spelling) appears."""
+    needles = set()
+    for value in PHI_MARKERS.values():
+        needles |= {value.lower(), value.replace("^", " ").lower()}
+        needles |= {part.lower() for part in value.split("^") if len(part) > 6}
+    hits = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes().lower()
+            hits += [f"{path}: {n}" for n in needles if n.encode() in data or n.encode("utf-16-le") in data]
+    for i, text in enumerate(texts):
+        hits += [f"output {i}: {n}" for n in needles if n in text.lower()]
+    return hits
+
+
+def dicoms_of(images: list[Path], out: Path) -> Path:
+    for i, image in enumerate(images):
+        pixels = read_image(image)
+        write_phi_dicom(out / f"case{i}" / "slice.dcm", pixels.astype(np.float32) / (65535 if pixels.dtype == np.uint16 else 255))
+    return out
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_brats_predict_and_export_leak_no_phi(tmp_path):
+    from keras_medimg.datasets.synthetic.brain import generate_brain
+
+    data = generate_brain(tmp_path / "data", n_per_class=4, size=64, seed=0)
+    project = tmp_path / "runs"
+    tiny = ["detect.epochs=1", "detect.imgsz=64", "detect.batch=8", "detect.conf=0.01", "model.backbone=vgg16",
+            "model.image_size=32", "train.epochs=1", "train.batch_size=8", "train.verbose=0"]
+    outputs = [invoke("brats", "train", "--data", str(data), "--project", str(project), "--name", "t",
+                      *[a for s in tiny for a in ("--set", s)])]
+    sources = dicoms_of(sorted((data / "Testing").rglob("*.jpg"))[:4] or sorted((data / "Testing").rglob("*.png"))[:4],
+                        tmp_path / "dicoms")
+    run = project / "brats" / "t"
+    outputs.append(invoke("brats", "predict", str(sources), "--weights", str(run), "--gradcam", "--project", str(project),
+                          "--name", "p"))
+    predictions = (project / "brats" / "p" / "predictions.csv").read_text()
+    assert predictions.count("slice.dcm") == 4 or predictions.count("case") >= 4, predictions  # all four were read
+    outputs.append(invoke("brats", "export", "--weights", str(run), "--project", str(project), "--name", "e"))
+    assert markers_found(project / "brats" / "p", *outputs) == []
+    assert markers_found(project / "brats" / "e") == []
+
+
+def test_concepts_predict_and_export_leak_no_phi(tmp_path):
+    from keras_medimg.datasets.synthetic.concepts import generate_concepts
+
+    data = generate_concepts(tmp_path / "data", n_train=12, n_valid=6, n_test=4, size=32, seed=1)
+    project = tmp_path / "runs"
+    tiny = ["model.backbone=vgg16", "model.image_size=32", "model.hidden_units=8", "train.epochs=1",
+            "train.head_epochs=0", "train.verbose=0", "data.cache=null"]
+    outputs = [invoke("concepts", "train", "--data", str(data), "--project", str(project), "--name", "t",
+                      *[a for s in tiny for a in ("--set", s)])]
+    sources = dicoms_of(sorted((data / "test").rglob("*.jpg"))[:4], tmp_path / "dicoms")
+    run = project / "concepts" / "t"
+    outputs.append(invoke("concepts", "predict", "--images", str(sources), "--weights", str(run),
+                          "--project", str(project), "--name", "p"))
+    assert (project / "concepts" / "p" / "submission.csv").read_text().count("\n") >= 4
+    outputs.append(invoke("concepts", "export", "--weights", str(run), "--project", str(project), "--name", "e"))
+    assert markers_found(project / "concepts" / "p", *outputs) == []
+    assert markers_found(project / "concepts" / "e") == []
