@@ -85,3 +85,18 @@ def test_predict_csv_by_path_or_id_and_bad_rows(tmp_path):
 
     with pytest.raises(InvalidInputError, match="line 2"):
         pipeline.read_predict_csv(csv_file)
+
+
+@pytest.mark.parametrize("backbone", ["convnextv2_atto", "swin_tiny"])
+def test_both_study_models_build_small_and_classify(backbone):
+    """--model convnextv2 (ours) and --model swin (keras-hub) at network.widths: a grey 64 px classifier."""
+    from keras_medimg.models.classifier import build_classifier
+
+    cfg = RoiAppConfig()
+    cfg = replace(cfg, model=replace(cfg.model, backbone=backbone),
+                  network=replace(cfg.network, widths=[16, 32, 64, 128] if backbone.startswith("swin") else [8, 16, 32, 64]))
+    model = build_classifier(pipeline.backbone_model(cfg), 2, input_shape=(64, 64, 1))
+    out = model.predict(np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32), verbose=0)
+    assert out.shape == (2, 2) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(Exception, match="widths"):
+        pipeline.backbone_model(replace(cfg, model=replace(cfg.model, weights="some.weights.h5")))
