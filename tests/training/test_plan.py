@@ -19,6 +19,7 @@ from keras_medimg.training import trainer
 from keras_medimg.training.trainer import balanced_class_weight, fit, fit_plan, set_seed
 
 from .conftest import make_dataset, make_images, tiny_classifier
+from ._callbacks import Kill
 
 
 def quick(**overrides) -> TrainConfig:
@@ -59,18 +60,6 @@ class Recorder(keras.callbacks.Callback):
         backbone, head = self._snapshot()
         self.calls[-1]["backbone"].append(backbone)
         self.calls[-1]["head"].append(head)
-
-
-class Kill(keras.callbacks.Callback):
-    """Stands in for a killed process: raises once `epoch` has finished and been saved."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def unchanged(before: list[np.ndarray], after: list[np.ndarray]) -> bool:

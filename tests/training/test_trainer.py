@@ -17,23 +17,12 @@ from keras_medimg.training import trainer
 from keras_medimg.training.trainer import balanced_class_weight, fit, make_learning_rate, set_seed
 
 from .conftest import make_dataset, make_images, tiny_classifier
+from ._callbacks import Kill
 
 
 def quick(**overrides) -> TrainConfig:
     base = dict(epochs=3, learning_rate=0.05, verbose=0, early_stopping_patience=0)
     return TrainConfig(**{**base, **overrides})
-
-
-class Kill(keras.callbacks.Callback):
-    """Stands in for a killed process: raises once `epoch` has finished and been saved."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def read_rows(run) -> list[dict[str, str]]:

@@ -44,7 +44,11 @@ def test_train_all_writes_the_run_folder(trained):
     assert metrics["segment"]["mode"] == "box_fallback" and "segment.checkpoint" in metrics["segment"]["reason"]
     assert {"precision", "recall", "f1", "accuracy", "map50"} <= set(metrics["detect"]["test"])
     report = metrics["classify"]["test"]
-    assert 0.0 <= report["accuracy"] <= 1.0 and set(report["per_class"]) == set(pipeline.BratsConfig().data.classes)
+    assert set(report["per_class"]) == set(pipeline.BratsConfig().data.classes)
+    # The reported accuracy is that of the rows written: each test crop once, with its true class.
+    rows = _rows(folder / "predictions.csv")
+    assert report["accuracy"] == pytest.approx(sum(r["label"] == r["predicted"] for r in rows) / len(rows))
+    assert sorted(r["label"] for r in rows) == sorted(p.parent.name for p in (folder / "crops" / "test").rglob("*.png"))
     # Ultralytics' own run lives inside ours.
     assert (folder / "detect" / "train" / "results.csv").is_file()
     crops = list((folder / "crops" / "test").rglob("*.png"))
@@ -63,14 +67,17 @@ def test_predict_writes_every_output_and_skips_unreadable(trained, brain_set, tm
     result = pipeline.predict(cfg, run=create_run("brats", "predict", project=tmp_path / "runs"))
     rows = _rows(result.run.dir / "predictions.csv")
     assert len(rows) == 2
+    classes = pipeline.BratsConfig().data.classes
     for row in rows:
-        assert row["predicted"] in pipeline.BratsConfig().data.classes
-        assert 0.0 <= float(row["probability"]) <= 1.0
-        assert Path(row["overlay"]).is_file()
+        probs = [float(row[f"p_{c}"]) for c in classes]
+        # The named class is the most probable one, its probability is the one reported, and they sum to 1.
+        assert row["predicted"] == classes[probs.index(max(probs))]
+        assert float(row["probability"]) == pytest.approx(max(probs)) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert Path(row["overlay"]).is_file() and Path(row["path"]).parent == images
     skipped = _rows(result.run.dir / "skipped.csv")
     assert [Path(r["path"]).name for r in skipped] == ["broken.png"]
     assert sorted(p.name for p in images.iterdir()) == before  # the user's folder is untouched
-    assert result.metrics["images_per_second"] > 0
+    assert result.metrics["images"] == 2 and result.metrics["skipped"] == 1
 
 
 @pytest.mark.slow  # one tiny train + export: ~45 CPU-seconds, over a minute on a busy 2-core machine
@@ -150,7 +157,15 @@ def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
     folder = result.run.dir
     rows = _rows(folder / "comparison.csv")
     assert [row["backbone"] for row in rows] == ["vgg16", "densenet121"]
-    assert all(0.0 <= float(row["f1"]) <= 1.0 for row in rows)
+    # Each row is its sub-run's own test result: the macro F1 of the predictions it wrote.
+    from sklearn.metrics import f1_score
+
+    for row in rows:
+        written = _rows(folder / row["backbone"] / "predictions.csv")
+        expected = f1_score([r["label"] for r in written], [r["predicted"] for r in written], average="macro",
+                            labels=pipeline.BratsConfig().data.classes, zero_division=0)
+        assert float(row["f1"]) == pytest.approx(expected, abs=1e-6)
+        assert float(row["f1"]) == pytest.approx(result.metrics["backbones"][row["backbone"]]["macro"]["f1"])
     assert "| vgg16 |" in (folder / "comparison.md").read_text()
     assert (folder / "plots" / "comparison.png").stat().st_size > 0
     assert (folder / "vgg16" / "weights" / "best.keras").is_file()

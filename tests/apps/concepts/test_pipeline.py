@@ -5,17 +5,16 @@ import json
 import os
 import shutil
 
-import numpy as np
 from click.testing import CliRunner
 import pytest
 
 from keras_medimg.apps.cli import cli
-from keras_medimg.metrics.imageclef import primary_f1, read_submission, read_truth
+from keras_medimg.metrics.imageclef import best_frequency_baseline, primary_f1, read_submission, read_truth
 
 # === The CLI, end to end on a tiny model ===
 
 
-def test_train_writes_the_run_folder_and_says_why_the_head_phase_is_skipped(trained_run):
+def test_train_writes_the_run_folder_and_says_why_the_head_phase_is_skipped(trained_run, tiny_data):
     run, output = trained_run
     for name in ("config.yaml", "results.csv", "metrics.json", "thresholds.csv", "skipped.csv", "concepts_valid.csv",
                  "weights/best.keras", "weights/last.keras", "weights/concepts.json"):
@@ -26,7 +25,14 @@ def test_train_writes_the_run_folder_and_says_why_the_head_phase_is_skipped(trai
     assert record["concepts"] == sorted(record["concepts"]) and len(record["thresholds"]) == len(record["concepts"])
     assert record["names"]["C0040405"] == "X-Ray Computed Tomography"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["valid"]["primary_f1"] <= 1.0 and metrics["baseline"]["k"] >= 1
+    # The baseline is recomputed from the data's own files: the k most frequent training concepts for every image.
+    baseline, k = best_frequency_baseline(read_truth(tiny_data / "train_concepts.csv"),
+                                          read_truth(tiny_data / "valid_concepts.csv"))
+    assert (metrics["baseline"]["primary_f1"], metrics["baseline"]["k"]) == (pytest.approx(baseline), k)
+    # The validation score is the one the chosen threshold reached in the threshold table.
+    table = list(csv.DictReader(open(run / "thresholds.csv")))
+    chosen = [r for r in table if float(r["threshold"]) == pytest.approx(metrics["thresholds"]["global"])]
+    assert len(chosen) == 1 and float(chosen[0]["primary_f1"]) == pytest.approx(metrics["valid"]["primary_f1"], abs=1e-6)
     assert [p["phase"] for p in metrics["phases"]] == ["train"]
 
 
