@@ -65,7 +65,7 @@ class DataConfig:
     dataset: Literal["teknofest", "vindr", "embed", "csv"] = "teknofest"  # layout of the classification data
     root: str | None = None  # classification data folder; null = the demo set (TEKNOFEST layout)
     demo_pairs: int = 96  # demo: pairs in the text-layer atlas (the OCR atlas adds a third more)
-    demo_patients: int = 60  # demo: patients (x 4 views) in the classification set
+    demo_patients: int = 48  # demo: patients (x 4 views) in the classification set
     demo_height: int = 128  # demo: classification image height (width 3/4 of it)
 
 
@@ -83,6 +83,7 @@ class VlmConfig:
     text_width: int = 64  # tiny BERT only: hidden width (the fusion transformer's width too)
     text_intermediate: int = 128  # tiny BERT only: feed-forward width
     text_dropout: float = 0.1  # tiny BERT only: dropout
+    text_pooling: Literal["cls", "mean"] = "mean"  # text embedding: cls (study, pretrained BERT) | mean (tiny BERT from scratch)
     text_length: int = 64  # tokens per caption, [CLS] and [SEP] included; longer captions are cut and counted
     vocabulary_min_count: int = 1  # tiny BERT only: words seen this often in the captions get their own token
     fusion_layers: int = 1  # fusion transformer layers (study: 1)
@@ -94,17 +95,17 @@ class VlmConfig:
 class PretrainConfig:
     """`medimg mamclip pretrain`: InfoNCE + lambda * MLM on image-caption pairs."""
 
-    epochs: int = 40  # demo (study: 25 in the paper, 75 in the code)
-    batch_size: int = 16  # pairs per step, the contrastive negatives (study: 8 per step)
+    epochs: int = 25  # demo (study: 25 in the paper, 75 in the code)
+    batch_size: int = 8  # pairs per step, the contrastive negatives (study: 8 per step)
     accumulation_steps: int = 1  # steps whose gradients are summed before one update (study: 8, batch 64)
-    learning_rate: float = 0.0005  # AdamW (study: 1e-4 with pretrained encoders)
+    learning_rate: float = 0.001  # AdamW (study: 1e-4 with pretrained encoders)
     weight_decay: float = 0.000001  # AdamW weight decay (study code: 1e-6)
     mlm_weight: float = 0.5  # lambda of the MLM loss (study: 0.5)
     mask_rate: float = 0.15  # share of words masked (whole words)
     mask_token_share: float = 0.8  # of the masked word pieces: share set to [MASK]
     random_token_share: float = 0.1  # ... share set to a random token (the rest stay unchanged)
     logit_scale_init: float = 2.6592600369327779  # log(1/0.07), as CLIP
-    augment: Augment = field(default_factory=lambda: Augment(probability=0.5, hflip=True, zoom_min=0.9, zoom_max=1.0))
+    augment: Augment = field(default_factory=lambda: Augment(probability=0.5, hflip=False, zoom_min=0.9, zoom_max=1.0))
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # K of retrieval recall@K on validation pairs
     jit_compile: bool = False  # XLA (faster on GPU; slower to start on CPU)
     verbose: int = 2  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
@@ -118,8 +119,8 @@ class FinetuneConfig:
     init: str = "none"  # vlm:RUN (a pretrain run folder or its .keras) | imagenet | none
     inits: list[str] = field(default_factory=lambda: ["vlm", "none"])  # `train`: inits compared ("vlm" = this run)
     folds: int = 4  # patient-grouped, stratified folds (study: 4)
-    train_samples: list[str] = field(default_factory=lambda: ["40", "all"])  # label counts or fractions ("0.25"), "all"
-    epochs: int = 12  # epochs per fold
+    train_samples: list[str] = field(default_factory=lambda: ["24", "all"])  # label counts or fractions ("0.25"), "all"
+    epochs: int = 10  # epochs per fold
     batch_size: int = 16
     learning_rate: float = 0.0005  # AdamW
     weight_decay: float = 0.0001

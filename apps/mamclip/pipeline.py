@@ -60,7 +60,8 @@ def _spec(cfg: MamclipConfig):
 
     m = cfg.model
     text = vlm.TextEncoderSpec(preset=m.text_encoder, num_layers=m.text_layers, num_heads=m.text_heads,
-                               hidden_dim=m.text_width, intermediate_dim=m.text_intermediate, dropout=m.text_dropout)
+                               hidden_dim=m.text_width, intermediate_dim=m.text_intermediate, dropout=m.text_dropout,
+                               pooling=m.text_pooling)
     return vlm.VlmSpec(backbone=m.backbone, image_size=m.image_size, embed_dim=m.embed_dim, weights=m.weights,
                        text=text, fusion_layers=m.fusion_layers, fusion_heads=m.fusion_heads,
                        fusion_mlp_ratio=m.fusion_mlp_ratio, mlm_weight=cfg.pretrain.mlm_weight,

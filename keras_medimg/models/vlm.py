@@ -339,6 +339,16 @@ class TakePositions(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_medimg")
+class MaskedMean(keras.layers.Layer):
+    """Mean of the token states over the real tokens (padding mask 1): the text embedding of a BERT trained from
+    scratch, whose [CLS] state starts out nearly the same for every caption."""
+
+    def call(self, sequence: Any, padding_mask: Any) -> Any:
+        mask = ops.expand_dims(ops.cast(padding_mask, sequence.dtype), -1)
+        return ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_medimg")
 class ZerosLike(keras.layers.Layer):
     """Zeros shaped like the token ids: BERT's segment ids for one-segment text."""
 
@@ -359,21 +369,25 @@ class TextEncoderSpec:
     hidden_dim: int = 64
     intermediate_dim: int = 128
     dropout: float = 0.1
+    pooling: str = "cls"  # cls (the study: [CLS] state) | mean (masked mean of the token states)
 
 
-#: The tiny BERT of tests and the demo.
-TINY_TEXT = TextEncoderSpec(num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128)
+#: The tiny BERT of tests and the demo (trained from scratch, so its text embedding is the mean token state).
+TINY_TEXT = TextEncoderSpec(num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128, pooling="mean")
 
 
 def build_image_tower(backbone: str, *, image_size: int, embed_dim: int, weights: str | Path | None = None,
                       name: str = "image_encoder") -> keras.Model:
-    """Registry backbone ("backbone") -> global average pooling -> Dense(embed_dim) ("image_projection")."""
+    """Registry backbone ("backbone") -> global average pooling -> LayerNorm -> Dense(embed_dim) ("image_projection")."""
     from keras_medimg.models.backbones import build_backbone
 
     body = build_backbone(backbone, input_shape=(image_size, image_size, 3), weights=weights)
     body.name = "backbone"
     images = keras.Input((image_size, image_size, 3), name="images")
     features = keras.layers.GlobalAveragePooling2D(name="pool")(body(images))
+    # As ConvNeXt's own head: pooled features are layer-normalised before the linear layer. Without it the
+    # pooled vector is dominated by a component shared by all images, and the embeddings collapse to one direction.
+    features = keras.layers.LayerNormalization(epsilon=1e-6, name="pool_norm")(features)
     embedding = keras.layers.Dense(embed_dim, name="image_projection")(features)
     return keras.Model(images, embedding, name=name)
 
@@ -404,18 +418,22 @@ def load_bert(spec: TextEncoderSpec, *, vocabulary_size: int, sequence_length: i
     return bert
 
 
-def build_text_tower(bert: keras.Model, *, sequence_length: int, embed_dim: int,
+def build_text_tower(bert: keras.Model, *, sequence_length: int, embed_dim: int, pooling: str = "cls",
                      name: str = "text_encoder") -> keras.Model:
-    """BERT -> {"embedding": [CLS] state x projection (no bias), "sequence": the token states}."""
-    # The [CLS] state is used, not BERT's pooler; freezing the pooler keeps it out of the optimizer.
-    bert.get_layer("pooled_dense").trainable = False
+    """BERT -> {"embedding": [CLS] state (or the masked mean of the token states, `pooling="mean"`) x projection
+    (no bias), "sequence": the token states}."""
+    if pooling not in ("cls", "mean"):
+        raise ConfigError(f"Text pooling must be cls or mean, not '{pooling}'.")
     token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
     padding_mask = keras.Input((sequence_length,), dtype="int32", name="padding_mask")
     states = bert({"token_ids": token_ids, "padding_mask": padding_mask,
                    "segment_ids": ZerosLike(name="segment_ids")(token_ids)})
     sequence = states["sequence_output"]
-    cls_state = TakePositions(0, 1, squeeze=True, name="cls_state")(sequence)
-    embedding = keras.layers.Dense(embed_dim, use_bias=False, name="text_projection")(cls_state)
+    if pooling == "cls":
+        pooled = TakePositions(0, 1, squeeze=True, name="cls_state")(sequence)
+    else:
+        pooled = MaskedMean(name="mean_state")(sequence, padding_mask)
+    embedding = keras.layers.Dense(embed_dim, use_bias=False, name="text_projection")(pooled)
     return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask},
                        {"embedding": embedding, "sequence": sequence}, name=name)
 
@@ -473,6 +491,11 @@ class MamClip(keras.Model):
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.fusion = fusion
+        # The [CLS] state is used, not BERT's pooler: freezing the pooler keeps it out of the optimizer. Set here,
+        # where loading runs too, so a reloaded model has the same optimizer variables as the saved one.
+        for layer in text_encoder.layers:
+            if hasattr(layer, "get_layer") and any(sub.name == "pooled_dense" for sub in layer.layers):
+                layer.get_layer("pooled_dense").trainable = False
         self.mlm_weight = float(mlm_weight)
         self.logit_scale_init = float(logit_scale_init)
         self.logit_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(logit_scale_init),
@@ -592,7 +615,7 @@ def build_mamclip(tokenizer: WordPieceTokenizer, *, image_size: int = 64, backbo
     bert = load_bert(text, vocabulary_size=tokenizer.vocabulary_size, sequence_length=tokenizer.sequence_length)
     return MamClip(
         build_image_tower(backbone, image_size=image_size, embed_dim=embed_dim, weights=weights),
-        build_text_tower(bert, sequence_length=tokenizer.sequence_length, embed_dim=embed_dim),
+        build_text_tower(bert, sequence_length=tokenizer.sequence_length, embed_dim=embed_dim, pooling=text.pooling),
         build_fusion(sequence_length=tokenizer.sequence_length, text_width=bert.hidden_dim, embed_dim=embed_dim,
                      vocabulary_size=tokenizer.vocabulary_size, layers=fusion_layers, heads=fusion_heads,
                      mlp_ratio=fusion_mlp_ratio),

@@ -126,6 +126,7 @@ def _batch(tok, n=4, size=32, seed=0):
             **{k: v.numpy() for k, v in masks.items()}}
 
 
+@pytest.mark.slow
 def test_training_step_logs_loss_parts_and_moves_the_weights():
     tok = vlm.WordPieceTokenizer.build(CAPTIONS, sequence_length=24)
     model = vlm.build_mamclip(tok, image_size=32, embed_dim=16, text=TINY)

@@ -67,7 +67,9 @@ def _tiny(cfg: MamclipConfig, pairs, epochs=1) -> MamclipConfig:
         cfg, data=replace(cfg.data, pairs=str(pairs), val_fraction=0.34),
         model=replace(cfg.model, image_size=32, embed_dim=32, text_layers=1, text_width=32, text_intermediate=64,
                       text_length=16, fusion_heads=4),
-        pretrain=replace(cfg.pretrain, epochs=epochs, batch_size=8, learning_rate=2e-3, verbose=0),
+        # No flips: the captions say left or right.
+        pretrain=replace(cfg.pretrain, epochs=epochs, batch_size=8, learning_rate=2e-3, verbose=0,
+                         augment=replace(cfg.pretrain.augment, hflip=False)),
     )
 
 
@@ -107,3 +109,16 @@ def test_pretraining_learns_retrieval_and_counts_cut_captions(tmp_path):
     assert results[0].split(",") == ["epoch", "contrastive", "logit_scale", "loss", "mlm", "val_contrastive",
                                      "val_logit_scale", "val_loss", "val_mlm"]
     assert (result.run.dir / "weights" / "best.keras").is_file() and (result.run.dir / "weights" / "vocab.txt").is_file()
+
+
+def test_cli_lists_the_modes_and_reports_user_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from keras_medimg.apps.cli import cli
+
+    result = CliRunner().invoke(cli, ["mamclip", "--help"])
+    for mode in ("atlas", "pretrain", "finetune", "zeroshot", "probe", "embed", "train", "export", "demo-data"):
+        assert mode in result.output
+    pairs = _pairs(tmp_path, n=3)
+    result = CliRunner().invoke(cli, ["mamclip", "pretrain", "--pairs", str(pairs), "--project", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "at least 4" in result.output

@@ -1,0 +1,224 @@
+"""Seconds per MAM-CLIP pretraining step (InfoNCE + 0.5 x MLM, AdamW) per Keras backend vs the same model in PyTorch.
+
+One step = image encoder (ConvNeXt) + the text encoder twice (clean captions for InfoNCE, masked ones for MLM) +
+the fusion transformer and vocabulary head + backward + AdamW update. The plain-PyTorch model is the same
+architecture written with torchvision's ConvNeXt, `torch.nn.TransformerEncoderLayer` BERT-style layers (post-norm,
+GELU, learned positions, as BERT) and a pre-norm fusion layer; sizes, batch and sequence length match.
+
+Each measurement runs in its own child process (a Keras backend is fixed at import): build, `--warmup` steps, then
+`--steps` timed steps; the table shows the median and the ratio to plain PyTorch. Prints a table and writes JSON.
+
+    python benchmarks/mamclip_step.py                          # tiny config, TF / torch / JAX / plain PyTorch
+    python benchmarks/mamclip_step.py --configs tiny,study     # study size too (ConvNeXt-small, BERT-base; GPU)
+
+Configs: tiny = ConvNeXt-tiny at 64 px, BERT 2 x 64, text 64, batch 8 (the demo's scale with the study's image
+family); study = ConvNeXt-small at 768 x 768 (the Keras image tower is square; the study used 1024 x 768), BERT-base
+(12 x 768, vocabulary 30522, PubMedBERT's size), text 100, embedding 768, batch 8 (the study's per-step batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "tiny": {"backbone": "convnext_tiny", "image": 64, "embed": 64, "vocab": 512, "length": 64, "layers": 2,
+             "hidden": 64, "heads": 2, "intermediate": 128, "fusion_heads": 8, "batch": 8},
+    "study": {"backbone": "convnext_small", "image": 768, "embed": 768, "vocab": 30522, "length": 100, "layers": 12,
+              "hidden": 768, "heads": 12, "intermediate": 3072, "fusion_heads": 8, "batch": 8},
+}
+
+
+def _inputs(c: dict, seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, n = c["batch"], c["length"]
+    token_ids = rng.integers(5, c["vocab"], size=(b, n)).astype("int32")
+    token_ids[:, 0], token_ids[:, -1] = 2, 3
+    weights = (rng.uniform(size=(b, n)) < 0.15).astype("float32")
+    weights[:, 0] = weights[:, -1] = 0
+    return {"images": rng.uniform(size=(b, c["image"], c["image"], 3)).astype("float32"), "token_ids": token_ids,
+            "padding_mask": np.ones((b, n), "int32"), "masked_token_ids": np.where(weights > 0, 4, token_ids).astype("int32"),
+            "mlm_labels": token_ids, "mlm_weights": weights}
+
+
+def _time(step, warmup: int, steps: int) -> dict:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "mean_s": statistics.mean(times), "steps": steps}
+
+
+def _keras(c: dict, warmup: int, steps: int, jit: bool) -> dict:
+    import keras
+
+    from keras_medimg.models import vlm
+
+    vocabulary = list(vlm.SPECIAL_TOKENS) + [f"w{i}" for i in range(c["vocab"] - len(vlm.SPECIAL_TOKENS))]
+    tok = vlm.WordPieceTokenizer(vocabulary, sequence_length=c["length"])
+    text = vlm.TextEncoderSpec(num_layers=c["layers"], num_heads=c["heads"], hidden_dim=c["hidden"],
+                               intermediate_dim=c["intermediate"], dropout=0.0)
+    model = vlm.build_mamclip(tok, image_size=c["image"], backbone=c["backbone"], text=text, embed_dim=c["embed"],
+                              fusion_heads=c["fusion_heads"])
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-6), jit_compile=jit)
+    x = _inputs(c)
+    return _time(lambda: model.train_on_batch(x), warmup, steps)
+
+
+def _torch_model(c: dict):
+    import torch
+    import torchvision
+    from torch import nn
+
+    class Bert(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens = nn.Embedding(c["vocab"], c["hidden"])
+            self.positions = nn.Embedding(512, c["hidden"])
+            self.segments = nn.Embedding(2, c["hidden"])
+            self.norm = nn.LayerNorm(c["hidden"], eps=1e-12)
+            layer = nn.TransformerEncoderLayer(c["hidden"], c["heads"], c["intermediate"], dropout=0.0,
+                                               activation="gelu", batch_first=True, layer_norm_eps=1e-12)
+            self.encoder = nn.TransformerEncoder(layer, c["layers"], enable_nested_tensor=False)
+
+        def forward(self, ids, mask):
+            positions = torch.arange(ids.shape[1], device=ids.device)
+            h = self.norm(self.tokens(ids) + self.positions(positions)[None] + self.segments(torch.zeros_like(ids)))
+            return self.encoder(h, src_key_padding_mask=mask == 0)
+
+    class MamClip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision = getattr(torchvision.models, c["backbone"])()
+            self.vision.classifier[2] = nn.Linear(self.vision.classifier[2].in_features, c["embed"])
+            self.bert = Bert()
+            self.text_projection = nn.Linear(c["hidden"], c["embed"], bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            self.image_to_fusion = nn.Linear(c["embed"], c["hidden"])
+            self.image_token = nn.Parameter(torch.zeros(1, 1, c["hidden"]))
+            self.fusion = nn.TransformerEncoderLayer(c["hidden"], c["fusion_heads"], 4 * c["hidden"], dropout=0.0,
+                                                     activation="gelu", batch_first=True, norm_first=True)
+            self.final_norm = nn.LayerNorm(c["hidden"])
+            self.head = nn.Linear(c["hidden"], c["vocab"])
+
+        def forward(self, x):
+            image = self.vision(x["images"])
+            text = self.text_projection(self.bert(x["token_ids"], x["padding_mask"])[:, 0])
+            img_n = nn.functional.normalize(image, dim=-1)
+            txt_n = nn.functional.normalize(text, dim=-1)
+            logits = self.logit_scale.clamp(max=math.log(100)).exp() * img_n @ txt_n.T
+            target = torch.arange(len(logits))
+            contrastive = (nn.functional.cross_entropy(logits, target)
+                           + nn.functional.cross_entropy(logits.T, target)) / 2
+            masked = self.bert(x["masked_token_ids"], x["padding_mask"])
+            b = masked.shape[0]
+            seq = torch.cat([masked, self.image_token.expand(b, -1, -1), self.image_to_fusion(image)[:, None]], 1)
+            keep = torch.cat([x["padding_mask"], torch.ones(b, 2, dtype=x["padding_mask"].dtype)], 1)
+            fused = self.final_norm(self.fusion(seq, src_key_padding_mask=keep == 0))[:, : masked.shape[1]]
+            per_token = nn.functional.cross_entropy(self.head(fused).flatten(0, 1), x["mlm_labels"].flatten().long(),
+                                                    reduction="none")
+            w = x["mlm_weights"].flatten()
+            return contrastive + 0.5 * (per_token * w).sum() / w.sum().clamp(min=1)
+
+    return MamClip()
+
+
+def _plain_torch(c: dict, warmup: int, steps: int, channels_last: bool) -> dict:
+    import torch
+
+    model = _torch_model(c)
+    raw = _inputs(c)
+    x = {k: torch.from_numpy(v) for k, v in raw.items()}
+    x["images"] = x["images"].permute(0, 3, 1, 2).contiguous()
+    x["token_ids"], x["masked_token_ids"] = x["token_ids"].long(), x["masked_token_ids"].long()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x["images"] = x["images"].contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-6)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(x).backward()
+        optimizer.step()
+
+    return _time(step, warmup, steps)
+
+
+def _child(args: argparse.Namespace) -> None:
+    c = CONFIGS[args.config]
+    if args.kind == "torch_plain":
+        result = _plain_torch(c, args.warmup, args.steps, channels_last=args.variant == "channels_last")
+    else:
+        result = _keras(c, args.warmup, args.steps, jit=args.variant == "jit")
+    print("RESULT " + json.dumps(result))
+
+
+def _run(kind: str, variant: str, config: str, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if kind != "torch_plain":
+        env["KERAS_BACKEND"] = kind
+    command = [sys.executable, __file__, "--child", "--kind", kind, "--variant", variant, "--config", config,
+               "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    started = time.time()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200],
+                "wall_s": round(time.time() - started, 1)}
+    return {**json.loads(line[7:]), "wall_s": round(time.time() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="tiny")
+    parser.add_argument("--backends", default="tensorflow,torch,jax")
+    parser.add_argument("--jit", default="off", help="off | on | both (XLA on TF/JAX; Keras torch ignores it)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--out", default="runs/bench/mamclip_step.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args)
+        return
+    jits = {"off": ["eager_graph"], "on": ["jit"], "both": ["eager_graph", "jit"]}[args.jit]
+    rows = []
+    for config in args.configs.split(","):
+        plain = [("torch_plain", "nchw"), ("torch_plain", "channels_last")]
+        keras_runs = [(b, v) for b in args.backends.split(",") for v in (jits if b != "torch" else ["eager_graph"])]
+        results = {(k, v): _run(k, v, config, args) for k, v in plain + keras_runs}
+        anchor = min((r["median_s"] for (k, _), r in results.items() if k == "torch_plain" and "median_s" in r),
+                     default=None)
+        for (kind, variant), r in results.items():
+            rows.append({"config": config, "runner": "plain PyTorch" if kind == "torch_plain" else f"Keras {kind}",
+                         "variant": variant, **r,
+                         "ratio_to_plain_torch": round(r["median_s"] / anchor, 2) if anchor and "median_s" in r
+                         else None})
+    print(f"{'config':6} {'runner':14} {'variant':14} {'median s/step':>13} {'ratio':>6}")
+    for r in rows:
+        median = f"{r['median_s']:.3f}" if "median_s" in r else r.get("error", "")[:40]
+        print(f"{r['config']:6} {r['runner']:14} {r['variant']:14} {median:>13} {r['ratio_to_plain_torch'] or '':>6}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"Written {out}")
+
+
+if __name__ == "__main__":
+    main()
