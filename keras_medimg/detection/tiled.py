@@ -15,7 +15,6 @@ bottom/right) to the detector's input, at training and at prediction alike.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from keras_medimg.io.annotations import Box
 from keras_medimg.preprocessing.bit_depth import Conversion, read_scan
 from keras_medimg.preprocessing.tiling import boxes_in_tile, crop_tile, random_positive_tiles, tile_positions
 
-log = logging.getLogger(__name__)
 
 #: Runs a batch of detector inputs `(N, 3, S, S)` float32 in [0, 1] and returns its raw output `(N, 4 + nc, A)`.
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -103,7 +101,7 @@ class BoxAugment:
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augment a uint8 `(S, S)` tile and its `(n, 4)` x1 y1 x2 y2 boxes; returns new arrays."""
-        image, boxes = image, boxes.copy()
+        boxes = boxes.copy()
         if rng.random() < self.flip:
             image = image[:, ::-1]
             width = image.shape[1]
