@@ -370,6 +370,8 @@ def read_yolo_data_yaml(path: str | Path) -> YoloData:
     except yaml.YAMLError as exc:
         line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
         raise InvalidInputError(path, f"The file is not valid YAML ({getattr(exc, 'problem', exc)}).", line=line) from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(path, "The file is not UTF-8 text, so not a data.yaml. Check the path.") from None
     if not isinstance(content, dict):
         raise InvalidInputError(path, "A data.yaml must be a mapping with train, val and names keys.")
     missing = [key for key in ("train", "val", "names") if key not in content]
@@ -422,6 +424,8 @@ def read_coco_images(path: str | Path) -> dict[str, tuple[tuple[int, int], list[
         raise InvalidInputError(path, "The COCO annotation file does not exist. Check the path.") from None
     except json.JSONDecodeError as exc:
         raise InvalidInputError(path, f"The file is not valid JSON ({exc.msg}).", line=exc.lineno) from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(path, "The file is not UTF-8 text, so not COCO JSON. Check that it is the annotation file.") from None
     try:
         categories = {c["id"]: str(c["name"]) for c in content["categories"]}
         images = {i["id"]: (i["file_name"], (int(i["width"]), int(i["height"]))) for i in content["images"]}

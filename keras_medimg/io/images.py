@@ -86,6 +86,8 @@ def _jpeg_shape(data: bytes) -> tuple[int, int] | None:
 def _tiff_shape(data: bytes) -> tuple[int, int] | None:
     # The first image file directory: ImageWidth (256) and ImageLength (257), each SHORT or LONG.
     order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        return None  # only the magic number: no directory to read (found by the property tests)
     (offset,) = struct.unpack(order + "I", data[4:8])
     if offset + 2 > len(data):
         return None
