@@ -214,15 +214,8 @@ def iter_crops(
         yield batch
 
 
-def write_crops(
-    samples: Sequence[Sample],
-    chain: LesionChain,
-    out_dir: str | Path,
-    *,
-    skipped: Skipped,
-    strict: bool,
-    truth_masks: Mapping[str, Path] | None = None,
-) -> tuple[list[Sample], list[Lesion]]:
+def write_crops(samples: Sequence[Sample], chain: LesionChain, out_dir: str | Path, *, skipped: Skipped, strict: bool,
+                truth_masks: Mapping[str, Path] | None = None) -> tuple[list[Sample], list[Lesion]]:
     """Run the chain (or crop with ground-truth masks) over `samples`, writing `out_dir/<label>/<id>.png`.
 
     Returns:
