@@ -152,7 +152,7 @@ tok = vlm.WordPieceTokenizer.build({captions!r}, sequence_length=24)
 x = tok.encode({captions!r})
 images = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype("float32")
 if sys.argv[2] == "save":
-    model = vlm.build_mamclip(tok, image_size=32, embed_dim=16, text=vlm.TextEncoderSpec(num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32))
+    model = vlm.build_mamclip(tok, image_size=32, embed_dim=16, text=vlm.TextEncoderSpec(num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32, pooling="mean"))
     model.save(sys.argv[3])
 else:
     model = keras.saving.load_model(sys.argv[3])

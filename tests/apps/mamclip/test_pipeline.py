@@ -68,7 +68,7 @@ def _tiny(cfg: MamclipConfig, pairs, epochs=1) -> MamclipConfig:
         model=replace(cfg.model, image_size=32, embed_dim=32, text_layers=1, text_width=32, text_intermediate=64,
                       text_length=16, fusion_heads=4),
         # No flips: the captions say left or right.
-        pretrain=replace(cfg.pretrain, epochs=epochs, batch_size=8, learning_rate=2e-3, verbose=0,
+        pretrain=replace(cfg.pretrain, epochs=epochs, batch_size=8, learning_rate=1e-3, verbose=0,
                          augment=replace(cfg.pretrain.augment, hflip=False)),
     )
 
