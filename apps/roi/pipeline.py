@@ -567,11 +567,11 @@ def prepared_boxes(sample: Sample) -> list[tuple[float, float, float, float]]:
 def _yolo_set(folder: Path, train: Sequence[Sample], test: Sequence[Sample]) -> Path:
     """A one-class ("lesion") YOLO set of the prepared images: train = training split, val = test split."""
     from keras_medimg.io.annotations import Box, write_yolo, write_yolo_data_yaml
-    from keras_medimg.io.images import read_image, write_image
+    from keras_medimg.io.images import read_image, to_float, write_image
 
     for split, samples in (("train", train), ("val", test)):
         for sample in samples:
-            image = read_image(sample.path)
+            image = to_float(read_image(sample.path))
             height, width = image.shape[:2]
             write_image(folder / "images" / split / f"{sample.id}.png", image, bits=8)
             boxes = [Box(max(0.0, x1), max(0.0, y1), min(width, x2), min(height, y2), label=0)
