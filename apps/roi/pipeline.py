@@ -110,19 +110,22 @@ def prepare_samples(samples: Sequence[Sample], cfg: RoiAppConfig, out_dir: Path,
     `prepare` (parallel, resumable: outputs newer than their source are kept); returns the samples pointing at the
     prepared 16-bit PNGs (the originals in `meta["source"]`, crop and scale in `meta["prepared"]`)."""
     import csv
+    import tempfile
 
     from keras_medimg.datasets.prepare import prepare_images
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The input listing sits beside the output folder: prepare refuses a manifest inside its output.
-    listing = out_dir.parent / f"{out_dir.name}.inputs.csv"
-    with open(listing, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "path"])
-        writer.writerows([[s.id, str(Path(s.path).resolve())] for s in samples])
     p = cfg.prepare
-    result = prepare_images(listing, out_dir, window=p.dicom_window(), crop=p.crop, margin=p.margin, clahe=p.clahe,
-                            clip_limit=p.clip_limit, size=p.size, workers=cfg.data.workers, strict=cfg.strict)
+    # The input listing goes to a temporary folder: prepare refuses a manifest inside its output folder, and a
+    # file beside it could be the user's.
+    with tempfile.TemporaryDirectory(prefix="medimg-roi-") as scratch:
+        listing = Path(scratch) / "inputs.csv"
+        with open(listing, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "path"])
+            writer.writerows([[s.id, str(Path(s.path).resolve())] for s in samples])
+        result = prepare_images(listing, out_dir, window=p.dicom_window(), crop=p.crop, margin=p.margin, clahe=p.clahe,
+                                clip_limit=p.clip_limit, size=p.size, workers=cfg.data.workers, strict=cfg.strict)
     for item in result.skipped:
         skipped.add(item.path, item.reason, line=item.line)
     rows = {row["id"]: row for row in result.rows}
