@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
@@ -211,7 +212,8 @@ def _header_errors(path: Path) -> Iterator[None]:
     """
     try:
         yield
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError, OverflowError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError, OverflowError,
+            BytesLengthException, struct.error, EOFError) as exc:  # the last three found by fuzzing
         raise InvalidInputError(
             path, f"The DICOM header holds a value that cannot be used ({_one_line(exc)}). Fix or re-export the file."
         ) from None
@@ -230,7 +232,10 @@ def _decode(path: Path, ds: Dataset, frame: int | None, frames: int) -> np.ndarr
     syntax = file_meta.TransferSyntaxUID
     try:
         return pixel_array(ds, index=frame if frames > 1 else None)
-    except Exception as exc:  # every decoder plugin has its own exception types
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every decoder plugin has its own exception types, and the Rust
+        # ones (pylibjpeg-rle) raise pyo3's PanicException, a BaseException, on corrupt data (found by fuzzing)
         detail = _one_line(exc)
         if "less than expected" in detail:
             reason = f"The pixel data is shorter than its size says ({detail}); the file is truncated. Copy it again from the source."

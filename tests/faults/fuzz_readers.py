@@ -1,0 +1,94 @@
+"""Coverage-guided fuzzing (atheris / libFuzzer) of the DICOM and image readers.
+
+`python fuzz_readers.py SECONDS REPORT.json [CORPUS_DIR]`: mutates the seed files (pydicom's test files plus
+small PNG, JPEG and TIFF files made here) for SECONDS and feeds each input to `read_dicom` and `read_image`.
+Only `InvalidInputError` may come out; anything else is counted as an escape (first few kept with their input)
+and the run goes on, so the report says how many distinct escapes a run found. A slow input (> 5 s) is an escape
+too. Memory: the readers refuse headers claiming more than `MAX_PIXELS` before decoding, so libFuzzer's
+`-rss_limit_mb` guards the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    from keras_medimg.errors import InvalidInputError
+    from keras_medimg.io import dicom, images
+
+SLOW_SECONDS = 5.0
+_state = {"executions": 0, "escapes": {}, "slow": 0, "report": None, "started": time.monotonic()}
+_scratch = Path(tempfile.mkdtemp(prefix="medimg-fuzz-"))
+
+
+def _seeds(corpus: Path) -> None:
+    import cv2
+    import numpy as np
+
+    corpus.mkdir(parents=True, exist_ok=True)
+    try:
+        from pydicom.data import get_testdata_files
+
+        for i, path in enumerate(sorted(get_testdata_files("*.dcm"))):
+            if os.path.getsize(path) < 200_000:
+                (corpus / f"pydicom{i}.dcm").write_bytes(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001 - pydicom's test files are optional seeds
+        pass
+    pixels = (np.arange(32 * 24) % 251).reshape(32, 24).astype(np.uint8)
+    for suffix in (".png", ".jpg", ".tif", ".bmp"):
+        cv2.imwrite(str(corpus / f"seed{suffix}"), pixels)
+    cv2.imwrite(str(corpus / "seed16.png"), pixels.astype(np.uint16) * 257)
+
+
+def _write_report() -> None:
+    # libFuzzer leaves through C's exit(), past Python's atexit: the report is rewritten as the run goes.
+    if _state["report"] is not None:
+        _state["report"].write_text(json.dumps({
+            "executions": _state["executions"], "seconds": round(time.monotonic() - _state["started"], 1),
+            "escapes": _state["escapes"], "slow_inputs": _state["slow"]}, indent=2))
+
+
+def test_one_input(data: bytes) -> None:
+    _state["executions"] += 1
+    escapes = len(_state["escapes"])
+    for reader, name in ((dicom.read_dicom, "x.dcm"), (images.read_image, "x.png"), (images.read_image, "x.tif")):
+        path = _scratch / name
+        path.write_bytes(data)
+        started = time.monotonic()
+        try:
+            reader(path)
+        except InvalidInputError:
+            pass
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - an escape is what we count (Rust panics are BaseExceptions)
+            key = f"{reader.__module__}.{reader.__name__}: {type(exc).__name__}: {str(exc)[:120]}"
+            if key not in _state["escapes"] and len(_state["escapes"]) < 50:
+                _state["escapes"][key] = {"input_hex": data[:256].hex(), "traceback": traceback.format_exc()[-1500:]}
+        if time.monotonic() - started > SLOW_SECONDS:
+            _state["slow"] += 1
+    if _state["executions"] % 100 == 0 or len(_state["escapes"]) != escapes:
+        _write_report()
+
+
+def main() -> None:
+    seconds, report = int(sys.argv[1]), Path(sys.argv[2])
+    corpus = Path(sys.argv[3]) if len(sys.argv) > 3 else _scratch / "corpus"
+    _seeds(corpus)
+    _state["report"], _state["started"] = report, time.monotonic()
+    _write_report()
+    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-rss_limit_mb=4096", "-max_len=65536",
+                   "-print_final_stats=0", str(corpus)], test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

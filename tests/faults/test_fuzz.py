@@ -1,0 +1,75 @@
+"""A short coverage-guided fuzz run of the DICOM and image readers in CI (the long one: benchmarks/faults.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_readers_let_only_invalid_input_error_escape(tmp_path):
+    pytest.importorskip("atheris", reason="atheris (the fuzzer) is not installed; it is in the test extra")
+    report = tmp_path / "fuzz.json"
+    harness = Path(__file__).with_name("fuzz_readers.py")
+    done = subprocess.run([sys.executable, str(harness), "20", str(report), str(tmp_path / "corpus")],
+                          capture_output=True, text=True, timeout=300)
+    assert report.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(report.read_text())
+    assert result["executions"] > 100, result  # it really ran
+    assert result["escapes"] == {}, json.dumps(result["escapes"], indent=1)[:4000]
+    assert result["slow_inputs"] == 0
+
+
+# --- regressions of what the fuzzer found (fast) ---
+
+
+def _dicom(path):
+    import numpy as np
+    from pydicom import dcmwrite
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 4, 4, 16, 16, 15, 0
+    ds.PixelData = np.arange(16, dtype="<u2").tobytes()
+    dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def test_a_header_value_of_odd_length_is_invalid_input(tmp_path):
+    from keras_medimg.errors import InvalidInputError
+    from keras_medimg.io.dicom import read_dicom
+
+    path = _dicom(tmp_path / "odd.dcm")
+    data = path.read_bytes()
+    columns = bytes.fromhex("2800 1100") + b"US" + bytes.fromhex("0200 0400")
+    assert data.count(columns) == 1
+    # Columns rewritten as an explicit UN element of 3 bytes: a US value cannot be 3 bytes long
+    path.write_bytes(data.replace(columns, bytes.fromhex("2800 1100") + b"UN\x00\x00" + bytes.fromhex("0300 0000 0400 00")))
+    with pytest.raises(InvalidInputError, match="odd.dcm"):
+        read_dicom(path)
+
+
+def test_a_decoder_panic_is_invalid_input(tmp_path, monkeypatch):
+    """pylibjpeg-rle is Rust: corrupt RLE data raised pyo3's PanicException, a BaseException, through read_dicom."""
+    from keras_medimg.errors import InvalidInputError
+    from keras_medimg.io import dicom
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(*args, **kwargs):
+        raise PanicException("index out of bounds: the len is 400 but the index is 401")
+
+    monkeypatch.setattr(dicom, "pixel_array", panic)
+    with pytest.raises(InvalidInputError, match="cannot be decoded"):
+        dicom.read_dicom(_dicom(tmp_path / "rle.dcm"))
