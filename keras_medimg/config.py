@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -106,6 +107,9 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 class _Mismatch(Exception):
     pass
 
@@ -153,6 +157,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise _Mismatch
         return value
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; people write learning rates so
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Mismatch
         return float(value)

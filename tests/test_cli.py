@@ -270,7 +270,7 @@ def test_prepare_defaults_from_a_config_section_and_options_over_them(cli_state,
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--app", "roi"], "has no `prepare` section"),
+        (["--app", "xray"], "has no `prepare` section"),  # xray keeps 16 bits until its detector: no prepare
         (["--window", "40"], None),  # an index the file does not have: the file is skipped, not a crash
         (["--window", "40,"], "is not a window"),
     ],
@@ -281,6 +281,14 @@ def test_prepare_bad_settings(cli_state, tmp_path, prepare_inputs, extra, messag
         assert result.exit_code == 0 and "1 unreadable file(s) were skipped" in result.output
     else:
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_prepare_app_defaults_come_from_the_apps_section(cli_state, tmp_path, prepare_inputs):
+    out = tmp_path / "o"
+    result = CliRunner().invoke(cli, ["prepare", str(prepare_inputs / "mr.dcm"), "--out", str(out), "--app", "roi"])
+    assert result.exit_code == 0, result.output
+    (row,) = _csv_rows(out / "manifest.csv")
+    assert max(int(row["rows"]), int(row["cols"])) == 256  # roi's prepare.size (the mr.dcm input is 64 px)
 
 
 def test_prepare_bad_config_section_names_the_key(cli_state, tmp_path, prepare_inputs):

@@ -204,3 +204,11 @@ def test_every_app_default_config_is_inside_its_ranges():
             load_config(root, app=app)  # raises ConfigError when a default breaks a range
     check_ranges(TrainConfig())
     check_ranges(ModelConfig())
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    # YAML 1.1 (PyYAML) reads `1e-5` as a string; for a float key it is the number people mean
+    cfg = load_config(RangeConfig, overrides=["section.learning_rate=1e-5", "section.gain=5E-1"])
+    assert cfg.section.learning_rate == 1e-5 and cfg.section.gain == 0.5
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(RangeConfig, overrides=["section.learning_rate=1e-5x"])
