@@ -198,8 +198,14 @@ def test_every_app_default_config_is_inside_its_ranges():
         if not defaults_path(app).is_file():
             continue  # an app still without a config file
         module = import_module(f"keras_medimg.apps.{app}.config")
-        roots = [obj for obj in vars(module).values() if isinstance(obj, type) and obj.__name__.endswith("Config")
-                 and obj.__module__ == module.__name__ and obj.__name__.lower().startswith(app)]
+        import dataclasses
+
+        from keras_medimg.config import read_yaml
+
+        top = set(read_yaml(defaults_path(app)))  # the root class is the one whose fields are the file's top keys
+        roots = [obj for obj in vars(module).values() if dataclasses.is_dataclass(obj) and isinstance(obj, type)
+                 and {f.name for f in dataclasses.fields(obj)} == top]
+        assert len(roots) == 1, f"apps/{app}/config.py: no one class has the top-level keys of {app}.yaml"
         for root in roots:
             load_config(root, app=app)  # raises ConfigError when a default breaks a range
     check_ranges(TrainConfig())
