@@ -196,10 +196,35 @@ def write_tensorflow_formats(model: keras.Model, out_dir: Path, formats: Sequenc
             patch_tf2onnx()
         except ImportError:
             pass
+        _register_erfc()
         function = tf.function(serve, input_signature=[spec])
         tf2onnx.convert.from_function(
             function, input_signature=[spec], opset=ONNX_OPSET, output_path=str(out_dir / FILE_NAMES["onnx"])
         )
+
+
+_ERFC_REGISTERED = False
+
+
+def _register_erfc() -> None:
+    """Teach tf2onnx TensorFlow's Erfc as 1 - Erf: the exact GELU of ConvNeXt V2 and Swin lowers to Erfc, for
+    which tf2onnx 1.17 has no converter ("Unsupported ops: Erfc"). ONNX has Erf since opset 9."""
+    global _ERFC_REGISTERED
+    if _ERFC_REGISTERED:
+        return
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class _Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            one = ctx.make_const(utils.make_name("erfc_one"), np.array(1.0, dtype=np.float32))
+            minus = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name("erfc"))
+            ctx.replace_inputs(minus, [one.output[0], node.output[0]])
+
+    _ERFC_REGISTERED = True
 
 
 def _write_tensorflow_formats_in_child(

@@ -83,3 +83,16 @@ def test_our_own_layers_survive_the_export_child(tmp_path):
     sample = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype("float32")
     result = export_model(model, tmp_path, formats=["keras", "savedmodel"], metadata={}, sample_input=sample)
     assert max(result.max_abs_diff.values()) <= 1e-4
+
+
+def test_exact_gelu_models_export_to_onnx(tmp_path):
+    # ConvNeXt V2 and Swin use the exact GELU, which TensorFlow lowers to Erfc; tf2onnx had no converter for it
+    # ("Unsupported ops: Erfc") until export registers one (Erfc = 1 - Erf).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="images")
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.Dense(4, activation="gelu")(x)  # keras' gelu is the exact one (approximate=False)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    sample = np.random.default_rng(3).normal(size=(2, 8, 8, 1)).astype("float32") * 3
+    result = export_model(model, tmp_path, formats=["onnx"], metadata={}, sample_input=sample)
+    assert result.max_abs_diff["onnx"] <= 1e-4

@@ -736,32 +736,12 @@ def _gradcam(router: Router, routing: dict[str, Any], group: str, sample: Sample
     return str(out.relative_to(run.dir))
 
 
-def _convertible_exact_gelu() -> None:
-    """Teach tf2onnx TensorFlow's Erfc (exact GELU in ConvNeXtV2 and Swin), as 1 - Erf: it has no converter for it.
-
-    Belongs in `keras_medimg.export`; registered here until it is there (registering twice is harmless)."""
-    import numpy as np
-    from tf2onnx import utils
-    from tf2onnx.handler import tf_op
-
-    @tf_op("Erfc")
-    class Erfc:
-        @classmethod
-        def version_9(cls, ctx, node, **kwargs):
-            node.type = "Erf"
-            one = ctx.make_const(utils.make_name("erfc_one"), np.array(1.0, dtype=np.float32))
-            minus = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name("erfc"))
-            ctx.replace_inputs(minus, [one.output[0], node.output[0]])
-
-
 def export(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Every trained group model as SavedModel + ONNX (verified), and metadata.json with the routing table."""
     from keras_medimg.export import export_model
 
     trained = open_trained(cfg.predict.weights, APP, RoiAppConfig)
     routing = _routing(trained)
-    if "onnx" in cfg.export.formats:
-        _convertible_exact_gelu()
     run = start_run(APP, "export", cfg, run)
     out = run.subdir("export")
     table: dict[str, dict[str, Any]] = {}
