@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 import time
@@ -58,6 +59,13 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_best(tmp_path, monkeyp
     assert not leftover_temporaries(run.dir)
 
 
+_APP_RUN = [pytest.mark.slow, pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+    reason="an app run through the CLI; what it writes is backend-independent, so CI runs it once, under TensorFlow")]
+
+
+@_APP_RUN[0]
+@_APP_RUN[1]
 def test_disk_full_is_a_clear_cli_error_not_a_traceback(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -80,6 +88,8 @@ def test_disk_full_is_a_clear_cli_error_not_a_traceback(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
+@_APP_RUN[0]
+@_APP_RUN[1]
 def test_training_and_prediction_never_write_into_the_data(tmp_path):
     from click.testing import CliRunner
 
