@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from keras_medimg.apps.options import common_options, config_options, print_run_summary, resolve_config, run_options
+from keras_medimg.apps.options import AppCommands, common_options, print_run_summary, run_place, trained_run_options
 
 
 @click.group()
@@ -20,16 +20,10 @@ def xray() -> None:
     """
 
 
-def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
-    from keras_medimg.apps.xray.config import XrayConfig
-
-    return resolve_config(XrayConfig, "xray", config_file, overrides, options)
-
-
-def _place(project: str | None, name: str | None, exist_ok: bool):
-    from keras_medimg.runs import RunPlace
-
-    return RunPlace(project, name, exist_ok)
+APP = AppCommands("xray", "keras_medimg.apps.xray.config:XrayConfig")
+APP.add_demo_data(xray, "keras_medimg.apps.xray.pipeline:demo_data",
+                  "Write the synthetic 16-bit body-scan set (standard VOC layout, the study's 18 classes) to OUT_DIR.")
+TRAINED = "The folder of a `xray train` run."
 
 
 def _line(report: dict[str, Any]) -> str:
@@ -41,19 +35,6 @@ _tiling = click.option("--tiling", type=click.Choice(["positive", "none"]), defa
                        help="positive = random positive tiles (tiling.mode); none = whole scans.")
 _remap = click.option("--class-remap", "class_remap", default=None,
                       help="original | score | size | binary | agnostic | a YAML file {class: new name}.")
-
-
-@xray.command("demo-data")
-@click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=None, help="Random seed of the generator.")
-@config_options
-def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
-    """Write the synthetic 16-bit body-scan set (standard VOC layout, the study's 18 classes) to OUT_DIR."""
-    from keras_medimg.apps.xray import pipeline
-
-    cfg = _config(config_file, overrides, {"seed": seed})
-    root = pipeline.demo_data(out_dir, cfg)
-    click.echo(f"Demo data written to {root} (train with: medimg xray train --data {root})")
 
 
 @xray.command()
@@ -69,10 +50,10 @@ def train(tiling: str | None, class_remap: str | None, size: str | None, epochs:
     """Train YOLOv5u on positive tiles (demo data without --data) and test it with fixed tiling."""
     from keras_medimg.apps.xray import pipeline
 
-    cfg = _config(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict, "tiling.mode": tiling,
+    cfg = APP.resolve(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict, "tiling.mode": tiling,
                                            "class_remap": class_remap, "detector.size": size,
                                            "detector.epochs": epochs, "detector.weights": weights})
-    result = pipeline.train(cfg, run=_place(project, name, exist_ok))
+    result = pipeline.train(cfg, run=run_place(project, name, exist_ok))
     click.echo(f"\nTest ({result.metrics['images']['test']} scans, fixed tiling): {_line(result.metrics['test'])}")
     click.echo(f"Training took {result.metrics['train_seconds']:.0f} s.")
     click.echo(result.table)
@@ -81,40 +62,34 @@ def train(tiling: str | None, class_remap: str | None, size: str | None, epochs:
 
 @xray.command()
 @click.argument("source", type=click.Path())
-@click.option("--weights", required=True, type=click.Path(), help="The folder of a `xray train` run.")
 @click.option("--conf", type=float, default=None, help="Least score of a reported box (predict.conf).")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable scan instead of skipping it.")
-@config_options
-@run_options
+@trained_run_options(TRAINED)
 def predict(source: str, weights: str, conf: float | None, strict: bool | None, config_file: str | None,
             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Detect objects in SOURCE (a scan or a folder): VOC XML, YOLO txt, predictions.csv, overlays."""
     from keras_medimg.apps.xray import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.source": source,
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.source": source,
                                            "predict.conf": conf, "strict": strict})
-    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
+    result = pipeline.predict(cfg, run=run_place(project, name, exist_ok))
     m = result.metrics
     click.echo(f"Found {m['boxes']} box(es) in {m['images']} scan(s) at {m['images_per_second']:.2f} scans/s.")
     print_run_summary(result.run.dir)
 
 
 @xray.command()
-@click.option("--weights", required=True, type=click.Path(), help="The folder of a `xray train` run.")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="VOC set to evaluate on (default: the data the run was trained on, same split).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Split (evaluate.split).")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first bad file instead of skipping it.")
-@config_options
-@run_options
+@trained_run_options(TRAINED)
 def evaluate(weights: str, data: str | None, split: str | None, strict: bool | None, config_file: str | None,
              overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Precision, recall, F1 at IoU 0.5 per class and overall, mAP50, PR curve (fixed tiling)."""
     from keras_medimg.apps.xray import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "evaluate.split": split,
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "data.root": data, "evaluate.split": split,
                                            "strict": strict})
-    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
+    result = pipeline.evaluate(cfg, run=run_place(project, name, exist_ok))
     click.echo(f"{cfg.evaluate.split}: {_line(result.metrics['test'])}")
     click.echo(result.table)
     print_run_summary(result.run.dir)
@@ -135,24 +110,22 @@ def ablate(experiment: str, grid: str | None, seeds: int | None, epochs: int | N
     from keras_medimg.apps.xray import pipeline
 
     rows = [r.strip() for r in grid.split(",") if r.strip()] if grid else None
-    cfg = _config(config_file, overrides, {"ablate.grid": rows, "ablate.seeds": seeds, "data.root": data,
+    cfg = APP.resolve(config_file, overrides, {"ablate.grid": rows, "ablate.seeds": seeds, "data.root": data,
                                            "seed": seed, "strict": strict, "detector.epochs": epochs})
-    result = pipeline.ablate(cfg, experiment, run=_place(project, name, exist_ok))
+    result = pipeline.ablate(cfg, experiment, run=run_place(project, name, exist_ok))
     click.echo(result.table)
     print_run_summary(result.run.dir)
 
 
 @xray.command()
-@click.option("--weights", required=True, type=click.Path(), help="The folder of a `xray train` run.")
-@config_options
-@run_options
+@trained_run_options(TRAINED, strict=False)
 def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
            exist_ok: bool) -> None:
     """Export the detector as ONNX with metadata.json (tiling, merge rule, classes, 16-bit conversion), checked."""
     from keras_medimg.apps.xray import pipeline
 
-    cfg = _config(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
+    result = pipeline.export(cfg, run=run_place(project, name, exist_ok))
     click.echo(f"Exported: {', '.join(result.metrics['files'])}")
     click.echo(f"Check on {result.metrics['check']['tiles']} tiles: largest difference "
                f"{result.metrics['check']['max_abs_difference']:.2g}, boxes equal: {result.metrics['check']['boxes_equal']}")

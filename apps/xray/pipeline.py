@@ -18,7 +18,6 @@ The detector is evaluated the way the study tested it: the whole test scan tiled
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -31,10 +30,9 @@ import numpy as np
 from keras_medimg.apps.xray.config import XrayConfig
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.datasets.voc import VocDataset, read_voc_dataset, split_dataset
-from keras_medimg.detection import tiled
+from keras_medimg.detection import evaluation, remap, tiled
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import Box
-from keras_medimg.metrics.detection import AGNOSTIC_LABEL, detection_report, match_boxes
 from keras_medimg.preprocessing.bit_depth import Conversion
 from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, open_trained, start_run, write_json
 
@@ -42,7 +40,7 @@ log = logging.getLogger("keras_medimg.xray")
 
 APP = "xray"
 DETECTOR_FILE = "detector.pt"
-REMAPS = ("original", "score", "size", "binary", "agnostic")
+REMAPS = remap.REMAPS
 AUGMENT_ROWS = ("none", "flip", "blur", "rbc", "noise", "combined")
 TILING_ROWS = ("none", "1x512", "2x384", "4x256", "8x128")
 
@@ -115,82 +113,11 @@ def box_augment(cfg: XrayConfig) -> tiled.BoxAugment:
 
 
 def class_mapping(cfg: XrayConfig, class_names: Sequence[str], train: Sequence[Sample]) -> dict[str, str]:
-    """Original class -> the class the detector learns, for `cfg.class_remap` (the study's remappings).
-
-    Raises:
-        ConfigError: an unknown remap, a binary group list that misses a class, a score run without per-class F1.
-    """
-    remap = cfg.class_remap
-    if remap == "original":
-        return {name: name for name in class_names}
-    if remap == "agnostic":
-        return {name: AGNOSTIC_LABEL for name in class_names}
-    if remap == "binary":
-        group = {name: g for g, names in cfg.remap.binary.items() for name in names}
-        missing = [name for name in class_names if name not in group]
-        if missing:
-            raise ConfigError(f"class_remap binary: {', '.join(missing)} in no group of remap.binary; add each class to "
-                              "one group (e.g. --set remap.binary.anomaly=[...]).")
-        return {name: group[name] for name in class_names}
-    if remap == "size":
-        return size_mapping(class_names, train, cfg.remap.size_bins)
-    if remap == "score":
-        return score_mapping(class_names, cfg.remap.score_run, cfg.remap.score_bins)
-    path = Path(remap)
-    if not path.is_file():
-        raise ConfigError(f"class_remap '{remap}' is none of {', '.join(REMAPS)} nor an existing YAML file of "
-                          "{class: new name}. Choose one.")
-    from keras_medimg.config import read_yaml
-
-    mapping = {str(k): str(v) for k, v in read_yaml(path).items()}
-    unknown = sorted(set(mapping) - set(class_names))
-    if unknown:
-        raise ConfigError(f"The class remap file {path} names {', '.join(unknown)}, which the dataset does not have; "
-                          f"its classes are {', '.join(class_names)}.")
-    return {name: mapping.get(name, name) for name in class_names}
-
-
-def size_mapping(class_names: Sequence[str], train: Sequence[Sample], bins: Mapping[str, float]) -> dict[str, str]:
-    """Each class by its mean box side (sqrt of area, px) on the training split: below each bound of `bins` (in
-    increasing order) gets that bin, above them all "large"; a class without training boxes is "large"."""
-    sides: dict[str, list[float]] = {}
-    for sample in train:
-        for box in sample.boxes:
-            sides.setdefault(str(box.label), []).append(math.sqrt(box.area))
-    ordered = sorted(bins.items(), key=lambda item: item[1])
-
-    def bin_of(side: float) -> str:
-        return next((name for name, bound in ordered if side < bound), "large")
-
-    return {name: bin_of(float(np.mean(sides[name]))) if name in sides else "large" for name in class_names}
-
-
-def score_mapping(class_names: Sequence[str], score_run: str | None, bins: Mapping[str, float]) -> dict[str, str]:
-    """Each class by its test F1 in an earlier run's metrics.json: above each bound of `bins` (in decreasing order)
-    gets that bin, else "low"."""
-    if not score_run:
-        raise ConfigError("class_remap score needs the per-class F1 of an earlier run: --set remap.score_run=RUN "
-                          "(a `medimg xray train` or `evaluate` run with the original classes).")
-    metrics_path = Path(score_run) / "metrics.json"
-    if not metrics_path.is_file():
-        raise ConfigError(f"remap.score_run '{score_run}' holds no metrics.json; pass a finished train or evaluate run.")
-    import json
-
-    report = json.loads(metrics_path.read_text(encoding="utf-8")).get("test", {})
-    per_class = report.get("per_class") or {}
-    if not per_class:
-        raise ConfigError(f"{metrics_path} has no per-class test results; pass a train or evaluate run of this app.")
-    ordered = sorted(bins.items(), key=lambda item: -item[1])
-
-    def bin_of(f1: float) -> str:
-        return next((name for name, bound in ordered if f1 > bound), "low")
-
-    return {name: bin_of(float(per_class.get(name, {}).get("f1", 0.0))) for name in class_names}
-
-
-def remapped(samples: Sequence[Sample], mapping: Mapping[str, str]) -> list[Sample]:
-    return [replace(s, boxes=[b._replace(label=mapping[str(b.label)]) for b in s.boxes],
-                    labels=sorted({mapping[label] for label in s.labels})) for s in samples]
+    """Original class -> the class the detector learns, for `cfg.class_remap` (the study's remappings,
+    `detection.remap`: binary groups, size bins and score bins from `cfg.remap`)."""
+    r = cfg.remap
+    return remap.class_mapping(cfg.class_remap, class_names, train, binary=r.binary, size_bins=r.size_bins,
+                               score_run=r.score_run, score_bins=r.score_bins, app=APP)
 
 
 # === Training ===
@@ -211,7 +138,7 @@ def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mappin
     from keras_medimg.detection.yolo import train_detector
 
     names = list(dict.fromkeys(mapping.values()))
-    train, val = remapped(splits["train"], mapping), remapped(splits["val"], mapping)
+    train, val = remap.remapped(splits["train"], mapping), remap.remapped(splits["val"], mapping)
     plan, convert = tile_plan(cfg), conversion(cfg)
     cache = tiled.ScanCache(convert)
     train_set = tiled.TileDataset(train, names, plan, convert, training=True, augment=box_augment(cfg),
@@ -245,11 +172,11 @@ def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     shutil.copyfile(last, weights)
     write_json(run.path("class_map.json"), {"mapping": mapping, "detector_classes": names})
     report, seconds_eval = score(cfg, weights, splits["test"], mapping, names)
-    write_evaluation(run, report, "test")
+    evaluation.write_evaluation(run, report, "test")
     metrics = {"test": report, "train_seconds": seconds, "evaluate_seconds": seconds_eval,
                "images": {k: len(v) for k, v in splits.items()}, "class_remap": cfg.class_remap,
                "tiling": cfg.tiling.mode, "detector_classes": names}
-    return finish_run(run, metrics, skipped, per_class_table(report))
+    return finish_run(run, metrics, skipped, evaluation.per_class_table(report))
 
 
 # === Evaluation ===
@@ -268,62 +195,10 @@ def score(cfg: XrayConfig, weights: Path, samples: Sequence[Sample], mapping: Ma
           names: Sequence[str]) -> tuple[dict[str, Any], float]:
     """P/R/F1 at `predict.conf` and IoU `evaluate.iou`, mAP50 (every box down to 0.001), per class, PR curve."""
     predicted, seconds = predict_all(cfg, weights, samples, conf=0.001)
-    truth = [s.boxes for s in remapped(samples, mapping)]
-    report = detection_report(predicted, truth, conf=cfg.predict.conf, iou_threshold=cfg.evaluate.iou).to_dict()
-    report["pr_curve"] = pr_curve(predicted, truth, cfg.evaluate.iou)
-    report.update(conf=cfg.predict.conf, iou=cfg.evaluate.iou, class_names=list(names))
+    truth = [s.boxes for s in remap.remapped(samples, mapping)]
+    report = evaluation.score_detections(predicted, truth, conf=cfg.predict.conf, iou=cfg.evaluate.iou,
+                                         class_names=names)
     return report, seconds
-
-
-def pr_curve(predicted: Sequence[Sequence[Box]], truth: Sequence[Sequence[Box]], iou: float) -> dict[str, list[float]]:
-    """All classes together: precision and recall as the score threshold falls through every predicted box."""
-    ranked = []
-    for boxes, gts in zip(predicted, truth):
-        ranked += [(b.score, hit) for b, hit in zip(boxes, match_boxes(boxes, gts, iou_threshold=iou))]
-    ranked.sort(key=lambda item: -item[0])
-    n_truth = sum(len(g) for g in truth)
-    hits = np.cumsum([hit for _, hit in ranked]) if ranked else np.zeros(0)
-    precision = hits / np.arange(1, len(ranked) + 1) if ranked else hits
-    recall = hits / max(n_truth, 1)
-    step = max(1, len(ranked) // 200)  # enough points to draw, not thousands in metrics.json
-    return {"score": [round(s, 4) for s, _ in ranked[::step]], "precision": precision[::step].round(4).tolist(),
-            "recall": recall[::step].round(4).tolist()}
-
-
-def per_class_table(report: Mapping[str, Any]) -> str:
-    from keras_medimg.reporting import markdown_table
-
-    rows = [{"class": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
-            for name, values in report["per_class"].items()]
-    rows.append({"class": "all", "tp": report["tp"], "fp": report["fp"], "fn": report["fn"],
-                 "precision": round(report["precision"], 4), "recall": round(report["recall"], 4),
-                 "f1": round(report["f1"], 4), "ap50": round(report["map50"], 4)})
-    return markdown_table(rows, ["class", "tp", "fp", "fn", "precision", "recall", "f1", "ap50"])
-
-
-def write_evaluation(run: Run, report: Mapping[str, Any], split: str) -> None:
-    """per_class.csv, per_class.md and plots/pr_curve.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from keras_medimg.runs import atomic_write_text
-
-    rows = [{"class": name, **values} for name, values in report["per_class"].items()]
-    rows.append({"class": "all", "tp": report["tp"], "fp": report["fp"], "fn": report["fn"],
-                 "precision": report["precision"], "recall": report["recall"], "f1": report["f1"], "ap50": report["map50"]})
-    run.write_csv("per_class.csv", rows, ["class", "tp", "fp", "fn", "precision", "recall", "f1", "ap50"])
-    atomic_write_text(run.path("per_class.md"), per_class_table(report))
-    curve = report["pr_curve"]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(curve["recall"], curve["precision"], lw=1.5)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"{split}: mAP50 {report['map50']:.3f}, F1 {report['f1']:.3f} at conf {report['conf']}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run.path("plots", "pr_curve.png"), dpi=100)
-    plt.close(fig)
 
 
 def open_detector_run(cfg: XrayConfig) -> tuple[Any, Path, dict[str, Any]]:
@@ -361,9 +236,9 @@ def evaluate(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult
                           "with the run's classes (see its class_map.json).")
     run = start_run(APP, "evaluate", cfg, run)
     report, seconds = score(cfg, weights, splits[cfg.evaluate.split], mapping, class_map["detector_classes"])
-    write_evaluation(run, report, cfg.evaluate.split)
+    evaluation.write_evaluation(run, report, cfg.evaluate.split)
     metrics = {cfg.evaluate.split: report, "test": report, "seconds": seconds, "weights": str(weights)}
-    return finish_run(run, metrics, skipped, per_class_table(report))
+    return finish_run(run, metrics, skipped, evaluation.per_class_table(report))
 
 
 # === Prediction ===
@@ -372,9 +247,7 @@ def evaluate(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult
 def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Detect objects in new scans: VOC XML, YOLO txt, a predictions.csv row per box, an 8-bit overlay."""
     from keras_medimg.datasets.sources import list_images
-    from keras_medimg.io.annotations import write_voc, write_yolo
-    from keras_medimg.io.images import write_image
-    from keras_medimg.reporting import draw_overlay
+    from keras_medimg.preprocessing.bit_depth import read_scan
 
     trained, weights, class_map = open_detector_run(cfg)
     cfg = with_trained(cfg, trained.config)
@@ -385,8 +258,6 @@ def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     sources = list_images(cfg.predict.source, exclude=[run.dir], skipped=skipped)
     runner, names = tiled.torch_runner(weights, cfg.detector.device)
     plan, rule, convert = tile_plan(cfg), merge_rule(cfg), conversion(cfg)
-    from keras_medimg.preprocessing.bit_depth import read_scan
-
     rows, done, started = [], 0, time.perf_counter()
     for sample in sources:
         try:
@@ -397,16 +268,11 @@ def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
             skipped.add_error(exc)
             continue
         boxes = tiled.predict_scan(runner, image, plan, rule, names)
-        size = (image.shape[1], image.shape[0])
-        write_voc(run.path("labels_voc", f"{sample.id}.xml"), boxes, size, sample.path.name)
-        write_yolo(run.path("labels", f"{sample.id}.txt"), boxes, size, class_map["detector_classes"])
-        if cfg.predict.overlays:
-            write_image(run.path("overlays", f"{sample.id}.png"), draw_overlay(image, boxes, None, sample.id))
-        rows += [{"id": sample.id, "path": str(sample.path), "class": b.label, "score": round(b.score, 4),
-                  "x1": round(b.x1, 1), "y1": round(b.y1, 1), "x2": round(b.x2, 1), "y2": round(b.y2, 1)} for b in boxes]
+        rows += evaluation.write_detections(run, sample.id, sample.path, image, boxes, class_map["detector_classes"],
+                                            overlay=cfg.predict.overlays)
         done += 1
     seconds = time.perf_counter() - started
-    run.write_csv("predictions.csv", rows, ["id", "path", "class", "score", "x1", "y1", "x2", "y2"])
+    run.write_csv("predictions.csv", rows, evaluation.PREDICTION_COLUMNS)
     metrics = {"images": done, "boxes": len(rows), "seconds": seconds,
                "images_per_second": done / seconds if seconds else 0.0, "weights": str(weights)}
     return finish_run(run, metrics, skipped)
@@ -451,55 +317,33 @@ def _row_config(cfg: XrayConfig, experiment: str, row: str) -> XrayConfig:
 
 def ablate(cfg: XrayConfig, experiment: str, *, run: Run | RunPlace | None = None) -> RunResult:
     """Train and test one detector per row (and seed) on the same split; a table of mean +/- std P/R/F1."""
-    from keras_medimg.reporting import write_comparison
-
     rows = ablation_rows(experiment, cfg.ablate.grid)
     if cfg.ablate.seeds < 1:
         raise ConfigError(f"ablate.seeds must be at least 1, not {cfg.ablate.seeds}.")
     skipped = Skipped()
     dataset, splits = load_data(cfg, skipped)
-    needs_score = "score" in rows
     run = start_run(APP, f"ablate-{experiment}", cfg, run)
     _write_splits(run, splits)
-    results, table_rows = {}, []
-    for row in rows:
-        scores = []
-        for k in range(cfg.ablate.seeds):
-            row_cfg = replace(_row_config(cfg, experiment, row), seed=cfg.seed + k)
-            if needs_score and row == "score" and not row_cfg.remap.score_run:
-                # The study binned classes by the F1 of its original-class model: use this ablation's own.
-                original = run.dir / "rows" / "original" / f"seed{k}"
-                if not (original / "metrics.json").is_file():
-                    raise ConfigError("The score row needs the original row first (or remap.score_run); put "
-                                      "'original' before 'score' in --grid.")
-                row_cfg = replace(row_cfg, remap=replace(row_cfg.remap, score_run=str(original)))
-            out = run.dir / "rows" / row / f"seed{k}"
-            mapping = class_mapping(row_cfg, dataset.class_names, splits["train"])
-            last, names, seconds = fit_detector(row_cfg, splits, mapping, out / "detector")
-            report, _ = score(row_cfg, last, splits["test"], mapping, names)
-            write_json(out / "metrics.json", {"test": report, "train_seconds": seconds})
-            scores.append(report)
-            log.info("%s %s seed %d: P %.3f R %.3f F1 %.3f", experiment, row, k, report["precision"],
-                     report["recall"], report["f1"])
-        results[row] = scores
-        table_rows.append(_mean_row(experiment, row, scores))
-    columns = [experiment, "seeds", "precision", "precision_std", "recall", "recall_std", "f1", "f1_std", "map50"]
-    write_comparison(run, f"ablation_{experiment}", table_rows, columns=columns, metric="f1", label=experiment,
-                     error="f1_std", title=f"{experiment} ablation (test F1, mean +/- std over seeds)", ylabel="F1")
-    metrics = {"experiment": experiment, "rows": {r: [{k: s[k] for k in ("precision", "recall", "f1", "map50")}
-                                                        for s in v] for r, v in results.items()}}
-    from keras_medimg.reporting import markdown_table
 
-    return finish_run(run, metrics, skipped, markdown_table(table_rows, columns))
+    def run_row(row: str, k: int) -> dict[str, Any]:
+        row_cfg = replace(_row_config(cfg, experiment, row), seed=cfg.seed + k)
+        if row == "score" and not row_cfg.remap.score_run:
+            # The study binned classes by the F1 of its original-class model: use this ablation's own.
+            original = run.dir / "rows" / "original" / f"seed{k}"
+            if not (original / "metrics.json").is_file():
+                raise ConfigError("The score row needs the original row first (or remap.score_run); put "
+                                  "'original' before 'score' in --grid.")
+            row_cfg = replace(row_cfg, remap=replace(row_cfg.remap, score_run=str(original)))
+        out = run.dir / "rows" / row / f"seed{k}"
+        mapping = class_mapping(row_cfg, dataset.class_names, splits["train"])
+        last, names, seconds = fit_detector(row_cfg, splits, mapping, out / "detector")
+        report, _ = score(row_cfg, last, splits["test"], mapping, names)
+        write_json(out / "metrics.json", {"test": report, "train_seconds": seconds})
+        return report
 
-
-def _mean_row(experiment: str, row: str, scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {experiment: row, "seeds": len(scores)}
-    for key in ("precision", "recall", "f1", "map50"):
-        values = np.array([s[key] for s in scores], float)
-        out[key] = round(float(values.mean()), 4)
-        out[f"{key}_std"] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4)
-    return out
+    results, table_rows = evaluation.run_seeded_grid(rows, cfg.ablate.seeds, run_row, label=experiment)
+    table = evaluation.write_grid_table(run, experiment, table_rows)
+    return finish_run(run, {"experiment": experiment, "rows": results}, skipped, table)
 
 
 # === Export ===
