@@ -124,6 +124,7 @@ class FinetuneConfig:
     batch_size: int = 16
     learning_rate: float = 0.0005  # AdamW
     weight_decay: float = 0.0001
+    class_weight: Literal["none", "balanced"] = "balanced"  # balanced = inverse class frequency in each subset
     augment: Augment = field(default_factory=lambda: Augment(probability=0.5, hflip=True))
     verbose: int = 0  # Keras progress per fold
 

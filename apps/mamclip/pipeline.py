@@ -405,6 +405,7 @@ def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tu
     """k-fold CV for every init and label count, on the same folds and the same subsets; one row per
     (init, label count) with macro F1 mean and std over folds, per-class F1, summed confusion matrix."""
     from keras_medimg.datasets.splits import kfold
+    from keras_medimg.training.trainer import balanced_class_weight
 
     folds = kfold(samples, cfg.finetune.folds, seed=cfg.seed)
     smallest_train = min(len(train) for train, _ in folds)
@@ -418,9 +419,13 @@ def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tu
                 subset = subsample(train, count, seed=cfg.seed * 1000 + k)
                 trainer.reset()
                 started = time.time()
+                weights = None
+                if cfg.finetune.class_weight == "balanced":
+                    weights = balanced_class_weight([class_names.index(s.label) for s in subset], len(class_names))
                 trainer.model.fit(_fold_data(subset, class_names, cfg, training=True, skipped=skipped,
                                              seed=cfg.seed + k),
-                                  epochs=cfg.finetune.epochs, verbose=cfg.finetune.verbose, shuffle=False)
+                                  epochs=cfg.finetune.epochs, verbose=cfg.finetune.verbose, shuffle=False,
+                                  class_weight=weights)
                 reports.append(_evaluate_fold(trainer.model, val, class_names, cfg, skipped))
                 log.info("%s, %s labels (%d), fold %d: macro F1 %.3f (%.0f s).", init_name, size_name, len(subset),
                          k + 1, reports[-1]["macro"]["f1"], time.time() - started)
