@@ -18,17 +18,20 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, replace
+from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from keras_medimg.apps.roi.config import FORMATS, SCHEMES, RoiAppConfig
-from keras_medimg.datasets.mammography import CLASSES, STANDARD_VIEWS, composition, has_roi, label_of, standard_view
+from keras_medimg.datasets.mammography import (CLASSES, STANDARD_VIEWS, composition, describe_views, has_roi,
+                                                label_of, read_view_csv, standard_view)
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.training import groups as groups_lib
+from keras_medimg.training.groups import GroupPlan
 from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, open_trained, start_run, write_json
 
 log = logging.getLogger(__name__)
@@ -47,25 +50,11 @@ SCORES = ("sensitivity", "specificity", "f1", "accuracy", "roc_auc")
 
 def demo_data(out_dir: str | Path | None, cfg: RoiAppConfig, fmt: str | None = None) -> Path:
     """Write (or, without `out_dir`, find or make the cached) demo set of `fmt` (default `data.format`)."""
-    from keras_medimg.datasets.synthetic.roi import generate_cdd_cesm, generate_vindr
+    from keras_medimg.datasets.synthetic.roi import demo_set
 
     fmt = fmt or cfg.data.format
-    if fmt == "vindr":
-        generate, params = generate_vindr, {"n_studies": cfg.data.demo_studies}
-    elif fmt == "cddcesm":
-        generate, params = generate_cdd_cesm, {"n_patients": cfg.data.demo_patients}
-    else:
-        raise ConfigError(f"There is no demo data in the '{fmt}' format; use vindr or cddcesm, or give a manifest CSV "
-                          "with --data.")
-    params.update(height=cfg.data.demo_height, width=cfg.data.demo_width, seed=cfg.seed)
-    if out_dir is not None:
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"{out} is not empty; demo-data writes only into a new or empty folder.")
-        return generate(out, **params)
-    from keras_medimg.datasets.synthetic import ensure_demo_data
-
-    return ensure_demo_data(f"roi-{fmt}", generate, **params)
+    size = cfg.data.demo_studies if fmt == "vindr" else cfg.data.demo_patients
+    return demo_set(fmt, out_dir, size=size, height=cfg.data.demo_height, width=cfg.data.demo_width, seed=cfg.seed)
 
 
 def data_root(cfg: RoiAppConfig) -> Path:
@@ -80,18 +69,11 @@ def data_root(cfg: RoiAppConfig) -> Path:
 
 def load_samples(cfg: RoiAppConfig, skipped: Skipped) -> list[Sample]:
     """Every labelled image of the dataset, each with `meta["split"]` set (official or patient-grouped seeded)."""
-    from keras_medimg.datasets.cdd_cesm import grouped_split, read_cdd_cesm
-    from keras_medimg.datasets.mammography import read_manifest
-    from keras_medimg.datasets.vindr import read_vindr
+    from keras_medimg.datasets.cdd_cesm import grouped_split
+    from keras_medimg.datasets.mammography import read_dataset
 
-    root = data_root(cfg)
-    if cfg.data.format == "vindr":
-        samples = read_vindr(root, skipped=skipped, strict=cfg.strict)
-    elif cfg.data.format == "cddcesm":
-        samples = read_cdd_cesm(root, image_type=cfg.data.image_type, skipped=skipped, strict=cfg.strict,
-                                point_radius=cfg.data.point_radius)
-    else:
-        samples = read_manifest(root, skipped=skipped, strict=cfg.strict)
+    samples = read_dataset(cfg.data.format, data_root(cfg), skipped=skipped, strict=cfg.strict,
+                           image_type=cfg.data.image_type, point_radius=cfg.data.point_radius)
     return grouped_split(samples, test_ratio=cfg.data.test_ratio, seed=cfg.seed)
 
 
@@ -109,40 +91,12 @@ def prepare_samples(samples: Sequence[Sample], cfg: RoiAppConfig, out_dir: Path,
     """Window (DICOM VOI, MONOCHROME1), breast-crop, CLAHE and resize every image once, through the library's
     `prepare` (parallel, resumable: outputs newer than their source are kept); returns the samples pointing at the
     prepared 16-bit PNGs (the originals in `meta["source"]`, crop and scale in `meta["prepared"]`)."""
-    import csv
-    import tempfile
+    from keras_medimg.datasets.prepared import prepare_samples as prepare_images
 
-    from keras_medimg.datasets.prepare import prepare_images
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     p = cfg.prepare
-    # The input listing goes to a temporary folder: prepare refuses a manifest inside its output folder, and a
-    # file beside it could be the user's.
-    with tempfile.TemporaryDirectory(prefix="medimg-roi-") as scratch:
-        listing = Path(scratch) / "inputs.csv"
-        with open(listing, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "path"])
-            writer.writerows([[s.id, str(Path(s.path).resolve())] for s in samples])
-        result = prepare_images(listing, out_dir, window=p.dicom_window(), crop=p.crop, margin=p.margin, clahe=p.clahe,
-                                clip_limit=p.clip_limit, size=p.size, workers=cfg.data.workers, strict=cfg.strict)
-    for item in result.skipped:
-        skipped.add(item.path, item.reason, line=item.line)
-    rows = {row["id"]: row for row in result.rows}
-    prepared = []
-    for sample in samples:
-        row = rows.get(sample.id)
-        if row is None:
-            continue
-        prepared.append(replace(sample, path=out_dir / row["output"], meta={**sample.meta, "source": str(sample.path),
-                                                                            "prepared": _geometry(row)}))
-    log.info("[prepare] %d images ready in %s (%d converted, %d reused)", len(prepared), out_dir, result.converted,
-             result.reused)
-    return prepared
-
-
-def _geometry(row: dict[str, Any]) -> dict[str, float]:
-    return {k: float(row[k]) for k in ("crop_y0", "crop_x0", "scale") if str(row.get(k, "")) != ""}
+    return prepare_images(samples, out_dir, skipped, window=p.dicom_window(), crop=p.crop, margin=p.margin,
+                          clahe=p.clahe, clip_limit=p.clip_limit, size=p.size, workers=cfg.data.workers,
+                          strict=cfg.strict)
 
 
 def prepare(cfg: RoiAppConfig, out_dir: str | Path | None = None) -> tuple[Path, list[Sample], Skipped]:
@@ -182,61 +136,15 @@ def all_groups(scheme: str) -> list[str]:
     return [f"{flag}-{view}" for flag in ("roi", "noroi") for view in STANDARD_VIEWS]
 
 
-@dataclass
-class GroupPlan:
-    """One group of one scheme: its training images and the rule that predicts it."""
-
-    scheme: str
-    group: str
-    train: list[Sample]
-    rule: str  # "model" | "parent" | "constant"
-    reason: str = ""
-    probability: float | None = None  # the constant rule's malignancy probability
-    model: str | None = None  # the trained model, relative to the run folder
-
-    @property
-    def counts(self) -> tuple[int, int]:
-        return len(self.train), sum(label_of(s) for s in self.train)
-
-
 def plan_groups(train: Sequence[Sample], cfg: RoiAppConfig) -> dict[str, dict[str, GroupPlan]]:
     """Every group of every scheme, with the rule that will predict it (trainable groups: "model")."""
-    prevalence = float(np.mean([label_of(s) for s in train])) if train else 0.5
-    plans: dict[str, dict[str, GroupPlan]] = {}
-    for scheme in SCHEMES:
-        members: dict[str, list[Sample]] = defaultdict(list)
-        for sample in train:
-            members[group_of(sample, scheme)].append(sample)
-        plans[scheme] = {}
-        for group in all_groups(scheme):
-            images = members.get(group, [])
-            n, positives = len(images), sum(label_of(s) for s in images)
-            if n >= cfg.groups.min_images and 0 < positives < n:
-                plans[scheme][group] = GroupPlan(scheme, group, images, "model")
-                continue
-            small = n < cfg.groups.min_images
-            reason = (f"{n} training image(s), fewer than groups.min_images={cfg.groups.min_images}" if small
-                      else f"one class only ({'malignant' if positives else 'benign'})")
-            rule = cfg.groups.fallback if small else cfg.groups.one_class
-            if rule == "parent" and parent_of(scheme, group) is not None:
-                plans[scheme][group] = GroupPlan(scheme, group, images, "parent", reason)
-            else:
-                probability = positives / n if n else prevalence
-                plans[scheme][group] = GroupPlan(scheme, group, images, "constant", reason, probability=probability)
-    return plans
+    return groups_lib.plan_groups(train, {scheme: all_groups(scheme) for scheme in SCHEMES}, group_of, label_of,
+                                  parent_of, min_images=cfg.groups.min_images, fallback=cfg.groups.fallback,
+                                  one_class=cfg.groups.one_class, class_names=CLASSES)
 
 
 def group_table(plans: dict[str, dict[str, GroupPlan]]) -> list[dict[str, Any]]:
-    rows = []
-    for scheme, groups in plans.items():
-        for group, plan in groups.items():
-            n, positives = plan.counts
-            rule = plan.rule if plan.rule != "constant" else f"constant p={plan.probability:.2f}"
-            if plan.rule == "parent":
-                rule = "parent " + "/".join(parent_of(scheme, group))
-            rows.append({"scheme": scheme, "group": group, "train_images": n, "train_malignant": positives,
-                         "rule": rule, "reason": plan.reason})
-    return rows
+    return groups_lib.group_table(plans, parent_of, positive="malignant")
 
 
 # === Models ===
@@ -244,44 +152,14 @@ def group_table(plans: dict[str, dict[str, GroupPlan]]) -> list[dict[str, Any]]:
 
 def backbone_model(cfg: RoiAppConfig):
     """The feature extractor: the registry entry `model.backbone`, or its family at `network.widths`."""
-    from keras_medimg.models.backbones import get_spec
+    from keras_medimg.models.small import small_backbone
 
-    spec = get_spec(cfg.model.backbone)
-    widths, depths = cfg.network.widths, cfg.network.depths
-    if not widths:
+    if not cfg.network.widths:
         return cfg.model.backbone
     if cfg.model.weights:
         raise ConfigError("Pretrained weights fit only the registry's sizes: set network.widths=[] to use "
                           f"model.weights={cfg.model.weights}.")
-    if len(widths) != len(depths):
-        raise ConfigError(f"network.widths {widths} and network.depths {depths} need one entry per stage each.")
-    shape = (cfg.model.image_size, cfg.model.image_size, 1)
-    if spec.family == "convnextv2":
-        from keras_medimg.models.convnextv2 import ConvNeXtV2Backbone
-
-        return ConvNeXtV2Backbone(depths=tuple(depths), dims=tuple(widths), image_shape=shape, name="convnextv2_small_widths")
-    if cfg.model.backbone.startswith("swin"):
-        return _small_swin(shape, widths, depths)
-    raise ConfigError(f"network.widths applies to the ConvNeXtV2 and Swin backbones, not {cfg.model.backbone}; "
-                      "set network.widths=[] for it.")
-
-
-def _small_swin(shape: tuple[int, int, int], widths: list[int], depths: list[int]):
-    """keras-hub's Swin Transformer at `widths[0]` embedding width (each stage doubles it), as a feature map."""
-    import keras
-    import keras_hub
-
-    if shape[0] % 32:
-        raise ConfigError(f"Swin needs model.image_size divisible by 32, not {shape[0]}.")
-    heads = tuple(max(1, w // 16) for w in (widths[0] * 2**i for i in range(len(depths))))
-    window = max(1, min(7, shape[0] // 32))
-    hub = keras_hub.models.SwinTransformerBackbone(image_shape=shape, window_size=window, drop_path=0.0, embed_dim=widths[0],
-                                                    depths=tuple(depths), num_heads=heads, name="swin_transformer")
-    inputs = keras.Input(shape=shape, name="images")
-    tokens = hub(inputs)
-    side = shape[0] // 2 ** (len(depths) + 1)
-    feature_map = keras.layers.Reshape((side, side, tokens.shape[-1]), name="feature_map")(tokens)
-    return keras.Model(inputs, feature_map, name="swin_small_widths")
+    return small_backbone(cfg.model.backbone, cfg.network.widths, cfg.network.depths, cfg.model.image_size, 1)
 
 
 def _normalization(cfg: RoiAppConfig):
@@ -317,58 +195,29 @@ def train_group(plan: GroupPlan, cfg: RoiAppConfig, run: Run, skipped: Skipped, 
     return str(Path(result.best_path or result.last_path).relative_to(run.dir))
 
 
-class Router:
+class Router(groups_lib.GroupRouter):
     """Predicts a scheme's malignancy probabilities by routing every image to its group's rule."""
 
     def __init__(self, routing: dict[str, Any], folder: Path, cfg: RoiAppConfig):
-        self.routing, self.folder, self.cfg = routing, folder, cfg
-        self._models: dict[str, Any] = {}
+        super().__init__(routing["schemes"], folder, parent_of, self._predict_model)
+        self.routing, self.cfg = routing, cfg
 
-    def resolve(self, scheme: str, group: str) -> tuple[str, str, Any]:
-        """(scheme, group, model path or constant probability) that actually predicts `group`."""
-        entry = self.routing["schemes"][scheme][group]
-        if entry["rule"] == "model":
-            return scheme, group, self.folder / entry["model"]
-        if entry["rule"] == "constant":
-            return scheme, group, float(entry["probability"])
-        return self.resolve(*parent_of(scheme, group))
+    def _predict_model(self, model, samples: list[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
+        from keras_medimg.datasets.pipeline import predict_samples
 
-    def model(self, path: Path):
-        from keras_medimg.models.classifier import load_model
-
-        if str(path) not in self._models:
-            self._models[str(path)] = load_model(path)
-        return self._models[str(path)]
+        out, kept = predict_samples(model, samples, batch_size=self.cfg.train.batch_size, skipped=skipped,
+                                    strict=self.cfg.strict, **_input(self.cfg))
+        return out[:, 1], kept
 
     def predict(self, samples: Sequence[Sample], scheme: str, skipped: Skipped, roi: Sequence[bool] | None = None
                 ) -> tuple[np.ndarray, list[str], list[Sample]]:
         """Probabilities, the group that predicted each image ('baseline/RCC' when a parent did) and the samples
-        kept (unreadable images are left out and named in `skipped`)."""
-        from keras_medimg.datasets.pipeline import predict_samples
-
+        kept (unreadable images are left out and named in `skipped`); `roi`: ROI flags replacing the annotation's."""
+        flags = [has_roi(s) if roi is None else bool(r) for s, r in zip(samples, roi or [None] * len(samples))]
         if scheme == "roi_only_rule":
-            flags = [has_roi(s) if roi is None else r for s, r in zip(samples, roi or [None] * len(samples))]
             return np.array(flags, float), ["roi" if f else "noroi" for f in flags], list(samples)
-        targets: dict[tuple[str, str, Any], list[int]] = defaultdict(list)
-        for i, sample in enumerate(samples):
-            flag = None if roi is None else roi[i]
-            targets[self.resolve(scheme, group_of(sample, scheme, flag))].append(i)
-        probs: dict[int, float] = {}
-        used: dict[int, str] = {}
-        for (owner_scheme, owner_group, how), indices in targets.items():
-            chosen = [samples[i] for i in indices]
-            if isinstance(how, float):
-                values, kept_idx = [how] * len(indices), indices
-            else:
-                out, kept = predict_samples(self.model(how), chosen, batch_size=self.cfg.train.batch_size,
-                                            skipped=skipped, strict=self.cfg.strict, **_input(self.cfg))
-                kept_ids = {id(s) for s in kept}
-                kept_idx = [i for i in indices if id(samples[i]) in kept_ids]
-                values = list(out[:, 1])
-            for i, value in zip(kept_idx, values):
-                probs[i], used[i] = float(value), f"{owner_scheme}/{owner_group}"
-        order = sorted(probs)
-        return np.array([probs[i] for i in order]), [used[i] for i in order], [samples[i] for i in order]
+        groups = [group_of(s, scheme, f) for s, f in zip(samples, flags)]
+        return super().predict(samples, scheme, groups, skipped)
 
 
 # === Train ===
@@ -398,22 +247,18 @@ def train(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None, resume: bool 
     test_set = [s for s in prepared if s.meta["split"] == "test"]
     plans = plan_groups(train_set, cfg)
     started = time.perf_counter()
-    routing = {"schemes": {}, "classes": list(CLASSES), "threshold": cfg.evaluate.threshold,
+    routing = {"classes": list(CLASSES), "threshold": cfg.evaluate.threshold,
                "input": {"image_size": cfg.model.image_size, "channels": 1, "normalization": _normalization(cfg).to_dict()},
                "preprocessing": asdict(cfg.prepare), "backbone": cfg.model.backbone, "network": asdict(cfg.network),
                "fallback": cfg.groups.fallback, "one_class": cfg.groups.one_class}
     for scheme in SCHEMES:
-        routing["schemes"][scheme] = {}
         for group, plan in plans[scheme].items():
             if plan.rule == "model":
                 log.info("[train] %s %s: %d images (%d malignant)", scheme, group, *plan.counts)
                 plan.model = train_group(plan, cfg, run, skipped, resume=resume)
             else:
                 log.info("[train] %s %s: not trained (%s); rule: %s", scheme, group, plan.reason, plan.rule)
-            n, positives = plan.counts
-            routing["schemes"][scheme][group] = {"rule": plan.rule, "model": plan.model, "probability": plan.probability,
-                                                 "parent": "/".join(parent_of(scheme, group) or ()) or None,
-                                                 "train_images": n, "train_malignant": positives, "reason": plan.reason}
+    routing["schemes"] = groups_lib.routing_table(plans, parent_of, positive="malignant")
     write_json(run.path(ROUTING_FILE), routing)
     seconds = time.perf_counter() - started
     detector = None
@@ -464,14 +309,9 @@ def _routed_groups(kept, groups, truth, probs, method, roi, test, cfg) -> dict[s
     if method == "roi_only_rule":
         return {}
     index = {id(s): i for i, s in enumerate(test)}
-    by_group: dict[str, list[int]] = defaultdict(list)
-    for i, sample in enumerate(kept):
-        flag = None if roi is None else roi[index[id(sample)]]
-        by_group[group_of(sample, method, flag)].append(i)
-    return {group: {"predicted_by": sorted({groups[i] for i in idx}),
-                    **binary_report(truth[idx], probs[idx], cfg.evaluate.threshold, bootstrap=cfg.evaluate.bootstrap,
-                                    seed=cfg.seed)}
-            for group, idx in sorted(by_group.items())}
+    belongs = [group_of(s, method, None if roi is None else roi[index[id(s)]]) for s in kept]
+    return groups_lib.scores_by_group(belongs, groups, truth, probs, lambda y, p: binary_report(
+        y, p, cfg.evaluate.threshold, bootstrap=cfg.evaluate.bootstrap, seed=cfg.seed))
 
 
 def _prediction_base(sample: Sample) -> dict[str, Any]:
@@ -480,39 +320,22 @@ def _prediction_base(sample: Sample) -> dict[str, Any]:
 
 
 def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for method in results:
-        report = results[method]["merged"]
-        row = {"method": METHOD_NAMES[method]}
-        for score in SCORES:
-            row[score] = report.get(score)
-            low, high = (report.get("ci") or {}).get(score) or (None, None)
-            row[f"{score}_low"], row[f"{score}_high"] = low, high
-        row["images"] = report["support"]
-        rows.append(row)
-    return rows
+    """One row per method: each of SCORES with its bootstrap interval, and the number of images."""
+    from keras_medimg.metrics.comparison import comparison_rows as rows_of
 
-
-def _cell(value: Any, low: Any, high: Any) -> str:
-    if value is None:
-        return "n/a"
-    if low is None or high is None:
-        return f"{value:.2f}"
-    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+    return rows_of({method: result["merged"] for method, result in results.items()}, METHOD_NAMES, SCORES)
 
 
 def write_tables(run: Run, rows: list[dict[str, Any]], cfg: RoiAppConfig) -> str:
     """comparison.csv/.md/plot (one row per method) and study_table.md (the study's Tables 5-8 layout: scores as
     rows, methods as columns, 95% bootstrap intervals in brackets); returns the latter."""
-    from keras_medimg.reporting import markdown_table, write_comparison
+    from keras_medimg.metrics.comparison import comparison_columns, scores_by_method
+    from keras_medimg.reporting import write_comparison
 
-    columns = ["method", *[c for s in SCORES for c in (s, f"{s}_low", f"{s}_high")], "images"]
-    write_comparison(run, "comparison", rows, columns=columns, metric="f1", label="method", error=("f1_low", "f1_high"),
-                     title=f"F-score on the test images ({cfg.model.backbone}, {cfg.data.format})", ylabel="F-score")
-    names = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F-score", "accuracy": "Accuracy",
-             "roc_auc": "ROC AUC"}
-    layout = [{"": names[s], **{r["method"]: _cell(r[s], r[f"{s}_low"], r[f"{s}_high"]) for r in rows}} for s in SCORES]
-    table = markdown_table(layout, ["", *[r["method"] for r in rows]])
+    write_comparison(run, "comparison", rows, columns=comparison_columns(SCORES), metric="f1", label="method",
+                     error=("f1_low", "f1_high"), ylabel="F-score",
+                     title=f"F-score on the test images ({cfg.model.backbone}, {cfg.data.format})")
+    table = scores_by_method(rows, SCORES)
     caveat = ("\nROI presence is itself tied to the label, so part of the ROI-aware gain can come from the grouping "
               "rather than the images (compare the ROI-only rule row); and a new image has no radiologist's ROI yet "
               "(roi.source: detector shows the method with detected ROIs).\n")
@@ -548,55 +371,20 @@ def evaluate(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResu
 
 def train_roi_detector(cfg: RoiAppConfig, run: Run, train: Sequence[Sample], test: Sequence[Sample]) -> Path:
     """Train the library's YOLO stage on the ROI boxes (mapped into the prepared images) -> weights/detector.pt."""
-    from keras_medimg.detection.yolo import train_detector
+    from keras_medimg.detection.presence import train_presence_detector
 
-    data_yaml = _yolo_set(run.subdir("detector_data"), train, test)
-    result = train_detector(data_yaml, run.subdir("detector"), model=cfg.roi.detector_model, epochs=cfg.roi.detector_epochs,
-                            imgsz=cfg.roi.detector_imgsz, seed=cfg.seed)
-    target = run.path("weights", DETECTOR_FILE)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(Path(result.best if Path(result.best).is_file() else result.last).read_bytes())
-    log.info("[detector] trained on %d images with ROI boxes: %s", sum(bool(s.boxes) for s in train), result.metrics)
-    return target
-
-
-def prepared_boxes(sample: Sample) -> list[tuple[float, float, float, float]]:
-    """The sample's ROI boxes in the pixels of its prepared image (crop offset, then scale)."""
-    geometry = sample.meta.get("prepared") or {}
-    y0, x0, scale = geometry.get("crop_y0", 0.0), geometry.get("crop_x0", 0.0), geometry.get("scale", 1.0)
-    return [((b.x1 - x0) * scale, (b.y1 - y0) * scale, (b.x2 - x0) * scale, (b.y2 - y0) * scale) for b in sample.boxes]
-
-
-def _yolo_set(folder: Path, train: Sequence[Sample], test: Sequence[Sample]) -> Path:
-    """A one-class ("lesion") YOLO set of the prepared images: train = training split, val = test split."""
-    from keras_medimg.io.annotations import Box, write_yolo, write_yolo_data_yaml
-    from keras_medimg.io.images import read_image, to_float, write_image
-
-    for split, samples in (("train", train), ("val", test)):
-        for sample in samples:
-            image = to_float(read_image(sample.path))
-            height, width = image.shape[:2]
-            write_image(folder / "images" / split / f"{sample.id}.png", image, bits=8)
-            boxes = [Box(max(0.0, x1), max(0.0, y1), min(width, x2), min(height, y2), label=0)
-                     for x1, y1, x2, y2 in prepared_boxes(sample)]
-            write_yolo(folder / "labels" / split / f"{sample.id}.txt", [b for b in boxes if b.x2 > b.x1 and b.y2 > b.y1],
-                       (width, height), ["lesion"])
-    return write_yolo_data_yaml(folder / "data.yaml", folder, "images/train", "images/val", ["lesion"])
+    return train_presence_detector(run.subdir("detector"), train, test, run.path("weights", DETECTOR_FILE),
+                                   model=cfg.roi.detector_model, epochs=cfg.roi.detector_epochs,
+                                   imgsz=cfg.roi.detector_imgsz, seed=cfg.seed, class_name="lesion")
 
 
 def detect_roi(cfg: RoiAppConfig, detector: Path | None, samples: Sequence[Sample]) -> list[bool]:
     """ROI present = the detector finds a lesion at `roi.detector_conf` or above on the prepared image."""
-    from keras_medimg.detection.yolo import detect, load_detector
-    from keras_medimg.io.images import read_image
+    from keras_medimg.detection.presence import detect_presence
 
     if detector is None:
         raise ConfigError("roi.source is detector but the run has no detector; train with --roi-source detector.")
-    model = load_detector(detector)
-    flags = []
-    for sample in samples:
-        [found] = detect(model, [read_image(sample.path)], conf=cfg.roi.detector_conf, imgsz=cfg.roi.detector_imgsz)
-        flags.append(bool(found))
-    return flags
+    return detect_presence(detector, samples, conf=cfg.roi.detector_conf, imgsz=cfg.roi.detector_imgsz)
 
 
 # === Predict and export ===
@@ -604,70 +392,6 @@ def detect_roi(cfg: RoiAppConfig, detector: Path | None, samples: Sequence[Sampl
 
 def _routing(trained) -> dict[str, Any]:
     return json.loads(trained.require(ROUTING_FILE, how="Train it with `medimg roi train`.").read_text(encoding="utf-8"))
-
-
-def read_predict_csv(path: Path) -> dict[str, dict[str, Any]]:
-    """The predict CSV: path (or id), view, laterality, roi (each optional but path/id) -> {key: values}; keys are
-    the resolved path, the path as written, and the id, so an image is found by any of them."""
-    import csv
-
-    from keras_medimg.datasets.mammography import check_optional, normalise_laterality, normalise_view, parse_flag
-
-    out: dict[str, dict[str, Any]] = {}
-    problems = []
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = check_optional(reader.fieldnames, ("path", "id", "view", "laterality", "roi"))
-        if "path" not in cols and "id" not in cols:
-            raise InvalidInputError(path, "the predict CSV needs a 'path' or 'id' column naming each image, plus any of "
-                                    "view, laterality, roi.")
-        for row in reader:
-            values: dict[str, Any] = {}
-            try:
-                if (text := (row.get(cols.get("view", "")) or "").strip()):
-                    values["view"] = normalise_view(text)
-                if (text := (row.get(cols.get("laterality", "")) or "").strip()):
-                    values["laterality"] = normalise_laterality(text)
-                if (text := (row.get(cols.get("roi", "")) or "").strip()):
-                    values["roi"] = parse_flag(text)
-            except ValueError as exc:
-                problems.append((reader.line_num, f"{exc}"))
-                continue
-            for key in ("path", "id"):
-                if (text := (row.get(cols.get(key, "")) or "").strip()):
-                    out[text] = values
-                    if key == "path":
-                        out[str((path.parent / text).resolve())] = values
-    if problems:
-        from keras_medimg.errors import problems_error
-
-        raise problems_error(path, problems, what="Fix these rows of the predict CSV.")
-    return out
-
-
-def _describe(samples: list[Sample], extra: dict[str, dict[str, Any]], skipped: Skipped) -> None:
-    """Fill view, laterality and ROI presence from the CSV, else from the DICOM header (never patient data)."""
-    from keras_medimg.io.dicom import is_dicom, read_dicom_meta
-
-    for sample in samples:
-        given = extra.get(str(Path(sample.path).resolve())) or extra.get(sample.id) or extra.get(Path(sample.path).name) or {}
-        sample.view, sample.laterality = given.get("view"), given.get("laterality")
-        if (sample.view is None or sample.laterality is None) and is_dicom(sample.path):
-            try:
-                meta = read_dicom_meta(sample.path)
-            except InvalidInputError as exc:
-                skipped.add_error(exc)
-                continue
-            from keras_medimg.datasets.mammography import normalise_laterality, normalise_view
-
-            try:
-                sample.view = sample.view or (normalise_view(meta.view_position) if meta.view_position else None)
-                sample.laterality = sample.laterality or (normalise_laterality(meta.image_laterality)
-                                                          if meta.image_laterality else None)
-            except ValueError:
-                pass  # a header view such as "LM" for another body part: routed to the pooled model
-        if "roi" in given:
-            sample.meta["roi"] = given["roi"]
 
 
 def predict(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResult:
@@ -683,10 +407,10 @@ def predict(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResul
         raise ConfigError("No images given: medimg roi predict SOURCE --weights RUN.")
     skipped = Skipped()
     samples = list_images(cfg.predict.source, skipped=skipped)
-    extra = read_predict_csv(Path(cfg.predict.csv)) if cfg.predict.csv else {}
+    extra = read_view_csv(cfg.predict.csv) if cfg.predict.csv else {}
     detector = trained.require("weights", DETECTOR_FILE, how="Train with --roi-source detector.") if config.roi.source == "detector" else None
     run = start_run(APP, "predict", cfg, run)
-    _describe(samples, extra, skipped)
+    describe_views(samples, extra, skipped)
     prepared = prepare_samples(samples, config, run.subdir("prepared"), skipped)
     if detector is not None:
         for sample, flag in zip(prepared, detect_roi(config, detector, prepared)):
@@ -744,24 +468,16 @@ def export(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResult
     routing = _routing(trained)
     run = start_run(APP, "export", cfg, run)
     out = run.subdir("export")
-    table: dict[str, dict[str, Any]] = {}
-    models = {}
     config = trained.config
-    for scheme, groups in routing["schemes"].items():
-        table[scheme] = {}
-        for group, entry in groups.items():
-            row = {k: entry[k] for k in ("rule", "probability", "parent", "train_images", "train_malignant")}
-            if entry["rule"] == "model":
-                folder = out / scheme / group
-                result = export_model(trained.dir / entry["model"], folder, formats=cfg.export.formats, atol=cfg.export.atol,
-                                      metadata={"app": APP, "scheme": scheme, "group": group, "classes": list(CLASSES),
-                                                "image_size": config.model.image_size, "channels": 1,
-                                                "normalization": routing["input"]["normalization"],
-                                                "threshold": routing["threshold"]})
-                row["files"] = {fmt: str(Path(p).relative_to(out)) for fmt, p in result.paths.items()}
-                row["max_abs_diff"] = result.max_abs_diff
-                models[f"{scheme}/{group}"] = row["files"]
-            table[scheme][group] = row
+
+    def export_one(model_path: Path, folder: Path, metadata: dict[str, Any]):
+        return export_model(model_path, folder, formats=cfg.export.formats, atol=cfg.export.atol, metadata=metadata)
+
+    table, models = groups_lib.export_group_models(
+        routing["schemes"], trained.dir, out, keys=("rule", "probability", "parent", "train_images", "train_malignant"),
+        export=export_one, metadata={"app": APP, "classes": list(CLASSES), "image_size": config.model.image_size,
+                                     "channels": 1, "normalization": routing["input"]["normalization"],
+                                     "threshold": routing["threshold"]})
     metadata = {"app": APP, "classes": list(CLASSES), "positive": "malignant", "threshold": routing["threshold"],
                 "backbone": routing["backbone"], "network": routing.get("network"), "input": routing["input"], "preprocessing": routing["preprocessing"],
                 "routing": table,

@@ -214,3 +214,84 @@ def parse_label(text: str) -> str | None:
     except ValueError:
         raise ValueError(f"label '{text}' is not benign, malignant, 0, 1 or a BI-RADS category") from None
     return None if birads is None else birads_label(birads)
+
+
+def read_view_csv(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A prediction-time CSV: `path` or `id` naming each image, plus any of view, laterality, roi -> {key: values}.
+
+    Keys are the path as written, the path resolved against the CSV's folder, and the id, so an image is found by
+    any of them; bad values are reported together, by line."""
+    path = Path(path)
+    out: dict[str, dict[str, Any]] = {}
+    problems = []
+    parsers = {"view": normalise_view, "laterality": normalise_laterality, "roi": parse_flag}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = check_optional(reader.fieldnames, ("path", "id", *parsers))
+        if "path" not in cols and "id" not in cols:
+            raise InvalidInputError(path, "the CSV needs a 'path' or 'id' column naming each image, plus any of "
+                                    "view, laterality, roi.")
+        for row in reader:
+            values: dict[str, Any] = {}
+            try:
+                for key, parse in parsers.items():
+                    if (text := (row.get(cols.get(key, "")) or "").strip()):
+                        values[key] = parse(text)
+            except ValueError as exc:
+                problems.append((reader.line_num, f"{exc}"))
+                continue
+            for key in ("path", "id"):
+                if (text := (row.get(cols.get(key, "")) or "").strip()):
+                    out[text] = values
+                    if key == "path":
+                        out[str((path.parent / text).resolve())] = values
+    if problems:
+        raise problems_error(path, problems, what="Fix these rows of the CSV.")
+    return out
+
+
+def describe_views(samples: Iterable[Sample], given: Mapping[str, Mapping[str, Any]], skipped: Skipped) -> None:
+    """Set each sample's view and laterality from `given` (as `read_view_csv` returns, looked up by resolved path,
+    id or file name), else from its DICOM header (ViewPosition, ImageLaterality; no patient data is read out), and
+    `meta["roi"]` where `given` has it. A header view of another kind (e.g. "LM") leaves the view unknown; an
+    unreadable header is named in `skipped`."""
+    from keras_medimg.io.dicom import is_dicom, read_dicom_meta
+
+    for sample in samples:
+        path = Path(sample.path)
+        row = given.get(str(path.resolve())) or given.get(sample.id) or given.get(path.name) or {}
+        sample.view, sample.laterality = row.get("view"), row.get("laterality")
+        if (sample.view is None or sample.laterality is None) and is_dicom(sample.path):
+            try:
+                meta = read_dicom_meta(sample.path)
+            except InvalidInputError as exc:
+                skipped.add_error(exc)
+                continue
+            try:
+                sample.view = sample.view or (normalise_view(meta.view_position) if meta.view_position else None)
+                sample.laterality = sample.laterality or (normalise_laterality(meta.image_laterality)
+                                                          if meta.image_laterality else None)
+            except ValueError:
+                pass  # a view of another kind: left unknown, so the caller routes the image without it
+        if "roi" in row:
+            sample.meta["roi"] = row["roi"]
+
+
+READERS = ("vindr", "cddcesm", "csv")
+
+
+def read_dataset(fmt: str, root: str | Path, *, skipped: Skipped | None = None, strict: bool = False,
+                 image_type: str = "DM", point_radius: float = 16.0) -> list[Sample]:
+    """Every labelled image of a mammography dataset by format: "vindr" (`vindr.read_vindr`), "cddcesm"
+    (`cdd_cesm.read_cdd_cesm`, with `image_type` and `point_radius`) or "csv" (`read_manifest`)."""
+    if fmt == "vindr":
+        from keras_medimg.datasets.vindr import read_vindr
+
+        return read_vindr(root, skipped=skipped, strict=strict)
+    if fmt == "cddcesm":
+        from keras_medimg.datasets.cdd_cesm import read_cdd_cesm
+
+        return read_cdd_cesm(root, image_type=image_type, skipped=skipped, strict=strict, point_radius=point_radius)
+    if fmt == "csv":
+        return read_manifest(root, skipped=skipped, strict=strict)
+    raise ValueError(f"unknown mammography format '{fmt}'; use one of {', '.join(READERS)}.")

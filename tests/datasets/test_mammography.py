@@ -36,3 +36,18 @@ def test_manifest_rows_and_problems_by_line(tmp_path):
     (tmp_path / "bad.csv").write_text("path,label\n", encoding="utf-8")
     with pytest.raises(InvalidInputError, match="view, laterality, roi, patient"):
         read_manifest(tmp_path / "bad.csv")
+
+
+def test_describe_views_from_csv_then_file_name(tmp_path):
+    from keras_medimg.datasets.mammography import describe_views, read_view_csv
+    from keras_medimg.datasets.records import Sample, Skipped
+
+    (tmp_path / "v.csv").write_text("path,view,laterality,roi\nimgs/a.png,MLO,R,yes\nb.png,CC,L,\n", encoding="utf-8")
+    given = read_view_csv(tmp_path / "v.csv")
+    a = Sample(id="a", path=tmp_path / "imgs" / "a.png")
+    b = Sample(id="b", path=tmp_path / "elsewhere" / "b.png", view="MLO")
+    c = Sample(id="c", path=tmp_path / "c.png", view="CC", laterality="L")
+    describe_views([a, b, c], given, Skipped())
+    assert (a.view, a.laterality, a.meta["roi"]) == ("MLO", "R", True)
+    assert (b.view, b.laterality, "roi" in b.meta) == ("CC", "L", False)  # found by file name
+    assert (c.view, c.laterality) == (None, None)  # unknown: neither the CSV nor a DICOM header says

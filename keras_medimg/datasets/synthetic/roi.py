@@ -232,3 +232,27 @@ def _write_workbook(path: Path, rows: list[dict], openpyxl) -> None:
         sheet.append(list(row.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
     book.save(path)
+
+
+DEMO_FORMATS = {"vindr": (generate_vindr, "n_studies"), "cddcesm": (generate_cdd_cesm, "n_patients")}
+
+
+def demo_set(fmt: str, out_dir: str | Path | None = None, *, size: int, height: int = 256, width: int = 192,
+             seed: int = 0) -> Path:
+    """The demo set of `fmt` (vindr: `size` studies; cddcesm: `size` patients) written into `out_dir` (new or empty
+    folder), or without it found or made once in the demo-data cache."""
+    from keras_medimg.errors import ConfigError
+
+    if fmt not in DEMO_FORMATS:
+        raise ConfigError(f"There is no demo data in the '{fmt}' format; use {' or '.join(DEMO_FORMATS)}, or give a "
+                          "manifest CSV with --data.")
+    generate, count = DEMO_FORMATS[fmt]
+    params = {count: size, "height": height, "width": width, "seed": seed}
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"{out} is not empty; demo-data writes only into a new or empty folder.")
+        return generate(out, **params)
+    from keras_medimg.datasets.synthetic import ensure_demo_data
+
+    return ensure_demo_data(f"roi-{fmt}", generate, **params)

@@ -71,20 +71,24 @@ def test_comparison_rows_keep_every_method_and_interval():
     rows = pipeline.comparison_rows({m: {"merged": report} for m in pipeline.METHODS})
     assert [r["method"] for r in rows] == [pipeline.METHOD_NAMES[m] for m in pipeline.METHODS]
     assert rows[0]["f1_low"] == 0.6 and rows[0]["roc_auc_low"] is None
-    assert pipeline._cell(0.8, 0.6, 0.9) == "0.80 [0.60, 0.90]" and pipeline._cell(None, None, None) == "n/a"
+    from keras_medimg.metrics.comparison import interval_cell
+
+    assert interval_cell(0.8, 0.6, 0.9) == "0.80 [0.60, 0.90]" and interval_cell(None, None, None) == "n/a"
 
 
 def test_predict_csv_by_path_or_id_and_bad_rows(tmp_path):
+    from keras_medimg.datasets.mammography import read_view_csv
+
     csv_file = tmp_path / "meta.csv"
     csv_file.write_text("path,view,laterality,roi\nimgs/a.png,MLO,R,yes\nimgs/b.png,CC,,\n", encoding="utf-8")
-    table = pipeline.read_predict_csv(csv_file)
+    table = read_view_csv(csv_file)
     assert table["imgs/a.png"] == {"view": "MLO", "laterality": "R", "roi": True}
     assert table[str((tmp_path / "imgs/b.png").resolve())] == {"view": "CC"}
     csv_file.write_text("id,view\na,XX\n", encoding="utf-8")
     from keras_medimg.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="line 2"):
-        pipeline.read_predict_csv(csv_file)
+        read_view_csv(csv_file)
 
 
 @pytest.mark.parametrize("backbone", ["convnextv2_atto", "swin_tiny"])
