@@ -7,7 +7,17 @@ from typing import Any
 
 import click
 
-from keras_medimg.apps.options import backend_option, config_options, print_run_summary, resolve_config, resume_option, run_options
+from keras_medimg.apps.options import (
+    AppCommands,
+    backend_option,
+    config_options,
+    print_run_summary,
+    resume_option,
+    run_options,
+    run_place,
+    strict_option,
+    trained_run_options,
+)
 
 _FORMAT = click.Choice(["vindr", "cddcesm", "csv"])
 
@@ -24,8 +34,12 @@ def roi() -> None:
     """
 
 
+APP = AppCommands("roi", "keras_medimg.apps.roi.config:RoiAppConfig")
+_WEIGHTS = "The folder of a `medimg roi train` run."
+
+
 def _data_options(func: Callable) -> Callable:
-    func = click.option("--strict", is_flag=True, default=None, help="Stop at the first bad row or image instead of skipping it.")(func)
+    func = strict_option(func)
     func = click.option("--seed", type=int, default=None, help="Random seed (split, demo data, weights).")(func)
     func = click.option("--dataset", "fmt", type=_FORMAT, default=None, help="Dataset layout (data.format).")(func)
     func = click.option("--data", type=click.Path(), default=None,
@@ -33,16 +47,11 @@ def _data_options(func: Callable) -> Callable:
     return backend_option(config_options(func))
 
 
-def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
-    from keras_medimg.apps.roi.config import RoiAppConfig
+def _run(step: str, cfg: Any, project: str | None, name: str | None, exist_ok: bool):
+    """Run the pipeline's `step` (evaluate, predict, export) of a trained run into the run folder asked for."""
+    from keras_medimg.apps.roi import pipeline
 
-    return resolve_config(RoiAppConfig, "roi", config_file, overrides, options)
-
-
-def _place(project: str | None, name: str | None, exist_ok: bool):
-    from keras_medimg.runs import RunPlace
-
-    return RunPlace(project, name, exist_ok)
+    return getattr(pipeline, step)(cfg, run=run_place(project, name, exist_ok))
 
 
 @roi.command("demo-data")
@@ -55,7 +64,7 @@ def demo_data(out_dir: str, fmt: str, seed: int | None, config_file: str | None,
     """Write a synthetic set in VinDr-Mammo (DICOM + CSVs) or CDD-CESM (JPEG + xlsx + VIA CSV) format to OUT_DIR."""
     from keras_medimg.apps.roi import pipeline
 
-    cfg = _config(config_file, overrides, {"seed": seed})
+    cfg = APP.resolve(config_file, overrides, {"seed": seed})
     root = pipeline.demo_data(out_dir, cfg, fmt)
     click.echo(f"Demo data written to {root} (train with: medimg roi train --dataset {fmt} --data {root})")
 
@@ -70,8 +79,8 @@ def prepare(data: str | None, fmt: str | None, seed: int | None, strict: bool | 
     """Window, breast-crop, CLAHE and resize every image of the dataset once (parallel, resumable)."""
     from keras_medimg.apps.roi import pipeline
 
-    cfg = _config(config_file, overrides, {"data.root": data, "data.format": fmt, "seed": seed, "strict": strict,
-                                           "data.workers": workers})
+    cfg = APP.resolve(config_file, overrides, {"data.root": data, "data.format": fmt, "seed": seed, "strict": strict,
+                                              "data.workers": workers})
     out, samples, skipped = pipeline.prepare(cfg, out_dir)
     click.echo(f"{len(samples)} images prepared in {out} (manifest.csv lists them).")
     if skipped:
@@ -94,16 +103,11 @@ def train(data: str | None, fmt: str | None, seed: int | None, strict: bool | No
     """Train the 8 ROI-aware group models, the 4 view-only baseline models and a pooled model on one split."""
     from keras_medimg.apps.roi import pipeline
     from keras_medimg.apps.roi.config import MODELS, STUDY
-    from keras_medimg.runs import open_run
 
     options = {**(STUDY if study else {}), "data.root": data, "data.format": fmt, "seed": seed, "strict": strict,
                "model.backbone": MODELS.get(model), "train.epochs": epochs, "roi.source": roi_source}
-    if resume:
-        run = open_run(resume, "roi", "train")
-        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
-    else:
-        run = _place(project, name, exist_ok)
-        cfg = _config(config_file, overrides, options)
+    cfg, run = APP.resolve_train(resume=resume, config_file=config_file, overrides=overrides, options=options,
+                                 project=project, name=name, exist_ok=exist_ok)
     result = pipeline.train(cfg, run=run, resume=bool(resume))
     _echo_groups(result.metrics["groups"])
     click.echo(result.table)
@@ -118,64 +122,47 @@ def _echo_groups(rows: list[dict[str, Any]]) -> None:
 
 
 @roi.command()
-@click.option("--weights", required=True, type=click.Path(), help="The folder of a `medimg roi train` run.")
 @click.option("--data", type=click.Path(), default=None, help="Dataset to evaluate on (default: the run's own data).")
 @click.option("--dataset", "fmt", type=_FORMAT, default=None, help="Layout of --data (data.format).")
 @click.option("--roi-source", type=click.Choice(["annotation", "detector"]), default=None, help="Where ROI presence comes from.")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first bad row or image instead of skipping it.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options(_WEIGHTS)
 def evaluate(weights: str, data: str | None, fmt: str | None, roi_source: str | None, strict: bool | None,
              config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Sensitivity, specificity, F-score, accuracy and ROC AUC with bootstrap 95% intervals, per group and merged."""
-    from keras_medimg.apps.roi import pipeline
-
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "data.root": data, "data.format": fmt,
-                                           "roi.source": roi_source, "strict": strict})
-    result = pipeline.evaluate(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "data.root": data, "data.format": fmt,
+                                              "roi.source": roi_source, "strict": strict})
+    result = _run("evaluate", cfg, project, name, exist_ok)
     click.echo(result.table)
     print_run_summary(result.run.dir)
 
 
 @roi.command()
 @click.argument("source", type=click.Path())
-@click.option("--weights", required=True, type=click.Path(), help="The folder of a `medimg roi train` run.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="CSV with path (or id), view, laterality, roi for images whose header lacks them.")
 @click.option("--scheme", type=click.Choice(["roi_aware", "baseline", "pooled"]), default=None, help="Which model set predicts.")
 @click.option("--roi-source", type=click.Choice(["annotation", "detector"]), default=None, help="Where ROI presence comes from.")
 @click.option("--gradcam", is_flag=True, default=None, help="Also write a Grad-CAM overlay per image.")
-@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options(_WEIGHTS)
 def predict(source: str, weights: str, csv_path: str | None, scheme: str | None, roi_source: str | None,
             gradcam: bool | None, strict: bool | None, config_file: str | None, overrides: tuple[str, ...],
             project: str | None, name: str | None, exist_ok: bool) -> None:
     """Route every image of SOURCE (DICOM/PNG/JPEG, file or folder) to its group's model: group, probability, label."""
-    from keras_medimg.apps.roi import pipeline
-
-    cfg = _config(config_file, overrides, {"predict.weights": weights, "predict.source": source, "predict.csv": csv_path,
-                                           "predict.scheme": scheme, "roi.source": roi_source,
-                                           "predict.gradcam": gradcam, "strict": strict})
-    result = pipeline.predict(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.source": source, "predict.csv": csv_path,
+                                              "predict.scheme": scheme, "roi.source": roi_source,
+                                              "predict.gradcam": gradcam, "strict": strict})
+    result = _run("predict", cfg, project, name, exist_ok)
     m = result.metrics
     click.echo(f"Predicted {m['images']} image(s): {m['malignant']} malignant, {m['benign']} benign.")
     print_run_summary(result.run.dir)
 
 
 @roi.command()
-@click.option("--weights", required=True, type=click.Path(), help="The folder of a `medimg roi train` run.")
-@backend_option
-@config_options
-@run_options
+@trained_run_options(_WEIGHTS, strict=False)
 def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
            exist_ok: bool) -> None:
     """Export every group model (SavedModel, ONNX, verified) and metadata.json with the routing table."""
-    from keras_medimg.apps.roi import pipeline
-
-    cfg = _config(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=_place(project, name, exist_ok))
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
+    result = _run("export", cfg, project, name, exist_ok)
     click.echo(f"Exported {len(result.metrics['models'])} model(s) to {result.run.dir / 'export'}.")
     print_run_summary(result.run.dir)

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keras_medimg.datasets.mammography import check_columns, finish, normalise_laterality, normalise_view
+from keras_medimg.datasets.mammography import (check_columns, finish, normalise_laterality, normalise_view,
+                                                samples_from_rows)
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import Box
@@ -92,18 +93,8 @@ def read_cdd_cesm(root: str | Path, *, image_type: str = "DM", skipped: Skipped 
             raise InvalidInputError(root, f"the folder '{IMAGE_FOLDERS[kind]}' ({kind} images) was not found here.")
     problems: list[InvalidInputError] = []
     regions = read_segmentations(segmentation, problems, point_radius=point_radius)
-    samples = []
-    for line, row in _workbook_rows(workbook):
-        try:
-            sample = _sample(row, line, workbook, folders, regions, segmentation)
-        except ValueError as exc:
-            problems.append(InvalidInputError(workbook, f"{exc}.", line=line))
-            continue
-        except InvalidInputError as exc:
-            problems.append(exc)
-            continue
-        if sample is not None:
-            samples.append(sample)
+    samples = samples_from_rows(workbook, _workbook_rows(workbook), problems=problems,
+                                make=lambda line, row: _sample(row, line, workbook, folders, regions, segmentation))
     return finish(workbook, samples, problems, skipped, strict, what="CDD-CESM")
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +295,24 @@ def read_dataset(fmt: str, root: str | Path, *, skipped: Skipped | None = None, 
     if fmt == "csv":
         return read_manifest(root, skipped=skipped, strict=strict)
     raise ValueError(f"unknown mammography format '{fmt}'; use one of {', '.join(READERS)}.")
+
+
+def samples_from_rows(path: Path, rows: Iterable[tuple[int, Mapping[str, Any]]],
+                      make: Callable[[int, Mapping[str, Any]], Sample | None], problems: list[InvalidInputError],
+                      keep: Callable[[Sample], bool] = lambda sample: True) -> list[Sample]:
+    """`make(line, row)` for every (line, row) of a reader's table; a `ValueError` becomes a problem naming `path`
+    and the line, an `InvalidInputError` (e.g. a missing image) is collected as it is; samples that are None or
+    fail `keep` are left out. Report the problems with `finish`."""
+    samples = []
+    for line, row in rows:
+        try:
+            sample = make(line, row)
+        except ValueError as exc:
+            problems.append(InvalidInputError(path, f"{exc}.", line=line))
+            continue
+        except InvalidInputError as exc:
+            problems.append(exc)
+            continue
+        if sample is not None and keep(sample):
+            samples.append(sample)
+    return samples

@@ -31,6 +31,7 @@ from keras_medimg.datasets.mammography import (
     normalise_laterality,
     normalise_view,
     parse_birads,
+    samples_from_rows,
 )
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import InvalidInputError
@@ -66,23 +67,13 @@ def read_vindr(root: str | Path, *, skipped: Skipped | None = None, strict: bool
                                     f"{BREAST_FILE}, {FINDING_FILE} and images/<study_id>/<image_id>.dicom.")
     problems: list[InvalidInputError] = []
     findings = _read_findings(finding_csv, problems)
-    samples: list[Sample] = []
     with open(breast_csv, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         col = check_columns(breast_csv, reader.fieldnames, BREAST_COLUMNS, what="VinDr's breast-level annotations")
         optional = check_optional(reader.fieldnames, ("breast_density",))
-        for row in reader:
-            line = reader.line_num
-            try:
-                sample = _breast_sample(root, row, col, optional, line, findings)
-            except ValueError as exc:
-                problems.append(InvalidInputError(breast_csv, f"{exc}.", line=line))
-                continue
-            except InvalidInputError as exc:
-                problems.append(exc)
-                continue
-            if sample.label is not None or keep_excluded:
-                samples.append(sample)
+        samples = samples_from_rows(breast_csv, ((reader.line_num, row) for row in reader), problems=problems,
+                                    make=lambda line, row: _breast_sample(root, row, col, optional, line, findings),
+                                    keep=lambda sample: sample.label is not None or keep_excluded)
     return finish(breast_csv, samples, problems, skipped, strict, what="VinDr-Mammo")
 
 

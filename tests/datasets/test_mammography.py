@@ -51,3 +51,22 @@ def test_describe_views_from_csv_then_file_name(tmp_path):
     assert (a.view, a.laterality, a.meta["roi"]) == ("MLO", "R", True)
     assert (b.view, b.laterality, "roi" in b.meta) == ("CC", "L", False)  # found by file name
     assert (c.view, c.laterality) == (None, None)  # unknown: neither the CSV nor a DICOM header says
+
+
+def test_samples_from_rows_collects_problems_by_line(tmp_path):
+    from keras_medimg.datasets.mammography import samples_from_rows
+    from keras_medimg.datasets.records import Sample
+    from keras_medimg.errors import InvalidInputError
+
+    def make(line, row):
+        if row["v"] == "bad":
+            raise ValueError("bad value")
+        if row["v"] == "missing":
+            raise InvalidInputError(tmp_path / "x.png", "the image is missing")
+        return None if row["v"] == "none" else Sample(id=str(line), path=tmp_path / "x.png", label=row["v"])
+
+    problems = []
+    rows = [(2, {"v": "benign"}), (3, {"v": "bad"}), (4, {"v": "missing"}), (5, {"v": "none"}), (6, {"v": "drop"})]
+    samples = samples_from_rows(tmp_path / "t.csv", rows, make, problems, keep=lambda s: s.label != "drop")
+    assert [s.id for s in samples] == ["2"]
+    assert [p.line for p in problems[:1]] == [3] and "bad value" in str(problems[0]) and "missing" in str(problems[1])
