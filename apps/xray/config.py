@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from keras_medimg.datasets.synthetic.xray import CLASSES
+from keras_medimg.detection.tiled import TilePlan
 
 CLOTHING = ["zipper", "zipper head", "shirt button", "pants button", "belt buckle", "bra", "shoes", "holding shoes",
             "watch", "glasses", "jewelry", "piercing"]
@@ -39,16 +40,9 @@ class ConvertConfig:
     high: float = 99.95
 
 
-@dataclass
-class TilingConfig:
-    """Random positive tiles to train, a fixed overlapping grid to predict (`detection.tiled.TilePlan`)."""
-
-    mode: Literal["positive", "none"] = "positive"
-    size: int = 256
-    tiles: int = 4
-    min_visible: float = 0.5
-    overlap: int = 64
-    whole_size: int = 320
+#: Random positive tiles to train, a fixed overlapping grid to predict: the library's plan itself, so a config
+#: value is checked (multiples of 32, overlap < size) when the config is read.
+TilingConfig = TilePlan
 
 
 @dataclass

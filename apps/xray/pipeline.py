@@ -93,8 +93,8 @@ def conversion(cfg: XrayConfig) -> Conversion:
 
 
 def tile_plan(cfg: XrayConfig) -> tiled.TilePlan:
-    t = cfg.tiling
-    return tiled.TilePlan(t.mode, t.size, t.tiles, t.min_visible, t.overlap, t.whole_size)
+    """The tiling (`tiling` is a `detection.tiled.TilePlan`, checked when the config is read)."""
+    return cfg.tiling
 
 
 def merge_rule(cfg: XrayConfig, conf: float | None = None) -> tiled.MergeRule:

@@ -178,6 +178,18 @@ def _image_id(path: Path) -> str:
     return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
 
 
+def _claim_id(seen: dict[str, Path], path: Path, problems: list[InvalidInputError], why: str) -> bool:
+    """Record image `path` under its id in `seen`; a second image with that id is a problem (`why` says why ids
+    must differ) and is left out. Returns whether `path` was recorded."""
+    key = _image_id(path)
+    if key in seen:
+        problems.append(InvalidInputError(path, f"Another image is also named {key} ({seen[key]}); {why} Rename one "
+                                          "of them."))
+        return False
+    seen[key] = path
+    return True
+
+
 def _standard_pairs(root: Path) -> tuple[list[tuple[Path, Path | None]], list[InvalidInputError]]:
     annotations = root / "Annotations"
     xml_files = sorted(annotations.glob("*.xml"))
@@ -187,14 +199,8 @@ def _standard_pairs(root: Path) -> tuple[list[tuple[Path, Path | None]], list[In
     problems: list[InvalidInputError] = []
     for folder in folders:
         for path in sorted(folder.rglob("*")):
-            if not _is_image(path):
-                continue
-            key = _image_id(path)
-            if key in images:
-                problems.append(InvalidInputError(path, f"Another image is also named {key} ({images[key]}); an "
-                                                  "annotation can belong to only one. Rename one of them."))
-                continue
-            images[key] = path
+            if _is_image(path):
+                _claim_id(images, path, problems, "an annotation can belong to only one.")
     stems = {p.stem for p in xml_files}
     problems += [InvalidInputError(path, f"The image has no annotation Annotations/{key}.xml. Add it (an empty "
                                    "<annotation> with its <size> for an image without objects) or remove the image.")
@@ -221,13 +227,8 @@ def _flat_pairs(root: Path) -> tuple[list[tuple[Path, Path | None]], list[Invali
             problems.append(InvalidInputError(image, f"The image has no annotation {xml_path.name} beside it. Save "
                                               "one with labelImg (also for an image without objects) or remove it."))
             continue
-        key = _image_id(image)
-        if key in seen:
-            problems.append(InvalidInputError(image, f"Another image is also named {key} ({seen[key]}); ids must be "
-                                              "unique across the set. Rename one of them."))
-            continue
-        seen[key] = image
-        pairs.append((xml_path, image))
+        if _claim_id(seen, image, problems, "ids must be unique across the set."):
+            pairs.append((xml_path, image))
     paired = {xml for xml, _ in pairs}
     for xml_path in sorted(root.rglob("*.xml")):
         if xml_path not in paired and not any(xml_path.with_name(xml_path.stem + s).is_file() for s in IMAGE_SUFFIXES):

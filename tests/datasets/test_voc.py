@@ -116,3 +116,22 @@ def test_seeded_split_is_60_20_20_stratified_by_rarest_class(tmp_path):
     assert split_dataset(dataset, seed=3) == parts and split_dataset(dataset, seed=4) != parts
     keys = {k: sum("key" in s.labels for s in parts[k]) for k in parts}
     assert keys == {"train": 6, "val": 2, "test": 2}  # the 10 scans with a key spread 60/20/20
+
+
+def test_two_images_with_one_id_are_named_in_both_layouts(tmp_path):
+    root = _standard(tmp_path / "standard", n=2, folder="scans/a")
+    _scan(root / "scans" / "b" / "s1.png")  # a second s1 in another image folder
+    skipped = Skipped()
+    dataset = read_voc_dataset(root, strict=False, skipped=skipped)
+    assert [s.id for s in dataset.samples] == ["s0", "s1"]
+    assert any("also named s1" in str(row) and "only one" in str(row) for row in skipped.rows())
+    with pytest.raises(InvalidInputError, match="also named s1"):
+        read_voc_dataset(root)
+    flat = tmp_path / "flat"
+    for folder in ("a", "b"):
+        _scan(flat / folder / "s1.png")
+        write_voc(flat / folder / "s1.xml", [Box(1, 2, 10, 12, "key")], (40, 30), "s1.png")
+    skipped = Skipped()
+    dataset = read_voc_dataset(flat, strict=False, skipped=skipped)
+    assert dataset.layout == "flat" and [s.id for s in dataset.samples] == ["s1"]
+    assert any("unique across the set" in str(row) for row in skipped.rows())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from keras_medimg.apps.cli import cli
+
+# The detector is Ultralytics/PyTorch whatever the Keras backend: one run (under TensorFlow, the default) suffices.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+    reason="the xray detector is pure Ultralytics/PyTorch, independent of the Keras backend; tested once, under "
+           "KERAS_BACKEND=tensorflow (or unset)",
+)
 
 SMALL = ["--set", "data.demo_images=20", "--set", "tiling.size=160", "--set", "tiling.overlap=0",
          "--set", "detector.batch=8", "--set", "tiling.tiles=8"]
