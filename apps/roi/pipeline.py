@@ -14,7 +14,6 @@ The rule applied to each group is in `routing.json`, `groups.csv` and the printe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -25,9 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from keras_medimg.apps.roi.config import FORMATS, SCHEMES, RoiAppConfig
+from keras_medimg.apps.roi.config import SCHEMES, RoiAppConfig
 from keras_medimg.datasets.mammography import (CLASSES, STANDARD_VIEWS, composition, describe_views, has_roi,
-                                                label_of, read_view_csv, standard_view)
+                                                label_of, read_view_csv, sample_row, split_of, standard_view)
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.training import groups as groups_lib
@@ -58,13 +57,8 @@ def demo_data(out_dir: str | Path | None, cfg: RoiAppConfig, fmt: str | None = N
 
 
 def data_root(cfg: RoiAppConfig) -> Path:
-    if cfg.data.format not in FORMATS:
-        raise ConfigError(f"data.format '{cfg.data.format}' is not one of {', '.join(FORMATS)}.")
-    if cfg.data.root:
-        return Path(cfg.data.root)
-    if cfg.data.format == "csv":
-        raise ConfigError("data.format csv needs a manifest: pass it with --data manifest.csv.")
-    return demo_data(None, cfg)
+    """`data.root`, else the demo set of `data.format` (there is none for csv: it needs a manifest)."""
+    return Path(cfg.data.root) if cfg.data.root else demo_data(None, cfg)
 
 
 def load_samples(cfg: RoiAppConfig, skipped: Skipped) -> list[Sample]:
@@ -78,13 +72,12 @@ def load_samples(cfg: RoiAppConfig, skipped: Skipped) -> list[Sample]:
 
 
 def prepared_dir(cfg: RoiAppConfig) -> Path:
+    from keras_medimg.datasets.prepared import cache_folder
+
     if cfg.data.prepared:
         return Path(cfg.data.prepared)
-    from keras_medimg.backend import medimg_home
-
-    key = json.dumps({"root": str(data_root(cfg).resolve()), "format": cfg.data.format, "type": cfg.data.image_type,
-                      "settings": asdict(cfg.prepare)}, sort_keys=True)
-    return medimg_home() / "prepared" / f"roi-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return cache_folder("roi", {"root": str(data_root(cfg).resolve()), "format": cfg.data.format,
+                                "type": cfg.data.image_type, "settings": asdict(cfg.prepare)})
 
 
 def prepare_samples(samples: Sequence[Sample], cfg: RoiAppConfig, out_dir: Path, skipped: Skipped) -> list[Sample]:
@@ -143,10 +136,6 @@ def plan_groups(train: Sequence[Sample], cfg: RoiAppConfig) -> dict[str, dict[st
                                   one_class=cfg.groups.one_class, class_names=CLASSES)
 
 
-def group_table(plans: dict[str, dict[str, GroupPlan]]) -> list[dict[str, Any]]:
-    return groups_lib.group_table(plans, parent_of, positive="malignant")
-
-
 # === Models ===
 
 
@@ -156,10 +145,8 @@ def backbone_model(cfg: RoiAppConfig):
 
     if not cfg.network.widths:
         return cfg.model.backbone
-    if cfg.model.weights:
-        raise ConfigError("Pretrained weights fit only the registry's sizes: set network.widths=[] to use "
-                          f"model.weights={cfg.model.weights}.")
-    return small_backbone(cfg.model.backbone, cfg.network.widths, cfg.network.depths, cfg.model.image_size, 1)
+    return small_backbone(cfg.model.backbone, cfg.network.widths, cfg.network.depths, cfg.model.image_size, 1,
+                          weights=cfg.model.weights)
 
 
 def _normalization(cfg: RoiAppConfig):
@@ -174,40 +161,27 @@ def _input(cfg: RoiAppConfig) -> dict[str, Any]:
 
 def train_group(plan: GroupPlan, cfg: RoiAppConfig, run: Run, skipped: Skipped, *, resume: bool = False) -> str:
     """Fit one group's classifier into `run/groups/<scheme>/<group>/`; returns the model path relative to `run`."""
-    from keras_medimg.datasets.pipeline import make_dataset
     from keras_medimg.models.classifier import build_classifier
-    from keras_medimg.training.trainer import fit_plan, set_seed
 
-    set_seed(cfg.seed)
-    sub = Run(dir=run.subdir(f"groups/{plan.scheme}/{plan.group}"), app=APP, mode="train")
-    train_ds = make_dataset(plan.train, training=True, batch_size=cfg.train.batch_size, class_names=list(CLASSES),
-                            augment=cfg.augment,
-                            seed=cfg.seed, skipped=skipped, strict=cfg.strict, **_input(cfg))
-    kept = [s for s in plan.train if str(s.path) not in skipped.paths()]
     m = cfg.model
 
     def build():
         return build_classifier(backbone_model(cfg), len(CLASSES), input_shape=(m.image_size, m.image_size, 1),
                                 weights=m.weights, pooling=m.pooling, hidden_units=m.hidden_units, dropout=m.dropout)
 
-    result = fit_plan(build, train_ds, None, config=cfg.train, run=sub, weights=m.weights, freeze=m.freeze,
-                      labels=[label_of(s) for s in kept], resume=resume)
-    return str(Path(result.best_path or result.last_path).relative_to(run.dir))
+    path = groups_lib.fit_group_classifier(plan, run, build, class_names=CLASSES, label_of=label_of,
+                                           train_config=cfg.train, skipped=skipped, weights=m.weights, freeze=m.freeze,
+                                           resume=resume, seed=cfg.seed, strict=cfg.strict, augment=cfg.augment,
+                                           **_input(cfg))
+    return str(path.relative_to(run.dir))
 
 
 class Router(groups_lib.GroupRouter):
     """Predicts a scheme's malignancy probabilities by routing every image to its group's rule."""
 
     def __init__(self, routing: dict[str, Any], folder: Path, cfg: RoiAppConfig):
-        super().__init__(routing["schemes"], folder, parent_of, self._predict_model)
-        self.routing, self.cfg = routing, cfg
-
-    def _predict_model(self, model, samples: list[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
-        from keras_medimg.datasets.pipeline import predict_samples
-
-        out, kept = predict_samples(model, samples, batch_size=self.cfg.train.batch_size, skipped=skipped,
-                                    strict=self.cfg.strict, **_input(self.cfg))
-        return out[:, 1], kept
+        predictor = groups_lib.classifier_predictor(1, batch_size=cfg.train.batch_size, strict=cfg.strict, **_input(cfg))
+        super().__init__(routing["schemes"], folder, parent_of, predictor)
 
     def predict(self, samples: Sequence[Sample], scheme: str, skipped: Skipped, roi: Sequence[bool] | None = None
                 ) -> tuple[np.ndarray, list[str], list[Sample]]:
@@ -236,28 +210,20 @@ def train(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None, resume: bool 
     _check(cfg)
     skipped = Skipped()
     samples = load_samples(cfg, skipped)
-    train_set = [s for s in samples if s.meta["split"] == "train"]
-    test_set = [s for s in samples if s.meta["split"] == "test"]
+    train_set, test_set = split_of(samples, "train"), split_of(samples, "test")
     if not train_set or not test_set:
         raise InvalidInputError(data_root(cfg), f"the split leaves {len(train_set)} training and {len(test_set)} test "
                                 "images; both sides need images (check the split column or data.test_ratio).")
     run = start_run(APP, "train", cfg, run)
     prepared = prepare_samples(samples, cfg, prepared_dir(cfg), skipped)
-    train_set = [s for s in prepared if s.meta["split"] == "train"]
-    test_set = [s for s in prepared if s.meta["split"] == "test"]
+    train_set, test_set = split_of(prepared, "train"), split_of(prepared, "test")
     plans = plan_groups(train_set, cfg)
     started = time.perf_counter()
     routing = {"classes": list(CLASSES), "threshold": cfg.evaluate.threshold,
                "input": {"image_size": cfg.model.image_size, "channels": 1, "normalization": _normalization(cfg).to_dict()},
                "preprocessing": asdict(cfg.prepare), "backbone": cfg.model.backbone, "network": asdict(cfg.network),
                "fallback": cfg.groups.fallback, "one_class": cfg.groups.one_class}
-    for scheme in SCHEMES:
-        for group, plan in plans[scheme].items():
-            if plan.rule == "model":
-                log.info("[train] %s %s: %d images (%d malignant)", scheme, group, *plan.counts)
-                plan.model = train_group(plan, cfg, run, skipped, resume=resume)
-            else:
-                log.info("[train] %s %s: not trained (%s); rule: %s", scheme, group, plan.reason, plan.rule)
+    groups_lib.fit_groups(plans, lambda plan: train_group(plan, cfg, run, skipped, resume=resume), log)
     routing["schemes"] = groups_lib.routing_table(plans, parent_of, positive="malignant")
     write_json(run.path(ROUTING_FILE), routing)
     seconds = time.perf_counter() - started
@@ -265,10 +231,11 @@ def train(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None, resume: bool 
     if cfg.roi.source == "detector":
         detector = train_roi_detector(cfg, run, train_set, test_set)
     metrics, table = evaluate_split(cfg, run, test_set, routing, run.dir, skipped, detector=detector)
+    group_rows = groups_lib.group_table(plans, parent_of, positive="malignant")
     metrics.update({"data": str(data_root(cfg)), "format": cfg.data.format, "train_images": len(train_set),
                     "test_images": len(test_set), "composition": {"train": composition(train_set), "test": composition(test_set)},
-                    "groups": group_table(plans), "train_seconds": round(seconds, 1)})
-    run.write_csv("groups.csv", group_table(plans))
+                    "groups": group_rows, "train_seconds": round(seconds, 1)})
+    run.write_csv("groups.csv", group_rows)
     return finish_run(run, metrics, skipped, table)
 
 
@@ -279,9 +246,10 @@ def evaluate_split(cfg: RoiAppConfig, run: Run, test: Sequence[Sample], routing:
                    skipped: Skipped, *, detector: Path | None = None) -> tuple[dict[str, Any], str]:
     """Every method on the test images (merged and per group), intervals, predictions.csv and the comparison."""
     from keras_medimg.metrics.classification import binary_report
+    from keras_medimg.metrics.comparison import comparison_rows
 
     router = Router(routing, folder, cfg)
-    results, predictions = {}, {s.id: _prediction_base(s) for s in test}
+    results, predictions = {}, {s.id: sample_row(s) for s in test}
     evaluations = [(method, method, None) for method in METHODS]
     if cfg.roi.source == "detector":
         detected = detect_roi(cfg, detector, test)
@@ -297,7 +265,7 @@ def evaluate_split(cfg: RoiAppConfig, run: Run, test: Sequence[Sample], routing:
             predictions[sample.id][f"{name}_group"] = group
             predictions[sample.id][f"{name}_probability"] = round(float(prob), 6)
     run.write_csv("predictions.csv", list(predictions.values()))
-    rows = comparison_rows(results)
+    rows = comparison_rows({method: result["merged"] for method, result in results.items()}, METHOD_NAMES, SCORES)
     table = write_tables(run, rows, cfg)
     return {"methods": results, "roi_source": cfg.roi.source, "threshold": cfg.evaluate.threshold}, table
 
@@ -314,16 +282,6 @@ def _routed_groups(kept, groups, truth, probs, method, roi, test, cfg) -> dict[s
         y, p, cfg.evaluate.threshold, bootstrap=cfg.evaluate.bootstrap, seed=cfg.seed))
 
 
-def _prediction_base(sample: Sample) -> dict[str, Any]:
-    return {"id": sample.id, "view": sample.view, "laterality": sample.laterality, "roi": int(has_roi(sample)),
-            "label": sample.label}
-
-
-def comparison_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method: each of SCORES with its bootstrap interval, and the number of images."""
-    from keras_medimg.metrics.comparison import comparison_rows as rows_of
-
-    return rows_of({method: result["merged"] for method, result in results.items()}, METHOD_NAMES, SCORES)
 
 
 def write_tables(run: Run, rows: list[dict[str, Any]], cfg: RoiAppConfig) -> str:
@@ -350,13 +308,10 @@ def evaluate(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResu
     if cfg.data.root:
         config = replace(config, data=replace(config.data, root=cfg.data.root, format=cfg.data.format))
     config = replace(config, evaluate=cfg.evaluate, roi=replace(config.roi, source=cfg.roi.source), strict=cfg.strict)
-    routing = json.loads(trained.require(ROUTING_FILE, how="Train it with `medimg roi train`.").read_text())
-    detector = None
-    if config.roi.source == "detector":
-        detector = trained.require("weights", DETECTOR_FILE, how="Train with --set roi.source=detector to get a detector.")
+    routing, detector = _routing(trained), _detector(trained, config)
     skipped = Skipped()
     samples = load_samples(config, skipped)
-    test = [s for s in samples if s.meta["split"] == "test"]
+    test = split_of(samples, "test")
     if not test:
         raise InvalidInputError(data_root(config), "the data has no test images to evaluate on.")
     run = start_run(APP, "evaluate", cfg, run)
@@ -394,6 +349,13 @@ def _routing(trained) -> dict[str, Any]:
     return json.loads(trained.require(ROUTING_FILE, how="Train it with `medimg roi train`.").read_text(encoding="utf-8"))
 
 
+def _detector(trained, config: RoiAppConfig) -> Path | None:
+    """The run's ROI detector when `roi.source` is detector (an error naming the fix when the run has none)."""
+    if config.roi.source != "detector":
+        return None
+    return trained.require("weights", DETECTOR_FILE, how="Train with --roi-source detector to get a detector.")
+
+
 def predict(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Route every image to its group: ROI-aware group when view, laterality and ROI presence are known, the view
     baseline when ROI presence is unknown, the pooled model when the view is unknown; write predictions.csv."""
@@ -408,7 +370,7 @@ def predict(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResul
     skipped = Skipped()
     samples = list_images(cfg.predict.source, skipped=skipped)
     extra = read_view_csv(cfg.predict.csv) if cfg.predict.csv else {}
-    detector = trained.require("weights", DETECTOR_FILE, how="Train with --roi-source detector.") if config.roi.source == "detector" else None
+    detector = _detector(trained, config)
     run = start_run(APP, "predict", cfg, run)
     describe_views(samples, extra, skipped)
     prepared = prepare_samples(samples, config, run.subdir("prepared"), skipped)
@@ -418,19 +380,16 @@ def predict(cfg: RoiAppConfig, *, run: Run | RunPlace | None = None) -> RunResul
     router = Router(routing, trained.dir, config)
     rows = []
     chosen = cfg.predict.scheme
-    for scheme in (chosen, "baseline", "pooled"):
-        todo = [s for s in prepared if _scheme_for(s, chosen) == scheme and not any(r["id"] == s.id for r in rows)]
-        if not todo:
-            continue
-        probs, groups, kept = router.predict(todo, scheme, skipped)
-        for sample, prob, group in zip(kept, probs, groups):
-            rows.append({"id": sample.id, "view": sample.view or "", "laterality": sample.laterality or "",
-                         "roi": "" if "roi" not in sample.meta else int(bool(sample.meta["roi"])),
-                         "roi_source": config.roi.source if "roi" in sample.meta else "",
-                         "group": group, "probability": round(float(prob), 6),
-                         "label": CLASSES[int(prob >= config.evaluate.threshold)]})
-            if cfg.predict.gradcam:
-                rows[-1]["gradcam"] = _gradcam(router, routing, group, sample, config, run)
+    probs, groups, kept = groups_lib.predict_by_scheme(lambda todo, scheme: router.predict(todo, scheme, skipped),
+                                                       prepared, [_scheme_for(s, chosen) for s in prepared])
+    for sample, prob, group in zip(kept, probs, groups):
+        rows.append({"id": sample.id, "view": sample.view or "", "laterality": sample.laterality or "",
+                     "roi": "" if "roi" not in sample.meta else int(bool(sample.meta["roi"])),
+                     "roi_source": config.roi.source if "roi" in sample.meta else "",
+                     "group": group, "probability": round(float(prob), 6),
+                     "label": CLASSES[int(prob >= config.evaluate.threshold)]})
+        if cfg.predict.gradcam:
+            rows[-1]["gradcam"] = _gradcam(router, group, sample, config, run)
     run.write_csv("predictions.csv", rows)
     counts = Counter(r["label"] for r in rows)
     return finish_run(run, {"weights": str(trained.dir), "images": len(rows), "malignant": counts["malignant"],
@@ -445,18 +404,15 @@ def _scheme_for(sample: Sample, chosen: str) -> str:
     return chosen
 
 
-def _gradcam(router: Router, routing: dict[str, Any], group: str, sample: Sample, cfg: RoiAppConfig, run: Run) -> str:
+def _gradcam(router: Router, group: str, sample: Sample, cfg: RoiAppConfig, run: Run) -> str:
     """Grad-CAM of the model that predicted the image ('' when a constant rule did)."""
     from keras_medimg.models.saliency import grad_cam_file
 
-    scheme, name = group.split("/")
-    entry = routing["schemes"][scheme][name]
-    if entry["rule"] != "model":
+    if (model := router.model_of(group)) is None:
         return ""
     out = run.path("gradcam", f"{sample.id.replace('/', '_')}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    grad_cam_file(router.model(router.folder / entry["model"]), sample.path, out, image_size=cfg.model.image_size,
-                  normalization=_normalization(cfg), channels=1)
+    grad_cam_file(model, sample.path, out, image_size=cfg.model.image_size, normalization=_normalization(cfg), channels=1)
     return str(out.relative_to(run.dir))
 
 

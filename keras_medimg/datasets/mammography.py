@@ -294,7 +294,9 @@ def read_dataset(fmt: str, root: str | Path, *, skipped: Skipped | None = None, 
         return read_cdd_cesm(root, image_type=image_type, skipped=skipped, strict=strict, point_radius=point_radius)
     if fmt == "csv":
         return read_manifest(root, skipped=skipped, strict=strict)
-    raise ValueError(f"unknown mammography format '{fmt}'; use one of {', '.join(READERS)}.")
+    from keras_medimg.errors import ConfigError
+
+    raise ConfigError(f"data.format '{fmt}' is not one of {', '.join(READERS)}.")
 
 
 def samples_from_rows(path: Path, rows: Iterable[tuple[int, Mapping[str, Any]]],
@@ -316,3 +318,14 @@ def samples_from_rows(path: Path, rows: Iterable[tuple[int, Mapping[str, Any]]],
         if sample is not None and keep(sample):
             samples.append(sample)
     return samples
+
+
+def split_of(samples: Iterable[Sample], split: str) -> list[Sample]:
+    """The samples whose `meta["split"]` is `split` ("train" | "test")."""
+    return [s for s in samples if s.meta.get("split") == split]
+
+
+def sample_row(sample: Sample) -> dict[str, Any]:
+    """A sample's identity columns for an output CSV: id, view, laterality, roi (0/1), label (no patient data)."""
+    return {"id": sample.id, "view": sample.view, "laterality": sample.laterality, "roi": int(has_roi(sample)),
+            "label": sample.label}

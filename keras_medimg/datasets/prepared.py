@@ -52,6 +52,18 @@ def prepare_samples(samples: Sequence[Sample], out_dir: str | Path, skipped: Ski
     return prepared
 
 
+def cache_folder(prefix: str, key: Any) -> Path:
+    """`$MEDIMG_HOME/prepared/<prefix>-<hash of key>`: one folder per distinct (JSON-able) `key`, e.g. the data
+    root and the preparation settings, so prepared images are reused only for the same inputs and settings."""
+    import hashlib
+    import json
+
+    from keras_medimg.backend import medimg_home
+
+    text = json.dumps(key, sort_keys=True, default=str)
+    return medimg_home() / "prepared" / f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
 def prepared_boxes(sample: Sample) -> list[tuple[float, float, float, float]]:
     """The sample's boxes (x1, y1, x2, y2) in the pixels of its prepared image (crop offset, then scale)."""
     geometry = sample.meta.get("prepared") or {}

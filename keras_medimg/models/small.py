@@ -14,10 +14,15 @@ from typing import Sequence
 from keras_medimg.errors import ConfigError
 
 
-def small_backbone(backbone: str, widths: Sequence[int], depths: Sequence[int], image_size: int, channels: int = 1):
-    """The family of registry entry `backbone` (ConvNeXt V2 or Swin) at `widths`/`depths`, for square inputs."""
+def small_backbone(backbone: str, widths: Sequence[int], depths: Sequence[int], image_size: int, channels: int = 1,
+                   weights: str | None = None):
+    """The family of registry entry `backbone` (ConvNeXt V2 or Swin) at `widths`/`depths`, for square inputs;
+    `weights` (pretrained weights asked for) is refused: they fit only the registry's own sizes."""
     from keras_medimg.models.backbones import get_spec
 
+    if weights:
+        raise ConfigError("Pretrained weights fit only the registry's sizes: set network.widths=[] to use "
+                          f"model.weights={weights}.")
     spec = get_spec(backbone)
     if len(widths) != len(depths):
         raise ConfigError(f"network.widths {list(widths)} and network.depths {list(depths)} need one entry per stage "

@@ -15,6 +15,7 @@ decides, per group, whether it gets its own model or follows a rule:
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,12 @@ class GroupRouter:
             self._models[str(path)] = self._load(path)
         return self._models[str(path)]
 
+    def model_of(self, owner: str):
+        """The loaded model of an owner 'scheme/group' (as `predict` names it), or None when a constant predicts."""
+        scheme, group = owner.split("/", 1)
+        entry = self.table[scheme][group]
+        return self.model(self.folder / entry["model"]) if entry["rule"] == "model" else None
+
     def predict(self, samples: Sequence[Sample], scheme: str, groups: Sequence[str], skipped: Skipped
                 ) -> tuple[np.ndarray, list[str], list[Sample]]:
         """Probabilities of `samples` (in `groups` of `scheme`, one name per sample), the 'scheme/group' that
@@ -169,6 +176,34 @@ class GroupRouter:
                 probs[i], used[i] = float(value), f"{owner_scheme}/{owner_group}"
         order = sorted(probs)
         return np.array([probs[i] for i in order]), [used[i] for i in order], [samples[i] for i in order]
+
+
+def classifier_predictor(positive: int = 1, **predict_kwargs: Any
+                         ) -> Callable[[Any, list[Sample], Skipped], tuple[np.ndarray, list[Sample]]]:
+    """A `GroupRouter` `predict_model` for Keras classifiers: `datasets.pipeline.predict_samples(model, samples,
+    skipped=skipped, **predict_kwargs)` (batch_size, image_size, channels, normalization, strict), returning
+    the probability of class index `positive`."""
+    from keras_medimg.datasets.pipeline import predict_samples
+
+    def predict_model(model, samples: list[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
+        out, kept = predict_samples(model, samples, skipped=skipped, **predict_kwargs)
+        return out[:, positive], kept
+
+    return predict_model
+
+
+def fit_groups(plans: Mapping[str, Mapping[str, GroupPlan]], fit: Callable[[GroupPlan], str],
+               log: logging.Logger | None = None) -> None:
+    """Train every group whose rule is "model" with `fit(plan) -> model path` (set as `plan.model`), logging each
+    group trained or the rule that replaces it."""
+    log = log or logging.getLogger(__name__)
+    for scheme, groups in plans.items():
+        for group, plan in groups.items():
+            if plan.rule == "model":
+                log.info("[train] %s %s: %d images (%d positive)", scheme, group, *plan.counts)
+                plan.model = fit(plan)
+            else:
+                log.info("[train] %s %s: not trained (%s); rule: %s", scheme, group, plan.reason, plan.rule)
 
 
 def scores_by_group(groups: Sequence[str], used: Sequence[str], truth: np.ndarray, probs: np.ndarray,
@@ -204,3 +239,39 @@ def export_group_models(table: Mapping[str, Mapping[str, Mapping[str, Any]]], fo
                 models[f"{scheme}/{group}"] = row["files"]
             exported[scheme][group] = row
     return exported, models
+
+
+def predict_by_scheme(predict: Callable[[list[Sample], str], tuple[np.ndarray, list[str], list[Sample]]],
+                      samples: Sequence[Sample], schemes: Sequence[str]) -> tuple[np.ndarray, list[str], list[Sample]]:
+    """Predict each sample with its own scheme (e.g. the most specific one its known attributes allow):
+    `predict(subset, scheme) -> (probabilities, owners, kept)` once per scheme; results in input order."""
+    position = {id(s): i for i, s in enumerate(samples)}
+    results: list[tuple[int, float, str, Sample]] = []
+    for scheme in dict.fromkeys(schemes):
+        subset = [s for s, name in zip(samples, schemes) if name == scheme]
+        probs, owners, kept = predict(subset, scheme)
+        results += [(position[id(s)], float(p), o, s) for p, o, s in zip(probs, owners, kept)]
+    results.sort(key=lambda item: item[0])
+    return np.array([r[1] for r in results]), [r[2] for r in results], [r[3] for r in results]
+
+
+def fit_group_classifier(plan: GroupPlan, run: Any, build: Callable[[], Any], *, class_names: Sequence[str],
+                         label_of: Callable[[Sample], int], train_config: Any, skipped: Skipped, weights: str | None = None,
+                         freeze: str = "none", resume: bool = False, seed: int = 0, strict: bool = False,
+                         augment: Any = None, **dataset: Any) -> Path:
+    """Fit `build()` on one group's training images (no validation set) with the library's `fit_plan` into
+    `<run folder>/groups/<scheme>/<group>/` (a `runs.Run` of `run`'s app); returns the best (else last) checkpoint. `dataset`: `make_dataset`'s
+    image keywords (image_size, channels, normalization); `label_of` gives the class-weight labels of the
+    images that could be read."""
+    from keras_medimg.datasets.pipeline import make_dataset
+    from keras_medimg.runs import Run
+    from keras_medimg.training.trainer import fit_plan, set_seed
+
+    set_seed(seed)
+    sub = Run(dir=run.subdir(f"groups/{plan.scheme}/{plan.group}"), app=run.app, mode="train")
+    train_ds = make_dataset(plan.train, training=True, batch_size=train_config.batch_size, class_names=list(class_names),
+                            augment=augment, seed=seed, skipped=skipped, strict=strict, **dataset)
+    kept = [s for s in plan.train if str(s.path) not in skipped.paths()]
+    result = fit_plan(build, train_ds, None, config=train_config, run=sub, weights=weights, freeze=freeze,
+                      labels=[label_of(s) for s in kept], resume=resume)
+    return Path(result.best_path or result.last_path)

@@ -11,6 +11,8 @@ import pytest
 from keras_medimg.apps.roi import pipeline
 from keras_medimg.apps.roi.config import GroupsConfig, RoiAppConfig
 from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.metrics.comparison import comparison_rows, interval_cell
+from keras_medimg.training import groups as groups_lib
 
 
 def _sample(i: int, label: str, view: str = "CC", side: str = "L", roi: bool = False) -> Sample:
@@ -44,7 +46,7 @@ def test_rules_for_small_one_class_and_empty_groups():
     constant = pipeline.plan_groups(train, replace(cfg, groups=GroupsConfig(fallback="constant", one_class="parent")))
     assert constant["roi_aware"]["roi-LCC"].rule == "parent"
     assert constant["baseline"]["RMLO"].rule == "constant" and constant["baseline"]["RMLO"].probability == 0.5
-    rows = pipeline.group_table(plans)
+    rows = groups_lib.group_table(plans, pipeline.parent_of, positive="malignant")
     assert len(rows) == 13 and {r["rule"].split()[0] for r in rows} == {"model", "parent", "constant"}
 
 
@@ -68,10 +70,9 @@ def test_router_follows_parents_and_constants(tmp_path):
 def test_comparison_rows_keep_every_method_and_interval():
     report = {"sensitivity": 1.0, "specificity": 0.5, "f1": 0.8, "accuracy": 0.7, "roc_auc": None, "support": 10,
               "ci": {"sensitivity": [0.9, 1.0], "f1": [0.6, 0.9]}}
-    rows = pipeline.comparison_rows({m: {"merged": report} for m in pipeline.METHODS})
+    rows = comparison_rows({m: report for m in pipeline.METHODS}, pipeline.METHOD_NAMES, pipeline.SCORES)
     assert [r["method"] for r in rows] == [pipeline.METHOD_NAMES[m] for m in pipeline.METHODS]
     assert rows[0]["f1_low"] == 0.6 and rows[0]["roc_auc_low"] is None
-    from keras_medimg.metrics.comparison import interval_cell
 
     assert interval_cell(0.8, 0.6, 0.9) == "0.80 [0.60, 0.90]" and interval_cell(None, None, None) == "n/a"
 
