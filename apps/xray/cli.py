@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -26,6 +27,18 @@ APP.add_demo_data(xray, "keras_medimg.apps.xray.pipeline:demo_data",
 TRAINED = "The folder of a `xray train` run."
 
 
+def _run(step: str, cfg: Any, place: tuple[str | None, str | None, bool], *args: Any,
+         report: Callable[[Any], list[str]]) -> None:
+    """Run `pipeline.<step>(cfg, *args)` in the run folder `place` (--project, --name, --exist-ok), echo the lines
+    `report(result)` makes of its result, and end with the run summary."""
+    from keras_medimg.apps.xray import pipeline
+
+    result = getattr(pipeline, step)(cfg, *args, run=run_place(*place))
+    for line in report(result):
+        click.echo(line)
+    print_run_summary(result.run.dir)
+
+
 def _line(report: dict[str, Any]) -> str:
     return (f"precision {report['precision']:.4f}, recall {report['recall']:.4f}, F1 {report['f1']:.4f}, "
             f"mAP50 {report['map50']:.4f} (conf {report['conf']}, IoU {report['iou']})")
@@ -48,16 +61,12 @@ def train(tiling: str | None, class_remap: str | None, size: str | None, epochs:
           data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
           overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Train YOLOv5u on positive tiles (demo data without --data) and test it with fixed tiling."""
-    from keras_medimg.apps.xray import pipeline
-
     cfg = APP.resolve(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict, "tiling.mode": tiling,
-                                           "class_remap": class_remap, "detector.size": size,
-                                           "detector.epochs": epochs, "detector.weights": weights})
-    result = pipeline.train(cfg, run=run_place(project, name, exist_ok))
-    click.echo(f"\nTest ({result.metrics['images']['test']} scans, fixed tiling): {_line(result.metrics['test'])}")
-    click.echo(f"Training took {result.metrics['train_seconds']:.0f} s.")
-    click.echo(result.table)
-    print_run_summary(result.run.dir)
+                                               "class_remap": class_remap, "detector.size": size,
+                                               "detector.epochs": epochs, "detector.weights": weights})
+    _run("train", cfg, (project, name, exist_ok), report=lambda result: [
+        f"\nTest ({result.metrics['images']['test']} scans, fixed tiling): {_line(result.metrics['test'])}",
+        f"Training took {result.metrics['train_seconds']:.0f} s.", result.table])
 
 
 @xray.command()
@@ -67,14 +76,14 @@ def train(tiling: str | None, class_remap: str | None, size: str | None, epochs:
 def predict(source: str, weights: str, conf: float | None, strict: bool | None, config_file: str | None,
             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Detect objects in SOURCE (a scan or a folder): VOC XML, YOLO txt, predictions.csv, overlays."""
-    from keras_medimg.apps.xray import pipeline
-
     cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.source": source,
-                                           "predict.conf": conf, "strict": strict})
-    result = pipeline.predict(cfg, run=run_place(project, name, exist_ok))
-    m = result.metrics
-    click.echo(f"Found {m['boxes']} box(es) in {m['images']} scan(s) at {m['images_per_second']:.2f} scans/s.")
-    print_run_summary(result.run.dir)
+                                               "predict.conf": conf, "strict": strict})
+
+    def found(result: Any) -> list[str]:
+        m = result.metrics
+        return [f"Found {m['boxes']} box(es) in {m['images']} scan(s) at {m['images_per_second']:.2f} scans/s."]
+
+    _run("predict", cfg, (project, name, exist_ok), report=found)
 
 
 @xray.command()
@@ -85,14 +94,10 @@ def predict(source: str, weights: str, conf: float | None, strict: bool | None, 
 def evaluate(weights: str, data: str | None, split: str | None, strict: bool | None, config_file: str | None,
              overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
     """Precision, recall, F1 at IoU 0.5 per class and overall, mAP50, PR curve (fixed tiling)."""
-    from keras_medimg.apps.xray import pipeline
-
     cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "data.root": data, "evaluate.split": split,
-                                           "strict": strict})
-    result = pipeline.evaluate(cfg, run=run_place(project, name, exist_ok))
-    click.echo(f"{cfg.evaluate.split}: {_line(result.metrics['test'])}")
-    click.echo(result.table)
-    print_run_summary(result.run.dir)
+                                               "strict": strict})
+    _run("evaluate", cfg, (project, name, exist_ok),
+         report=lambda result: [f"{cfg.evaluate.split}: {_line(result.metrics['test'])}", result.table])
 
 
 @xray.command()
@@ -107,14 +112,10 @@ def ablate(experiment: str, grid: str | None, seeds: int | None, epochs: int | N
            seed: int | None, strict: bool | None, config_file: str | None, overrides: tuple[str, ...],
            project: str | None, name: str | None, exist_ok: bool) -> None:
     """Run one of the study's experiments on one split: a CSV, a Markdown table and a chart."""
-    from keras_medimg.apps.xray import pipeline
-
     rows = [r.strip() for r in grid.split(",") if r.strip()] if grid else None
     cfg = APP.resolve(config_file, overrides, {"ablate.grid": rows, "ablate.seeds": seeds, "data.root": data,
-                                           "seed": seed, "strict": strict, "detector.epochs": epochs})
-    result = pipeline.ablate(cfg, experiment, run=run_place(project, name, exist_ok))
-    click.echo(result.table)
-    print_run_summary(result.run.dir)
+                                               "seed": seed, "strict": strict, "detector.epochs": epochs})
+    _run("ablate", cfg, (project, name, exist_ok), experiment, report=lambda result: [result.table])
 
 
 @xray.command()
@@ -122,11 +123,12 @@ def ablate(experiment: str, grid: str | None, seeds: int | None, epochs: int | N
 def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
            exist_ok: bool) -> None:
     """Export the detector as ONNX with metadata.json (tiling, merge rule, classes, 16-bit conversion), checked."""
-    from keras_medimg.apps.xray import pipeline
-
     cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=run_place(project, name, exist_ok))
-    click.echo(f"Exported: {', '.join(result.metrics['files'])}")
-    click.echo(f"Check on {result.metrics['check']['tiles']} tiles: largest difference "
-               f"{result.metrics['check']['max_abs_difference']:.2g}, boxes equal: {result.metrics['check']['boxes_equal']}")
-    print_run_summary(result.run.dir)
+
+    def exported(result: Any) -> list[str]:
+        check = result.metrics["check"]
+        return [f"Exported: {', '.join(result.metrics['files'])}",
+                f"Check on {check['tiles']} tiles: largest difference {check['max_abs_difference']:.2g}, "
+                f"boxes equal: {check['boxes_equal']}"]
+
+    _run("export", cfg, (project, name, exist_ok), report=exported)
