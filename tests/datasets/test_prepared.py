@@ -22,3 +22,12 @@ def test_boxes_map_into_prepared_pixels_and_yolo_labels(tmp_path):
     lines = [line for line in lines if line.strip()]
     assert len(lines) == 1  # the box outside the image is dropped
     assert [float(v) for v in lines[0].split()] == [0, 0.375, 0.375, 0.5, 0.5]
+
+
+def test_cache_folder_depends_on_the_key(tmp_path, monkeypatch):
+    from keras_medimg.datasets.prepared import cache_folder
+
+    monkeypatch.setenv("MEDIMG_HOME", str(tmp_path))
+    a, b = cache_folder("roi", {"root": "x", "size": 64}), cache_folder("roi", {"size": 64, "root": "x"})
+    assert a == b and a.parent == tmp_path / "prepared" and a.name.startswith("roi-")
+    assert cache_folder("roi", {"root": "x", "size": 128}) != a

@@ -93,3 +93,19 @@ def test_export_group_models_exports_trained_groups_only(tmp_path):
     assert calls == [(tmp_path / "run/m_a.keras", tmp_path / "out/site/a", {"app": "x", "scheme": "site", "group": "a"})]
     assert exported["site"]["a"]["files"] == {"onnx": "site/a/model.onnx"} and models == {"site/a": {"onnx": "site/a/model.onnx"}}
     assert exported["site"]["b"] == {"rule": "constant", "probability": 0.25}
+
+
+def test_fit_groups_trains_model_groups_only_and_predict_by_scheme_keeps_order():
+    train = _samples([("a", "pos"), ("a", "neg"), ("a", "neg"), ("c", "neg")])
+    plans = g.plan_groups(train, SCHEMES, _group, _label, _parent, min_images=3)
+    fitted = []
+    g.fit_groups(plans, lambda plan: fitted.append(plan.group) or f"m_{plan.group}")
+    assert fitted == ["all", "a"] and plans["site"]["a"].model == "m_a" and plans["site"]["c"].model is None
+    samples = _samples([("a", "pos"), ("b", "neg"), ("c", "neg")])
+
+    def predict(subset, scheme):
+        kept = [s for s in subset if s.id != "b1"]  # one image dropped
+        return np.array([0.1 if scheme == "all" else 0.9] * len(kept)), [f"{scheme}/x"] * len(kept), kept
+
+    probs, owners, kept = g.predict_by_scheme(predict, samples, ["site", "all", "all"])
+    assert [s.id for s in kept] == ["a0", "c2"] and list(probs) == [0.9, 0.1] and owners == ["site/x", "all/x"]
