@@ -9,8 +9,11 @@ decides, per group, whether it gets its own model or follows a rule:
 - rule "parent": the group's images are predicted by its parent group (when it has one);
 - rule "constant": the group's training share of positives (the training prevalence for an empty group).
 
-`routing_table` turns the plans into a JSON-ready routing table (the one a run saves and an export ships), and
-`GroupRouter` predicts images from it, each with the rule or model that actually owns its group.
+`fit_groups` trains the "model" groups (`fit_group_classifier`: one Keras classifier per group with the library's
+`fit_plan`); `routing_table` turns the plans into a JSON-ready routing table (the one a run saves and an export
+ships); `GroupRouter` predicts images from it, each with the rule or model that actually owns its group
+(`classifier_predictor` for Keras classifiers; `predict_by_scheme` when each image has its own scheme);
+`scores_by_group` scores each group's images; `export_group_models` exports every trained group model.
 """
 
 from __future__ import annotations
