@@ -219,6 +219,32 @@ def _header_errors(path: Path) -> Iterator[None]:
         ) from None
 
 
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+
+
+def _check_jp2_boxes(path: Path, data: bytes) -> None:
+    """Refuse JP2-wrapped JPEG 2000 frames whose header boxes cannot be walked.
+
+    pydicom (3.0) walks the JP2 boxes to the codestream by their lengths; a box whose length is under 8 bytes
+    (0 included) makes that walk loop forever (found by fuzzing: read_dicom hung). A valid JP2 header never has
+    one before its codestream (jp2c) box.
+    """
+    start = data.find(_JP2_SIGNATURE)
+    while start != -1:
+        offset = start + 12
+        while offset < len(data):
+            length = int.from_bytes(data[offset:offset + 4], byteorder="big")
+            if data[offset + 4:offset + 8] == b"jp2c":
+                break
+            if length < 8:
+                raise InvalidInputError(
+                    path, f"Its JPEG 2000 pixel data has a malformed JP2 header (a box of length {length} at byte "
+                    f"{offset}), which the decoder cannot read. Re-export or re-encode the file."
+                )
+            offset += length
+        start = data.find(_JP2_SIGNATURE, start + 1)
+
+
 def _decode(path: Path, ds: Dataset, frame: int | None, frames: int) -> np.ndarray:
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise InvalidInputError(path, "The DICOM file has no pixel data (it may be a report, a structure set or a DICOMDIR). Remove it from the image input.")
@@ -230,6 +256,8 @@ def _decode(path: Path, ds: Dataset, frame: int | None, frames: int) -> np.ndarr
     if frame is not None and not 0 <= frame < frames:
         raise InvalidInputError(path, f"Frame {frame} was asked for but the file has {frames} frame(s), numbered 0 to {frames - 1}.")
     syntax = file_meta.TransferSyntaxUID
+    if "JPEG 2000" in syntax.name or "JPEG2000" in syntax.name:
+        _check_jp2_boxes(path, ds.get("PixelData") or b"")
     try:
         return pixel_array(ds, index=frame if frames > 1 else None)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):

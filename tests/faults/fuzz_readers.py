@@ -4,7 +4,7 @@
 small PNG, JPEG and TIFF files made here) for SECONDS and feeds each input to `read_dicom` and `read_image`.
 Only `InvalidInputError` may come out; anything else is counted as an escape (first few kept with their input)
 and the run goes on, so the report says how many distinct escapes a run found. A slow input (> 5 s) is an escape
-too. Memory: the readers refuse headers claiming more than `MAX_PIXELS` before decoding, so libFuzzer's
+too; one still running after HANG_SECONDS stops the run (libFuzzer's timeout), its input left in REPORT.current. Memory: the readers refuse headers claiming more than `MAX_PIXELS` before decoding, so libFuzzer's
 `-rss_limit_mb` guards the rest.
 """
 
@@ -25,6 +25,7 @@ with atheris.instrument_imports():
     from keras_medimg.io import dicom, images
 
 SLOW_SECONDS = 5.0
+HANG_SECONDS = 30  # an input still running after this is a hang: libFuzzer stops the run with "timeout"
 _state = {"executions": 0, "escapes": {}, "slow": 0, "report": None, "started": time.monotonic()}
 _scratch = Path(tempfile.mkdtemp(prefix="medimg-fuzz-"))
 
@@ -58,6 +59,8 @@ def _write_report() -> None:
 
 def test_one_input(data: bytes) -> None:
     _state["executions"] += 1
+    if _state["report"] is not None:  # what a hang (libFuzzer -timeout) was reading when it was stopped
+        _state["report"].with_suffix(".current").write_bytes(data)
     escapes = len(_state["escapes"])
     for reader, name in ((dicom.read_dicom, "x.dcm"), (images.read_image, "x.png"), (images.read_image, "x.tif")):
         path = _scratch / name
@@ -85,7 +88,7 @@ def main() -> None:
     _seeds(corpus)
     _state["report"], _state["started"] = report, time.monotonic()
     _write_report()
-    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-rss_limit_mb=4096", "-max_len=65536",
+    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-rss_limit_mb=4096", "-max_len=65536", f"-timeout={HANG_SECONDS}",
                    "-print_final_stats=0", str(corpus)], test_one_input)
     atheris.Fuzz()
 

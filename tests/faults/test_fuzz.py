@@ -73,3 +73,32 @@ def test_a_decoder_panic_is_invalid_input(tmp_path, monkeypatch):
     monkeypatch.setattr(dicom, "pixel_array", panic)
     with pytest.raises(InvalidInputError, match="cannot be decoded"):
         dicom.read_dicom(_dicom(tmp_path / "rle.dcm"))
+
+
+def test_a_jp2_header_box_of_length_zero_is_invalid_input_not_a_hang():
+    """A fuzzed JPEG 2000 DICOM whose JP2 header has a box of length 0: pydicom's box walk looped forever."""
+    import subprocess
+    import sys
+
+    path = Path(__file__).parent / "regressions" / "jp2_zero_length_box.dcm"
+    code = ("import sys\nfrom keras_medimg.io.dicom import read_dicom\nfrom keras_medimg.errors import InvalidInputError\n"
+            f"try:\n    read_dicom({str(path)!r})\nexcept InvalidInputError as e:\n    print('INVALID', e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "INVALID" in done.stdout and "JP2 header" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_valid_jpeg2000_files_still_decode():
+    import glob
+    import os
+
+    import pydicom.data
+
+    from keras_medimg.io.dicom import read_dicom
+
+    files = [f for f in glob.glob(os.path.join(os.path.dirname(pydicom.data.__file__), "test_files", "*.dcm"))
+             if "j2k" in f.lower() or "jp2" in f.lower()]
+    assert files
+    for name in files:
+        if "mismatch" in name:
+            continue  # its pixel representation disagrees with the codestream; not a JP2-header case
+        assert read_dicom(name).pixels.size > 0, name
