@@ -18,6 +18,9 @@ def test_readers_let_only_invalid_input_error_escape(tmp_path):
     done = subprocess.run([sys.executable, str(harness), "20", str(report), str(tmp_path / "corpus")],
                           capture_output=True, text=True, timeout=300)
     assert report.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    hang = report.with_suffix(".current")
+    assert "libFuzzer: timeout" not in done.stderr, f"a hang on the input {hang.read_bytes()[:512].hex()}..."
+    assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(report.read_text())
     assert result["executions"] > 100, result  # it really ran
     assert result["escapes"] == {}, json.dumps(result["escapes"], indent=1)[:4000]
