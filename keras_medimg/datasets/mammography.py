@@ -162,8 +162,11 @@ def read_manifest(csv_path: str | Path, *, skipped: Skipped | None = None, stric
 
 def check_optional(fieldnames: Sequence[str] | None, names: Sequence[str]) -> dict[str, str]:
     """The optional columns present, matched like `check_columns`."""
-    present = {re.sub(r"[\s_\-/]+", "", n).lower(): n for n in fieldnames or [] if n}
-    return {name: present[name] for name in names if name in present}
+    def key(name: str) -> str:
+        return re.sub(r"[\s_\-/]+", "", name).lower()
+
+    present = {key(n): n for n in fieldnames or [] if n}
+    return {name: present[key(name)] for name in names if key(name) in present}
 
 
 def _manifest_sample(path: Path, row: Mapping[str, str], columns: Mapping[str, str], optional: Mapping[str, str],

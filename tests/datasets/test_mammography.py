@@ -70,3 +70,10 @@ def test_samples_from_rows_collects_problems_by_line(tmp_path):
     samples = samples_from_rows(tmp_path / "t.csv", rows, make, problems, keep=lambda s: s.label != "drop")
     assert [s.id for s in samples] == ["2"]
     assert [p.line for p in problems[:1]] == [3] and "bad value" in str(problems[0]) and "missing" in str(problems[1])
+
+
+def test_optional_columns_match_names_with_underscores_and_spaces():
+    from keras_medimg.datasets.mammography import check_optional
+
+    found = check_optional(["Anon DICOM Path", "split", "ID"], ["anon_dicom_path", "split", "id", "absent"])
+    assert found == {"anon_dicom_path": "Anon DICOM Path", "split": "split", "id": "ID"}
