@@ -346,6 +346,16 @@ def _yaml_split(value: str | Sequence[str]) -> str | list[str]:
     return str(value) if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file, or InvalidInputError saying it is missing or not text (a binary file, another encoding)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(path, f"The {what} does not exist. Check the path.") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(path, f"The file is not UTF-8 text, so not a {what}. Check that it is the right file.") from None
+
+
 def read_yolo_data_yaml(path: str | Path) -> YoloData:
     """Read an Ultralytics `data.yaml`.
 
@@ -363,15 +373,12 @@ def read_yolo_data_yaml(path: str | Path) -> YoloData:
             mapping from 0..n-1.
     """
     path = Path(path)
+    text = _read_text(path, "data.yaml file")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(path, "The data.yaml file does not exist. Check the path.") from None
+        content = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
         raise InvalidInputError(path, f"The file is not valid YAML ({getattr(exc, 'problem', exc)}).", line=line) from None
-    except UnicodeDecodeError:
-        raise InvalidInputError(path, "The file is not UTF-8 text, so not a data.yaml. Check the path.") from None
     if not isinstance(content, dict):
         raise InvalidInputError(path, "A data.yaml must be a mapping with train, val and names keys.")
     missing = [key for key in ("train", "val", "names") if key not in content]
@@ -418,14 +425,11 @@ def read_coco_images(path: str | Path) -> dict[str, tuple[tuple[int, int], list[
             category, or a box that is empty or outside its image (named by annotation id).
     """
     path = Path(path)
+    text = _read_text(path, "COCO annotation file")
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(path, "The COCO annotation file does not exist. Check the path.") from None
+        content = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(path, f"The file is not valid JSON ({exc.msg}).", line=exc.lineno) from None
-    except UnicodeDecodeError:
-        raise InvalidInputError(path, "The file is not UTF-8 text, so not COCO JSON. Check that it is the annotation file.") from None
     try:
         categories = {c["id"]: str(c["name"]) for c in content["categories"]}
         images = {i["id"]: (i["file_name"], (int(i["width"]), int(i["height"]))) for i in content["images"]}
