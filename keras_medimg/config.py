@@ -38,6 +38,14 @@ T = TypeVar("T")
 
 
 @dataclass
+class AppConfig:
+    """The keys at the top of every app's config; an app's root config derives from it and adds its sections."""
+
+    seed: int = 0  # seeds Python, NumPy and the backend; also the data split
+    strict: bool = False  # stop at the first bad input file or row instead of skipping it (listed in skipped.csv)
+
+
+@dataclass
 class ModelConfig:
     """Which network to build and how to freeze it (see `models.classifier.build_classifier`)."""
 

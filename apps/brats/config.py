@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keras_medimg.config import ExportConfig, ModelConfig, TrainConfig
+from keras_medimg.config import AppConfig, ExportConfig, ModelConfig, TrainConfig
 from keras_medimg.preprocessing.augment import Augment
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -91,11 +91,9 @@ class CompareConfig:
 
 
 @dataclass
-class BratsConfig:
+class BratsConfig(AppConfig):
     """The whole `medimg brats` config."""
 
-    seed: int = 0
-    strict: bool = False  # stop at the first bad image instead of skipping it (listed in skipped.csv)
     data: DataConfig = field(default_factory=DataConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_medimg.config import ExportConfig, ModelConfig, TrainConfig
+from keras_medimg.config import AppConfig, ExportConfig, ModelConfig, TrainConfig
 from keras_medimg.preprocessing.augment import Augment
 
 #: The study's input size, batch and schedule (ImageCLEFmedical 2024), as dotted config keys.
@@ -77,11 +77,9 @@ class EvaluateConfig:
 
 
 @dataclass
-class ConceptsConfig:
+class ConceptsConfig(AppConfig):
     """The whole `medimg concepts` config."""
 
-    seed: int = 0
-    strict: bool = False  # stop at the first unreadable image instead of skipping it (listed in skipped.csv)
     data: DataConfig = field(default_factory=DataConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     model: ModelConfig = field(
