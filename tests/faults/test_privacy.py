@@ -129,3 +129,22 @@ def test_concepts_predict_and_export_leak_no_phi(tmp_path):
     outputs.append(invoke("concepts", "export", "--weights", str(run), "--project", str(project), "--name", "e"))
     assert markers_found(project / "concepts" / "p", *outputs) == []
     assert markers_found(project / "concepts" / "e") == []
+
+
+def test_xray_predict_and_export_leak_no_phi(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIMG_HOME", str(tmp_path / "home"))
+    project = tmp_path / "runs"
+    small = ["data.demo_images=12", "tiling.size=160", "tiling.overlap=0", "detector.batch=8", "tiling.tiles=2"]
+    outputs = [invoke("xray", "train", "--epochs", "1", "--project", str(project), "--name", "t",
+                      *[a for s in small for a in ("--set", s)])]
+    rng = np.random.default_rng(0)
+    sources = tmp_path / "dicoms"
+    for i in range(3):  # body scanners export DX/CR: 16-bit greys, here noise with the PHI markers in the header
+        write_phi_dicom(sources / f"scan{i}" / "image.dcm", rng.uniform(0.2, 0.8, size=(320, 256)).astype(np.float32))
+    run = project / "xray" / "t"
+    outputs.append(invoke("xray", "predict", str(sources), "--weights", str(run), "--conf", "0.001",
+                          "--project", str(project), "--name", "p"))
+    assert len(list((project / "xray" / "p").rglob("*.xml"))) == 3  # every scan was read and written
+    outputs.append(invoke("xray", "export", "--weights", str(run), "--project", str(project), "--name", "e"))
+    assert markers_found(project / "xray" / "p", *outputs) == []
+    assert markers_found(project / "xray" / "e") == []
