@@ -89,3 +89,30 @@ def test_concepts_train_killed_mid_epoch_resumes_to_the_same_epochs(tmp_path):
     assert [epoch for _, epoch in phases_epochs] == list(range(6)), phases_epochs
     assert_run_whole(run_dir)
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                    reason="the detector stage is Ultralytics/PyTorch whatever the Keras backend; run once")
+def test_brats_train_killed_in_the_detector_stage_resumes_and_finishes(tmp_path):
+    from keras_medimg.datasets.synthetic.brain import generate_brain
+
+    data = generate_brain(tmp_path / "data", n_per_class=4, size=64, seed=0)
+    project = tmp_path / "runs"
+    tiny = ["detect.epochs=3", "detect.imgsz=64", "detect.batch=8", "detect.conf=0.01", "model.backbone=vgg16",
+            "model.image_size=32", "train.epochs=2", "train.batch_size=8", "train.verbose=0"]
+    args = medimg_command("brats", "train", "--data", str(data), "--project", str(project), "--name", "t",
+                          *[a for s in tiny for a in ("--set", s)])
+    process = start(args, tmp_path / "first.log")
+    run_dir = project / "brats" / "t"
+
+    def detector_epoch_done() -> bool:
+        return any(len(p.read_text().splitlines()) >= 2 for p in run_dir.rglob("results.csv") if "detect" in str(p))
+
+    assert wait_for(detector_epoch_done, process, timeout=300, poll=0.05), (tmp_path / "first.log").read_text()[-3000:]
+    assert not (run_dir / "weights" / "detector.pt").exists()  # killed inside the Ultralytics stage
+    _kill(process)
+    resumed = start(medimg_command("brats", "train", "--resume", str(run_dir)), tmp_path / "resume.log")
+    assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert (run_dir / "weights" / "detector.pt").is_file() and (run_dir / "metrics.json").is_file()
+    assert [e for _, e in epochs_in(run_dir / "results.csv")] == [0, 1]
+    assert_run_whole(run_dir)
