@@ -4,6 +4,10 @@ Every patient gets four views (LCC, LMLO, RCC, RMLO). One breast carries the pat
 `synthetic.mammo` (BI-RADS 0, "needs more imaging", is drawn as an architectural distortion); its two images are
 labelled with that BI-RADS, the other breast's two images BI-RADS 1. Density is per patient. BI-RADS 3 is left out,
 as in TEKNOFEST.
+
+The images are stored as released PNGs are (and as `medimg prepare` writes them): the 12-bit detector values
+stretched over the full 16-bit range. Stored raw, they would use 1/16 of it, and a reader that scales 16-bit PNGs
+by 65535 would hand the model nearly flat images (every pixel within 0.06 of 0) that it cannot learn from.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_medimg.datasets.synthetic.mammo import Lesion, draw_mammogram, random_lesion
+from keras_medimg.datasets.synthetic.mammo import MAX_VALUE, Lesion, draw_mammogram, random_lesion
 from keras_medimg.datasets.teknofest import IMAGES, METADATA
 from keras_medimg.io.images import write_image
 
@@ -25,6 +29,11 @@ def _findings(rng: np.random.Generator, birads: int) -> list[Lesion]:
         center = (float(rng.uniform(0.25, 0.75)), float(rng.uniform(0.3, 0.75)))
         return [Lesion("architectural_distortion", center=center, size=float(rng.uniform(0.1, 0.15)))]
     return random_lesion(rng, birads)
+
+
+def to_full_range(pixels: np.ndarray) -> np.ndarray:
+    """12-bit detector values (0..MAX_VALUE) -> uint16 over the whole 0..65535 range."""
+    return np.round(pixels.astype(np.float64) * (65535.0 / MAX_VALUE)).astype(np.uint16)
 
 
 def write_classification_demo(out_dir: str | Path, *, patients: int = 80, height: int = 128, width: int = 96,
@@ -48,7 +57,7 @@ def write_classification_demo(out_dir: str | Path, *, patients: int = 80, height
                 pixels = draw_mammogram(rng, height=height, width=width, view=view, laterality=side, density=density,
                                         lesions=findings if here else ())
                 name = f"{side}{view}.png"
-                write_image(out / IMAGES / patient / name, pixels, bits=16)
+                write_image(out / IMAGES / patient / name, to_full_range(pixels), bits=16)
                 records.append({"patient_id": patient, "image": name, "view": view, "laterality": side,
                                 "birads": f"BI-RADS {birads if here else 1}",
                                 "breast_composition": "ABCD"[density - 1]})
@@ -56,4 +65,4 @@ def write_classification_demo(out_dir: str | Path, *, patients: int = 80, height
     return out
 
 
-write_classification_demo.version = 1
+write_classification_demo.version = 2  # 2: full 16-bit range
