@@ -33,6 +33,8 @@ def assert_run_whole(run_dir: Path) -> None:
     """Every file of a run parses or loads, and no temporary file is left."""
     import keras
 
+    import keras_medimg.models.convnextv2  # noqa: F401 - registers our layers, as the apps' loaders do
+
     assert not leftover_temporaries(run_dir), leftover_temporaries(run_dir)
     for path in run_dir.rglob("*"):
         if path.suffix == ".json":

@@ -116,3 +116,32 @@ def test_brats_train_killed_in_the_detector_stage_resumes_and_finishes(tmp_path)
     assert (run_dir / "weights" / "detector.pt").is_file() and (run_dir / "metrics.json").is_file()
     assert [e for _, e in epochs_in(run_dir / "results.csv")] == [0, 1]
     assert_run_whole(run_dir)
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                    reason="the run-folder protocol is backend-independent; CI pays for this app run once, under TensorFlow")
+def test_roi_train_killed_between_group_models_resumes_without_repeating_epochs(tmp_path):
+    from keras_medimg.datasets.synthetic.roi import generate_vindr
+
+    data = generate_vindr(tmp_path / "vindr", n_studies=8, height=96, width=72, seed=4)
+    project = tmp_path / "runs"
+    tiny = ["train.epochs=3", "evaluate.bootstrap=20", "prepare.size=96", "model.image_size=32",
+            f"data.prepared={tmp_path / 'prepared'}"]
+    args = medimg_command("roi", "train", "--data", str(data), "--project", str(project), "--name", "t",
+                          *[a for s in tiny for a in ("--set", s)])
+    process = start(args, tmp_path / "first.log")
+    run_dir = project / "roi" / "t"
+
+    def two_group_results() -> bool:
+        return len([p for p in run_dir.rglob("results.csv") if p.stat().st_size > 0]) >= 2
+
+    assert wait_for(two_group_results, process, timeout=600, poll=0.05), (tmp_path / "first.log").read_text()[-3000:]
+    _kill(process)
+    assert not (run_dir / "metrics.json").exists()
+    resumed = start(medimg_command("roi", "train", "--resume", str(run_dir)), tmp_path / "resume.log")
+    assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert (run_dir / "metrics.json").is_file()
+    for results in run_dir.rglob("results.csv"):
+        epochs = [e for _, e in epochs_in(results)]
+        assert epochs == list(range(len(epochs))) and len(epochs) <= 3, (results, epochs)
+    assert_run_whole(run_dir)
