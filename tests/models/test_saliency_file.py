@@ -8,7 +8,7 @@ keras = pytest.importorskip("keras")
 
 from keras_medimg.models.saliency import grad_cam_file  # noqa: E402
 
-X
+from .test_saliency import SQUARE, trained  # noqa: E402,F401 - the fixture: a tiny classifier that finds a square
 
 
 def test_grad_cam_file_writes_an_overlay_whose_red_lies_on_the_square(trained, tmp_path):  # noqa: F811
