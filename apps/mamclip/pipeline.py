@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ import numpy as np
 from keras_medimg.apps.mamclip.config import MamclipConfig
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.models import vlm_tasks
 from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, start_run
+from keras_medimg.training.checkpoints import epoch_checkpoint
+from keras_medimg.training.curve import CurveSettings, label_count_curve, write_curve
 
 log = logging.getLogger(__name__)
 APP = "mamclip"
@@ -118,36 +122,6 @@ def pairs_dataset(records: list[Any], encoded: dict[str, np.ndarray], tokenizer:
     return tf.data.Dataset.zip((images, seeds)).map(features).prefetch(2)
 
 
-class _PretrainCheckpoint:
-    """Keras callback factory: weights/last.keras and state.json every epoch, weights/best.keras on a lower
-    val_loss (the study keeps the best checkpoint by validation loss)."""
-
-    @staticmethod
-    def make(run: Run, best: float | None):
-        import keras
-
-        from keras_medimg.runs import atomic_path, write_json
-
-        class Checkpoint(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.best = best if best is not None else float("inf")
-
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                logs = logs or {}
-                value = float(logs.get("val_loss", logs.get("loss", float("nan"))))
-                with atomic_path(run.path("weights", "last.keras")) as tmp:
-                    self.model.save(tmp)
-                if np.isfinite(value) and value < self.best:
-                    self.best = value
-                    with atomic_path(run.path("weights", "best.keras")) as tmp:
-                        self.model.save(tmp)
-                    write_json(run.path("weights", "best.json"), {"epoch": epoch + 1, "val_loss": value})
-                write_json(run.path("state.json"), {"next_epoch": epoch + 1, "best_val_loss": self.best})
-
-        return Checkpoint()
-
-
 def _read_pair_records(cfg: MamclipConfig, skipped: Skipped) -> list[Any]:
     from keras_medimg.datasets.pairs import read_pairs
 
@@ -211,7 +185,7 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
             gradient_accumulation_steps=cfg.pretrain.accumulation_steps if cfg.pretrain.accumulation_steps > 1
             else None), jit_compile=cfg.pretrain.jit_compile)
     callbacks = [keras.callbacks.CSVLogger(str(run.path("results.csv")), append=initial_epoch > 0),
-                 _PretrainCheckpoint.make(run, state["best_val_loss"] if state else None),
+                 epoch_checkpoint(run, state["best_val_loss"] if state else None),
                  keras.callbacks.TerminateOnNaN()]
     history = {}
     if initial_epoch < cfg.pretrain.epochs:
@@ -231,7 +205,7 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
         "retrieval_val": recall,
         "seconds": round(time.time() - started, 1),
     }
-    return finish_run(run, metrics, skipped, table=_recall_table(recall, cfg.pretrain.recall_at))
+    return finish_run(run, metrics, skipped, table=vlm_tasks.recall_table(recall, cfg.pretrain.recall_at))
 
 
 def evaluate_retrieval(model: Any, records: list[Any], encoded: dict[str, np.ndarray], cfg: MamclipConfig,
@@ -246,13 +220,6 @@ def evaluate_retrieval(model: Any, records: list[Any], encoded: dict[str, np.nda
     image_emb = model.encode_images(images)
     text_emb = model.encode_texts(encoded["token_ids"][index], encoded["padding_mask"][index])
     return vlm.retrieval_recall(image_emb, text_emb, [records[i].caption for i in index], cfg.pretrain.recall_at)
-
-
-def _recall_table(recall: dict[str, float], ks: list[int]) -> str:
-    lines = ["| K | image->text | text->image | chance |", "| --- | --- | --- | --- |"]
-    lines += [f"| {k} | {recall[f'image_to_text@{k}']:.3f} | {recall[f'text_to_image@{k}']:.3f} | "
-              f"{recall[f'chance@{k}']:.3f} |" for k in ks]
-    return f"Retrieval recall on {int(recall['pairs'])} validation pairs:\n" + "\n".join(lines)
 
 
 # === Fine-tuning ===
@@ -319,146 +286,20 @@ def parse_init(text: str) -> tuple[str, str | None]:
     return name, source or None
 
 
-def parse_train_samples(values: list[str], available: int) -> list[tuple[str, int]]:
-    """Label counts ("1000") or fractions ("0.25") -> [(name, count)], each at most `available`; [] = all."""
-    out = []
-    for value in values or ["all"]:
-        text = str(value).strip()
-        if text == "all":
-            out.append(("all", available))
-            continue
-        try:
-            number = float(text)
-        except ValueError:
-            raise ConfigError(f"finetune.train_samples: '{text}' is not a count, a fraction or 'all'.") from None
-        count = int(round(number * available)) if 0 < number <= 1 and "." in text else int(number)
-        if count < 2:
-            raise ConfigError(f"finetune.train_samples: '{text}' gives {count} training images; use at least 2.")
-        out.append((text, min(count, available)))
-    return out
-
-
-def subsample(samples: list[Sample], count: int, seed: int) -> list[Sample]:
-    """A stratified random subset of `count` samples (each class in proportion, at least one per class)."""
-    if count >= len(samples):
-        return list(samples)
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_class.setdefault(str(s.label), []).append(i)
-    chosen = []
-    for label in sorted(by_class):
-        members = rng.permutation(by_class[label])
-        take = max(1, int(round(count * len(members) / len(samples))))
-        chosen += members[:take].tolist()
-    chosen = rng.permutation(chosen)[:count]
-    return [samples[i] for i in sorted(chosen)]
-
-
-class _Trainer:
-    """One compiled classifier per init, reset to its starting weights before each fold, so that every fold
-    trains from the same start without rebuilding (and retracing) the model."""
-
-    def __init__(self, backbone: Any, num_classes: int, cfg: MamclipConfig):
-        import keras
-
-        from keras_medimg.models.classifier import build_classifier
-
-        self.model = build_classifier(backbone, num_classes)
-        f = cfg.finetune
-        self.model.compile(optimizer=keras.optimizers.AdamW(f.learning_rate, weight_decay=f.weight_decay),
-                           loss="sparse_categorical_crossentropy", jit_compile=False)
-        self.model.optimizer.build(self.model.trainable_variables)
-        self.weights = [np.array(w) for w in self.model.get_weights()]
-        self.optimizer_state = [np.array(keras.ops.convert_to_numpy(v)) for v in self.model.optimizer.variables]
-
-    def reset(self) -> None:
-        self.model.set_weights(self.weights)
-        for variable, value in zip(self.model.optimizer.variables, self.optimizer_state):
-            variable.assign(value)
-
-
-def _fold_data(samples: list[Sample], class_names: list[str], cfg: MamclipConfig, *, training: bool,
-               skipped: Skipped, seed: int):
-    from keras_medimg.datasets.pipeline import make_dataset
-
+def curve_settings(cfg: MamclipConfig) -> CurveSettings:
+    """The fine-tuning section of the config as the label-count curve's settings."""
     f = cfg.finetune
-    return make_dataset(samples, image_size=cfg.model.image_size, training=training, batch_size=f.batch_size,
-                        channels=3, normalization=_normalization(cfg.model.backbone),
-                        augment=f.augment if training else None, class_names=class_names, cache="memory", seed=seed,
-                        skipped=skipped, strict=cfg.strict)
-
-
-def _evaluate_fold(model: Any, val: list[Sample], class_names: list[str], cfg: MamclipConfig,
-                   skipped: Skipped) -> dict[str, Any]:
-    from keras_medimg.datasets.pipeline import predict_samples
-    from keras_medimg.metrics.classification import classification_report
-
-    probs, kept = predict_samples(model, val, image_size=cfg.model.image_size, channels=3,
-                                  normalization=_normalization(cfg.model.backbone), skipped=skipped)
-    truth = [class_names.index(s.label) for s in kept]
-    return classification_report(truth, probs.argmax(axis=1), class_names=class_names, y_prob=probs)
+    return CurveSettings(image_size=cfg.model.image_size, normalization=_normalization(cfg.model.backbone),
+                         folds=f.folds, seed=cfg.seed, epochs=f.epochs, batch_size=f.batch_size,
+                         learning_rate=f.learning_rate, weight_decay=f.weight_decay, class_weight=f.class_weight,
+                         augment=f.augment, strict=cfg.strict, verbose=f.verbose)
 
 
 def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tuple[str, str | None]],
               sizes: list[str], cfg: MamclipConfig, skipped: Skipped) -> list[dict[str, Any]]:
-    """k-fold CV for every init and label count, on the same folds and the same subsets; one row per
-    (init, label count) with macro F1 mean and std over folds, per-class F1, summed confusion matrix."""
-    from keras_medimg.datasets.splits import kfold
-    from keras_medimg.training.trainer import balanced_class_weight
-
-    folds = kfold(samples, cfg.finetune.folds, seed=cfg.seed)
-    smallest_train = min(len(train) for train, _ in folds)
-    counts = parse_train_samples(sizes, smallest_train)
-    rows = []
-    for init_name, (init, source) in inits.items():
-        trainer = _Trainer(_backbone_for(init, cfg, source), len(class_names), cfg)
-        for size_name, count in counts:
-            reports = []
-            for k, (train, val) in enumerate(folds):
-                subset = subsample(train, count, seed=cfg.seed * 1000 + k)
-                trainer.reset()
-                started = time.time()
-                weights = None
-                if cfg.finetune.class_weight == "balanced":
-                    weights = balanced_class_weight([class_names.index(s.label) for s in subset], len(class_names))
-                trainer.model.fit(_fold_data(subset, class_names, cfg, training=True, skipped=skipped,
-                                             seed=cfg.seed + k),
-                                  epochs=cfg.finetune.epochs, verbose=cfg.finetune.verbose, shuffle=False,
-                                  class_weight=weights)
-                reports.append(_evaluate_fold(trainer.model, val, class_names, cfg, skipped))
-                log.info("%s, %s labels (%d), fold %d: macro F1 %.3f (%.0f s).", init_name, size_name, len(subset),
-                         k + 1, reports[-1]["macro"]["f1"], time.time() - started)
-            f1 = np.array([r["macro"]["f1"] for r in reports])
-            rows.append({
-                "init": init_name, "train_samples": size_name, "train_images": count,
-                "macro_f1_mean": round(float(f1.mean()), 4), "macro_f1_std": round(float(f1.std()), 4),
-                "accuracy_mean": round(float(np.mean([r["accuracy"] for r in reports])), 4),
-                "per_class_f1": {c: round(float(np.mean([r["per_class"][c]["f1"] for r in reports])), 4)
-                                 for c in class_names},
-                "fold_macro_f1": [round(float(v), 4) for v in f1],
-                "confusion_matrix": np.sum([r["confusion_matrix"] for r in reports], axis=0).tolist(),
-            })
-    return rows
-
-
-def _write_curve(run: Run, rows: list[dict[str, Any]], class_names: list[str], task: str) -> str:
-    from keras_medimg.reporting import markdown_table, plot_confusion_matrix, write_comparison
-
-    table_rows = [{**{k: v for k, v in r.items() if not isinstance(v, (dict, list))},
-                   "macro_f1": f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f}",
-                   **{f"f1 {c}": r["per_class_f1"][c] for c in class_names}} for r in rows]
-    columns = ["init", "train_samples", "train_images", "macro_f1", "macro_f1_mean", "macro_f1_std",
-               "accuracy_mean", *[f"f1 {c}" for c in class_names]]
-    write_comparison(run, "label_curve", table_rows, columns=columns, metric="macro_f1_mean", label="train_samples",
-                     group="init", error="macro_f1_std", title=f"{task}: average F1 by label count (k-fold)",
-                     ylabel="macro F1")
-    for r in rows:
-        plot_confusion_matrix(r["confusion_matrix"], class_names,
-                              run.path("plots", f"confusion_{r['init']}_{r['train_samples']}.png"),
-                              title=f"{r['init']}, {r['train_samples']} labels (all folds)")
-    return markdown_table(table_rows, ["init", "train_samples", "train_images", "macro_f1",
-                                       *[f"f1 {c}" for c in class_names]])
+    """`training.curve.label_count_curve` for every init (vlm:RUN, imagenet, none) on the same folds and subsets."""
+    backbones = {name: partial(_backbone_for, init, cfg, source) for name, (init, source) in inits.items()}
+    return label_count_curve(samples, class_names, backbones, sizes, curve_settings(cfg), skipped)
 
 
 def finetune(cfg: MamclipConfig, *, run: Run | RunPlace | None = None,
@@ -474,7 +315,7 @@ def finetune(cfg: MamclipConfig, *, run: Run | RunPlace | None = None,
             _open_vlm(source)  # fails before the run folder exists
     run = start_run(APP, "finetune", cfg, run)
     rows = run_curve(samples, class_names, inits, cfg.finetune.train_samples, cfg, skipped)
-    table = _write_curve(run, rows, class_names, cfg.finetune.task)
+    table = write_curve(run, rows, class_names, cfg.finetune.task)
     metrics = {"task": cfg.finetune.task, "classes": class_names, "images": len(samples), "left_out": left_out,
                "folds": cfg.finetune.folds, "rows": rows, "seconds": round(time.time() - started, 1)}
     return finish_run(run, metrics, skipped, table=table)
@@ -523,13 +364,9 @@ def zeroshot(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = N
         raise ConfigError(f"prompts.{cfg.finetune.task} has no prompt for class(es) {missing}; add them to the config.")
     model, tok, _, info = _vlm_with_tokenizer(weights, cfg)
     run = start_run(APP, "zeroshot", cfg, run)
-    class_emb = []
-    for c in class_names:
-        enc = tok.encode(prompts[c])
-        mean = model.encode_texts(enc["token_ids"], enc["padding_mask"]).mean(axis=0)
-        class_emb.append(mean / np.linalg.norm(mean))
+    class_emb = vlm_tasks.class_text_embeddings(model, tok, prompts, class_names)
     image_emb, kept = _embed_samples(model, samples, cfg, skipped, info["spec"]["image_size"])
-    scores = image_emb @ np.stack(class_emb).T
+    scores = vlm_tasks.zero_shot_scores(image_emb, class_emb)
     truth = [class_names.index(s.label) for s in kept]
     report = classification_report(truth, scores.argmax(axis=1), class_names=class_names)
     plot_confusion_matrix(report["confusion_matrix"], class_names, run.path("plots", "confusion_matrix.png"),
@@ -544,32 +381,17 @@ def zeroshot(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = N
 
 def probe(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = None) -> RunResult:
     """Logistic regression on frozen image embeddings, k-fold on the same patient-grouped folds as fine-tuning."""
-    from sklearn.linear_model import LogisticRegression
-
-    from keras_medimg.datasets.splits import kfold
-    from keras_medimg.metrics.classification import classification_report
-
     skipped = Skipped()
     samples, class_names, left_out = load_classification(cfg, skipped)
     model, _, _, info = _vlm_with_tokenizer(weights, cfg)
     run = start_run(APP, "probe", cfg, run)
     emb, kept = _embed_samples(model, samples, cfg, skipped, info["spec"]["image_size"])
-    index = {s.id: i for i, s in enumerate(kept)}
-    reports = []
-    for train, val in kfold(kept, cfg.finetune.folds, seed=cfg.seed):
-        clf = LogisticRegression(C=cfg.probe.c, max_iter=cfg.probe.max_iter,
-                                 class_weight=None if cfg.probe.class_weight == "none" else "balanced")
-        clf.fit(emb[[index[s.id] for s in train]], [class_names.index(s.label) for s in train])
-        predicted = clf.predict(emb[[index[s.id] for s in val]])
-        reports.append(classification_report([class_names.index(s.label) for s in val], predicted,
-                                             class_names=class_names))
-    f1 = np.array([r["macro"]["f1"] for r in reports])
-    summary = {"macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
-               "fold_macro_f1": f1.tolist(),
-               "per_class_f1": {c: float(np.mean([r["per_class"][c]["f1"] for r in reports])) for c in class_names}}
+    summary = vlm_tasks.linear_probe_kfold(emb, kept, class_names, folds=cfg.finetune.folds, seed=cfg.seed,
+                                           c=cfg.probe.c, max_iter=cfg.probe.max_iter,
+                                           class_weight=cfg.probe.class_weight)
     metrics = {"task": cfg.finetune.task, "images": len(kept), "left_out": left_out, **summary}
-    table = (f"Linear probe, {cfg.finetune.task}, {cfg.finetune.folds}-fold: macro F1 {f1.mean():.3f} ± "
-             f"{f1.std():.3f}")
+    table = (f"Linear probe, {cfg.finetune.task}, {cfg.finetune.folds}-fold: macro F1 "
+             f"{summary['macro_f1_mean']:.3f} ± {summary['macro_f1_std']:.3f}")
     return finish_run(run, metrics, skipped, table=table)
 
 

@@ -1,0 +1,44 @@
+"""training.curve: label counts, stratified subsets, classifiers reset between folds."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_medimg.datasets.records import Sample
+from keras_medimg.errors import ConfigError
+from keras_medimg.training.curve import CurveSettings, ResettableClassifier, parse_train_samples, subsample
+
+
+def test_label_counts_and_fractions():
+    assert parse_train_samples(["40", "0.5", "all", "1000"], 100) == [
+        ("40", 40), ("0.5", 50), ("all", 100), ("1000", 100)]
+    assert parse_train_samples([], 7) == [("all", 7)]
+    with pytest.raises(ConfigError, match="not a count"):
+        parse_train_samples(["many"], 10)
+    with pytest.raises(ConfigError, match="at least 2"):
+        parse_train_samples(["1"], 10)
+
+
+def test_subsample_is_stratified_seeded_and_sized():
+    samples = [Sample(id=str(i), path=f"{i}.png", label="a" if i < 80 else "b") for i in range(100)]
+    subset = subsample(samples, 20, seed=3)
+    assert len(subset) == 20
+    assert sum(s.label == "b" for s in subset) == 4  # 20% of the set, 20% of the subset
+    assert [s.id for s in subsample(samples, 20, seed=3)] == [s.id for s in subset]
+    assert [s.id for s in subsample(samples, 20, seed=4)] != [s.id for s in subset]
+    assert subsample(samples, 500, seed=0) == samples
+
+
+def test_reset_restores_the_starting_weights_and_optimizer_after_a_fit():
+    inputs = keras.Input((8, 8, 3))
+    backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    trainer = ResettableClassifier(backbone, 3, CurveSettings(image_size=8, learning_rate=0.05))
+    start = [w.copy() for w in trainer.model.get_weights()]
+    x = np.random.default_rng(0).uniform(size=(12, 8, 8, 3)).astype("float32")
+    y = np.arange(12) % 3
+    trainer.model.fit(x, y, epochs=2, verbose=0)
+    assert any(not np.allclose(a, b) for a, b in zip(start, trainer.model.get_weights()))
+    assert int(keras.ops.convert_to_numpy(trainer.model.optimizer.iterations)) > 0
+    trainer.reset()
+    assert all(np.array_equal(a, b) for a, b in zip(start, trainer.model.get_weights()))
+    assert int(keras.ops.convert_to_numpy(trainer.model.optimizer.iterations)) == 0
