@@ -204,6 +204,17 @@ class AppCommands:
         return resolve_train(self.config, self.app, resume=resume, config_file=config_file, overrides=overrides,
                              options=options, project=project, name=name, exist_ok=exist_ok)
 
+    def trained_step(self, given: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The resolved config and the run place of a command decorated with `trained_run_options`.
+
+        Args:
+            given: the command's keyword arguments from those options (config_file, overrides, project, name,
+                exist_ok, and strict when the command has it).
+            options: the command's own typed options as dotted config keys (None = not given).
+        """
+        cfg = self.resolve(given["config_file"], given["overrides"], {**options, "strict": given.get("strict")})
+        return cfg, run_place(given["project"], given["name"], given["exist_ok"])
+
     def add_demo_data(self, group: click.Group, make: str, what: str) -> click.Command:
         """Register the app's `demo-data` command (see `add_demo_data_command`)."""
         return add_demo_data_command(group, self.app, self.config, make, what)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from keras_medimg.apps.options import (
@@ -62,14 +64,12 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--gradcam", is_flag=True, default=None, help="Also write a Grad-CAM overlay per image.")
 @trained_run_options("The folder of a `brats train` run.")
-def predict(source: str, weights: str, gradcam: bool | None, strict: bool | None, config_file: str | None,
-            overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+def predict(source: str, weights: str, gradcam: bool | None, **given: Any) -> None:
     """Run the whole pipeline on SOURCE (an image or a folder): class, probability, box, mask, overlay."""
     from keras_medimg.apps.brats import pipeline
 
-    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.source": source,
-                                           "predict.gradcam": gradcam, "strict": strict})
-    result = pipeline.predict(cfg, run=run_place(project, name, exist_ok))
+    cfg, place = APP.trained_step(given, {"predict.weights": weights, "predict.source": source, "predict.gradcam": gradcam})
+    result = pipeline.predict(cfg, run=place)
     m = result.metrics
     click.echo(f"Predicted {m['images']} image(s) at {m['images_per_second']:.2f} images/s.")
     print_run_summary(result.run.dir)
@@ -79,14 +79,13 @@ def predict(source: str, weights: str, gradcam: bool | None, strict: bool | None
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Dataset to evaluate on (default: the data the run was trained on).")
 @trained_run_options("The folder of a `brats train` run.")
-def evaluate(weights: str, data: str | None, strict: bool | None, config_file: str | None,
-             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+def evaluate(weights: str, data: str | None, **given: Any) -> None:
     """Detector precision/recall/F1/accuracy/mAP50 and classifier accuracy, macro P/R/F1, confusion matrix."""
     from keras_medimg.apps.brats import pipeline
     from keras_medimg.metrics.detection import format_detection_line
 
-    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "data.root": data, "strict": strict})
-    result = pipeline.evaluate(cfg, run=run_place(project, name, exist_ok))
+    cfg, place = APP.trained_step(given, {"predict.weights": weights, "data.root": data})
+    result = pipeline.evaluate(cfg, run=place)
     detect = result.metrics.get("detect")
     if detect:
         click.echo("Detector: " + format_detection_line(detect))
@@ -118,13 +117,12 @@ def compare(backbones: str | None, epochs: int | None, data: str | None, seed: i
 
 @brats.command()
 @trained_run_options("The folder of a `brats train` run.", strict=False)
-def export(weights: str, config_file: str | None, overrides: tuple[str, ...], project: str | None,
-           name: str | None, exist_ok: bool) -> None:
+def export(weights: str, **given: Any) -> None:
     """Export the classifier (SavedModel, ONNX), the detector (ONNX) and a metadata.json of the pipeline."""
     from keras_medimg.apps.brats import pipeline
 
-    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights})
-    result = pipeline.export(cfg, run=run_place(project, name, exist_ok))
+    cfg, place = APP.trained_step(given, {"predict.weights": weights})
+    result = pipeline.export(cfg, run=place)
     for part, files in result.metrics["files"].items():
         click.echo(f"{part}: {files}")
     print_run_summary(result.run.dir)
