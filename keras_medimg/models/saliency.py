@@ -9,7 +9,7 @@ gradient of the class score with respect to `features` is taken with the backend
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +197,40 @@ def grad_cam_file(model: keras.Model, image_path: str | Path, out: str | Path, *
     heatmap = grad_cam(model, images, class_index=class_index)[0]
     picture, _ = load_images_numpy(sample, image_size=image_size, channels=channels, strict=True)
     return write_image(out, overlay(to_float(picture[0]), heatmap))
+
+
+def grad_cam_files(model: keras.Model, image_path: str | Path, outs: Mapping[int, str | Path], *, image_size: int,
+                   normalization: Any = None, denoise_median: int = 0, channels: int = 3,
+                   layer: str | None = None) -> dict[int, Path]:
+    """Grad-CAM of one image file for several classes (a multi-label prediction): one overlay file per class.
+
+    The image is decoded once, as in `grad_cam_file`; its copies go through `grad_cam` in one batch, each
+    with its own class, so every class gets the map of its own evidence.
+
+    Args:
+        model: a classifier built by `build_classifier`.
+        image_path: the image to explain.
+        outs: class index -> the overlay file to write for it.
+        image_size: the model's input side.
+        normalization: the backbone's input `Normalization` (None: [0, 1]).
+        denoise_median: median-filter size used in training (0: off).
+        channels: the model's input channels.
+        layer: the backbone layer to explain (see `grad_cam`); None uses the backbone's output.
+
+    Returns:
+        class index -> the written file.
+    """
+    from keras_medimg.datasets.pipeline import load_images_numpy
+    from keras_medimg.datasets.records import Sample
+    from keras_medimg.io.images import to_float, write_image
+
+    if not outs:
+        return {}
+    sample = [Sample(id=Path(image_path).stem, path=Path(image_path))]
+    images, _ = load_images_numpy(sample, image_size=image_size, channels=channels, normalization=normalization,
+                                  denoise_median=denoise_median, strict=True)
+    classes = [int(c) for c in outs]
+    heatmaps = grad_cam(model, np.repeat(images, len(classes), axis=0), class_index=classes, layer=layer)
+    picture, _ = load_images_numpy(sample, image_size=image_size, channels=channels, strict=True)
+    picture = to_float(picture[0])
+    return {c: write_image(outs[c], overlay(picture, heatmap)) for c, heatmap in zip(classes, heatmaps)}
