@@ -203,6 +203,12 @@ def _default_workers() -> int:
     "--workers", type=click.IntRange(min=1), default=None,
     help="Worker processes, one core each [default: the cores available, at most 8].",
 )
+@click.option(
+    "--cluster", default=None, metavar="tcp://HOST:PORT|local:N",
+    help="Run the per-file work on Dask instead of local processes (pip install 'keras-medimg[cluster]'): the address "
+    "of a running `dask scheduler`, whose workers have this keras-medimg version and see SOURCES and --out at the same "
+    "paths; or local:N to start N worker processes on this machine. Same outputs and resume as a local run.",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable file instead of listing it in skipped.csv.")
 def prepare(
     sources: tuple[str, ...],
@@ -216,6 +222,7 @@ def prepare(
     clip_limit: float | None,
     size: int | None,
     workers: int | None,
+    cluster: str | None,
     strict: bool,
 ) -> None:
     """Convert DICOM, PNG, JPEG or TIFF files into windowed 16-bit PNGs and a manifest, for any app.
@@ -237,6 +244,7 @@ def prepare(
     Examples:
       medimg prepare dicoms/ --out prepared/ --crop --clahe --size 1024
       medimg prepare scans.csv --out prepared/ --window 40,400 --workers 4
+      medimg prepare /shared/dicoms --out /shared/prepared --cluster tcp://scheduler:8786
     """
     from keras_medimg.config import from_dict
     from keras_medimg.datasets.prepare import Settings, prepare_images
@@ -246,8 +254,11 @@ def prepare(
     if values.get("size") == 0:
         values["size"] = None
     settings = from_dict(Settings, values, prefix="prepare.")
+    if cluster is not None and workers is not None:
+        raise click.UsageError("--workers counts local processes and --cluster's workers do the work; give one of them.")
     result = prepare_images(
-        [Path(s) for s in sources], out, **vars(settings), workers=workers or _default_workers(), strict=strict
+        [Path(s) for s in sources], out, **vars(settings), workers=1 if cluster else workers or _default_workers(),
+        cluster=cluster, strict=strict,
     )
     log.info(
         "Prepared %d image(s): %d file(s) converted, %d kept from an earlier run.", len(result.rows), result.converted, result.reused

@@ -11,6 +11,8 @@ so training pipelines only decode PNGs. The output folder holds:
     prepare.json     the settings, so a rerun with other settings converts everything again
 
 A rerun keeps every output that is newer than its source and was made with the same settings (resume).
+The per-file work runs in this process, in a pool of local processes (`workers`), or on a Dask cluster
+(`cluster`); only the executor differs, so the outputs, the manifest and the resume are the same.
 Nothing is ever written inside an input folder. No DICOM PHI reaches any of these files.
 `medimg prepare` is the command line of `prepare_images`; an app's config may hold a `prepare` section
 (a `Settings` mapping) with the study's defaults.
@@ -19,17 +21,19 @@ Nothing is ever written inside an input folder. No DICOM PHI reaches any of thes
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
+import functools
 import json
 import logging
 import multiprocessing
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from keras_medimg.datasets.records import Skipped
-from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.errors import ConfigError, InvalidInputError, require
 from keras_medimg.io.dicom import is_dicom, read_dicom_meta
 from keras_medimg.io.images import RASTER_SUFFIXES, is_image_file
 from keras_medimg.progress import progress
@@ -40,6 +44,8 @@ MANIFEST_COLUMNS = (
     "id", "source", "output", "frame", "rows", "cols", "source_rows", "source_cols",
     "crop_y0", "crop_y1", "crop_x0", "crop_x1", "scale", "modality", "view", "laterality", "window",
 )
+#: Seconds `prepare_images` waits for a Dask scheduler to answer, and then for its first worker.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,8 @@ def prepare_images(
     clip_limit: float = 2.0,
     size: int | None = None,
     workers: int = 1,
+    cluster: str | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
     strict: bool = False,
 ) -> PrepareResult:
     """Convert DICOM/PNG/JPEG/TIFF files into windowed, optionally cropped and CLAHE-enhanced 16-bit PNGs.
@@ -333,6 +341,13 @@ def prepare_images(
         workers: number of worker processes (1 converts in this process). Workers are spawned, not forked
             (safe after TensorFlow or torch were imported), so a script calling this with workers > 1 needs the
             usual `if __name__ == "__main__":` guard.
+        cluster: run the per-file work on Dask (`pip install 'keras-medimg[cluster]'`) instead of local processes:
+            the address of a running scheduler ("tcp://HOST:8786"), whose workers have this keras-medimg version
+            installed and see the inputs and `out_dir` at the same paths (a shared filesystem), or "local:N" to
+            start a cluster of N worker processes on this machine (the script guard applies here too). Leave
+            `workers` at 1: the cluster's workers do the work. Files finish in any order; the outputs, manifest
+            and skipped.csv are the same as a local run's.
+        connect_timeout: seconds to wait for the scheduler to answer, and then for its first worker.
         strict: raise on the first bad file instead of skipping it and listing it in `skipped.csv`.
 
     Returns:
@@ -342,9 +357,13 @@ def prepare_images(
         ConfigError: `out_dir` overlaps an input folder or holds an input manifest, an input is neither a
             folder, a CSV file nor an image, or a setting is out of range.
         InvalidInputError: a manifest has no `path` column; with `strict`, the first bad file.
+        MissingDependencyError: `cluster` is given and dask.distributed is not installed.
+        ConfigError: also when the Dask scheduler cannot be reached, has no workers, or its workers lack this
+            keras-medimg version or cannot see the files.
     """
     out_dir = Path(out_dir).resolve()
     settings = Settings(window=window, crop=crop, margin=margin, clahe=clahe, clip_limit=clip_limit, size=size)
+    executor = _executor(workers, cluster, connect_timeout)
     given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     sources, folders, manifests = [], [], []
     for item in map(lambda p: Path(p).resolve(), given):
@@ -404,18 +423,25 @@ def prepare_images(
             to_convert.append(task)
 
     log.debug("prepare: %d files to convert, %d kept from an earlier run", len(to_convert), result.reused)
-    results = _run(to_convert, settings, workers)
+    results = executor(to_convert, settings, out_dir)
+    failed: dict[str, tuple[str, str, int | None]] = {}
     try:
-        for task, (kind, payload) in zip(to_convert, progress(results, total=len(to_convert), desc="prepare", unit="file")):
+        for task, (kind, payload) in progress(results, total=len(to_convert), desc="prepare", unit="file"):
             if kind == "skip":
-                skip(*payload)
+                failed[task.id] = payload
+                if strict:
+                    break
                 continue
             for row in payload:
                 row["output"] = _relative(Path(row["output"]), out_dir)
             rows_by_id[task.id] = [{**row, **task.carried} for row in payload]
             result.converted += 1
     finally:
-        results.close()  # with strict, stops the pool at the first bad file
+        results.close()  # with strict, stops the pool or the cluster at the first bad file
+    # In task order, whatever order the files finished in, so skipped.csv does not depend on the executor.
+    for task in to_convert:
+        if task.id in failed:
+            skip(*failed[task.id])
 
     result.rows = [row for task in tasks for row in rows_by_id.get(task.id, [])]
     result.skipped = skipped
@@ -433,25 +459,39 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _run(tasks: list[_Task], settings: Settings, workers: int) -> Generator[tuple[str, Any], None, None]:
-    """Results of `_convert` in task order, from this process or a pool of `workers` processes.
+Outcome = tuple[str, Any]  # what `_convert` returns
+Executor = Callable[[list[_Task], Settings, Path], Generator[tuple[_Task, Outcome], None, None]]
 
-    Each worker converts on one core (OpenCV's own threads off): `workers` is the number of cores used, and two
-    workers do not fight over the same cores with OpenCV's thread pools.
+
+def _executor(workers: int, cluster: str | None, connect_timeout: float) -> Executor:
+    """What runs `_convert` over the tasks: this process, a local pool or a Dask cluster.
+
+    An executor yields `(task, outcome)` pairs, in any order. Each worker converts on one core (OpenCV's own
+    threads off): `workers` is the number of cores used, two workers do not fight over the same cores with
+    OpenCV's thread pools, and every executor writes the same bytes.
     """
-    if workers <= 1 or len(tasks) <= 1:
-        return _in_process(tasks, settings)
-    return _pool_map(tasks, settings, workers)
+    if cluster is None:
+        return _in_process if workers <= 1 else functools.partial(_pool_map, workers=workers)
+    if workers != 1:
+        raise ConfigError(
+            f"prepare: workers={workers} counts local processes, but cluster '{cluster}' was given too, whose workers "
+            "do the work. Leave workers at 1 (for cluster 'local:N', N is the number of worker processes)."
+        )
+    local_workers = _parse_cluster(cluster)
+    distributed = require("distributed", package="dask[distributed]", extra="cluster", feature="Preparing images on a Dask cluster")
+    return functools.partial(
+        _dask_map, distributed=distributed, cluster=cluster, local_workers=local_workers, connect_timeout=connect_timeout
+    )
 
 
-def _in_process(tasks: list[_Task], settings: Settings) -> Generator[tuple[str, Any], None, None]:
+def _in_process(tasks: list[_Task], settings: Settings, out_dir: Path) -> Generator[tuple[_Task, Outcome], None, None]:
     import cv2
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
         for task in tasks:
-            yield _convert(task, settings)
+            yield task, _convert(task, settings)
     finally:
         cv2.setNumThreads(threads)
 
@@ -462,7 +502,10 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _pool_map(tasks: list[_Task], settings: Settings, workers: int) -> Generator[tuple[str, Any], None, None]:
+def _pool_map(tasks: list[_Task], settings: Settings, out_dir: Path, *, workers: int) -> Generator[tuple[_Task, Outcome], None, None]:
+    if len(tasks) <= 1:  # starting processes costs more than one file
+        yield from _in_process(tasks, settings, out_dir)
+        return
     # spawn, not fork: a parent that already imported TensorFlow or torch must not be forked.
     context = multiprocessing.get_context("spawn")
     # Small chunks: a file takes tens of milliseconds, so a worker left idle at the end by a big last chunk
@@ -470,8 +513,146 @@ def _pool_map(tasks: list[_Task], settings: Settings, workers: int) -> Generator
     chunksize = max(1, min(8, len(tasks) // (workers * 16)))
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
         try:
-            yield from pool.map(_convert_star, [(task, settings) for task in tasks], chunksize=chunksize)
+            yield from zip(tasks, pool.map(_convert_star, [(task, settings) for task in tasks], chunksize=chunksize))
         except BaseException:
             # strict mode stopped at a bad file (or the user interrupted): drop the work not started yet.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+# === On a Dask cluster ===
+
+
+def _parse_cluster(cluster: str) -> int | None:
+    """The N of "local:N", None for a scheduler address; a ConfigError for anything else."""
+    if cluster.startswith("local:"):
+        count = cluster.removeprefix("local:")
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"prepare: cluster '{cluster}' needs a number of worker processes, e.g. local:2.")
+        return int(count)
+    if ":" not in cluster:
+        raise ConfigError(
+            f"prepare: cluster '{cluster}' is neither a scheduler address such as tcp://HOST:8786 nor local:N "
+            "(N worker processes on this machine)."
+        )
+    return None
+
+
+def _dask_map(
+    tasks: list[_Task], settings: Settings, out_dir: Path, *, distributed, cluster: str, local_workers: int | None,
+    connect_timeout: float,
+) -> Generator[tuple[_Task, Outcome], None, None]:
+    """`_convert` of every task on the cluster's workers, yielded as each finishes."""
+    if not tasks:  # everything was kept from an earlier run: no cluster to start or reach
+        return
+    with _dask_client(distributed, cluster, local_workers, connect_timeout) as client:
+        _check_workers(client, cluster, out_dir, tasks, connect_timeout)
+        # pure=False: keys unique to this call, so two prepare runs on one scheduler never share results.
+        futures = client.map(_convert_on_worker, tasks, settings=settings, pure=False)
+        task_of = {future.key: task for future, task in zip(futures, tasks)}
+        # Leaving early (strict, Ctrl-C) closes the client, and the scheduler then drops the work not done.
+        for future in distributed.as_completed(futures, loop=client.loop):
+            task = task_of[future.key]
+            yield task, _outcome(future, task, distributed)
+
+
+@contextlib.contextmanager
+def _dask_client(distributed, cluster: str, local_workers: int | None, connect_timeout: float):
+    if local_workers is not None:
+        # One thread per worker process, as the local pool: pydicom holds the GIL, OpenCV runs on one core. The
+        # scheduler's HTTP server on a free port of this machine only: 8787 may be another cluster's.
+        with distributed.LocalCluster(
+            n_workers=local_workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as local, distributed.Client(local, set_as_default=False) as client:
+            yield client
+        return
+    try:
+        client = distributed.Client(cluster, timeout=connect_timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"Could not reach the Dask scheduler at {cluster} within {connect_timeout:g} s ({exc}). Check that "
+            "`dask scheduler` runs there and its port is open from this machine, or use --cluster local:N to "
+            "start worker processes here."
+        ) from exc
+    with client:
+        yield client
+
+
+def _check_workers(client, cluster: str, out_dir: Path, tasks: list[_Task], timeout: float) -> None:
+    """Fail before any work when no worker is up, or a worker lacks this keras-medimg or cannot see the files."""
+    import keras_medimg
+
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError as exc:
+        raise ConfigError(
+            f"The Dask scheduler at {cluster} has no workers (waited {timeout:g} s). Start some on each machine with "
+            f"`dask worker {cluster} --nworkers N --nthreads 1`."
+        ) from exc
+    out_dir.mkdir(parents=True, exist_ok=True)  # so that the workers can be asked whether they see it
+    answers = client.run(_probe_worker, str(out_dir), str(tasks[0].source) if tasks else "")
+    problems = _worker_problems(answers, keras_medimg.__version__, out_dir, tasks[0].source if tasks else None)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ConfigError(f"The Dask workers of {cluster} cannot run prepare: {shown}.")
+
+
+def _probe(out_dir: str, source: str) -> tuple[str | None, bool, bool]:
+    """On a worker: its keras-medimg version (None when it cannot import it), and whether it sees the folders."""
+    import os
+
+    try:
+        import keras_medimg
+
+        version = keras_medimg.__version__
+    except ImportError:
+        version = None
+    return version, os.path.isdir(out_dir), not source or os.path.isfile(source)
+
+
+def _by_value(function):
+    """`function` as cloudpickle sends a function defined in `__main__`: its code, not a `keras_medimg` import,
+    so that a worker without keras-medimg can still answer."""
+    return type(function)(function.__code__, {"__builtins__": __builtins__}, function.__name__)
+
+
+_probe_worker = _by_value(_probe)
+
+
+def _worker_problems(
+    answers: Mapping[str, tuple[str | None, bool, bool]], version: str, out_dir: Path, source: Path | None
+) -> list[str]:
+    """What is wrong with each worker, from the `_probe` answers keyed by worker address; empty when all is well."""
+    problems = []
+    for address, (worker_version, sees_out, sees_source) in sorted(answers.items()):
+        if worker_version is None:
+            problems.append(f"worker {address} cannot import keras_medimg (install keras-medimg=={version} on every worker)")
+        elif worker_version != version:
+            problems.append(
+                f"worker {address} has keras-medimg {worker_version}, this machine {version} (install the same version everywhere)"
+            )
+        if not sees_out or not sees_source:
+            missing = out_dir if not sees_out else source
+            problems.append(
+                f"worker {address} cannot see {missing} (the workers read the inputs and write the PNGs themselves: "
+                "put them on a filesystem every worker mounts at the same path)"
+            )
+    return problems
+
+
+def _convert_on_worker(task: _Task, settings: Settings) -> Outcome:
+    _init_worker()
+    return _convert(task, settings)
+
+
+def _outcome(future, task: _Task, distributed) -> Outcome:
+    """The result of a finished future; a file that killed its workers is skipped like an unreadable one."""
+    try:
+        return future.result()
+    except distributed.KilledWorker:
+        return "skip", (
+            str(task.source),
+            "The Dask workers converting this file died each time (a crash in a decoder, or out of memory). "
+            "Check the file, or give the workers more memory.",
+            None,
+        )
