@@ -116,8 +116,11 @@ def cli_state(monkeypatch):
     """The root command sets up process-wide logging and environment; restore both after the test."""
     import logging
 
-    monkeypatch.delenv("MEDIMG_DEBUG", raising=False)
-    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    # setenv, not delenv: delenv of an unset variable records nothing, so what --debug or the root command set
+    # would outlive the test. "0" is "no debug"; TensorFlow's level 0 is its default (log everything).
+    monkeypatch.setenv("MEDIMG_DEBUG", "0")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
     root = logging.getLogger()
     names = ("keras_medimg", "tensorflow", "absl")
     handlers, level, levels = list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}
@@ -143,9 +146,14 @@ def test_info_prints_no_tensorflow_startup_noise():
 
 
 def test_debug_does_not_force_tensorflow_quiet(cli_state, monkeypatch):
+    # --debug sets MEDIMG_DEBUG=1 for the rest of the process. setenv records "unset" as the value to restore;
+    # monkeypatch.delenv would not (it records nothing for an unset variable, and "1" once --debug has run), and
+    # the leaked "1" turned later tests' `error:` exit 2 into tracebacks with exit 1.
+    monkeypatch.setenv("MEDIMG_DEBUG", "0")
     CliRunner().invoke(cli, ["--debug", "prepare", "--help"])
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    monkeypatch.delenv("MEDIMG_DEBUG")  # --debug set it for the rest of the process
+    assert os.environ["MEDIMG_DEBUG"] == "1"
+    monkeypatch.setenv("MEDIMG_DEBUG", "0")
     CliRunner().invoke(cli, ["prepare", "--help"])
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
 
