@@ -81,6 +81,7 @@ class DetectorConfig:
     learning_rate: float = 0.005
     warmup_epochs: float = 1.0
     patience: int = 0
+    keep: Literal["val_loss", "fitness", "last"] = "val_loss"
     device: str = "cpu"
     workers: int = 0
 

@@ -133,7 +133,7 @@ def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mappin
     """Train YOLOv5u on tiles of the remapped train split (validated on the val split's grid).
 
     Returns:
-        (last checkpoint, detector class names, seconds).
+        (the checkpoint `detector.keep` names, detector class names, seconds).
     """
     from keras_medimg.detection.yolo import train_detector
 
@@ -149,15 +149,15 @@ def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mappin
     result = train_detector(
         data_yaml, out_dir, model=f"yolov5{d.size}u", weights=d.weights, epochs=d.epochs, imgsz=plan.imgsz,
         batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience,
-        trainer=tiled.tile_trainer(train_set, val_set),
+        trainer=tiled.tile_trainer(train_set, val_set, best_by="fitness" if d.keep == "last" else d.keep),
         # Ultralytics' own augmentations never reach TileDataset; these keep its other defaults from acting.
         # nbs = batch: one optimizer step per batch of tiles, as the study's batch of 8 (Ultralytics otherwise
         # accumulates to 64 images, i.e. a step every 8 batches, which from scratch on a small set barely learns).
         hyperparameters={"optimizer": d.optimizer, "lr0": d.learning_rate, "warmup_epochs": d.warmup_epochs,
                          "warmup_bias_lr": d.learning_rate, "nbs": d.batch, "mosaic": 0.0, "close_mosaic": 0},
     )
-    # The last checkpoint: Ultralytics' `best` is chosen on a handful of validation scans by mAP, a noisy pick.
-    return result.last, names, result.seconds
+    # The study keeps the epoch of lowest validation loss (`keep: val_loss`, the TileTrainer's best.pt).
+    return (result.last if d.keep == "last" else result.best), names, result.seconds
 
 
 def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
@@ -167,13 +167,13 @@ def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     mapping = class_mapping(cfg, dataset.class_names, splits["train"])
     run = start_run(APP, "train", cfg, run)
     _write_splits(run, splits)
-    last, names, seconds = fit_detector(cfg, splits, mapping, run.dir / "detector")
+    kept, names, seconds = fit_detector(cfg, splits, mapping, run.dir / "detector")
     weights = run.path("weights", DETECTOR_FILE)
-    shutil.copyfile(last, weights)
+    shutil.copyfile(kept, weights)
     write_json(run.path("class_map.json"), {"mapping": mapping, "detector_classes": names})
     report, seconds_eval = score(cfg, weights, splits["test"], mapping, names)
     evaluation.write_evaluation(run, report, "test")
-    metrics = {"test": report, "train_seconds": seconds, "evaluate_seconds": seconds_eval,
+    metrics = {"test": report, "train_seconds": seconds, "evaluate_seconds": seconds_eval, "kept": cfg.detector.keep,
                "images": {k: len(v) for k, v in splits.items()}, "class_remap": cfg.class_remap,
                "tiling": cfg.tiling.mode, "detector_classes": names}
     return finish_run(run, metrics, skipped, evaluation.per_class_table(report))
@@ -336,8 +336,8 @@ def ablate(cfg: XrayConfig, experiment: str, *, run: Run | RunPlace | None = Non
             row_cfg = replace(row_cfg, remap=replace(row_cfg.remap, score_run=str(original)))
         out = run.dir / "rows" / row / f"seed{k}"
         mapping = class_mapping(row_cfg, dataset.class_names, splits["train"])
-        last, names, seconds = fit_detector(row_cfg, splits, mapping, out / "detector")
-        report, _ = score(row_cfg, last, splits["test"], mapping, names)
+        kept, names, seconds = fit_detector(row_cfg, splits, mapping, out / "detector")
+        report, _ = score(row_cfg, kept, splits["test"], mapping, names)
         write_json(out / "metrics.json", {"test": report, "train_seconds": seconds})
         return report
 

@@ -232,14 +232,37 @@ class TileDataset:
         return YOLODataset.collate_fn(batch)
 
 
-def tile_trainer(train: TileDataset, val: TileDataset) -> type:
+def tile_trainer(train: TileDataset, val: TileDataset, *, best_by: str = "fitness") -> type:
     """An Ultralytics `DetectionTrainer` subclass that trains on `train` and validates on `val` (for
-    `detection.yolo.train_detector(..., trainer=...)`; the data.yaml it is given only names the classes)."""
+    `detection.yolo.train_detector(..., trainer=...)`; the data.yaml it is given only names the classes).
+
+    Args:
+        best_by: what makes Ultralytics' `best.pt` (and its early stopping) "best": `"fitness"`, its own
+            0.1 mAP50 + 0.9 mAP50-95, or `"val_loss"`, the lowest summed box + class + DFL validation loss
+            (the study keeps the epoch of lowest validation loss).
+    """
     from ultralytics.models.yolo.detect import DetectionTrainer
+
+    if best_by not in ("fitness", "val_loss"):
+        raise ConfigError(f"best_by={best_by!r} is not known; choose fitness or val_loss.")
 
     class TileTrainer(DetectionTrainer):
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
             return train if mode == "train" else val
+
+        def validate(self):
+            if best_by == "fitness":
+                return super().validate()
+            best_so_far = self.best_fitness  # ours, from the earlier epochs (or a resumed checkpoint)
+            metrics, fitness = super().validate()  # sets best_fitness from mAP: replaced below
+            if metrics is not None:
+                losses = [float(v) for k, v in metrics.items() if k.startswith("val/") and k.endswith("_loss")]
+                if not losses:
+                    raise RuntimeError(f"Ultralytics reported no validation losses (metrics: {sorted(metrics)}).")
+                # Ultralytics saves the largest fitness as best.pt and stops early on it: the negated loss.
+                fitness = -sum(losses)
+                self.best_fitness = fitness if best_so_far is None else max(best_so_far, fitness)
+            return metrics, fitness
 
     return TileTrainer
 

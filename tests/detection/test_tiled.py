@@ -122,3 +122,43 @@ def test_plan_and_augment_are_checked():
         tiled.TilePlan(size=64, overlap=64)
     with pytest.raises(ConfigError, match="probability"):
         tiled.BoxAugment(blur=2)
+
+
+@pytest.mark.parametrize("best_by, best_epoch", [("val_loss", 2), ("fitness", 3)])
+def test_tile_trainer_best_checkpoint_follows_validation_loss_or_fitness(best_by, best_epoch):
+    """Ultralytics saves best.pt when `fitness == best_fitness` after `validate()`, and stops early on it: with
+    best_by=val_loss that must be the epoch of lowest summed validation loss, not of highest mAP."""
+    from types import SimpleNamespace
+
+    import torch
+
+    trainer_cls = tiled.tile_trainer(SimpleNamespace(), SimpleNamespace(), best_by=best_by)
+    trainer = object.__new__(trainer_cls)  # only validate() runs: Ultralytics' own, with our override
+    epochs = [  # (box, cls, dfl) validation losses and Ultralytics' mAP fitness
+        ((1.0, 1.5, 0.5), 0.10),
+        ((0.8, 0.9, 0.3), 0.05),  # lowest loss (2.0)
+        ((0.9, 1.2, 0.4), 0.30),  # highest mAP fitness
+        ((1.1, 1.4, 0.6), 0.20),
+    ]
+    queue = iter(epochs)
+
+    def validator(_):
+        (box, cls, dfl), fitness = next(queue)
+        return {"metrics/mAP50(B)": fitness, "val/box_loss": box, "val/cls_loss": cls, "val/dfl_loss": dfl,
+                "fitness": fitness}
+
+    trainer.ema, trainer.world_size, trainer.validator, trainer.best_fitness = None, 1, validator, None
+    trainer.loss = torch.zeros(())  # the training loss, which Ultralytics reads as a fallback fitness
+    saved = []
+    for epoch in range(1, len(epochs) + 1):
+        _, fitness = trainer.validate()
+        if trainer.best_fitness == fitness:  # BaseTrainer.save_model's test for writing best.pt
+            saved.append(epoch)
+    assert saved[-1] == best_epoch
+    if best_by == "val_loss":
+        assert trainer.best_fitness == pytest.approx(-2.0)
+
+
+def test_tile_trainer_rejects_an_unknown_best_measure():
+    with pytest.raises(ConfigError, match="val_loss"):
+        tiled.tile_trainer(None, None, best_by="map")
