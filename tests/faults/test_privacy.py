@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from pydicom import dcmwrite
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import MRImageStorage
 
 from keras_medimg.apps.cli import cli
 from keras_medimg.io.images import read_image
+
+from ..io.conftest import make_dataset
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,26 +38,13 @@ PHI_MARKERS = {
 
 
 def write_phi_dicom(path: Path, pixels: np.ndarray) -> Path:
-    """An MR slice as DICOM whose PHI tags hold the markers."""
+    """A 12-bit MR slice as DICOM whose PHI tags hold the markers (the io tests' dataset, other values)."""
     pixels = np.asarray(np.clip(pixels, 0, 1) * 4095, np.uint16) if pixels.dtype != np.uint16 else pixels
     if pixels.ndim == 3:
         pixels = pixels[..., 0]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = make_dataset(pixels, Modality="MR", SOPClassUID=MRImageStorage, BitsStored=12, HighBit=11,
+                      WindowCenter=2048, WindowWidth=4096, **PHI_MARKERS)
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.Modality = "MR"
-    for keyword, value in PHI_MARKERS.items():
-        setattr(ds, keyword, value)
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.SamplesPerPixel = 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = pixels.astype("<u2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     dcmwrite(path, ds, enforce_file_format=True)
     return path
