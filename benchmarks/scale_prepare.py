@@ -11,7 +11,10 @@ converts the same files with the same settings (window auto + foreground crop + 
   beforehand, as a real cluster is already running; its start-up is reported apart (`cluster_start_s`), and
   `files_per_s_with_start` is the rate `--cluster local:2` gives, start-up included.
 
-The outputs of the three runs are compared byte for byte (`identical`). `bench_prepare` is what
+Besides files per wall-clock second, each row gives files per CPU-second of every process the run used (this
+one, the pool's, the Dask workers'): on a machine shared with other programs the wall-clock rates drop, this
+one does not, and it shows what each executor costs in scheduling and start-up. The outputs of the three runs
+are compared byte for byte (`identical`). `bench_prepare` is what
 `benchmarks/scale.py` prints beside the training figures; run this file alone for the prepare rows only:
 
     python benchmarks/scale_prepare.py                          # 96 files of 1024x768
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -46,15 +50,29 @@ def write_demo_dicoms(folder: Path, files: int, *, height: int = 1024, width: in
     return inputs
 
 
-def _timed_run(inputs: Path, out: Path, files: int, **executor) -> float:
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its ended children (a pool's workers, once it is shut down)."""
+    return _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) + _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN))
+
+
+def _timed_run(inputs: Path, out: Path, files: int, **executor) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (of this process and the pool it started) of one `prepare_images` run."""
     from keras_medimg.datasets.prepare import prepare_images
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _own_cpu()
     result = prepare_images(inputs, out, **SETTINGS, **executor)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _own_cpu() - cpu
     if result.converted != files or result.skipped:
         raise RuntimeError(f"prepare converted {result.converted} of {files} files and skipped {len(result.skipped)}.")
-    return seconds
+    return seconds, cpu_seconds
+
+
+def _workers_cpu(client) -> float:
+    return sum(_cpu_seconds(usage) for usage in client.run(resource.getrusage, resource.RUSAGE_SELF).values())
 
 
 def _same_outputs(first: Path, second: Path) -> bool:
@@ -78,42 +96,50 @@ def bench_prepare(tmp_dir: str | Path, *, files: int = 96, height: int = 1024, w
         before the run: other programs on the cores lower the rates); the Dask row adds cluster_start_s and
         files_per_s_with_start.
     """
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     tmp_dir = Path(tmp_dir)
     inputs = write_demo_dicoms(tmp_dir, files, height=height, width=width)
     rows = []
 
-    def row(executor: str, workers: int, seconds: float, out: Path, **extra) -> dict:
+    def row(executor: str, workers: int, seconds: float, cpu_seconds: float, out: Path, load: float, **extra) -> dict:
         base = rows[0]["seconds"] if rows else seconds
         return {
             "executor": executor, "workers": workers, "files": files, "seconds": round(seconds, 3),
             "files_per_s": round(files / seconds, 2), "speedup": round(base / seconds, 2),
-            "identical": _same_outputs(tmp_dir / "pool1", out), **extra,
+            "files_per_cpu_s": round(files / cpu_seconds, 2), "identical": _same_outputs(tmp_dir / "pool1", out),
+            "load_1min": round(load, 2), **extra,
         }
 
     for workers in (1, 2):
         load = os.getloadavg()[0]
-        seconds = _timed_run(inputs, tmp_dir / f"pool{workers}", files, workers=workers)
-        rows.append(row("local pool", workers, seconds, tmp_dir / f"pool{workers}", load_1min=round(load, 2)))
+        seconds, cpu_seconds = _timed_run(inputs, tmp_dir / f"pool{workers}", files, workers=workers)
+        rows.append(row("local pool", workers, seconds, cpu_seconds, tmp_dir / f"pool{workers}", load))
 
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         cluster_start = time.perf_counter() - start
-        seconds = _timed_run(inputs, tmp_dir / "dask2", files, cluster=cluster.scheduler_address)
+        workers_cpu = _workers_cpu(client)
+        seconds, cpu_seconds = _timed_run(inputs, tmp_dir / "dask2", files, cluster=cluster.scheduler_address)
+        cpu_seconds += _workers_cpu(client) - workers_cpu
     rows.append(row(
-        "Dask LocalCluster", 2, seconds, tmp_dir / "dask2", load_1min=round(load, 2), cluster_start_s=round(cluster_start, 3),
+        "Dask LocalCluster", 2, seconds, cpu_seconds, tmp_dir / "dask2", load, cluster_start_s=round(cluster_start, 3),
         files_per_s_with_start=round(files / (seconds + cluster_start), 2),
     ))
     return rows
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"\n{'prepare_images (demo DICOMs, crop + CLAHE)':<34} {'workers':>7} {'files/s':>8} {'speed-up':>8} {'identical':>9} {'load':>5}")
+    print(f"\n{'prepare_images, demo DICOMs':<27} {'workers':>7} {'files/s':>8} {'speed-up':>8} {'files/CPU-s':>11} {'identical':>9} {'load':>5}")
     for r in rows:
-        extra = f"  (cluster start {r['cluster_start_s']:.1f} s; {r['files_per_s_with_start']:.1f} files/s with it)" if "cluster_start_s" in r else ""
-        print(f"{r['executor']:<34} {r['workers']:>7} {r['files_per_s']:>8.1f} {r['speedup']:>7.2f}x {str(r['identical']):>9} {r['load_1min']:>5.1f}{extra}")
+        print(f"{r['executor']:<27} {r['workers']:>7} {r['files_per_s']:>8.1f} {r['speedup']:>7.2f}x {r['files_per_cpu_s']:>11.1f} "
+              f"{str(r['identical']):>9} {r['load_1min']:>5.1f}")
+        if "cluster_start_s" in r:
+            print(f"{'':<27} cluster start {r['cluster_start_s']:.1f} s; {r['files_per_s_with_start']:.1f} files/s with it")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -355,11 +355,10 @@ def prepare_images(
 
     Raises:
         ConfigError: `out_dir` overlaps an input folder or holds an input manifest, an input is neither a
-            folder, a CSV file nor an image, or a setting is out of range.
+            folder, a CSV file nor an image, a setting is out of range, or the Dask scheduler cannot be
+            reached, has no workers, or has workers without this keras-medimg version or that cannot see the files.
         InvalidInputError: a manifest has no `path` column; with `strict`, the first bad file.
         MissingDependencyError: `cluster` is given and dask.distributed is not installed.
-        ConfigError: also when the Dask scheduler cannot be reached, has no workers, or its workers lack this
-            keras-medimg version or cannot see the files.
     """
     out_dir = Path(out_dir).resolve()
     settings = Settings(window=window, crop=crop, margin=margin, clahe=clahe, clip_limit=clip_limit, size=size)

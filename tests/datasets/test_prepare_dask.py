@@ -15,7 +15,7 @@ import pytest
 
 from keras_medimg.datasets.prepare import _probe_worker, _worker_problems, prepare_images
 from keras_medimg.datasets.synthetic.roi import generate_vindr
-from keras_medimg.errors import ConfigError, MissingDependencyError
+from keras_medimg.errors import ConfigError, InvalidInputError, MissingDependencyError
 
 distributed = pytest.importorskip("distributed")
 
@@ -85,13 +85,19 @@ def test_cluster_run_resumes_a_partial_run(tmp_path, dicoms, scheduler):
 
 
 @pytest.mark.slow
+def test_strict_stops_the_cluster_run_at_the_bad_file(tmp_path, dicoms, scheduler):
+    with pytest.raises(InvalidInputError, match="corrupt.dicom"):
+        prepare_images(dicoms, tmp_path / "out", cluster=scheduler, strict=True)
+
+
+@pytest.mark.slow
 def test_medimg_prepare_cluster_local_n_matches_the_local_command(tmp_path, dicoms):
     from click.testing import CliRunner
 
     from keras_medimg.apps.cli import prepare
 
     args = [str(dicoms), "--crop", "--size", "64"]
-    local = CliRunner().invoke(prepare, [*args, "--out", str(tmp_path / "local"), "--workers", "2"])
+    local = CliRunner().invoke(prepare, [*args, "--out", str(tmp_path / "local"), "--workers", "1"])
     assert local.exit_code == 0, local.output
     result = CliRunner().invoke(prepare, [*args, "--out", str(tmp_path / "dask"), "--cluster", "local:2"])
     assert result.exit_code == 0, result.output
