@@ -549,8 +549,10 @@ def _dask_map(
         # pure=False: keys unique to this call, so two prepare runs on one scheduler never share results.
         futures = client.map(_convert_on_worker, tasks, settings=settings, pure=False)
         task_of = {future.key: task for future, task in zip(futures, tasks)}
+        completed = distributed.as_completed(futures, loop=client.loop)
+        del futures  # then each result leaves the workers' memory once it is read here, not at the end
         # Leaving early (strict, Ctrl-C) closes the client, and the scheduler then drops the work not done.
-        for future in distributed.as_completed(futures, loop=client.loop):
+        for future in completed:
             task = task_of[future.key]
             yield task, _outcome(future, task, distributed)
 
