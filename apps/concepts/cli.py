@@ -38,22 +38,34 @@ APP.add_demo_data(concepts, "keras_medimg.apps.concepts.pipeline:demo_data",
 @click.option("--weights", default=None, help="Backbone weights (model.weights): imagenet or a local file; default random.")
 @click.option("--epochs", type=int, default=None, help="Total epochs over both phases (train.epochs).")
 @click.option("--image-size", type=int, default=None, help="Input side in pixels (model.image_size).")
-@click.option("--study", is_flag=True, help="Use the study's sizes: 224x224 input, batch 32, 30 epochs, 5 head epochs.")
+@click.option("--study", type=click.Choice(["model1", "model2"]), default=None, is_flag=False, flag_value="model2",
+              help="The paper's settings (Table 5): model1 = run 421 (DenseNet-121, first 276 layers frozen, 255 px, "
+                   "lr 0.001 x0.9 every 100 steps, softmax head), model2 = runs 422/425 (MultiLabelBinarizer + "
+                   "sigmoid, 224 px, head then fine-tuning); both with ImageNet weights, batch 32 and fixed "
+                   "thresholds 0.3 and 0.5 next to the tuned one. --study alone is model2. Options and --set win.")
+@click.option("--train-with-valid", is_flag=True, default=None,
+              help="Train on train + valid together (the paper's final models; data.train_with_valid). Thresholds "
+                   "then come from thresholds.from_run, else thresholds.fixed[0].")
 @resume_option
-def train(backbone: str | None, weights: str | None, epochs: int | None, image_size: int | None, study: bool,
-          resume: str | None, data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
-          overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
-    """Train a concept detector and tune its thresholds (on the demo data when --data is not given)."""
-    from keras_medimg.apps.concepts import pipeline
-    from keras_medimg.apps.concepts.config import STUDY
+def train(backbone: str | None, weights: str | None, epochs: int | None, image_size: int | None, study: str | None,
+          train_with_valid: bool | None, resume: str | None, data: str | None, seed: int | None, strict: bool | None,
+          config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Train a concept detector and choose its thresholds (on the demo data when --data is not given).
 
-    options = dict(STUDY) if study else {}
+    Prints the run table: F1 and secondary F1 on the validation split at each fixed threshold and at the saved
+    thresholds, beside the paper's Table 5 (also in runs.csv).
+    """
+    from keras_medimg.apps.concepts import pipeline
+    from keras_medimg.apps.concepts.config import STUDIES
+
+    options = dict(STUDIES[study]) if study else {}
     options.update({"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
-                    "model.weights": weights, "train.epochs": epochs, "model.image_size": image_size})
+                    "model.weights": weights, "train.epochs": epochs, "model.image_size": image_size,
+                    "data.train_with_valid": train_with_valid})
     cfg, run = APP.resolve_train(resume=resume, config_file=config_file, overrides=overrides,
                              options=options, project=project, name=name, exist_ok=exist_ok)
     result = pipeline.train(cfg, run=run, resume=bool(resume))
-    click.echo("\nThresholds on the validation split:")
+    click.echo("\nThresholds and runs on the validation split:")
     click.echo(result.table)
     print_run_summary(result.run.dir)
 
@@ -61,17 +73,25 @@ def train(backbone: str | None, weights: str | None, epochs: int | None, image_s
 @concepts.command()
 @click.option("--images", type=click.Path(), default=None,
               help="A folder of images, or a CSV with an ID column (default: the demo test split).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="One threshold for every concept instead of the saved ones (predict.threshold), e.g. 0.3 or 0.5.")
+@click.option("--gradcam", is_flag=True, default=None,
+              help="Also write a Grad-CAM overlay per (image, predicted concept): gradcam/<ID>_<CUI>.png.")
 @trained_run_options("A `concepts train` run folder, or its .keras file.")
-def predict(weights: str, images: str | None, strict: bool | None, config_file: str | None,
-            overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+def predict(weights: str, images: str | None, threshold: float | None, gradcam: bool | None, strict: bool | None,
+            config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
+            exist_ok: bool) -> None:
     """Predict concepts and write submission.csv (official format) and predictions.csv."""
     from keras_medimg.apps.concepts import pipeline
 
-    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.images": images, "strict": strict})
+    cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.images": images, "strict": strict,
+                                               "predict.threshold": threshold, "predict.gradcam": gradcam})
     result = pipeline.predict(cfg, run=run_place(project, name, exist_ok))
     m = result.metrics
     click.echo(f"{m['predicted']} of {m['images']} images predicted ({m['concepts_per_image']:.2f} concepts per image, "
-               f"{m['images_per_second']:.1f} images/s). Submission: {m['submission']}")
+               f"{m['images_per_second']:.1f} images/s, threshold {m['threshold']}). Submission: {m['submission']}")
+    if m["gradcam"]:
+        click.echo(f"Grad-CAM: {m['gradcam']} overlays, one per predicted concept, listed in predictions.csv.")
     print_run_summary(result.run.dir)
 
 

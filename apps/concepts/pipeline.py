@@ -1,9 +1,12 @@
 """ImageCLEFmedical concept detection as plain functions: train, predict, evaluate, export.
 
-    train     train/valid splits -> MultiLabelBinarizer over the training CUIs -> DenseNet-121 + Dense(512) + sigmoid
-              -> (head phase on a frozen backbone, pretrained weights only) -> fine-tuning -> thresholds tuned on
-              valid by primary F1 -> weights/best.keras + weights/concepts.json
-    predict   images -> probabilities -> thresholds (+ top-1) -> submission.csv (official format) + predictions.csv
+    train     train/valid splits (or both together: data.train_with_valid) -> MultiLabelBinarizer over the
+              training CUIs -> DenseNet-121 + Dense(512) + sigmoid (Model2) or softmax over spread targets
+              (Model1) -> (head phase on a frozen backbone, pretrained weights only) -> fine-tuning -> thresholds
+              tuned on valid by primary F1 -> weights/best.keras + weights/concepts.json; the run table (fixed
+              thresholds 0.3 / 0.5 as in the paper's runs 422 / 425, ours, the paper's Table 5) in runs.csv
+    predict   images -> probabilities -> thresholds (saved, or --threshold) (+ top-1) -> submission.csv (official
+              format) + predictions.csv (+ one Grad-CAM overlay per predicted concept with predict.gradcam)
     evaluate  submission + ground truth -> validation as the official evaluator -> primary / secondary F1,
               per-concept table, micro / macro F1
     export    best.keras -> SavedModel + ONNX + metadata.json (concepts, names, thresholds in output order)
@@ -16,25 +19,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from keras_medimg.apps.concepts import study
 from keras_medimg.apps.concepts.config import ConceptsConfig
+from keras_medimg.apps.concepts.detector import (  # noqa: F401 - re-exported: the detector API of this app
+    APP, CONCEPTS_FILE, ConceptModel, load_detector, normalization, save_concepts,
+)
 from keras_medimg.datasets.imageclef import concepts_csv_text, read_cui_mapping, read_imageclef, truth_by_id
 from keras_medimg.datasets.records import Sample, Skipped
-from keras_medimg.errors import ConfigError, InvalidInputError
+from keras_medimg.errors import ConfigError
 from keras_medimg.metrics import imageclef as scoring
-from keras_medimg.metrics.thresholds import format_threshold_table, select, tune_thresholds
-from keras_medimg.runs import Run, RunPlace, RunResult, atomic_write_text, finish_run, open_trained, start_run, write_json
+from keras_medimg.metrics.thresholds import format_threshold_table
+from keras_medimg.runs import Run, RunPlace, RunResult, atomic_write_text, finish_run, start_run
 
 log = logging.getLogger("keras_medimg.concepts")
 
-APP = "concepts"
-CONCEPTS_FILE = "concepts.json"
-PREDICTION_FIELDS = ["ID", "CUI", "name", "probability"]
+PREDICTION_FIELDS = ["ID", "CUI", "name", "probability", "gradcam"]
 
 
 # === Data ===
@@ -81,129 +84,34 @@ def concept_vocabulary(samples: Sequence[Sample], min_count: int) -> list[str]:
     return concepts
 
 
-# === The trained model and its concept file ===
-
-
-@dataclass
-class ConceptModel:
-    """A trained concept detector: the Keras model plus what turns its outputs into CUIs.
-
-    Args:
-        model: the Keras model, (N, S, S, 3) images in -> (N, C) sigmoid probabilities out.
-        concepts: the C CUIs in output order (the MultiLabelBinarizer's classes).
-        thresholds: (C,) thresholds.
-        names: CUI -> canonical name.
-        image_size: S.
-        normalization: the backbone's input normalisation (dict of `Normalization`).
-        top1: always predict the most probable concept.
-        max_concepts: the most concepts per image.
-        backbone: the registry backbone name.
-    """
-
-    model: Any
-    concepts: list[str]
-    thresholds: np.ndarray
-    names: dict[str, str]
-    image_size: int
-    normalization: dict[str, Any]
-    top1: bool = True
-    max_concepts: int = 100
-    backbone: str = ""
-
-    def record(self) -> dict[str, Any]:
-        """The concept file's content (and export metadata)."""
-        return {
-            "concepts": self.concepts,
-            "names": {cui: self.names.get(cui, "") for cui in self.concepts},
-            "thresholds": [float(t) for t in self.thresholds],
-            "top1": self.top1,
-            "max_concepts": self.max_concepts,
-            "image_size": self.image_size,
-            "channels": 3,
-            "normalization": self.normalization,
-            "backbone": self.backbone,
-        }
-
-    def probabilities(self, samples: Sequence[Sample], *, batch_size: int, skipped: Skipped, strict: bool) -> tuple[np.ndarray, list[Sample]]:
-        """(N, C) probabilities of the readable samples, in their order, and those samples (one streamed pass)."""
-        from keras_medimg.datasets.pipeline import predict_samples
-        from keras_medimg.preprocessing.normalize import Normalization
-
-        return predict_samples(
-            self.model, samples, image_size=self.image_size, channels=3, batch_size=batch_size,
-            normalization=Normalization.from_dict(self.normalization), skipped=skipped, strict=strict,
-        )  # fmt: skip
-
-    def predict_cuis(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
-        """(CUI, probability) of each image, most probable first."""
-        chosen = select(probabilities, self.thresholds, top1=self.top1, max_concepts=self.max_concepts)
-        return [[(self.concepts[c], float(row[c])) for c in indices] for row, indices in zip(probabilities, chosen)]
-
-
-def save_concepts(path: Path, detector: ConceptModel) -> Path:
-    """Write the concept file (concept list, thresholds, names, input settings) beside the weights."""
-    return write_json(path, detector.record())
-
-
-def load_detector(weights: str | Path | None) -> ConceptModel:
-    """Load a trained detector from a train run folder, or a .keras file with concepts.json beside it.
-
-    Raises:
-        InvalidInputError: no model, or no concepts.json beside it, or one that does not match the model.
-    """
-    import json
-
-    from keras_medimg.models.classifier import load_model
-
-    model_path = open_trained(weights, APP, ConceptsConfig, lone_model=True).model_path
-    concepts_file = model_path.parent / CONCEPTS_FILE
-    if not concepts_file.is_file():
-        raise InvalidInputError(
-            concepts_file, f"The concept list of {model_path.name} is missing. Keep concepts.json (written by `medimg concepts train`) beside the model."
-        )
-    record = json.loads(concepts_file.read_text(encoding="utf-8"))
-    model = load_model(model_path)
-    outputs = int(model.outputs[0].shape[-1])
-    if outputs != len(record["concepts"]):
-        raise InvalidInputError(concepts_file, f"It lists {len(record['concepts'])} concepts but {model_path.name} has {outputs} outputs. Use the files of one run.")
-    return ConceptModel(
-        model=model,
-        concepts=list(record["concepts"]),
-        thresholds=np.asarray(record["thresholds"], np.float64),
-        names=dict(record.get("names", {})),
-        image_size=int(record["image_size"]),
-        normalization=dict(record["normalization"]),
-        top1=bool(record.get("top1", True)),
-        max_concepts=int(record.get("max_concepts", scoring.MAX_CONCEPTS)),
-        backbone=str(record.get("backbone", "")),
-    )
-
-
 # === train ===
 
 
-def _datasets(cfg: ConceptsConfig, train: Sequence[Sample], valid: Sequence[Sample], concepts: list[str], skipped: Skipped):
+def _datasets(cfg: ConceptsConfig, train: Sequence[Sample], valid: Sequence[Sample] | None, concepts: list[str], skipped: Skipped):
+    """The training dataset and the validation one (None when it is trained on); Model1's targets spread 1/k."""
     from keras_medimg.datasets.pipeline import make_dataset
 
     common = {
         "image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size, "channels": 3,
-        "normalization": _normalization(cfg.model.backbone), "label_mode": "multi_hot", "class_names": concepts,
+        "normalization": normalization(cfg.model.backbone), "label_mode": "multi_hot", "class_names": concepts,
         "cache": cfg.data.cache, "seed": cfg.seed, "skipped": skipped, "strict": cfg.strict,
     }  # fmt: skip
-    return make_dataset(train, training=True, augment=cfg.augment, **common), make_dataset(valid, training=False, **common)
-
-
-def _normalization(backbone: str):
-    from keras_medimg.training.image_classifier import backbone_normalization
-
-    return backbone_normalization(backbone)
+    train_ds = make_dataset(train, training=True, augment=cfg.augment, **common)
+    valid_ds = make_dataset(valid, training=False, **common) if valid is not None else None
+    if cfg.labels.head == "softmax":
+        return study.spread_targets(train_ds), valid_ds and study.spread_targets(valid_ds)
+    return train_ds, valid_ds
 
 
 def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: bool = False) -> RunResult:
-    """Train a concept detector, tune its thresholds on the validation split and score it there.
+    """Train a concept detector, choose its thresholds and score it on the validation split.
 
     The study's two phases (head on a frozen backbone at head_learning_rate, then fine-tuning from the freeze
-    policy) run in `training.trainer.fit_plan`; with random weights one phase trains the whole network.
+    policy) run in `training.trainer.fit_plan`; with random weights one phase trains the whole network. With
+    `data.train_with_valid` the validation images are trained on too (the paper's final models): nothing picks
+    the best epoch, the thresholds come from `thresholds.from_run` or `thresholds.fixed[0]`, and the validation
+    scores are marked optimistic. The run table (runs.csv / runs.md) scores every fixed threshold beside the saved
+    ones, with the paper's Table 5 rows for reference.
 
     Args:
         cfg: the resolved config.
@@ -211,7 +119,7 @@ def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: boo
         resume: continue `run` from its last completed epoch (finished phases are skipped).
 
     Returns:
-        RunResult with metrics.json's content and the threshold table.
+        RunResult with metrics.json's content and the run table.
     """
     from keras_medimg.backend import current_backend
     from keras_medimg.models.classifier import model_summary_dict
@@ -220,59 +128,70 @@ def train(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None, resume: boo
     from keras_medimg.training.trainer import set_seed
 
     scoring.secondary_cuis(cfg.data.edition)  # an unknown edition fails before any work
+    study.check_head(cfg)
     root = data_root(cfg)
     train_samples = read_imageclef(root, cfg.data.train_split)
     valid_samples = read_imageclef(root, cfg.data.valid_split)
+    held_out = not cfg.data.train_with_valid
+    fit_samples = train_samples if held_out else [*train_samples, *valid_samples]
     names = read_cui_mapping(root / "cui_mapping.csv")
-    concepts = concept_vocabulary(train_samples, cfg.labels.min_count)
+    concepts = concept_vocabulary(fit_samples, cfg.labels.min_count)
     run = start_run(APP, "train", cfg, run)
     started = time.perf_counter()
-    log.info(f"{len(train_samples)} training and {len(valid_samples)} validation images; {len(concepts)} concepts "
-             f"(seen on at least {cfg.labels.min_count} training image(s)).")  # fmt: skip
+    log.info(f"{study.model_name(cfg)} ({cfg.labels.head} head): {len(fit_samples)} training images"
+             f"{'' if held_out else ' (train + valid)'}, {len(valid_samples)} validation images; {len(concepts)} "
+             f"concepts (seen on at least {cfg.labels.min_count} training image(s)).")  # fmt: skip
 
     set_seed(cfg.seed)
     skipped = Skipped()
-    train_ds, valid_ds = _datasets(cfg, train_samples, valid_samples, concepts, skipped)
+    train_ds, valid_ds = _datasets(cfg, fit_samples, valid_samples if held_out else None, concepts, skipped)
     m = cfg.model
     model, plan = fit_image_classifier(m, cfg.train, train_ds, valid_ds, num_classes=len(concepts), run=run,
-                                       multilabel=True, freeze=m.freeze if m.weights is not None else "none",
-                                       resume=resume, train_samples=len(train_samples))
+                                       multilabel=cfg.labels.head == "sigmoid",
+                                       freeze=study.fine_tune_freeze(cfg),
+                                       resume=resume, train_samples=len(fit_samples))
     train_seconds = time.perf_counter() - started
     detector = ConceptModel(
         model, concepts, np.full(len(concepts), 0.5), names, m.image_size,
-        _normalization(m.backbone).to_dict(), cfg.thresholds.top1, cfg.thresholds.max_concepts, m.backbone,
+        normalization(m.backbone).to_dict(), cfg.thresholds.top1, cfg.thresholds.max_concepts, m.backbone,
     )  # fmt: skip
     probabilities, kept = detector.probabilities(valid_samples, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
-    t = cfg.thresholds
-    detector.thresholds, global_threshold, threshold_rows = tune_thresholds(
-        probabilities, [s.labels for s in kept], concepts, candidates=t.candidates, per_concept=t.per_concept,
-        per_concept_min_support=t.per_concept_min_support, top1=t.top1,
-    )  # fmt: skip
+    saved = study.choose_thresholds(cfg, probabilities, [s.labels for s in kept], concepts)
+    detector.thresholds = saved.thresholds
     save_concepts(run.path("weights", CONCEPTS_FILE), detector)
-    run.write_csv("thresholds.csv", threshold_rows, ["threshold", "primary_f1", "concepts_per_image"])
+    if saved.table:
+        run.write_csv("thresholds.csv", saved.table, ["threshold", "primary_f1", "concepts_per_image"])
 
     predictions = {s.id: [cui for cui, _ in cuis] for s, cuis in zip(kept, detector.predict_cuis(probabilities))}
-    valid_truth = truth_by_id(valid_samples)
-    scores = scoring.score(valid_truth, predictions, manual_truth=truth_by_id(valid_samples, manual=True), names=names, edition=cfg.data.edition)
-    baseline, k = scoring.best_frequency_baseline(truth_by_id(train_samples), valid_truth)
+    valid_truth, valid_manual = truth_by_id(valid_samples), truth_by_id(valid_samples, manual=True)
+    scores = scoring.score(valid_truth, predictions, manual_truth=valid_manual, names=names, edition=cfg.data.edition)
+    baseline, k = scoring.best_frequency_baseline(truth_by_id(fit_samples), valid_truth)
     run.write_csv("concepts_valid.csv", scores.table)
+    rows = study.run_rows(cfg, detector, probabilities, [s.id for s in kept], valid_truth, valid_manual, saved, held_out=held_out)
+    study.write_runs(run, rows)
     metrics = {
         "data": str(root),
         "backend": current_backend(),
+        "method": study.model_name(cfg),
         "concepts": len(concepts),
         "model": model_summary_dict(model),
         "phases": plan.phases,
         "precision": plan.precision,
-        "thresholds": {"global": global_threshold, "per_concept": t.per_concept, "table": threshold_rows},
-        "valid": scores.summary(),
+        "train_with_valid": not held_out,
+        "thresholds": {"global": saved.global_threshold, "source": saved.source, "per_concept": cfg.thresholds.per_concept,
+                       "table": saved.table},
+        "valid": {**scores.summary(), "held_out": held_out},
+        "runs": rows,
         "baseline": {"primary_f1": baseline, "k": k, "what": "the k most frequent training concepts for every image, best k on valid"},
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
     }
     plot_training_curves(run)
+    searched = f"{format_threshold_table(saved.table)}\n\n" if saved.table else f"Thresholds: {saved.source}.\n\n"
     summary = (
-        f"{format_threshold_table(threshold_rows)}\n\nValidation ({scores.images} images): primary F1 {scores.primary_f1:.4f}, "
-        f"secondary F1 {scores.secondary_f1:.4f}; baseline (top-{k} most frequent concepts) primary F1 {baseline:.4f}"
+        f"{searched}Validation ({scores.images} images{'' if held_out else ', trained on: optimistic'}): primary F1 "
+        f"{scores.primary_f1:.4f}, secondary F1 {scores.secondary_f1:.4f}; baseline (top-{k} most frequent concepts) "
+        f"primary F1 {baseline:.4f}\n\nRuns (runs.csv):\n{study.format_runs(rows)}"
     )
     return finish_run(run, metrics, skipped, summary)
 
@@ -285,12 +204,13 @@ def predict(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None) -> RunRes
 
     Writes `submission.csv` (one row per image, `ID,CUIs`, IDs without extension, CUIs joined by `;`, most
     probable first; an unreadable image gets an empty row and a line in skipped.csv) and `predictions.csv`
-    (ID, CUI, canonical name, probability). An ID listed twice in a CSV is predicted once (the official
-    evaluator rejects a run file with a repeated ID) and its repeat is listed in skipped.csv.
+    (ID, CUI, canonical name, probability, Grad-CAM file). An ID listed twice in a CSV is predicted once (the
+    official evaluator rejects a run file with a repeated ID) and its repeat is listed in skipped.csv.
 
     Args:
         cfg: `cfg.predict.weights` (run folder or .keras) and `cfg.predict.images` (folder or CSV); without
-            images, the test split of the demo data.
+            images, the test split of the demo data. `predict.threshold` replaces the saved thresholds;
+            `predict.gradcam` writes gradcam/<ID>_<CUI>.png for every predicted concept.
         run: where the run folder goes (default: a new runs/concepts/predict[N]).
     """
     from keras_medimg.datasets.imageclef import unique_ids
@@ -298,6 +218,9 @@ def predict(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None) -> RunRes
 
     started = time.perf_counter()
     detector = load_detector(cfg.predict.weights)
+    if cfg.predict.threshold is not None:
+        log.info(f"predict.threshold={cfg.predict.threshold:g} replaces the saved thresholds of every concept.")
+        detector.thresholds = np.full(len(detector.concepts), float(cfg.predict.threshold))
     source = Path(cfg.predict.images) if cfg.predict.images else _default_images(cfg)
     skipped = Skipped()
     samples = unique_ids(list_images(source, exclude=[_output_root(run)], skipped=skipped), skipped)
@@ -305,13 +228,15 @@ def predict(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None) -> RunRes
     loaded = time.perf_counter()
     probabilities, kept = detector.probabilities(samples, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
     found = dict(zip((s.id for s in kept), detector.predict_cuis(probabilities)))
+    finished = time.perf_counter()
+    cams = _gradcam(detector, kept, found, run) if cfg.predict.gradcam else {}
     atomic_write_text(run.path("submission.csv"), concepts_csv_text([(s.id, [cui for cui, _ in found.get(s.id, [])]) for s in samples]))
     run.write_csv(
         "predictions.csv",
-        ({"ID": s.id, "CUI": cui, "name": detector.names.get(cui, ""), "probability": f"{p:.6f}"} for s in samples for cui, p in found.get(s.id, [])),
+        ({"ID": s.id, "CUI": cui, "name": detector.names.get(cui, ""), "probability": f"{p:.6f}",
+          "gradcam": cams.get((s.id, cui), "")} for s in samples for cui, p in found.get(s.id, [])),
         PREDICTION_FIELDS,
     )  # fmt: skip
-    finished = time.perf_counter()
     metrics = {
         "images": len(samples),
         "predicted": len(kept),
@@ -319,12 +244,31 @@ def predict(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None) -> RunRes
         "concepts_per_image": float(np.mean([len(found.get(s.id, [])) for s in samples])) if samples else 0.0,
         "source": str(source),
         "weights": str(cfg.predict.weights),
+        "threshold": "saved" if cfg.predict.threshold is None else cfg.predict.threshold,
+        "gradcam": len(cams),
         "load_seconds": loaded - started,
         "predict_seconds": finished - loaded,
         "images_per_second": len(samples) / max(finished - loaded, 1e-9),
         "submission": str(run.dir / "submission.csv"),
     }
     return finish_run(run, metrics, skipped)
+
+
+def _gradcam(detector: ConceptModel, samples: Sequence[Sample], found: dict, run: Run) -> dict[tuple[str, str], str]:
+    """One Grad-CAM overlay per (image, predicted concept): gradcam/<ID>_<CUI>.png; (ID, CUI) -> file."""
+    from keras_medimg.models.saliency import grad_cam_files
+
+    index = {cui: i for i, cui in enumerate(detector.concepts)}
+    norm = detector.normalization_object()
+    files = {}
+    for sample in samples:
+        cuis = [cui for cui, _ in found.get(sample.id, [])]
+        stem = sample.id.replace("/", "_")
+        outs = {index[cui]: run.path("gradcam", f"{stem}_{cui}.png") for cui in cuis}
+        written = grad_cam_files(detector.model, sample.path, outs, image_size=detector.image_size, normalization=norm)
+        files.update({(sample.id, detector.concepts[c]): str(path) for c, path in written.items()})
+    log.info(f"Grad-CAM: {len(files)} overlays (one per predicted concept) in {run.dir / 'gradcam'}.")
+    return files
 
 
 def _output_root(run: Run | RunPlace | None) -> Path:

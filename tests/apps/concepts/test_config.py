@@ -2,7 +2,7 @@
 
 import re
 
-from keras_medimg.apps.concepts.config import STUDY, ConceptsConfig
+from keras_medimg.apps.concepts.config import STUDIES, ConceptsConfig
 from keras_medimg.config import all_keys, defaults_path, load_config, read_yaml
 
 
@@ -24,8 +24,12 @@ def test_yaml_has_every_key_and_a_comment_on_each():
 
 
 def test_the_study_settings_are_valid_keys():
-    cfg = load_config(ConceptsConfig, app="concepts", options=STUDY)
-    assert (cfg.model.image_size, cfg.train.batch_size) == (224, 32)
+    model1 = load_config(ConceptsConfig, app="concepts", options=STUDIES["model1"])
+    assert (model1.model.image_size, model1.train.batch_size, model1.model.freeze) == (255, 32, "first:276")
+    assert (model1.labels.head, model1.train.loss, model1.train.schedule) == ("softmax", "crossentropy", "exponential")
+    model2 = load_config(ConceptsConfig, app="concepts", options=STUDIES["model2"])
+    assert (model2.model.image_size, model2.train.batch_size, model2.labels.head) == (224, 32, "sigmoid")
+    assert model1.thresholds.fixed == model2.thresholds.fixed == [0.3, 0.5]
 
 
 def test_unknown_key_fails_with_exit_code_2_and_did_you_mean(medimg):

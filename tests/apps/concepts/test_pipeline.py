@@ -20,7 +20,7 @@ def test_train_writes_the_run_folder_and_says_why_the_head_phase_is_skipped(trai
                  "weights/best.keras", "weights/last.keras", "weights/concepts.json"):
         assert (run / name).is_file(), name
     assert "skipping the 5 frozen-backbone head epochs" in output, output
-    assert "baseline" in output and f"Results saved to {run}" in output
+    assert "baseline" in output and f"Results saved to {run}" in output and "| Model2 (threshold=0.3) |" in output
     record = json.loads((run / "weights" / "concepts.json").read_text())
     assert record["concepts"] == sorted(record["concepts"]) and len(record["thresholds"]) == len(record["concepts"])
     assert record["names"]["C0040405"] == "X-Ray Computed Tomography"
@@ -47,7 +47,7 @@ def test_predict_writes_the_official_submission_and_evaluate_scores_it(trained_r
     predicted = read_submission(submission, truth)  # passes the official validation
     assert set(predicted) == set(truth) and all(predicted.values())  # top-1: never empty
     rows = list(csv.DictReader(open(folder / "predictions.csv")))
-    assert set(rows[0]) == {"ID", "CUI", "name", "probability"} and rows[0]["name"]
+    assert set(rows[0]) == {"ID", "CUI", "name", "probability", "gradcam"} and rows[0]["name"] and not rows[0]["gradcam"]
     assert sum(len(v) for v in predicted.values()) == len(rows)
 
     scored = medimg("concepts", "evaluate", "--submission", str(submission), "--truth", str(tiny_data / "test_concepts.csv"),
