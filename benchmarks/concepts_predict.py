@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def _random_detector(scratch: Path, backbone: str, image_size: int):
-    from keras_medimg.apps.concepts.pipeline import CONCEPTS_FILE, ConceptModel, _normalization, save_concepts
+    from keras_medimg.apps.concepts.detector import CONCEPTS_FILE, ConceptModel, normalization, save_concepts
     from keras_medimg.datasets.synthetic.concepts import CUI_NAMES
     from keras_medimg.models.classifier import build_classifier
 
@@ -36,7 +36,7 @@ def _random_detector(scratch: Path, backbone: str, image_size: int):
     folder.mkdir()
     model.save(folder / "best.keras")
     detector = ConceptModel(model, concepts, np.full(len(concepts), 0.5), dict(CUI_NAMES), image_size,
-                            _normalization(backbone).to_dict(), backbone=backbone)  # fmt: skip
+                            normalization(backbone).to_dict(), backbone=backbone)  # fmt: skip
     save_concepts(folder / CONCEPTS_FILE, detector)
     return folder / "best.keras"
 
@@ -61,12 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
     import numpy as np
 
-    from keras_medimg.apps.concepts.pipeline import load_detector, predict_samples
-    from keras_medimg.datasets.imageclef import list_images
+    from keras_medimg.apps.concepts.detector import load_detector
     from keras_medimg.datasets.pipeline import load_images_numpy
+    from keras_medimg.datasets.records import Skipped
+    from keras_medimg.datasets.sources import list_images
     from keras_medimg.datasets.synthetic.concepts import generate_concepts
-    from keras_medimg.preprocessing.normalize import Normalization
-    from keras_medimg.runs import create_run
 
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -74,16 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
         detector = load_detector(weights)
         data = generate_concepts(scratch / "data", n_train=0, n_valid=0, n_test=args.images, seed=0)
         samples = list_images(data / "test")
-        common = {"batch_size": args.batch_size, "skipped": [], "strict": False}
 
         def end_to_end() -> float:
-            run = create_run("concepts", "bench", project=scratch / "runs")
             started = time.perf_counter()
-            predict_samples(detector, samples, run, **common)
+            detector.probabilities(samples, batch_size=args.batch_size, skipped=Skipped(), strict=False)
             return time.perf_counter() - started
 
         images, _ = load_images_numpy(samples, image_size=detector.image_size, channels=3,
-                                      normalization=Normalization.from_dict(detector.normalization), batch_size=args.batch_size)  # fmt: skip
+                                      normalization=detector.normalization_object(), batch_size=args.batch_size)  # fmt: skip
 
         def model_alone() -> float:
             started = time.perf_counter()
