@@ -82,7 +82,9 @@ class TrainConfig:
     early_stopping_patience: int = 5  # 0 disables early stopping
     jit_compile: Literal["auto", True, False] = "auto"
     mixed_precision: Literal["auto", True, False] = "auto"
-    distribute: Literal["none", "mirrored", "data_parallel"] = "none"
+    # none | mirrored (the devices of this process) | multiworker (several processes; see training/distribute.py);
+    # batch_size is then the global batch, split between all devices
+    distribution: Literal["none", "mirrored", "multiworker"] = "none"
     tensorboard: bool = False
     verbose: int = 1
 

@@ -27,10 +27,17 @@ Every file is written atomically: to a temporary file in the same folder, flushe
 the target, so an interrupted run leaves either the old file or the new one, never half of one. A `kill -9`
 mid-write can leave the temporary file (`.best.XXXXXXXX.tmp.keras`); resuming or reusing the run removes it.
 Files get the mode a plain `open()` would give them (0666 less the umask), not `mkstemp`'s 0600.
+
+Multi-worker training (`train.distribution: multiworker`) runs the same command in every worker process; only the
+chief (worker 0) writes the run folder. `start_run` of a training run joins the cluster first
+(`training.distribute.initialize`), and on every other worker `create_run` / `start_run` hand out a private
+temporary folder instead, seeded with a copy of the run being resumed (so every worker resumes from the same
+weights; resuming needs the run folder on a file system all workers share) and deleted when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import io
@@ -38,6 +45,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -234,8 +243,43 @@ def create_run(
     folder = name or mode
     if not _NAME.match(folder):
         raise ConfigError(f"Run name '{folder}' may only hold letters, digits, '.', '_' and '-'. Choose another --name.")
+    if not _is_chief():
+        return Run(dir=_worker_folder(app, mode), app=app, mode=mode)
     root = Path(project) if project is not None else Path("runs")
     return Run(dir=_claim(root / app / folder, exist_ok), app=app, mode=mode)
+
+
+# === Multi-worker training: only the chief writes the run folder ===
+
+_worker_roots: list[Path] = []
+
+
+def _is_chief() -> bool:
+    # Only a process that joined a cluster has imported distribute (which imports keras): plain runs stay light.
+    distribute = sys.modules.get("keras_medimg.training.distribute")
+    return distribute is None or distribute.worker().is_chief
+
+
+def _worker_folder(app: str, mode: str, source: Path | None = None) -> Path:
+    """A non-chief worker's private run folder, a copy of `source` when given; deleted when the process exits."""
+    root = Path(tempfile.mkdtemp(prefix=f"medimg-{app}-{mode}-worker-"))
+    _worker_roots.append(root.resolve())
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    folder = root / "run"
+    if source is not None:
+        shutil.copytree(source, folder)
+    else:
+        folder.mkdir()
+    return folder
+
+
+def _join_cluster(cfg: Any, mode: str) -> None:
+    """Join the multi-worker cluster of a training run before anything else touches TensorFlow or JAX."""
+    distribution = getattr(getattr(cfg, "train", None), "distribution", "none")
+    if mode == "train" and distribution == "multiworker":
+        from keras_medimg.training.distribute import initialize
+
+        initialize(distribution)
 
 
 @dataclass(frozen=True)
@@ -251,10 +295,15 @@ def start_run(app: str, mode: str, cfg: Any, run: Run | RunPlace | None = None) 
     """Begin a command's run: create its folder (unless `run` is one already, e.g. when resuming) and save `cfg`.
 
     Call it after every check that can fail on the user's input, so a mistake leaves no empty folder.
+    A training run whose `cfg.train.distribution` is "multiworker" joins the worker cluster here; on a worker other
+    than the chief the returned run is a private temporary folder (see the module's docstring).
     """
+    _join_cluster(cfg, mode)
     if not isinstance(run, Run):
         place = run or RunPlace()
         run = create_run(app, mode, project=place.project, name=place.name, exist_ok=place.exist_ok)
+    elif not _is_chief() and not any(run.dir.resolve().is_relative_to(root) for root in _worker_roots):
+        run = Run(dir=_worker_folder(app, mode, run.dir), app=run.app, mode=run.mode)  # a resumed run
     run.save_config(cfg)
     return run
 

@@ -16,7 +16,7 @@ rows of `results.csv` from epochs that did not finish, and continues at the next
 phase (head-only training) already finished; `state.json` can.
 
 `fit_plan` is what the apps and `cv.cross_validate` call: it sets the dtype policy (`train.mixed_precision`) and
-the distribution (`train.distribute`), builds the model under both, and runs the fine-tuning plan of
+the distribution (`train.distribution`), builds the model under both, and runs the fine-tuning plan of
 `models.classifier.finetune_phases` (head on a frozen backbone at `train.head_learning_rate`, then the freeze
 policy at `train.learning_rate`) as one `fit` call per phase on one run folder. Each phase starts at the run-wide
 epoch where the previous one ended, and `results.csv` keeps one row per epoch with its phase.
@@ -659,7 +659,8 @@ class PlanResult:
         phases: one dict per phase for metrics.json: phase, freeze, learning_rate, initial_epoch, next_epoch,
             epochs_run, best_epoch, best_value, stopped_early, diverged.
         precision: the dtype policy the model was built under ("float32" or "mixed_float16").
-        replicas: how many devices shared each batch (`train.distribute`).
+        replicas: how many devices shared each batch (`train.distribution`), over all workers.
+        workers: how many worker processes trained it (`train.distribution: multiworker`), 1 otherwise.
     """
 
     model: keras.Model
@@ -667,6 +668,7 @@ class PlanResult:
     phases: list[dict[str, Any]] = field(default_factory=list)
     precision: str = "float32"
     replicas: int = 1
+    workers: int = 1
 
     @property
     def best_path(self) -> Path | None:
@@ -738,7 +740,7 @@ def fit_plan(
 ) -> PlanResult:
     """Build a model under the configured precision and distribution and train it phase by phase into `run`.
 
-    The model is built inside `distribute.strategy_scope(train.distribute)` after `setup_precision(config)` (the
+    The model is built inside `distribute.strategy_scope(train.distribution)` after `setup_precision(config)` (the
     global dtype policy is put back afterwards; the model keeps its own). Each phase then applies its freeze policy,
     and `fit`s `phase.epochs - phase.initial_epoch` epochs at `phase_learning_rate(config, phase)`, starting at the
     run-wide epoch where the previous phase ended (earlier when early stopping ended it early). With `resume`,
@@ -751,7 +753,8 @@ def fit_plan(
         train_ds: the batched training dataset, as for `fit`.
         val_ds: the validation dataset, or None (then `train.monitor` must not start with "val_").
         config: the training section (`epochs`, `head_epochs`, `head_learning_rate`, `learning_rate`,
-            `class_weight`, `mixed_precision`, `distribute`, ...).
+            `class_weight`, `mixed_precision`, `distribution`, ...). `batch_size` is the global batch the datasets
+            were batched with; under a distribution it must divide evenly between the devices.
         run: the run folder.
         weights: the backbone weights the model is built with (`model.weights`): None (random) skips the head phase.
         freeze: the freeze policy of the fine-tuning (or only) phase (`model.freeze`).
@@ -764,12 +767,15 @@ def fit_plan(
     Returns:
         PlanResult: the trained model, each phase's FitResult, a metrics.json summary per phase.
     """
-    from keras_medimg.training.distribute import replicas, strategy_scope
+    from keras_medimg.training.distribute import per_replica_batch, replicas, strategy_scope, worker
 
     plan = list(phases) if phases is not None else plan_phases(config, weights=weights, freeze=freeze)
     if not plan:
         raise ConfigError("fit_plan was given no phases to train; pass phases=None for the configured plan.")
-    with strategy_scope(config.distribute) as strategy:
+    with strategy_scope(config.distribution) as strategy:
+        if strategy is not None:
+            log.info("Global batch %d: %d per device on %d device(s), %d worker(s).", config.batch_size,
+                     per_replica_batch(config.batch_size, strategy), replicas(strategy), worker().count)
         previous = keras.config.dtype_policy()
         precision = setup_precision(config)
         try:
@@ -778,7 +784,8 @@ def fit_plan(
             # Layers keep the policy they were built under; later models (SAM, evaluation) get the caller's.
             keras.config.set_dtype_policy(previous)
         log.info("Built %s with the %s dtype policy.", model.name, precision)
-        result = PlanResult(model=model, fits=[], precision=precision, replicas=replicas(strategy))
+        result = PlanResult(model=model, fits=[], precision=precision, replicas=replicas(strategy),
+                            workers=worker().count)
         next_epoch = 0
         for phase in plan:
             fitted = _fit_phase(model, phase, train_ds, val_ds, config=config, run=run, initial_epoch=next_epoch,

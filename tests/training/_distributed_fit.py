@@ -1,5 +1,5 @@
 """Child-process body of test_distribute: two logical devices, a tiny model built and trained by fit_plan under
-the strategy that `train.distribute` names.
+the strategy that `train.distribution` names.
 
 Run as `python _distributed_fit.py <mode> <run_dir>` with KERAS_BACKEND set; prints one JSON line.
 """
@@ -27,7 +27,7 @@ def main(mode: str, run_dir: str) -> None:
 
     set_seed(0)
     run = create_run("t", "train", project=run_dir)
-    config = TrainConfig(epochs=2, learning_rate=0.05, verbose=0, early_stopping_patience=0, distribute=mode)
+    config = TrainConfig(epochs=2, learning_rate=0.05, verbose=0, early_stopping_patience=0, distribution=mode)
     train, val = make_dataset(*make_images(64)), make_dataset(*make_images(32, seed=1))
     plan = fit_plan(tiny_classifier, train, val, config=config, run=run, weights=None)
     print(json.dumps({"replicas": plan.replicas, "loss": plan.fits[0].history["loss"]}))

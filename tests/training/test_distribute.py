@@ -13,11 +13,11 @@ import keras
 import pytest
 
 from keras_medimg.errors import ConfigError
-from keras_medimg.training.distribute import replicas, strategy_scope
+from keras_medimg.training.distribute import Worker, per_replica_batch, replicas, strategy_scope, worker
 
 BACKEND = keras.backend.backend()
 CHILD = Path(__file__).with_name("_distributed_fit.py")
-MODES = {"tensorflow": ["mirrored", "data_parallel"], "jax": ["data_parallel"], "torch": []}[BACKEND]
+MODES = {"tensorflow": ["mirrored"], "jax": ["mirrored"], "torch": []}[BACKEND]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -38,7 +38,7 @@ def test_none_is_a_plain_block():
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch has no Keras distribution API")
-@pytest.mark.parametrize("mode", ["mirrored", "data_parallel"])
+@pytest.mark.parametrize("mode", ["mirrored", "multiworker"])
 def test_torch_says_which_backend_to_use(mode):
     with pytest.raises(ConfigError, match="torch backend"):
         with strategy_scope(mode):
@@ -49,3 +49,30 @@ def test_unknown_mode():
     with pytest.raises(ConfigError, match="Choose one of"):
         with strategy_scope("horovod"):
             pass
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the TensorFlow answer")
+def test_multiworker_on_tensorflow_points_to_jax():
+    with pytest.raises(ConfigError, match="jax backend"):
+        with strategy_scope("multiworker"):
+            pass
+
+
+def test_without_a_cluster_this_process_is_the_only_worker():
+    assert worker() == Worker(0, 1) and worker().is_chief
+
+
+def test_the_global_batch_must_divide_between_the_devices():
+    class TwoDevices:
+        num_replicas_in_sync = 2
+
+    assert per_replica_batch(16, TwoDevices()) == 8
+    with pytest.raises(ConfigError, match="global batch"):
+        per_replica_batch(15, TwoDevices())
+
+
+def test_the_old_key_names_the_new_one():
+    from keras_medimg.config import TrainConfig, from_dict
+
+    with pytest.raises(ConfigError, match="train.distribution"):
+        from_dict(TrainConfig, {"distribute": "mirrored"}, prefix="train.")
