@@ -7,8 +7,8 @@ converts the same files with the same settings (window auto + foreground crop + 
 
 - local pool, 1 worker: in this process;
 - local pool, 2 workers: `workers=2` (the process start-up is part of the time, as it is of every run);
-- Dask LocalCluster, 2 workers: `cluster=<address>` of a LocalCluster of 2 one-thread worker processes started
-  beforehand, as a real cluster is already running; its start-up is reported apart (`cluster_start_s`), and
+- Dask LocalCluster, 2 workers: `cluster=<address>` of `prepare.local_cluster(2)` (what `--cluster local:2`
+  starts: 2 one-thread worker processes) started beforehand, as a real cluster is already running; its start-up is reported apart (`cluster_start_s`), and
   `files_per_s_with_start` is the rate `--cluster local:2` gives, start-up included.
 
 Besides files per wall-clock second, each row gives files per CPU-second of every process the run used (this
@@ -96,7 +96,9 @@ def bench_prepare(tmp_dir: str | Path, *, files: int = 96, height: int = 1024, w
         before the run: other programs on the cores lower the rates); the Dask row adds cluster_start_s and
         files_per_s_with_start.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from keras_medimg.datasets.prepare import local_cluster
 
     tmp_dir = Path(tmp_dir)
     inputs = write_demo_dicoms(tmp_dir, files, height=height, width=width)
@@ -118,10 +120,7 @@ def bench_prepare(tmp_dir: str | Path, *, files: int = 96, height: int = 1024, w
 
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with local_cluster(2) as cluster, Client(cluster, set_as_default=False) as client:
         cluster_start = time.perf_counter() - start
         workers_cpu = _workers_cpu(client)
         seconds, cpu_seconds = _timed_run(inputs, tmp_dir / "dask2", files, cluster=cluster.scheduler_address)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from keras_medimg.datasets.prepare import _probe_worker, _worker_problems, prepare_images
+from keras_medimg.datasets.prepare import MMAP_THRESHOLD, _probe_worker, _worker_problems, local_cluster, prepare_images
 from keras_medimg.datasets.synthetic.roi import generate_vindr
 from keras_medimg.errors import ConfigError, InvalidInputError, MissingDependencyError
 
@@ -25,7 +25,7 @@ SETTINGS = {"crop": True, "clahe": True, "size": 64}
 @pytest.fixture(scope="module")
 def scheduler():
     """The address of a running cluster of 2 worker processes, reached as a remote scheduler would be."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
+    with local_cluster(2) as cluster:
         yield cluster.scheduler_address
 
 
@@ -65,6 +65,13 @@ def test_cluster_run_gives_the_bytes_manifest_and_skipped_rows_of_a_local_run(tm
     assert remote.skipped_csv.read_text() == local.skipped_csv.read_text()
     assert [Path(row["path"]).name for row in read_csv(remote.skipped_csv)] == ["corrupt.dicom"]
     assert (remote.out_dir / "prepare.json").read_text() == (local.out_dir / "prepare.json").read_text()
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_keep_arrays_on_the_heap(scheduler):
+    with distributed.Client(scheduler, set_as_default=False) as client:
+        environments = client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_")
+    assert list(environments.values()) == [str(MMAP_THRESHOLD)] * 2
 
 
 @pytest.mark.slow
@@ -115,6 +122,12 @@ def test_an_unreachable_scheduler_is_named_in_the_error(tmp_path, dicoms):
     with pytest.raises(ConfigError, match=rf"Could not reach the Dask scheduler at {address} within 1 s"):
         prepare_images(dicoms, tmp_path / "out", cluster=address, connect_timeout=1)
     assert time.perf_counter() - start < 15
+
+
+def test_a_scheduler_without_workers_says_how_to_start_them(tmp_path, dicoms):
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as empty:
+        with pytest.raises(ConfigError, match=r"has no workers \(waited 1 s\)\. Start some .* `dask worker "):
+            prepare_images(dicoms, tmp_path / "out", cluster=empty.scheduler_address, connect_timeout=1)
 
 
 @pytest.mark.parametrize(
