@@ -616,10 +616,18 @@ def _check_workers(client, cluster: str, out_dir: Path, tasks: list[_Task], time
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ConfigError(f"The Dask workers of {cluster} cannot run prepare: {shown}.")
+    mapping = sum(answer[3] for answer in answers.values())
+    if mapping:
+        log.warning(
+            "%d of the %d Dask workers run with MALLOC_TRIM_THRESHOLD_ (dask's default) and no MALLOC_MMAP_THRESHOLD_, "
+            "so each conversion costs about twice the CPU. Start the workers with MALLOC_MMAP_THRESHOLD_=%d set.",
+            mapping, len(answers), MMAP_THRESHOLD,
+        )
 
 
-def _probe(out_dir: str, source: str) -> tuple[str | None, bool, bool]:
-    """On a worker: its keras-medimg version (None when it cannot import it), and whether it sees the folders."""
+def _probe(out_dir: str, source: str) -> tuple[str | None, bool, bool, bool]:
+    """On a worker: its keras-medimg version (None when it cannot import it), whether it sees the folders, and
+    whether it maps every large array afresh (see `local_cluster`)."""
     import os
 
     try:
@@ -628,7 +636,8 @@ def _probe(out_dir: str, source: str) -> tuple[str | None, bool, bool]:
         version = keras_medimg.__version__
     except ImportError:
         version = None
-    return version, os.path.isdir(out_dir), not source or os.path.isfile(source)
+    maps_arrays = "MALLOC_TRIM_THRESHOLD_" in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    return version, os.path.isdir(out_dir), not source or os.path.isfile(source), maps_arrays
 
 
 def _by_value(function):
@@ -641,11 +650,11 @@ _probe_worker = _by_value(_probe)
 
 
 def _worker_problems(
-    answers: Mapping[str, tuple[str | None, bool, bool]], version: str, out_dir: Path, source: Path | None
+    answers: Mapping[str, tuple[str | None, bool, bool, bool]], version: str, out_dir: Path, source: Path | None
 ) -> list[str]:
     """What is wrong with each worker, from the `_probe` answers keyed by worker address; empty when all is well."""
     problems = []
-    for address, (worker_version, sees_out, sees_source) in sorted(answers.items()):
+    for address, (worker_version, sees_out, sees_source, _) in sorted(answers.items()):
         if worker_version is None:
             problems.append(f"worker {address} cannot import keras_medimg (install keras-medimg=={version} on every worker)")
         elif worker_version != version:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import pickle
 import socket
@@ -163,17 +164,17 @@ def test_cli_refuses_workers_with_cluster(tmp_path, dicoms):
 def test_worker_problems_name_each_worker_and_what_to_do(tmp_path):
     out, source = tmp_path / "out", tmp_path / "a.dcm"
     answers = {
-        "tcp://10.0.0.2:4000": ("0.1.0", True, True),
-        "tcp://10.0.0.3:4000": (None, True, True),
-        "tcp://10.0.0.4:4000": ("0.0.9", False, True),
-        "tcp://10.0.0.5:4000": ("0.1.0", True, False),
+        "tcp://10.0.0.2:4000": ("0.1.0", True, True, True),
+        "tcp://10.0.0.3:4000": (None, True, True, False),
+        "tcp://10.0.0.4:4000": ("0.0.9", False, True, False),
+        "tcp://10.0.0.5:4000": ("0.1.0", True, False, False),
     }
     problems = _worker_problems(answers, "0.1.0", out, source)
     assert len(problems) == 4 and not any("10.0.0.2" in p for p in problems)
     assert "10.0.0.3:4000 cannot import keras_medimg (install keras-medimg==0.1.0" in problems[0]
     assert "10.0.0.4:4000 has keras-medimg 0.0.9, this machine 0.1.0" in problems[1]
     assert f"10.0.0.4:4000 cannot see {out}" in problems[2] and f"10.0.0.5:4000 cannot see {source}" in problems[3]
-    assert _worker_problems({"tcp://10.0.0.2:4000": ("0.1.0", True, True)}, "0.1.0", out, source) == []
+    assert _worker_problems({"tcp://10.0.0.2:4000": ("0.1.0", True, True, True)}, "0.1.0", out, source) == []
 
 
 def test_the_worker_probe_answers_on_a_worker_without_keras_medimg(tmp_path):
@@ -193,5 +194,32 @@ def test_the_worker_probe_answers_on_a_worker_without_keras_medimg(tmp_path):
         [sys.executable, "-c", blocked, str(tmp_path), str(tmp_path / "missing.dcm")],
         input=cloudpickle.dumps(_probe_worker), capture_output=True, check=True,
     )
-    assert answer.stdout.decode().strip() == "(None, True, False)"
-    assert pickle.loads(cloudpickle.dumps(_probe_worker))(str(tmp_path), "")[1:] == (True, True)
+    assert answer.stdout.decode().strip().startswith("(None, True, False, ")
+    assert pickle.loads(cloudpickle.dumps(_probe_worker))(str(tmp_path), "")[1:3] == (True, True)
+
+
+def test_workers_that_map_every_array_are_warned_about(tmp_path, dicoms, caplog):
+    """A plain `dask worker` maps each large array afresh (dask sets MALLOC_TRIM_THRESHOLD_): say how to fix it."""
+    from keras_medimg.datasets.prepare import _check_workers
+
+    class Client:  # what _check_workers asks of a distributed.Client
+        def wait_for_workers(self, n, timeout):
+            pass
+
+        def run(self, function, *args):
+            import keras_medimg
+
+            return {"tcp://10.0.0.2:4000": (keras_medimg.__version__, True, True, True), "tcp://10.0.0.3:4000": (keras_medimg.__version__, True, True, False)}
+
+    with caplog.at_level(logging.WARNING, logger="keras_medimg"):
+        _check_workers(Client(), "tcp://10.0.0.1:8786", tmp_path / "out", [], 1)
+    assert "1 of the 2 Dask workers run with MALLOC_TRIM_THRESHOLD_" in caplog.text
+    assert f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}" in caplog.text
+
+
+def test_probe_sees_the_malloc_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert _probe_worker(str(tmp_path), "")[3] is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    assert _probe_worker(str(tmp_path), "")[3] is False
