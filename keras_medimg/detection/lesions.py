@@ -57,6 +57,55 @@ def mask_index(folder: str | Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in RASTER_SUFFIXES}
 
 
+def median_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """A grey image median-filtered with an odd `size` (OpenCV; 16-bit images keep their depth up to size 5);
+    `size` 0 or 1 returns the image as it is."""
+    import cv2
+
+    if size <= 1:
+        return image
+    if size % 2 == 0:
+        raise ValueError(f"The median filter size must be odd, got {size}.")
+    if image.dtype == np.uint8 or size <= 5:
+        return cv2.medianBlur(np.ascontiguousarray(image), size)
+    scaled = np.round(image.astype(np.float64) / max(float(image.max()), 1.0) * 255).astype(np.uint8)
+    return cv2.medianBlur(scaled, size)
+
+
+def denoised_box_set(data_yaml: str | Path, out_dir: str | Path, size: int) -> Path:
+    """A copy of a YOLO box set with every image grey and median-filtered (`size`), labels unchanged.
+
+    The detector then trains on what the chain shows it at inference (`LesionChain(denoise_median=size)`).
+
+    Returns:
+        The copy's data.yaml (`out_dir/data.yaml`).
+    """
+    import shutil
+
+    from keras_medimg.datasets.yolo import entry_images
+    from keras_medimg.io.annotations import read_yolo_data_yaml, write_yolo_data_yaml, yolo_label_path
+    from keras_medimg.io.images import write_image
+
+    data = read_yolo_data_yaml(data_yaml)
+    out_dir = Path(out_dir)
+    entries: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        images = [image for entry in getattr(data, split) for image in entry_images(entry)]
+        if not images:
+            continue
+        for image in images:
+            pixels = median_filter(read_grey(image), size)
+            target = out_dir / "images" / split / f"{image.stem}.png"
+            write_image(target, pixels, bits=16 if pixels.dtype == np.uint16 else 8)
+            label = yolo_label_path(image)
+            (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+            if label.is_file():
+                shutil.copyfile(label, out_dir / "labels" / split / f"{image.stem}.txt")
+        entries[split] = f"images/{split}"
+    return write_yolo_data_yaml(out_dir / "data.yaml", None, entries["train"], entries["val"], data.class_names,
+                                test=entries.get("test"))
+
+
 @dataclass
 class Lesion:
     """What the chain found in one image.
@@ -73,25 +122,31 @@ class Lesion:
 
 
 class LesionChain:
-    """Detector + (SAM or box fallback) + square crop, applied the same way in train, evaluate and predict.
+    """Detector + (SAM or a weight-free fallback) + square crop, applied the same way in train, evaluate and predict.
 
     Args:
         detector: a model from `detection.yolo.load_detector`, or None to pass whole images on.
-        sam_predictor: a `SamPredictor`, or None for the box fallback.
+        sam_predictor: a `SamPredictor`, or None for the fallback (`segmenter`, else the unmasked box).
         conf: detector confidence threshold.
         iou: detector NMS IoU threshold.
         imgsz: detector input size.
         device: detector device ("cpu", "0", ...).
         margin: grow each box by this share of its size before cropping.
-        mask_background: blank the pixels outside a (non-empty) SAM mask.
+        mask_background: blank the pixels outside a (non-empty) mask.
+        segmenter: without SAM, a weight-free `f(image, box) -> bool mask` (`segment_fallback.BoxSegmenter`).
+        denoise_median: median-filter size (odd) applied to each image before every step (detector, SAM or the
+            fallback, the crop); 0 = off. The study denoises this way before each stage.
 
     `seconds` adds up the time spent in each step ("detect", "segment", "crop").
     """
 
     def __init__(self, detector: Any, sam_predictor: Any, *, conf: float = 0.25, iou: float = 0.7,
-                 imgsz: int = 640, device: str = "cpu", margin: float = 0.1, mask_background: bool = True):
+                 imgsz: int = 640, device: str = "cpu", margin: float = 0.1, mask_background: bool = True,
+                 segmenter: Any = None, denoise_median: int = 0):
         self.detector = detector
+        self.denoise_median = denoise_median
         self.sam_predictor = sam_predictor
+        self.segmenter = segmenter
         self.conf, self.iou, self.imgsz, self.device = conf, iou, imgsz, device
         self.margin = margin
         self.mask_background = mask_background
@@ -109,13 +164,16 @@ class LesionChain:
         return boxes[0] if boxes else None
 
     def outline(self, image: np.ndarray, box: Box) -> np.ndarray | None:
-        """SAM's mask of `box`, or None without SAM."""
-        if self.sam_predictor is None:
+        """SAM's mask of `box` (else the fallback segmenter's), or None with neither."""
+        if self.sam_predictor is None and self.segmenter is None:
             return None
         from keras_medimg.detection.sam import segment_boxes
 
         started = time.perf_counter()
-        mask = segment_boxes(self.sam_predictor, image, [box])[0]
+        if self.sam_predictor is not None:
+            mask = segment_boxes(self.sam_predictor, image, [box])[0]
+        else:
+            mask = self.segmenter(image, box)
         self.seconds["segment"] += time.perf_counter() - started
         return mask
 
@@ -133,7 +191,12 @@ class LesionChain:
         self.seconds["crop"] += time.perf_counter() - started
         return crop
 
+    def denoise(self, image: np.ndarray) -> np.ndarray:
+        """`image` median-filtered (`denoise_median`), or as it is."""
+        return median_filter(image, self.denoise_median)
+
     def __call__(self, image: np.ndarray) -> Lesion:
+        image = self.denoise(image)
         box = self.find(image)
         mask = self.outline(image, box) if box is not None else None
         return Lesion(box, mask, self.crop(image, box, mask))
@@ -143,7 +206,7 @@ class LesionChain:
         from keras_medimg.detection.sam import mask_box
 
         box = mask_box(mask) if mask is not None else None
-        return Lesion(box, mask, self.crop(image, box, mask))
+        return Lesion(box, mask, self.crop(self.denoise(image), box, mask))
 
     def ms_per_image(self, images: int) -> dict[str, float]:
         """Milliseconds per image spent in each step so far."""
@@ -170,6 +233,7 @@ def iter_crops(
     truth_masks: Mapping[str, Path] | None = None,
     chunk: int = 0,
     by_label: bool = True,
+    whole: bool = False,
 ) -> Iterator[list[Found]]:
     """Run the chain over `samples` and write one PNG crop each, yielding the results in chunks.
 
@@ -183,6 +247,7 @@ def iter_crops(
             without a mask is passed on whole.
         chunk: images per yielded list (0: all in one), so a caller can classify a batch while memory stays flat.
         by_label: one sub-folder per label (unlabelled samples go to `unlabelled/`).
+        whole: pass every image on whole (no detector, no crop): the whole-image baseline of a two-stage study.
 
     Yields:
         Lists of `Found`, in the order of `samples`, readable images only.
@@ -199,7 +264,9 @@ def iter_crops(
                 raise
             skipped.add_error(exc)
             continue
-        if truth_masks is not None:
+        if whole:
+            lesion = Lesion(None, None, chain.denoise(image))
+        elif truth_masks is not None:
             mask_file = truth_masks.get(sample.path.stem)
             lesion = chain.from_mask(image, read_grey(mask_file) > 0 if mask_file is not None else None)
         else:
@@ -215,14 +282,15 @@ def iter_crops(
 
 
 def write_crops(samples: Sequence[Sample], chain: LesionChain, out_dir: str | Path, *, skipped: Skipped, strict: bool,
-                truth_masks: Mapping[str, Path] | None = None) -> tuple[list[Sample], list[Lesion]]:
-    """Run the chain (or crop with ground-truth masks) over `samples`, writing `out_dir/<label>/<id>.png`.
+                truth_masks: Mapping[str, Path] | None = None, whole: bool = False) -> tuple[list[Sample], list[Lesion]]:
+    """Run the chain (or crop with ground-truth masks, or keep the `whole` images) over `samples`, writing
+    `out_dir/<label>/<id>.png`.
 
     Returns:
         The crop samples (same id and label, path = the crop) and the lesions found, for the readable images.
     """
     found = [item for part in iter_crops(samples, chain, out_dir, skipped=skipped, strict=strict,
-                                         truth_masks=truth_masks) for item in part]
+                                         truth_masks=truth_masks, whole=whole) for item in part]
     return [item.crop for item in found], [item.lesion for item in found]
 
 
@@ -292,7 +360,8 @@ def chain_metadata(*, detector_model: str, imgsz: int, conf: float, iou: float, 
     """How an exported chain runs, for metadata.json: its "detect" and "segment" stages and the "crop" rule.
 
     The detect stage is `detector.onnx` (see `export_lesion_stages`); the segment stage is SAM prompted with
-    the detector's box, or (without a checkpoint) the box fallback.
+    the detector's box, or (without a checkpoint) the fallback: "grabcut" / "otsu" outline the lesion inside the
+    box (`detection.segment_fallback`), "box" crops the box unmasked.
     """
     return {
         "detect": {"stage": "detect", "model": detector_model, "file": "detector.onnx", "input_size": imgsz,
@@ -329,12 +398,13 @@ def export_lesion_stages(out: str | Path, *, detector: Path | None, decoder: Pat
 def build_chain(detector: str | Path | None, *, sam_model_type: str = "vit_b", sam_checkpoint: str | Path | None = None,
                 sam_decoder: str | Path | None = None, sam_fallback: str = "box", announce: bool = True,
                 **settings: Any) -> tuple[LesionChain, dict[str, Any]]:
-    """Load a chain from files: the detector checkpoint (None: whole images), SAM (or the box fallback).
+    """Load a chain from files: the detector checkpoint (None: whole images), SAM (or the fallback: GrabCut, Otsu or
+    the unmasked box).
 
     Args:
         detector: a YOLO `.pt` checkpoint, or None.
         sam_model_type, sam_checkpoint, sam_decoder, sam_fallback: as `detection.sam.load_predictor`.
-        announce: log the box fallback as a warning (once per command is enough).
+        announce: log the fallback as a warning (once per command is enough).
         settings: `LesionChain` settings (conf, iou, imgsz, device, margin, mask_background).
 
     Returns:
@@ -343,10 +413,57 @@ def build_chain(detector: str | Path | None, *, sam_model_type: str = "vit_b", s
     import logging
 
     from keras_medimg.detection.sam import load_predictor
+    from keras_medimg.detection.segment_fallback import METHODS, BoxSegmenter
     from keras_medimg.detection.yolo import load_detector
 
     model = load_detector(detector) if detector is not None else None
     predictor, record = load_predictor(sam_model_type, sam_checkpoint, decoder=sam_decoder or None, fallback=sam_fallback)
     if predictor is None and announce:
         logging.getLogger(__name__).warning(record["reason"])
-    return LesionChain(model, predictor, **settings), record
+    segmenter = BoxSegmenter(sam_fallback) if predictor is None and sam_fallback in METHODS else None
+    return LesionChain(model, predictor, segmenter=segmenter, **settings), record
+
+
+def write_lesion_grid(path: str | Path, samples: Sequence[Sample], chain: LesionChain, predicted: Mapping[str, str], *,
+                      per_class: int = 2, tile: int = 256, columns: int = 4) -> Path | None:
+    """A small picture of the chain at work: test images with the box, mask outline, true and predicted label.
+
+    Args:
+        path: the PNG to write.
+        samples: labelled images; the first `per_class` of each label that has a prediction are shown.
+        chain: the chain that found the lesions (run again on these few images).
+        predicted: predicted label by sample id.
+        per_class: images per true label.
+        tile: side of each picture in pixels (images are scaled to it, so captions stay readable).
+        columns: pictures per row.
+
+    Returns:
+        `path`, or None when no sample has a prediction.
+    """
+    import cv2
+
+    from keras_medimg.io.images import write_image
+    from keras_medimg.reporting import draw_overlay
+
+    shown: dict[str | None, int] = {}
+    tiles = []
+    for sample in samples:
+        if sample.id not in predicted or shown.get(sample.label, 0) >= per_class:
+            continue
+        shown[sample.label] = shown.get(sample.label, 0) + 1
+        image = read_grey(sample.path)
+        lesion = chain(image)
+        scale = tile / max(image.shape[:2])
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        big = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        mask = None if lesion.mask is None else cv2.resize(lesion.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        boxes = [] if lesion.box is None else [lesion.box._replace(x1=lesion.box.x1 * scale, y1=lesion.box.y1 * scale,
+                                                                    x2=lesion.box.x2 * scale, y2=lesion.box.y2 * scale)]
+        picture = draw_overlay(big, boxes, mask, f"true {sample.label} / pred {predicted[sample.id]}")
+        tiles.append(cv2.copyMakeBorder(cv2.resize(picture, (tile, tile)), 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0))
+    if not tiles:
+        return None
+    blank = np.zeros_like(tiles[0])
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    rows[-1] += [blank] * (columns - len(rows[-1])) if len(rows) > 1 else []
+    return write_image(Path(path), np.vstack([np.hstack(row) for row in rows]))

@@ -27,6 +27,7 @@ from keras_medimg.errors import ConfigError, InvalidInputError, WeightsUnavailab
 from keras_medimg.io.annotations import Box
 from keras_medimg.io.images import to_rgb_uint8
 
+FALLBACK_NAMES = {"grabcut": "OpenCV GrabCut", "otsu": "an Otsu threshold + the largest connected component"}
 CHECKPOINT_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 
 
@@ -184,31 +185,38 @@ def _load_into(module: Any, state: dict[str, Any], path: Path) -> None:
 
 def load_predictor(model_type: str, checkpoint: str | Path | None, *, decoder: str | Path | None = None,
                    fallback: str = "box", setting: str = "segment") -> tuple[Any, dict[str, Any]]:
-    """SAM's box-prompted predictor from local files, or None and the box fallback, stated in a record.
+    """SAM's box-prompted predictor from local files, or None and the fallback, stated in a record.
 
     Args:
         model_type: "vit_b", "vit_l" or "vit_h".
         checkpoint: Meta's checkpoint file; None means no SAM (see `fallback`).
         decoder: a fine-tuned mask decoder (from `finetune_decoder`) loaded over the checkpoint's.
-        fallback: without a checkpoint, "box" (crop the detector's box unmasked) or "error" (raise).
+        fallback: without a checkpoint, "grabcut" or "otsu" (a weight-free mask inside the box, see
+            `detection.segment_fallback`), "box" (crop the detector's box unmasked) or "error" (raise).
         setting: the config section that holds these keys, named in the messages (`<setting>.checkpoint`).
 
     Returns:
         (predictor or None, record for metrics.json: `{"mode": "sam", "model_type", "checkpoint", "decoder"}` or
-        `{"mode": "box_fallback", "reason": ...}`).
+        `{"mode": "<fallback>_fallback", "reason": ...}`).
 
     Raises:
-        ConfigError: no checkpoint and `fallback` is "error".
+        ConfigError: no checkpoint and `fallback` is "error", or an unknown fallback.
     """
+    from keras_medimg.detection.segment_fallback import METHODS
+
     if checkpoint is None:
         if fallback == "error":
             raise ConfigError(f"{setting}.checkpoint is not set and {setting}.fallback is 'error'. Pass a SAM checkpoint "
                               f"with --set {setting}.checkpoint=PATH (e.g. {SAM_ARCHS['vit_b'].checkpoint_file}) or set "
-                              f"{setting}.fallback=box.")
+                              f"{setting}.fallback=grabcut|otsu|box.")
+        if fallback not in (*METHODS, "box"):
+            raise ConfigError(f"Unknown {setting}.fallback '{fallback}'. Choose one of {', '.join((*METHODS, 'box', 'error'))}.")
+        what = ("the detector's box is cropped without masking the background" if fallback == "box" else
+                f"the lesion is outlined inside the detector's box with {FALLBACK_NAMES[fallback]}, no weights needed")
         reason = (f"SAM is not used: {setting}.checkpoint is not set, so the segment stage falls back to "
-                  f"{setting}.fallback=box (the detector's box is cropped without masking the background). Pass "
-                  f"--set {setting}.checkpoint=PATH to a local {SAM_ARCHS['vit_b'].checkpoint_file} to segment with SAM.")
-        return None, {"mode": "box_fallback", "reason": reason}
+                  f"{setting}.fallback={fallback} ({what}). Pass --set {setting}.checkpoint=PATH to a local "
+                  f"{SAM_ARCHS['vit_b'].checkpoint_file} to segment with SAM.")
+        return None, {"mode": f"{fallback}_fallback", "reason": reason}
     sam = load_sam(model_type, checkpoint, decoder=decoder)
     record = {"mode": "sam", "model_type": model_type, "checkpoint": str(checkpoint),
               "decoder": str(decoder) if decoder else None}
@@ -225,29 +233,32 @@ def mask_box(mask: np.ndarray | None, label: str = "lesion") -> Box | None:
     return Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1), label, 1.0)
 
 
-def finetune_triples(pairs: Sequence[tuple[str | Path, str | Path]]) -> list[tuple[np.ndarray, list[Box], np.ndarray]]:
+def finetune_triples(pairs: Sequence[tuple[str | Path, str | Path]], *,
+                     denoise_median: int = 0) -> list[tuple[np.ndarray, list[Box], np.ndarray]]:
     """The (image, [box], mask) training triples of `finetune_decoder` from (image file, mask file) pairs.
 
-    Each image is read at its own bit depth, each mask as non-zero = lesion, and the prompt is the mask's
-    bounding box; a pair whose mask is empty has nothing to prompt for and is left out.
+    Each image is read at its own bit depth (and median-filtered with `denoise_median`, 0 = off), each mask as
+    non-zero = lesion, and the prompt is the mask's bounding box; a pair whose mask is empty has nothing to
+    prompt for and is left out.
     """
-    from keras_medimg.detection.lesions import read_grey
+    from keras_medimg.detection.lesions import median_filter, read_grey
 
     triples = []
     for image_path, mask_path in pairs:
         mask = read_grey(mask_path) > 0
         box = mask_box(mask)
         if box is not None:
-            triples.append((read_grey(image_path), [box], mask))
+            triples.append((median_filter(read_grey(image_path), denoise_median), [box], mask))
     return triples
 
 
 def finetune_on_masks(predictor: Any, pairs: Sequence[tuple[str | Path, str | Path]], out: str | Path, *,
                       epochs: int = 5, learning_rate: float = 1e-4, seed: int = 0, holdout: float = 0.2,
-                      log: Any = print) -> dict[str, Any]:
+                      denoise_median: int = 0, log: Any = print) -> dict[str, Any]:
     """Fine-tune a predictor's mask decoder on (image file, mask file) pairs, measuring Dice on held-out pairs.
 
     The first `holdout` share of the usable pairs (at least one) measures Dice before and after; the rest train
+    (images median-filtered with `denoise_median` first, 0 = off)
     (`finetune_decoder`), prompted with each mask's bounding box. A lone usable pair does both. The fine-tuned decoder is saved to `out`.
 
     Returns:
@@ -256,7 +267,7 @@ def finetune_on_masks(predictor: Any, pairs: Sequence[tuple[str | Path, str | Pa
     Raises:
         InvalidInputError: no pair has a non-empty mask.
     """
-    triples = finetune_triples(pairs)
+    triples = finetune_triples(pairs, denoise_median=denoise_median)
     if not triples:
         raise InvalidInputError(Path(pairs[0][1]).parent if pairs else Path(out),
                                 "no ground-truth mask has a lesion in it; SAM fine-tuning needs non-empty masks.")

@@ -273,6 +273,7 @@ def train_detector(
     hyperparameters: Mapping[str, Any] | None = None,
     verbose: bool = False,
     trainer: type | None = None,
+    plots: bool = False,
 ) -> DetectorResult:
     """Train an Ultralytics detector offline, keeping all its files under `out_dir`.
 
@@ -294,6 +295,9 @@ def train_detector(
         verbose: let Ultralytics print its per-epoch progress.
         trainer: an Ultralytics `DetectionTrainer` subclass to train with (e.g. one whose datasets cut tiles,
             `detection.tiled.tile_trainer`); None uses Ultralytics' own.
+        plots: let Ultralytics write its own plots into its run folder (results.png, PR/F1 curves, confusion
+            matrix, label statistics, train and validation batches with labels and predictions); costs a few
+            seconds per validation.
 
     Returns:
         A `DetectorResult` with the best and last checkpoints and the final validation metrics.
@@ -325,7 +329,7 @@ def train_detector(
         patience=patience,
         pretrained=source.endswith(".pt"),
         amp=device != "cpu" and source.endswith(".pt"),  # the AMP check downloads yolov8n.pt when no .pt is given
-        plots=False,
+        plots=plots,
         verbose=verbose,
         **({"trainer": trainer} if trainer is not None else {}),
         **dict(hyperparameters or {}),
@@ -440,6 +444,7 @@ def evaluate_detector(
     device: str = "cpu",
     class_remap: ClassRemap = None,
     batch: int = 16,
+    max_boxes: int | None = None,
 ) -> dict[str, Any]:
     """Precision, recall, F1 (at `conf`, IoU `iou`), image accuracy and mAP50 of a detector on one YOLO split.
 
@@ -458,6 +463,8 @@ def evaluate_detector(
             class name to new name, or None. A detector trained on the remapped set (it predicts the new names)
             has only the truth remapped.
         batch: images per detector call.
+        max_boxes: judge only each image's highest-scoring `max_boxes` boxes (a chain that keeps the top box
+            is judged on what it uses with 1); None keeps every box.
 
     Returns:
         `DetectionReport.to_dict()` (precision, recall, f1, accuracy, map50, ap50, tp, fp, fn, images,
@@ -470,6 +477,8 @@ def evaluate_detector(
     _check_fraction("evaluate_detector", "conf", conf)
     _check_fraction("evaluate_detector", "iou", iou, open_low=True)
     _check_int("evaluate_detector", "batch", batch, 1)
+    if max_boxes is not None:
+        _check_int("evaluate_detector", "max_boxes", max_boxes, 1)
     data_yaml = Path(data_yaml)
     data_yaml = data_yaml / "data.yaml" if data_yaml.is_dir() else data_yaml
     names = remapped_class_names(read_yolo_data_yaml(data_yaml).class_names, class_remap)
@@ -479,6 +488,8 @@ def evaluate_detector(
     for start in range(0, len(samples), batch):
         images = [read_image(sample.path) for sample in samples[start:start + batch]]
         predicted += detect(model, images, conf=_RANK_CONF, iou=nms_iou, imgsz=imgsz, device=device)
+    if max_boxes is not None:
+        predicted = [sorted(boxes, key=lambda b: -b.score)[:max_boxes] for boxes in predicted]
     truth = [remap_boxes(sample.boxes, class_remap) for sample in samples]
     # A detector trained on the remapped set already speaks the new names; remapping them again could rename
     # a new name that is also an old one (a swap), so only a detector whose classes are not the new ones, in order, is remapped.
@@ -486,7 +497,7 @@ def evaluate_detector(
     if [str(detector_names[i]) for i in sorted(detector_names)] != names:
         predicted = [remap_boxes(boxes, class_remap) for boxes in predicted]
     report = detection_report(predicted, truth, conf=conf, iou_threshold=iou).to_dict()
-    report.update(split=split, conf=conf, iou=iou, class_names=names)
+    report.update(split=split, conf=conf, iou=iou, class_names=names, max_boxes=max_boxes)
     return report
 
 

@@ -141,3 +141,68 @@ def test_chain_metadata_and_evaluation_split(tmp_path):
     (tmp_path / "data.yaml").write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\ntest: images/test\n"
                                         "names: [tumor]\n")
     assert lesions.evaluation_split(tmp_path / "data.yaml") == "test"
+
+
+def test_build_chain_with_a_weight_free_fallback_masks_the_lesion(fake_detector, caplog):
+    with caplog.at_level(logging.WARNING):
+        chain, record = lesions.build_chain(None, sam_fallback="grabcut", margin=0.0)
+    chain.detector = object()  # the fake detector's box
+    assert record["mode"] == "grabcut_fallback" and "GrabCut" in record["reason"]
+    assert chain.sam_predictor is None and chain.segmenter.method == "grabcut"
+    image = np.full((40, 40), 50, np.uint8)
+    cv2.circle(image, (17, 15), 5, 200, -1)  # a disc inside the detector's box (12, 10, 22, 20)
+    lesion = chain(image)
+    assert lesion.mask is not None and lesion.mask[15, 17] and not lesion.mask[10, 12]  # the box's corner is not lesion
+    assert lesion.crop[0, 0] == 0 and lesion.crop[5, 5] == 200  # blanked outside the outline, kept inside
+    with pytest.raises(ConfigError, match="Unknown segment.fallback 'snake'"):
+        lesions.build_chain(None, sam_fallback="snake")
+
+
+def test_the_median_filter_runs_before_every_step(fake_detector):
+    image = _image()
+    image[15, 15] = 0  # one dark speck inside the lesion: a 3x3 median removes it
+    seen = []
+    chain = lesions.LesionChain(object(), None, margin=0.0, denoise_median=3,
+                                segmenter=lambda pixels, box: seen.append(pixels.copy()) or np.ones(pixels.shape, bool))
+    lesion = chain(image)
+    assert seen[0][15, 15] == 200 and lesion.crop[5, 3] == 200
+    assert lesions.LesionChain(object(), None, margin=0.0)(image).crop[5, 3] == 0  # off by default
+    with pytest.raises(ValueError, match="odd"):
+        lesions.median_filter(image, 4)
+    deep = image.astype(np.uint16) * 257
+    assert lesions.median_filter(deep, 3).dtype == np.uint16 and lesions.median_filter(deep, 3)[15, 15] == 200 * 257
+
+
+def test_denoised_box_set_copies_labels_and_filters_images(tmp_path):
+    from keras_medimg.io.annotations import read_yolo_data_yaml
+
+    from .conftest import write_yolo_set
+
+    source = write_yolo_set(tmp_path / "src", n_train=3, n_val=2)
+    copy = lesions.denoised_box_set(source, tmp_path / "copy", 3)
+    data = read_yolo_data_yaml(copy)
+    assert data.class_names == ["tumor"] and not data.test
+    train = sorted((tmp_path / "copy" / "images" / "train").iterdir())
+    assert len(train) == 3 and all(p.suffix == ".png" for p in train)
+    for image in train:
+        label = tmp_path / "copy" / "labels" / "train" / f"{image.stem}.txt"
+        assert label.read_text() == (tmp_path / "src" / "labels" / "train" / f"{image.stem}.txt").read_text()
+        original = lesions.read_grey(tmp_path / "src" / "images" / "train" / image.name)
+        np.testing.assert_array_equal(lesions.read_grey(image), cv2.medianBlur(original, 3))
+
+
+def test_lesion_grid_shows_each_class_with_its_labels(fake_detector, tmp_path):
+    samples = []
+    for label in ("glioma", "notumor"):
+        for i in range(3):
+            path = tmp_path / f"{label}{i}.png"
+            cv2.imwrite(str(path), _image())
+            samples.append(Sample(id=f"{label}{i}", path=path, label=label))
+    chain = lesions.LesionChain(object(), None)
+    predicted = {s.id: "glioma" for s in samples if s.id != "glioma2"}
+    grid = lesions.write_lesion_grid(tmp_path / "grid.png", samples, chain, predicted, per_class=2, tile=64, columns=3)
+    picture = cv2.imread(str(grid))
+    assert picture.shape == (2 * 68, 3 * 68, 3)  # four tiles (two per class) of 64 + a 2-pixel frame, in 3 columns
+    red = (picture[..., 2] > 200) & (picture[..., 1] < 80) & (picture[..., 0] < 80)
+    assert red.any()  # the detector's box is drawn
+    assert lesions.write_lesion_grid(tmp_path / "none.png", samples, chain, {}) is None
