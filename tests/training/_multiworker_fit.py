@@ -1,7 +1,7 @@
 """Child-process body of test_multiworker and benchmarks/scale.py: one worker (or the lone process) of a tiny
 classifier's training, started the way `medimg <app> train` starts one (`runs.start_run` joins the cluster first).
 
-Run as `python _multiworker_fit.py <distribution> <project> <epochs> <resume 0|1> [images]` with KERAS_BACKEND and the
+Run as `python _multiworker_fit.py <distribution> <project> <epochs> <resume 0|1> [images] [image side]` with KERAS_BACKEND and the
 cluster's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) set; prints one JSON line.
 """
 
@@ -29,7 +29,7 @@ def cluster_env(workers: int) -> list[dict[str, str]]:
 
 
 def start(backend: str, workers: int, project: Path, *, epochs: int = 2, resume: bool = False,
-          images: int = 64) -> list[subprocess.Popen]:
+          images: int = 64, size: int = 16) -> list[subprocess.Popen]:
     """Start `workers` local worker processes ("multiworker"), or one process ("none") when `workers` is 0."""
     base = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     for name in ("XLA_FLAGS", "KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
@@ -37,7 +37,7 @@ def start(backend: str, workers: int, project: Path, *, epochs: int = 2, resume:
         base.pop(name, None)
     envs = cluster_env(workers) if workers else [{}]
     args = [sys.executable, __file__, "multiworker" if workers else "none", str(project), str(epochs),
-            str(int(resume)), str(images)]
+            str(int(resume)), str(images), str(size)]
     return [subprocess.Popen(args, env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for env in envs]
 
@@ -58,7 +58,7 @@ def wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[dict]:
     return reports
 
 
-def train(distribution: str, project: str, epochs: str, resume: str, images: str = "64") -> dict:
+def train(distribution: str, project: str, epochs: str, resume: str, images: str = "64", size: str = "16") -> dict:
     """Train as one worker (or the lone process) and return what it did."""
     sys.path.insert(0, os.path.dirname(__file__))
     import keras
@@ -78,8 +78,9 @@ def train(distribution: str, project: str, epochs: str, resume: str, images: str
     place = open_run(Path(project) / "t" / "train", "t", "train") if resume == "1" else RunPlace(project=project)
     run = start_run("t", "train", cfg, place)  # joins the cluster before any tensor exists
     set_seed(0)
-    train = make_dataset(*make_images(int(images)), batch_size=cfg.train.batch_size)
-    val = make_dataset(*make_images(32, seed=1), batch_size=cfg.train.batch_size)
+    side = int(size)
+    train = make_dataset(*make_images(int(images), size=side), batch_size=cfg.train.batch_size)
+    val = make_dataset(*make_images(32, seed=1, size=side), batch_size=cfg.train.batch_size)
 
     class Steps(keras.callbacks.Callback):
         count, seconds, started = 0, 0.0, 0.0
@@ -93,10 +94,11 @@ def train(distribution: str, project: str, epochs: str, resume: str, images: str
                 self.seconds += time.perf_counter() - self.started
 
     steps = Steps()
-    plan = fit_plan(tiny_classifier, train, val, config=cfg.train, run=run, weights=None, resume=resume == "1",
-                    callbacks=[steps])
+    plan = fit_plan(lambda: tiny_classifier(size=side), train, val, config=cfg.train, run=run, weights=None,
+                    resume=resume == "1", callbacks=[steps])
     return {"worker": worker().index, "workers": plan.workers, "replicas": plan.replicas,
-                      "run_dir": str(run.dir), "steps": steps.count, "step_seconds": steps.seconds,
+                      "run_dir": str(run.dir), "steps": steps.count, "timed_steps": max(0, steps.count - 2), "step_seconds": steps.seconds,
+            "batch_size": cfg.train.batch_size,
                       "loss": plan.fits[0].history["loss"], "val_loss": plan.fits[0].history["val_loss"]}
 
 

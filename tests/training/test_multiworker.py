@@ -1,5 +1,6 @@
 """train.distribution=multiworker: 2 local JAX worker processes (coordinator on localhost) train a tiny classifier
-as `medimg <app> train` would, against one process with the same global batch."""
+as `medimg <app> train` would, are stopped after one epoch and resumed for a second, against one process that
+trains both epochs with the same global batch."""
 
 from __future__ import annotations
 
@@ -18,24 +19,30 @@ BACKEND = keras.backend.backend()
 
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "jax", reason="multiworker runs on JAX (TensorFlow and torch raise ConfigError)")
-def test_two_workers_step_together_and_only_the_chief_writes(tmp_path):
-    procs = start("jax", 2, tmp_path / "cluster", images=32)
+def test_two_workers_step_together_resume_and_only_the_chief_writes(tmp_path):
+    cluster = tmp_path / "cluster"
+    procs = start("jax", 2, cluster, epochs=1, images=32)
     single = train("none", str(tmp_path / "one"), "2", "0", "32")  # the 1-process run, here meanwhile
-    workers = wait(procs)
+    first = wait(procs)
+    resumed = wait(start("jax", 2, cluster, epochs=2, resume=True, images=32))
 
-    assert sorted(w["worker"] for w in workers) == [0, 1]
-    assert all(w["workers"] == 2 and w["replicas"] == 2 for w in workers)
-    # Both stepped, in lockstep: 32 images / global batch 16 = 2 steps per epoch, 2 epochs.
-    assert [w["steps"] for w in workers] == [4, 4] and single["steps"] == 4
-    # Losses are reduced over the global batch: every worker reports the same, and so does one process.
-    np.testing.assert_allclose(workers[0]["loss"], workers[1]["loss"], rtol=1e-6)
-    np.testing.assert_allclose(workers[0]["loss"], single["loss"], rtol=1e-4)
-    np.testing.assert_allclose(workers[0]["val_loss"], single["val_loss"], rtol=1e-4)
+    for workers in (first, resumed):
+        assert sorted(w["worker"] for w in workers) == [0, 1]
+        assert all(w["workers"] == 2 and w["replicas"] == 2 for w in workers)
+        # Both stepped, in lockstep: 32 images / global batch 16 = 2 steps per epoch, one epoch per launch.
+        assert [w["steps"] for w in workers] == [2, 2]
+        # Losses are reduced over the global batch: every worker reports the same.
+        np.testing.assert_allclose(workers[0]["loss"], workers[1]["loss"], rtol=1e-6)
+    assert single["steps"] == 4
+    # Stopped and resumed, the 2 workers end where one process training without a break ends.
+    np.testing.assert_allclose(resumed[0]["loss"], single["loss"], rtol=1e-4)
+    np.testing.assert_allclose(resumed[0]["val_loss"], single["val_loss"], rtol=1e-4)
 
-    chief = next(w for w in workers if w["worker"] == 0)
-    other = next(w for w in workers if w["worker"] == 1)
-    runs = [p for p in (tmp_path / "cluster" / "t").iterdir()]
+    chief = next(w for w in resumed if w["worker"] == 0)
+    others = [next(w for w in launch if w["worker"] == 1)["run_dir"] for launch in (first, resumed)]
+    runs = list((cluster / "t").iterdir())
     assert runs == [Path(chief["run_dir"])]  # one run folder, the chief's
     assert {"config.yaml", "results.csv", "state.json"} <= {p.name for p in runs[0].iterdir()}
     assert (runs[0] / "weights" / "last.keras").is_file()
-    assert not Path(other["run_dir"]).exists()  # the other worker's temporary folder is gone
+    assert len((runs[0] / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs, written once each
+    assert not any(Path(folder).exists() for folder in others)  # the other worker's temporary folders are gone
