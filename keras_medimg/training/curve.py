@@ -6,12 +6,13 @@ folds and the same stratified subsets for every init, one row per (init, label c
 std over folds, per-class F1 and the summed confusion matrix; `write_curve` writes the table, plot and confusion
 matrices into a run folder.
 
-Pieces: `CurveSettings`, `parse_train_samples`, `subsample`, `ResettableClassifier`, `label_count_curve`,
-`write_curve`.
+Pieces: `CurveSettings`, `parse_train_samples`, `subsample`, `ResettableClassifier`, `head_logits`,
+`label_count_curve`, `write_curve`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -89,16 +90,30 @@ def subsample(samples: Sequence[Sample], count: int, seed: int) -> list[Sample]:
 
 class ResettableClassifier:
     """One compiled softmax classifier on `backbone`, reset to its starting weights (and a fresh optimizer state)
-    before each fold, so that every fold trains from the same start without rebuilding and retracing the model."""
+    before each fold, so that every fold trains from the same start without rebuilding and retracing the model.
+
+    `model` is what trains: the classifier up to the head's logits, compiled with a cross-entropy on logits.
+    `classifier` is the softmax classifier (layer "predictions") on the same variables: what predicts.
+
+    Training on the softmax output instead fails on every backend but TensorFlow: Keras' torch and JAX
+    cross-entropy clips probabilities to [1e-7, 1 - 1e-7] before the log, and the clip has no gradient, so once
+    one early step pushes the true class below 1e-7 (a large first step is enough) those samples stop
+    contributing gradient for good and the model stays on whatever class it saturated to. TensorFlow hides this
+    because its cross-entropy finds the logits behind a softmax op and uses them.
+    """
 
     def __init__(self, backbone: Any, num_classes: int, settings: CurveSettings):
         import keras
 
         from keras_medimg.models.classifier import build_classifier
 
-        self.model = build_classifier(backbone, num_classes)
+        self.classifier = build_classifier(backbone, num_classes)
+        head = self.classifier.get_layer("predictions")
+        self.model = keras.Model(self.classifier.input, head_logits(head, name="logits")(head.input),
+                                 name=f"{self.classifier.name}_logits")
         optimizer = keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay)
-        self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=False)
+        self.model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           jit_compile=False)
         self.model.optimizer.build(self.model.trainable_variables)
         self.weights = [np.array(w) for w in self.model.get_weights()]
         self.optimizer_state = [np.array(keras.ops.convert_to_numpy(v)) for v in self.model.optimizer.variables]
@@ -108,6 +123,33 @@ class ResettableClassifier:
         self.model.set_weights(self.weights)
         for variable, value in zip(self.model.optimizer.variables, self.optimizer_state):
             variable.assign(value)
+
+
+@functools.cache
+def _head_logits_class() -> type:
+    import keras  # imported on first use: the CLI loads this module without building a model
+
+    class HeadLogits(keras.layers.Layer):
+        """The pre-activation (logits) of the Dense layer `head`, computed on `head`'s own variables."""
+
+        def __init__(self, head: Any, **kwargs):
+            super().__init__(dtype=head.dtype_policy, **kwargs)
+            self.head = head
+
+        def call(self, inputs):
+            outputs = keras.ops.matmul(keras.ops.cast(inputs, self.compute_dtype), self.head.kernel)
+            return outputs + self.head.bias if self.head.use_bias else outputs
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], self.head.units)
+
+    return HeadLogits
+
+
+def head_logits(head: Any, **kwargs) -> Any:
+    """A layer whose output is the logits of the Dense layer `head` (its output before the activation), sharing
+    `head`'s kernel and bias, so that training it trains `head`."""
+    return _head_logits_class()(head, **kwargs)
 
 
 def _fold_data(samples: Sequence[Sample], class_names: Sequence[str], settings: CurveSettings, *, skipped: Skipped,
@@ -181,7 +223,7 @@ def label_count_curve(samples: Sequence[Sample], class_names: Sequence[str],
                 data = _fold_data(subset, class_names, settings, skipped=skipped, seed=settings.seed + k)
                 trainer.model.fit(data, epochs=settings.epochs, verbose=settings.verbose, shuffle=False,
                                   class_weight=weights)
-                reports.append(_evaluate_fold(trainer.model, val, class_names, settings, skipped))
+                reports.append(_evaluate_fold(trainer.classifier, val, class_names, settings, skipped))
                 log.info("%s, %s labels (%d), fold %d: macro F1 %.3f (%.0f s).", init_name, size_name, len(subset),
                          k + 1, reports[-1]["macro"]["f1"], time.time() - started)
             rows.append(_summary_row(init_name, size_name, count, reports, class_names))

@@ -42,3 +42,24 @@ def test_reset_restores_the_starting_weights_and_optimizer_after_a_fit():
     trainer.reset()
     assert all(np.array_equal(a, b) for a, b in zip(start, trainer.model.get_weights()))
     assert int(keras.ops.convert_to_numpy(trainer.model.optimizer.iterations)) == 0
+
+
+def test_a_head_saturated_on_the_wrong_class_still_learns():
+    # Regression: under torch (and JAX) the k-fold loop stayed at one class. It trained the softmax output with
+    # Keras' cross-entropy on probabilities, which there clips them to [1e-7, 1 - 1e-7]: the clip has no gradient,
+    # so after one large step saturated the head no sample moved it again (loss stuck at 2/3 * -log(1e-7) = 10.75).
+    # TensorFlow hid it by finding the logits behind the softmax. Here every image starts at class 0 with
+    # probability 1 - 2e-9; the true class of the others is far below the clip.
+    inputs = keras.Input((8, 8, 3))
+    backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    trainer = ResettableClassifier(backbone, 3, CurveSettings(image_size=8, learning_rate=0.1, weight_decay=0.0))
+    trainer.classifier.get_layer("predictions").bias.assign([20.0, 0.0, 0.0])
+    y = np.arange(12) % 3
+    x = np.zeros((12, 8, 8, 3), "float32")
+    x[np.arange(12), :, :, y] = 1.0  # class k: channel k lit
+    assert trainer.classifier.predict(x, verbose=0)[np.arange(12), y][y > 0].max() < 1e-7
+    trainer.model.fit(x, y, epochs=8, batch_size=4, verbose=0, shuffle=False)
+    probs = trainer.classifier.predict(x, verbose=0)
+    np.testing.assert_array_equal(probs.argmax(axis=1), y)
+    # The softmax classifier and the trained logits model share their variables.
+    np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(keras.ops.softmax(trainer.model(x))), atol=1e-5)

@@ -1,7 +1,6 @@
 """medimg mamclip: config, label counts, subsets, bad pairs, and (slow) pretraining that learns."""
 
 import json
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -126,9 +125,6 @@ def test_cli_lists_the_modes_and_reports_user_errors(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(os.environ.get("KERAS_BACKEND", "tensorflow") == "torch", strict=False,
-                   reason="known bug: under the torch backend the k-fold fine-tuning loop stays at the majority class "
-                          "on this set (macro F1 0.28; 0.7+ under TensorFlow); not yet diagnosed, see issue 15")
 def test_finetune_curve_beats_the_majority_baseline_on_a_separable_set(tmp_path):
     # Regression: fine-tuning on the demo set scored below always-predict-the-majority. On images whose class is
     # plain to see (a bright square, a dark one, a stripe), the k-fold loop must clearly beat that baseline.
