@@ -223,3 +223,16 @@ def test_probe_sees_the_malloc_settings(tmp_path, monkeypatch):
     assert _probe_worker(str(tmp_path), "")[3] is True
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     assert _probe_worker(str(tmp_path), "")[3] is False
+
+
+def test_a_file_that_kills_its_workers_becomes_a_skipped_row(tmp_path):
+    from keras_medimg.datasets.prepare import _outcome, _Task
+
+    class Died:  # a finished future whose task took its workers down each time it was tried
+        def result(self):
+            raise distributed.KilledWorker("_convert_on_worker-1", "tcp://10.0.0.2:4000", allowed_failures=3)
+
+    task = _Task("a", tmp_path / "a.dcm", tmp_path / "out" / "a.png", True, {})
+    kind, (path, reason, line) = _outcome(Died(), task, distributed)
+    assert (kind, path, line) == ("skip", str(tmp_path / "a.dcm"), None)
+    assert "died each time" in reason
