@@ -209,7 +209,7 @@ def test_prepare_help_documents_every_option():
     result = CliRunner().invoke(cli, ["prepare", "--help"])
     assert result.exit_code == 0
     for option in ("--out", "--app", "--config", "--window", "--crop / --no-crop", "--margin", "--clahe / --no-clahe",
-                   "--clip-limit", "--size", "--workers", "--strict"):
+                   "--clip-limit", "--size", "--workers", "--cluster", "--strict"):
         assert option in result.output
     for words in ("16-bit PNG", "manifest.csv", "skipped.csv", "MONOCHROME1", "resumable", "C,W[,F]"):
         assert words in " ".join(result.output.split()), words
