@@ -42,6 +42,11 @@ class Augment:
         blur: largest Gaussian blur sigma, in pixels.
         noise: largest standard deviation of additive Gaussian noise.
         fill: value of pixels that rotation or zoom bring in from outside the image.
+        grid_distortion: largest relative change of a grid cell's width or height (0-0.9), as albumentations'
+            `GridDistortion(distort_limit)` that the MAM-CLIP study uses: the image is cut into `grid_steps` columns
+            and rows whose sizes are each scaled by a factor from [1 - d, 1 + d] (rescaled to fill the image, so
+            the border stays put and nothing comes in from outside), and resampled piecewise-linearly.
+        grid_steps: number of grid cells along each side for `grid_distortion` (the study's library uses 5).
     """
 
     probability: float = 0.5
@@ -54,6 +59,8 @@ class Augment:
     blur: float = 0.0
     noise: float = 0.0
     fill: float = 0.0
+    grid_distortion: float = 0.0
+    grid_steps: int = 5
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +71,8 @@ class Augment:
             (0.0 <= self.contrast < 1.0, "contrast", "at least 0 and below 1"),
             (0.0 <= self.blur <= 10.0, "blur", "between 0 and 10 pixels"),
             (self.noise >= 0.0, "noise", "0 or more"),
+            (0.0 <= self.grid_distortion <= 0.9, "grid_distortion", "between 0 and 0.9 (albumentations' default 0.3)"),
+            (isinstance(self.grid_steps, int) and 1 <= self.grid_steps <= 64, "grid_steps", "a whole number from 1 to 64"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -72,7 +81,8 @@ class Augment:
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is switched on."""
-        ranges = (self.rotation, self.zoom_min != 1, self.zoom_max != 1, self.brightness, self.contrast, self.blur, self.noise)
+        ranges = (self.rotation, self.zoom_min != 1, self.zoom_max != 1, self.brightness, self.contrast, self.blur, self.noise,
+                  self.grid_distortion)
         return self.hflip or (self.probability > 0 and any(ranges))
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +144,7 @@ def augment_array(image: np.ndarray, seed, config: Augment, boxes: np.ndarray | 
     """Apply `config`'s augmentations to one NumPy image (and its boxes), deterministically for a given seed.
 
     Each switched-on augmentation is applied with `config.probability`, in this order: flip, rotation + zoom
-    (one resampling), brightness, contrast, blur, noise; the result is clipped to [0, 1].
+    (one resampling), grid distortion, brightness, contrast, blur, noise; the result is clipped to [0, 1].
 
     Args:
         image: float32 `(H, W, C)` pixels in [0, 1] (any number of channels).
@@ -166,6 +176,13 @@ def augment_array(image: np.ndarray, seed, config: Augment, boxes: np.ndarray | 
         out = _rotate_zoom(out, math.radians(degrees), zoom, config.fill)
         if boxes is not None:
             boxes = _move_boxes(boxes, math.radians(degrees), zoom, width, height)
+    if config.grid_distortion:
+        # Its own generator (the element's seed and one more word), so that switching it on leaves every other
+        # augmentation's random values for a seed as they were.
+        grid_rng = np.random.default_rng([*np.asarray(seed, np.int64).astype(np.uint64).tolist(), _OPS + 1])
+        if grid_rng.random() < config.probability:
+            factors = 1.0 + config.grid_distortion * (2 * grid_rng.random((2, config.grid_steps)) - 1)
+            out, boxes = _grid_distort(out, factors[0], factors[1], boxes)
     if config.brightness and apply[2]:
         out += np.float32((2 * shift - 1) * config.brightness)
     if config.contrast and apply[3]:
@@ -201,6 +218,41 @@ def _rotate_zoom(image: np.ndarray, angle: float, zoom: float, fill: float) -> n
     ]
     out = moved[0] if len(moved) == 1 else np.stack(moved, axis=-1)
     return out.reshape(height, width, channels)
+
+
+def _grid_knots(size: int, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell edges along one axis (index coordinates): evenly spaced in the output, `factors`-sized in the input."""
+    even = np.linspace(0.0, size - 1.0, len(factors) + 1)
+    distorted = np.concatenate([[0.0], np.cumsum(factors) / np.sum(factors) * (size - 1.0)])
+    return even, distorted
+
+
+def _grid_distort(image: np.ndarray, x_factors: np.ndarray, y_factors: np.ndarray, boxes: np.ndarray | None):
+    """Resample so that input cells sized by the factors fill an even output grid; boxes follow (separable and
+    monotonic along each axis, so each box edge maps exactly)."""
+    import cv2
+
+    height, width, channels = image.shape
+    x_even, x_in = _grid_knots(width, x_factors)
+    y_even, y_in = _grid_knots(height, y_factors)
+    map_x = np.interp(np.arange(width), x_even, x_in).astype(np.float32)
+    map_y = np.interp(np.arange(height), y_even, y_in).astype(np.float32)
+    map_x, map_y = np.broadcast_to(map_x, (height, width)).copy(), np.broadcast_to(map_y[:, None], (height, width)).copy()
+    planes = [image] if channels <= 4 else [image[:, :, c] for c in range(channels)]
+    moved = [cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for plane in planes]
+    out = (moved[0] if len(moved) == 1 else np.stack(moved, axis=-1)).reshape(height, width, channels)
+    if boxes is not None:
+        # Box edges are in box coordinates (pixel i spans [i, i + 1]): the knots shifted by half a pixel, and the
+        # outer half pixels unchanged.
+        xs = np.interp(boxes[:, [0, 2]], *_box_knots(x_in, x_even, width))
+        ys = np.interp(boxes[:, [1, 3]], *_box_knots(y_in, y_even, height))
+        boxes = np.clip(np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1), 0.0,
+                        [width, height, width, height]).astype(np.float32)
+    return out, boxes
+
+
+def _box_knots(source: np.ndarray, target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([[0.0], source + 0.5, [size]]), np.concatenate([[0.0], target + 0.5, [size]])
 
 
 def _move_boxes(boxes: np.ndarray, angle: float, zoom: float, width: int, height: int) -> np.ndarray:

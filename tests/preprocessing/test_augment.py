@@ -34,7 +34,8 @@ def test_same_seed_same_result_and_different_elements_differ():
 @pytest.mark.parametrize(
     "config",
     [Augment(probability=1, brightness=0.2), Augment(probability=1, contrast=0.5), Augment(probability=1, blur=2.0),
-     Augment(probability=1, noise=0.1), Augment(probability=1, rotation=30), Augment(probability=1, zoom_min=0.5, zoom_max=2)],
+     Augment(probability=1, noise=0.1), Augment(probability=1, rotation=30), Augment(probability=1, zoom_min=0.5, zoom_max=2),
+     Augment(probability=1, grid_distortion=0.3)],
 )
 def test_each_augmentation_changes_the_image(config):
     out = augment(_image(), tf.constant([1, 2]), config)
@@ -78,3 +79,42 @@ def test_config_from_yaml_values_is_checked():
         Augment.from_dict({"rotaton": 15})
     with pytest.raises(ConfigError, match="zoom_min"):
         Augment(zoom_min=2.0, zoom_max=1.0)
+
+
+def test_grid_distortion_moves_columns_and_rows_and_boxes_follow_exactly():
+    # The study's grid distortion: cells resized along each axis, the border fixed, the object's box moved.
+    image = np.zeros((64, 48, 1), np.float32)
+    image[20:40, 10:30] = 1.0
+    config = Augment(probability=1.0, grid_distortion=0.5, grid_steps=4)
+    extents = set()
+    for seed in range(6):
+        out, moved = augment(image, tf.constant([seed, 3]), config, boxes=tf.constant([[10.0, 20.0, 30.0, 40.0]]))
+        out = out.numpy()[..., 0]
+        ys, xs = np.nonzero(out > 0.5)
+        x1, y1, x2, y2 = moved.numpy()[0]
+        # Separable and monotonic: the block stays a block, and the box edges land within a pixel of its edges.
+        assert np.all(out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] > 0.5)
+        np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], [x1, y1, x2, y2], atol=1.0)
+        extents.add((xs.min(), ys.min(), xs.max(), ys.max()))
+    assert len(extents) > 3  # the distortion differs from seed to seed
+    # Nothing comes in from outside the image: a constant image stays constant.
+    flat = np.full((32, 32, 3), 0.7, np.float32)
+    np.testing.assert_allclose(augment(flat, tf.constant([1, 2]), config).numpy(), flat, atol=1e-6)
+
+
+def test_grid_distortion_leaves_the_other_augmentations_draws_alone():
+    # Switching grid distortion on must not change what a seed gives every other augmentation: with no cell
+    # resized (steps of 1 resize the whole side, which is then rescaled to fill the image) the result is unchanged.
+    base = Augment(probability=1.0, brightness=0.2, noise=0.05, hflip=True)
+    with_grid = Augment(probability=1.0, brightness=0.2, noise=0.05, hflip=True, grid_distortion=0.5, grid_steps=1)
+    for seed in range(3):
+        np.testing.assert_allclose(augment(_image(), tf.constant([seed, 9]), with_grid).numpy(),
+                                   augment(_image(), tf.constant([seed, 9]), base).numpy(), atol=1e-5)
+
+
+def test_grid_distortion_settings_are_checked():
+    assert Augment.from_dict({"grid_distortion": 0.3, "grid_steps": 5}).enabled
+    with pytest.raises(ConfigError, match="grid_distortion"):
+        Augment(grid_distortion=1.5)
+    with pytest.raises(ConfigError, match="grid_steps"):
+        Augment(grid_distortion=0.3, grid_steps=0)
