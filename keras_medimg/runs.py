@@ -273,10 +273,11 @@ def _worker_folder(app: str, mode: str, source: Path | None = None) -> Path:
     return folder
 
 
-def _join_cluster(cfg: Any, mode: str) -> None:
+def _join_cluster(cfg: Any, mode: str, distribution: str | None) -> None:
     """Join the multi-worker cluster of a training run before anything else touches TensorFlow or JAX."""
-    distribution = getattr(getattr(cfg, "train", None), "distribution", "none")
-    if mode == "train" and distribution == "multiworker":
+    if distribution is None and mode == "train":
+        distribution = getattr(getattr(cfg, "train", None), "distribution", "none")
+    if distribution == "multiworker":
         from keras_medimg.training.distribute import initialize
 
         initialize(distribution)
@@ -291,14 +292,16 @@ class RunPlace:
     exist_ok: bool = False
 
 
-def start_run(app: str, mode: str, cfg: Any, run: Run | RunPlace | None = None) -> Run:
+def start_run(app: str, mode: str, cfg: Any, run: Run | RunPlace | None = None, *,
+              distribution: str | None = None) -> Run:
     """Begin a command's run: create its folder (unless `run` is one already, e.g. when resuming) and save `cfg`.
 
     Call it after every check that can fail on the user's input, so a mistake leaves no empty folder.
-    A training run whose `cfg.train.distribution` is "multiworker" joins the worker cluster here; on a worker other
-    than the chief the returned run is a private temporary folder (see the module's docstring).
+    A training run whose `cfg.train.distribution` (or the `distribution` given, for a mode other than "train" or a
+    config without a train section) is "multiworker" joins the worker cluster here; on a worker other than the chief
+    the returned run is a private temporary folder (see the module's docstring).
     """
-    _join_cluster(cfg, mode)
+    _join_cluster(cfg, mode, distribution)
     if not isinstance(run, Run):
         place = run or RunPlace()
         run = create_run(app, mode, project=place.project, name=place.name, exist_ok=place.exist_ok)

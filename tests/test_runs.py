@@ -113,3 +113,21 @@ def test_reusing_a_run_with_exist_ok_removes_leftover_temporaries(tmp_path):
     tmp = _killed_mid_write(first.dir)
     again = create_run("brats", "train", project=tmp_path, name="r", exist_ok=True)
     assert again.dir == first.dir and not tmp.exists()
+
+
+def test_a_worker_other_than_the_chief_writes_a_private_copy(tmp_path, monkeypatch):
+    from keras_medimg.config import AppConfig
+    from keras_medimg.runs import RunPlace, start_run
+    from keras_medimg.training import distribute
+
+    chief_run = create_run("t", "train", project=tmp_path)
+    (chief_run.path("weights", "last.keras")).write_bytes(b"chief's checkpoint")
+    monkeypatch.setattr(distribute, "_worker", distribute.Worker(index=1, count=2))
+
+    fresh = start_run("t", "train", AppConfig(), RunPlace(project=tmp_path))
+    resumed = start_run("t", "train", AppConfig(), chief_run)
+
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["train"]  # no second numbered folder
+    assert not fresh.dir.is_relative_to(tmp_path) and not resumed.dir.is_relative_to(tmp_path)
+    assert (resumed.dir / "weights" / "last.keras").read_bytes() == b"chief's checkpoint"
+    assert not (chief_run.dir / "config.yaml").exists()  # the chief's folder is the chief's to write
