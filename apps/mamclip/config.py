@@ -13,7 +13,7 @@ from typing import Literal
 from keras_medimg.apps.mamclip.atlas_config import AtlasConfig
 from keras_medimg.config import ExportConfig
 from keras_medimg.datasets.mammo_labels import TaskConfig
-from keras_medimg.preprocessing.augment import Augment
+from keras_medimg.preprocessing.augment import GridAugment
 
 BIRADS5 = {"0": "BI-RADS 0", "1": "BI-RADS 1", "2": "BI-RADS 2", "4": "BI-RADS 4", "5": "BI-RADS 5", "6": "BI-RADS 5"}
 BIRADS3 = {"1": "BI-RADS 1-2", "2": "BI-RADS 1-2", "0": "BI-RADS 0", "4": "BI-RADS 4-5", "5": "BI-RADS 4-5",
@@ -105,7 +105,7 @@ class PretrainConfig:
     mask_token_share: float = 0.8  # of the masked word pieces: share set to [MASK]
     random_token_share: float = 0.1  # ... share set to a random token (the rest stay unchanged)
     logit_scale_init: float = 2.6592600369327779  # log(1/0.07), as CLIP
-    augment: Augment = field(default_factory=lambda: Augment(probability=0.5, hflip=False, zoom_min=0.9, zoom_max=1.0))
+    augment: GridAugment = field(default_factory=lambda: GridAugment(probability=0.5, hflip=False, zoom_min=0.9, zoom_max=1.0))
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # K of retrieval recall@K on validation pairs
     jit_compile: bool = False  # XLA (faster on GPU; slower to start on CPU)
     verbose: int = 2  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
@@ -125,7 +125,7 @@ class FinetuneConfig:
     learning_rate: float = 0.0005  # AdamW
     weight_decay: float = 0.0001
     class_weight: Literal["none", "balanced"] = "balanced"  # balanced = inverse class frequency in each subset
-    augment: Augment = field(default_factory=lambda: Augment(probability=0.5, hflip=True))
+    augment: GridAugment = field(default_factory=lambda: GridAugment(probability=0.5, hflip=True))
     verbose: int = 0  # Keras progress per fold
 
 

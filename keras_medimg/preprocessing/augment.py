@@ -42,11 +42,6 @@ class Augment:
         blur: largest Gaussian blur sigma, in pixels.
         noise: largest standard deviation of additive Gaussian noise.
         fill: value of pixels that rotation or zoom bring in from outside the image.
-        grid_distortion: largest relative change of a grid cell's width or height (0-0.9), as albumentations'
-            `GridDistortion(distort_limit)` that the MAM-CLIP study uses: the image is cut into `grid_steps` columns
-            and rows whose sizes are each scaled by a factor from [1 - d, 1 + d] (rescaled to fill the image, so
-            the border stays put and nothing comes in from outside), and resampled piecewise-linearly.
-        grid_steps: number of grid cells along each side for `grid_distortion` (the study's library uses 5).
     """
 
     probability: float = 0.5
@@ -59,8 +54,6 @@ class Augment:
     blur: float = 0.0
     noise: float = 0.0
     fill: float = 0.0
-    grid_distortion: float = 0.0
-    grid_steps: int = 5
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,9 +64,10 @@ class Augment:
             (0.0 <= self.contrast < 1.0, "contrast", "at least 0 and below 1"),
             (0.0 <= self.blur <= 10.0, "blur", "between 0 and 10 pixels"),
             (self.noise >= 0.0, "noise", "0 or more"),
-            (0.0 <= self.grid_distortion <= 0.9, "grid_distortion", "between 0 and 0.9 (albumentations' default 0.3)"),
-            (isinstance(self.grid_steps, int) and 1 <= self.grid_steps <= 64, "grid_steps", "a whole number from 1 to 64"),
         ]
+        self._check(checks)
+
+    def _check(self, checks: list[tuple[bool, str, str]]) -> None:
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"Augmentation setting '{key}' must be {expected}, got {getattr(self, key)!r}. Fix it in the config.")
@@ -81,8 +75,7 @@ class Augment:
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is switched on."""
-        ranges = (self.rotation, self.zoom_min != 1, self.zoom_max != 1, self.brightness, self.contrast, self.blur, self.noise,
-                  self.grid_distortion)
+        ranges = (self.rotation, self.zoom_min != 1, self.zoom_max != 1, self.brightness, self.contrast, self.blur, self.noise)
         return self.hflip or (self.probability > 0 and any(ranges))
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +93,38 @@ class Augment:
     def __call__(self, image, seed, boxes=None):
         """Augment one image (and its boxes); see `augment`."""
         return augment(image, seed, self, boxes=boxes)
+
+
+@dataclass(frozen=True)
+class GridAugment(Augment):
+    """`Augment` plus grid distortion, the third augmentation of the MAM-CLIP study (albumentations' GridDistortion).
+
+    A subclass rather than two more `Augment` fields so that the apps whose configs hold a plain `Augment` keep
+    their settings as they are; an app switches grid distortion on by giving its config a `GridAugment`.
+
+    Args:
+        grid_distortion: largest relative change of a grid cell's width or height (0-0.9), as albumentations'
+            `GridDistortion(distort_limit)`: the image is cut into `grid_steps` columns and rows whose sizes are
+            each scaled by a factor from [1 - d, 1 + d] (then rescaled to fill the image, so the border stays put
+            and nothing comes in from outside) and resampled piecewise-linearly. Applied with `probability`,
+            after rotation and zoom.
+        grid_steps: number of grid cells along each side (albumentations' default 5).
+        Other arguments: as `Augment`.
+    """
+
+    grid_distortion: float = 0.0
+    grid_steps: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check([
+            (0.0 <= self.grid_distortion <= 0.9, "grid_distortion", "between 0 and 0.9 (albumentations' default 0.3)"),
+            (isinstance(self.grid_steps, int) and 1 <= self.grid_steps <= 64, "grid_steps", "a whole number from 1 to 64"),
+        ])
+
+    @property
+    def enabled(self) -> bool:
+        return super().enabled or (self.probability > 0 and self.grid_distortion > 0)
 
 
 def augment(image, seed, config: Augment, *, boxes=None):
@@ -144,7 +169,8 @@ def augment_array(image: np.ndarray, seed, config: Augment, boxes: np.ndarray | 
     """Apply `config`'s augmentations to one NumPy image (and its boxes), deterministically for a given seed.
 
     Each switched-on augmentation is applied with `config.probability`, in this order: flip, rotation + zoom
-    (one resampling), grid distortion, brightness, contrast, blur, noise; the result is clipped to [0, 1].
+    (one resampling), grid distortion (a `GridAugment`), brightness, contrast, blur, noise; the result is clipped to
+    [0, 1].
 
     Args:
         image: float32 `(H, W, C)` pixels in [0, 1] (any number of channels).
@@ -176,7 +202,7 @@ def augment_array(image: np.ndarray, seed, config: Augment, boxes: np.ndarray | 
         out = _rotate_zoom(out, math.radians(degrees), zoom, config.fill)
         if boxes is not None:
             boxes = _move_boxes(boxes, math.radians(degrees), zoom, width, height)
-    if config.grid_distortion:
+    if isinstance(config, GridAugment) and config.grid_distortion:
         # Its own generator (the element's seed and one more word), so that switching it on leaves every other
         # augmentation's random values for a seed as they were.
         grid_rng = np.random.default_rng([*np.asarray(seed, np.int64).astype(np.uint64).tolist(), _OPS + 1])

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_medimg.errors import ConfigError
-from keras_medimg.preprocessing.augment import Augment, augment
+from keras_medimg.preprocessing.augment import Augment, GridAugment, augment
 
 ALL = Augment(probability=1.0, rotation=45, zoom_min=0.5, zoom_max=2.0, hflip=True, brightness=0.1, contrast=0.3, blur=1.5, noise=0.05)
 
@@ -35,7 +35,7 @@ def test_same_seed_same_result_and_different_elements_differ():
     "config",
     [Augment(probability=1, brightness=0.2), Augment(probability=1, contrast=0.5), Augment(probability=1, blur=2.0),
      Augment(probability=1, noise=0.1), Augment(probability=1, rotation=30), Augment(probability=1, zoom_min=0.5, zoom_max=2),
-     Augment(probability=1, grid_distortion=0.3)],
+     GridAugment(probability=1, grid_distortion=0.3)],
 )
 def test_each_augmentation_changes_the_image(config):
     out = augment(_image(), tf.constant([1, 2]), config)
@@ -85,7 +85,7 @@ def test_grid_distortion_moves_columns_and_rows_and_boxes_follow_exactly():
     # The study's grid distortion: cells resized along each axis, the border fixed, the object's box moved.
     image = np.zeros((64, 48, 1), np.float32)
     image[20:40, 10:30] = 1.0
-    config = Augment(probability=1.0, grid_distortion=0.5, grid_steps=4)
+    config = GridAugment(probability=1.0, grid_distortion=0.5, grid_steps=4)
     extents = set()
     for seed in range(6):
         out, moved = augment(image, tf.constant([seed, 3]), config, boxes=tf.constant([[10.0, 20.0, 30.0, 40.0]]))
@@ -106,15 +106,18 @@ def test_grid_distortion_leaves_the_other_augmentations_draws_alone():
     # Switching grid distortion on must not change what a seed gives every other augmentation: with no cell
     # resized (steps of 1 resize the whole side, which is then rescaled to fill the image) the result is unchanged.
     base = Augment(probability=1.0, brightness=0.2, noise=0.05, hflip=True)
-    with_grid = Augment(probability=1.0, brightness=0.2, noise=0.05, hflip=True, grid_distortion=0.5, grid_steps=1)
+    with_grid = GridAugment(probability=1.0, brightness=0.2, noise=0.05, hflip=True, grid_distortion=0.5, grid_steps=1)
     for seed in range(3):
         np.testing.assert_allclose(augment(_image(), tf.constant([seed, 9]), with_grid).numpy(),
                                    augment(_image(), tf.constant([seed, 9]), base).numpy(), atol=1e-5)
 
 
 def test_grid_distortion_settings_are_checked():
-    assert Augment.from_dict({"grid_distortion": 0.3, "grid_steps": 5}).enabled
+    assert GridAugment.from_dict({"grid_distortion": 0.3, "grid_steps": 5}).enabled
+    assert not GridAugment().enabled and not GridAugment(probability=0.0, grid_distortion=0.3).enabled
     with pytest.raises(ConfigError, match="grid_distortion"):
-        Augment(grid_distortion=1.5)
+        GridAugment(grid_distortion=1.5)
     with pytest.raises(ConfigError, match="grid_steps"):
-        Augment(grid_distortion=0.3, grid_steps=0)
+        GridAugment(grid_distortion=0.3, grid_steps=0)
+    with pytest.raises(ConfigError, match="grid_steps"):  # a plain Augment has no grid
+        Augment.from_dict({"grid_steps": 5})
