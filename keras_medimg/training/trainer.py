@@ -776,6 +776,8 @@ def fit_plan(
         if strategy is not None:
             log.info("Global batch %d: %d per device on %d device(s), %d worker(s).", config.batch_size,
                      per_replica_batch(config.batch_size, strategy), replicas(strategy), worker().count)
+        if worker().count > 1:
+            train_ds, val_ds = _whole_batches(train_ds, config), _whole_batches(val_ds, config)
         previous = keras.config.dtype_policy()
         precision = setup_precision(config)
         try:
@@ -803,6 +805,15 @@ def fit_plan(
                             "train.head_learning_rate) and train again.", phase.name)
                 break
     return result
+
+
+def _whole_batches(dataset: Any | None, config: TrainConfig) -> Any | None:
+    """The dataset in full global batches only: each worker takes its share of every batch, and a last, smaller
+    batch would give the workers unequal shares (and step counts). Up to `batch_size - 1` images per pass are left
+    out, different ones each epoch when the dataset shuffles."""
+    if dataset is None:
+        return None
+    return dataset.rebatch(config.batch_size, drop_remainder=True)
 
 
 def _fit_phase(model: keras.Model, phase: Phase, train_ds: Any, val_ds: Any | None, *, config: TrainConfig,
