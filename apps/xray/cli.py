@@ -46,6 +46,9 @@ def _line(report: dict[str, Any]) -> str:
 
 _tiling = click.option("--tiling", type=click.Choice(["positive", "none"]), default=None,
                        help="positive = random positive tiles (tiling.mode); none = whole scans.")
+_runtime = click.option("--runtime", type=click.Choice(["onnx", "torch"]), default=None,
+                        help="Detector runtime (predict.runtime): onnx = onnxruntime on the exported detector, cached "
+                             "once per checkpoint (default, 1.4x faster on CPU); torch = PyTorch.")
 _remap = click.option("--class-remap", "class_remap", default=None,
                       help="original | score | size | binary | agnostic | a YAML file {class: new name}.")
 
@@ -72,12 +75,14 @@ def train(tiling: str | None, class_remap: str | None, size: str | None, epochs:
 @xray.command()
 @click.argument("source", type=click.Path())
 @click.option("--conf", type=float, default=None, help="Least score of a reported box (predict.conf).")
+@_runtime
 @trained_run_options(TRAINED)
-def predict(source: str, weights: str, conf: float | None, strict: bool | None, config_file: str | None,
-            overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+def predict(source: str, weights: str, conf: float | None, runtime: str | None, strict: bool | None,
+            config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
+            exist_ok: bool) -> None:
     """Detect objects in SOURCE (a scan or a folder): VOC XML, YOLO txt, predictions.csv, overlays."""
     cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "predict.source": source,
-                                               "predict.conf": conf, "strict": strict})
+                                               "predict.conf": conf, "predict.runtime": runtime, "strict": strict})
 
     def found(result: Any) -> list[str]:
         m = result.metrics
@@ -90,12 +95,14 @@ def predict(source: str, weights: str, conf: float | None, strict: bool | None, 
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="VOC set to evaluate on (default: the data the run was trained on, same split).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Split (evaluate.split).")
+@_runtime
 @trained_run_options(TRAINED)
-def evaluate(weights: str, data: str | None, split: str | None, strict: bool | None, config_file: str | None,
-             overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+def evaluate(weights: str, data: str | None, split: str | None, runtime: str | None, strict: bool | None,
+             config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
+             exist_ok: bool) -> None:
     """Precision, recall, F1 at IoU 0.5 per class and overall, mAP50, PR curve (fixed tiling)."""
     cfg = APP.resolve(config_file, overrides, {"predict.weights": weights, "data.root": data, "evaluate.split": split,
-                                               "strict": strict})
+                                               "predict.runtime": runtime, "strict": strict})
     _run("evaluate", cfg, (project, name, exist_ok),
          report=lambda result: [f"{cfg.evaluate.split}: {_line(result.metrics['test'])}", result.table])
 

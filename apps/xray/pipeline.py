@@ -182,9 +182,17 @@ def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
 # === Evaluation ===
 
 
+def detector_runner(cfg: XrayConfig, weights: Path) -> tuple[tiled.Runner, dict[int, str]]:
+    """The trained detector on `predict.runtime` (onnxruntime on a CPU by default) and its class names."""
+    runner, names, runtime = tiled.detector_runner(weights, runtime=cfg.predict.runtime, device=cfg.detector.device,
+                                                   imgsz=tile_plan(cfg).imgsz)
+    log.debug("Detector %s runs on %s.", weights, runtime)
+    return runner, names
+
+
 def predict_all(cfg: XrayConfig, weights: Path, samples: Sequence[Sample], conf: float) -> tuple[list[list[Box]], float]:
     """Every scan's merged boxes (down to `conf`), and the seconds it took."""
-    runner, names = tiled.torch_runner(weights, cfg.detector.device)
+    runner, names = detector_runner(cfg, weights)
     plan, rule, cache = tile_plan(cfg), merge_rule(cfg, conf), tiled.ScanCache(conversion(cfg))
     started = time.perf_counter()
     found = [tiled.predict_scan(runner, cache(s.path), plan, rule, names) for s in samples]
@@ -256,7 +264,7 @@ def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     skipped = Skipped()
     run = start_run(APP, "predict", cfg, run)
     sources = list_images(cfg.predict.source, exclude=[run.dir], skipped=skipped)
-    runner, names = tiled.torch_runner(weights, cfg.detector.device)
+    runner, names = detector_runner(cfg, weights)
     plan, rule, convert = tile_plan(cfg), merge_rule(cfg), conversion(cfg)
     rows, done, started = [], 0, time.perf_counter()
     for sample in sources:

@@ -232,6 +232,9 @@ class TileDataset:
         return YOLODataset.collate_fn(batch)
 
 
+SILENT_PENALTY = 1e6  # added to the validation loss of an epoch whose detector finds nothing (see tile_trainer)
+
+
 def tile_trainer(train: TileDataset, val: TileDataset, *, best_by: str = "fitness") -> type:
     """An Ultralytics `DetectionTrainer` subclass that trains on `train` and validates on `val` (for
     `detection.yolo.train_detector(..., trainer=...)`; the data.yaml it is given only names the classes).
@@ -239,7 +242,8 @@ def tile_trainer(train: TileDataset, val: TileDataset, *, best_by: str = "fitnes
     Args:
         best_by: what makes Ultralytics' `best.pt` (and its early stopping) "best": `"fitness"`, its own
             0.1 mAP50 + 0.9 mAP50-95, or `"val_loss"`, the lowest summed box + class + DFL validation loss
-            (the study keeps the epoch of lowest validation loss).
+            (the study keeps the epoch of lowest validation loss), among the epochs whose detector finds
+            something (validation mAP50 > 0).
     """
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -259,8 +263,11 @@ def tile_trainer(train: TileDataset, val: TileDataset, *, best_by: str = "fitnes
                 losses = [float(v) for k, v in metrics.items() if k.startswith("val/") and k.endswith("_loss")]
                 if not losses:
                     raise RuntimeError(f"Ultralytics reported no validation losses (metrics: {sorted(metrics)}).")
-                # Ultralytics saves the largest fitness as best.pt and stops early on it: the negated loss.
-                fitness = -sum(losses)
+                # Ultralytics saves the largest fitness as best.pt and stops early on it: the negated loss. An
+                # epoch that finds nothing (mAP50 0) ranks below every epoch that does: from scratch, the first
+                # epochs predict no box, the assigner then matches no anchor, and the loss is at its lowest.
+                found = any(float(v) > 0 for k, v in metrics.items() if k.startswith("metrics/mAP50"))
+                fitness = -sum(losses) - (0.0 if found else SILENT_PENALTY)
                 self.best_fitness = fitness if best_so_far is None else max(best_so_far, fitness)
             return metrics, fitness
 
@@ -289,11 +296,47 @@ def torch_runner(weights: str | Path, device: str = "cpu") -> tuple[Runner, dict
     return run, {int(k): str(v) for k, v in detector.names.items()}
 
 
-def onnx_runner(path: str | Path) -> Runner:
-    """A `Runner` of an exported ONNX detector (onnxruntime, CPU)."""
+def detector_runner(weights: str | Path, *, runtime: str = "onnx", device: str = "cpu",
+                    imgsz: int = 640) -> tuple[Runner, dict[int, str], str]:
+    """The `Runner` `predict_scan` calls, on the runtime asked for, with the class names and the runtime used.
+
+    `"onnx"` runs the checkpoint exported to ONNX (dynamic batch and size, checked against PyTorch by
+    `export_detector_onnx`) with onnxruntime, 1.4x faster than PyTorch on a CPU batch of tiles (measured,
+    `benchmarks/xray_predict.py`). The export is cached under `$MEDIMG_HOME/onnx/` by the checkpoint's hash and
+    `imgsz`, so it is made once per trained detector. On a GPU `device` the PyTorch runner is used instead
+    (logged). `"torch"` always runs PyTorch.
+    """
+    import hashlib
+    import logging
+
+    if runtime not in ("onnx", "torch"):
+        raise ConfigError(f"Detector runtime {runtime!r} is not known; choose onnx or torch.")
+    log = logging.getLogger(__name__)
+    if runtime == "onnx" and str(device).lower() != "cpu":
+        log.info("Detector on device %s: running it with PyTorch (the ONNX runtime here is the CPU one).", device)
+        runtime = "torch"
+    torch_run, names = torch_runner(weights, device)
+    if runtime == "torch":
+        return torch_run, names, "torch"
+    from keras_medimg.backend import medimg_home
+    from keras_medimg.detection.yolo import export_detector_onnx
+
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    cached = medimg_home() / "onnx" / f"detector-{digest}-{imgsz}.onnx"
+    if not cached.exists():
+        log.info("Exporting the detector to ONNX once for onnxruntime (cached as %s).", cached)
+        export_detector_onnx(weights, cached, imgsz=imgsz, dynamic=True)
+    return onnx_runner(cached), names, "onnx"
+
+
+def onnx_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """A `Runner` of an exported ONNX detector (onnxruntime, CPU; `threads` intra-op threads, default: the cores)."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch.astype(np.float32)})[0]
 

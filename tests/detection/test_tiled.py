@@ -124,7 +124,7 @@ def test_plan_and_augment_are_checked():
         tiled.BoxAugment(blur=2)
 
 
-@pytest.mark.parametrize("best_by, best_epoch", [("val_loss", 2), ("fitness", 3)])
+@pytest.mark.parametrize("best_by, best_epoch", [("val_loss", 3), ("fitness", 4)])
 def test_tile_trainer_best_checkpoint_follows_validation_loss_or_fitness(best_by, best_epoch):
     """Ultralytics saves best.pt when `fitness == best_fitness` after `validate()`, and stops early on it: with
     best_by=val_loss that must be the epoch of lowest summed validation loss, not of highest mAP."""
@@ -135,6 +135,7 @@ def test_tile_trainer_best_checkpoint_follows_validation_loss_or_fitness(best_by
     trainer_cls = tiled.tile_trainer(SimpleNamespace(), SimpleNamespace(), best_by=best_by)
     trainer = object.__new__(trainer_cls)  # only validate() runs: Ultralytics' own, with our override
     epochs = [  # (box, cls, dfl) validation losses and Ultralytics' mAP fitness
+        ((0.0, 0.4, 0.0), 0.00),  # finds nothing: no anchor assigned, the lowest loss of all, never the best
         ((1.0, 1.5, 0.5), 0.10),
         ((0.8, 0.9, 0.3), 0.05),  # lowest loss (2.0)
         ((0.9, 1.2, 0.4), 0.30),  # highest mAP fitness
@@ -144,7 +145,7 @@ def test_tile_trainer_best_checkpoint_follows_validation_loss_or_fitness(best_by
 
     def validator(_):
         (box, cls, dfl), fitness = next(queue)
-        return {"metrics/mAP50(B)": fitness, "val/box_loss": box, "val/cls_loss": cls, "val/dfl_loss": dfl,
+        return {"metrics/mAP50(B)": fitness, "metrics/mAP50-95(B)": fitness / 2, "val/box_loss": box, "val/cls_loss": cls, "val/dfl_loss": dfl,
                 "fitness": fitness}
 
     trainer.ema, trainer.world_size, trainer.validator, trainer.best_fitness = None, 1, validator, None
