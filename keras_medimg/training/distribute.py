@@ -20,7 +20,8 @@ Each worker reads the same dataset and keeps its share of every global batch (Ke
 rebatches to `batch_size / workers` and shards), so every worker still decodes every image: worker processes scale
 the model's compute, not the input pipeline.
 
-Multi-worker start-up must come first: JAX starts its distributed runtime only before the first computation, so `initialize("multiworker")` must run before any dataset or model is made.
+Multi-worker start-up must come first: JAX starts its distributed runtime only before the first computation, so
+`initialize("multiworker")` must run before any dataset or model is made.
 `runs.start_run` calls it for a training run (every `medimg <app> train` command), and `strategy_scope` calls it
 (which fails if something already ran). Only the chief (worker 0) writes the run folder: `runs` gives the other
 workers a temporary copy that is deleted when they exit, as TensorFlow's multi-worker guide recommends.
@@ -68,6 +69,7 @@ class Worker:
 
 
 _worker = Worker()
+_joined = False  # jax.distributed can be initialised once per process
 
 
 def worker() -> Worker:
@@ -106,11 +108,12 @@ def initialize(distribution: str) -> Worker:
     Raises:
         ConfigError: unknown mode, torch backend, cluster environment missing, or called too late.
     """
-    global _worker
+    global _worker, _joined
     check_mode(distribution)
-    if distribution != "multiworker" or _worker.count > 1:
+    if distribution != "multiworker" or _joined:
         return _worker
     _worker = _jax_initialize()
+    _joined = True
     log.info("Worker %d of %d joined the training cluster%s.", _worker.index, _worker.count,
              " (chief: writes the run folder)" if _worker.is_chief else "")
     return _worker
@@ -141,7 +144,8 @@ def strategy_scope(distribution: str) -> Iterator[Any]:
         distribution: "none", "mirrored" or "multiworker".
 
     Yields:
-        None for "none"; TensorFlow's `MirroredStrategy`, or JAX's `keras.distribution.DataParallel`; `replicas(yielded)` tells how many devices share each batch.
+        None for "none"; TensorFlow's `MirroredStrategy`, or JAX's `keras.distribution.DataParallel`;
+        `replicas(yielded)` tells how many devices share each batch.
     """
     initialize(distribution)
     if distribution == "none":

@@ -1,8 +1,9 @@
 """Child-process body of test_multiworker and benchmarks/scale.py: one worker (or the lone process) of a tiny
 classifier's training, started the way `medimg <app> train` starts one (`runs.start_run` joins the cluster first).
 
-Run as `python _multiworker_fit.py <distribution> <project> <epochs> <resume 0|1> [images] [image side]` with KERAS_BACKEND and the
-cluster's environment (TF_CONFIG or KERAS_DISTRIBUTION_*) set; prints one JSON line.
+Run as `python _multiworker_fit.py <distribution> <project> <epochs> <resume 0|1> [images] [image side]` with
+KERAS_BACKEND and the cluster's environment (KERAS_DISTRIBUTION_*) set; prints one JSON line. `start` and `wait`
+launch such processes on localhost as a cluster launcher would.
 """
 
 import json
@@ -96,10 +97,10 @@ def train(distribution: str, project: str, epochs: str, resume: str, images: str
     steps = Steps()
     plan = fit_plan(lambda: tiny_classifier(size=side), train, val, config=cfg.train, run=run, weights=None,
                     resume=resume == "1", callbacks=[steps])
-    return {"worker": worker().index, "workers": plan.workers, "replicas": plan.replicas,
-                      "run_dir": str(run.dir), "steps": steps.count, "timed_steps": max(0, steps.count - 2), "step_seconds": steps.seconds,
-            "batch_size": cfg.train.batch_size,
-                      "loss": plan.fits[0].history["loss"], "val_loss": plan.fits[0].history["val_loss"]}
+    return {"worker": worker().index, "workers": plan.workers, "replicas": plan.replicas, "run_dir": str(run.dir),
+            "steps": steps.count, "timed_steps": max(0, steps.count - 2), "step_seconds": steps.seconds,
+            "batch_size": cfg.train.batch_size, "loss": plan.fits[0].history["loss"],
+            "val_loss": plan.fits[0].history["val_loss"]}
 
 
 def main(*args: str) -> None:
