@@ -27,6 +27,11 @@ def brats() -> None:
     """
 
 
+STUDY_HELP = ("The paper's settings in one switch: 224 px, grey-scale + median filter before every stage (detector, "
+              "SAM, crops), rotation 0-45, zoom 0.5-2, brightness, contrast and flip augmentation, ImageNet weights "
+              "from a local file (--weights, or Keras' cache), SAM fine-tuning on (needs --sam-checkpoint). "
+              "Options and --set still win; config.yaml records the result.")
+
 APP = AppCommands("brats", "keras_medimg.apps.brats.config:BratsConfig")
 APP.add_demo_data(brats, "keras_medimg.apps.brats.pipeline:demo_data",
                   "Write the synthetic brain-MRI set to OUT_DIR: Training/Testing class folders, a YOLO box set, masks.")
@@ -39,15 +44,28 @@ APP.add_demo_data(brats, "keras_medimg.apps.brats.pipeline:demo_data",
 @click.option("--backbone", default=None, help="Classifier backbone (model.backbone), e.g. efficientnetv2b3.")
 @click.option("--epochs", type=int, default=None, help="Classifier epochs (train.epochs).")
 @click.option("--detect-epochs", type=int, default=None, help="Detector epochs (detect.epochs).")
+@click.option("--study", is_flag=True, default=False, help=STUDY_HELP)
+@click.option("--weights", default=None,
+              help="Classifier backbone weights (model.weights): a local .h5/.keras file, or a folder of each "
+                   "backbone's published ImageNet file; with --study, the ImageNet weights it needs.")
+@click.option("--sam-checkpoint", default=None, help="Local SAM checkpoint (segment.checkpoint), e.g. sam_vit_b_01ec64.pth.")
 @resume_option
-def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: int | None, resume: str | None,
-          data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
-          overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
-    """Train detect -> segment -> classify (default: all stages, on the demo data when --data is not given)."""
-    from keras_medimg.apps.brats import pipeline
+def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: int | None, study: bool,
+          weights: str | None, sam_checkpoint: str | None, resume: str | None, data: str | None, seed: int | None,
+          strict: bool | None, config_file: str | None, overrides: tuple[str, ...], project: str | None,
+          name: str | None, exist_ok: bool) -> None:
+    """Train detect -> segment -> classify (default: all stages, on the demo data when --data is not given).
 
-    options = {"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
-               "train.epochs": epochs, "detect.epochs": detect_epochs}
+    Prints the detector's test line, the classifier's per-class table, and the classifier trained on each crop
+    source (detected crops, ground-truth crops, whole images: classify.compare_sources).
+    """
+    from keras_medimg.apps.brats import pipeline, stages
+    from keras_medimg.apps.brats.study import study_options
+
+    options = study_options([backbone or APP.resolve(config_file, overrides).model.backbone], weights) if study else {}
+    options.update({"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
+                    "model.weights": weights if not study else None, "segment.checkpoint": sam_checkpoint,
+                    "train.epochs": epochs, "detect.epochs": detect_epochs})
     cfg, run = APP.resolve_train(resume=resume, config_file=config_file, overrides=overrides,
                              options=options, project=project, name=name, exist_ok=exist_ok)
     result = pipeline.train(cfg, stage, run=run, resume=bool(resume))
@@ -57,6 +75,7 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
         click.echo(f"\nClassifier ({classify['backbone']}) on the test split: accuracy {report['accuracy']:.4f}, "
                    f"macro F1 {report['macro']['f1']:.4f}")
         click.echo(result.table)
+        click.echo(stages.sources_table(result.metrics))
     print_run_summary(result.run.dir)
 
 
@@ -101,15 +120,25 @@ def evaluate(weights: str, data: str | None, **given: Any) -> None:
 @click.option("--backbones", default=None,
               help="Comma-separated backbones, e.g. inceptionv3,densenet121,xception,vgg16,efficientnetv2b3.")
 @click.option("--epochs", type=int, default=None, help="Classifier epochs for each backbone (train.epochs).")
-def compare(backbones: str | None, epochs: int | None, data: str | None, seed: int | None, strict: bool | None,
-            config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
-            exist_ok: bool) -> None:
-    """Train several backbones on the same crops and split; write a CSV, a Markdown table and a bar chart."""
+@click.option("--study", is_flag=True, default=False, help=STUDY_HELP)
+@click.option("--weights", default=None,
+              help="A folder holding each backbone's published ImageNet file (model.weights; e.g. "
+                   "efficientnetv2-b3_notop.h5), or one file when one backbone is compared.")
+@click.option("--sam-checkpoint", default=None, help="Local SAM checkpoint (segment.checkpoint), e.g. sam_vit_b_01ec64.pth.")
+def compare(backbones: str | None, epochs: int | None, study: bool, weights: str | None, sam_checkpoint: str | None,
+            data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
+            overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
+    """Train several backbones on the same crops and split; write a CSV, a Markdown table and a bar chart, and
+    print the paper's Table 4 layout (accuracy, precision, recall, F1 per backbone)."""
     from keras_medimg.apps.brats import pipeline
+    from keras_medimg.apps.brats.study import study_options
 
     names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones else None
-    cfg = APP.resolve(config_file, overrides, {"compare.backbones": names, "data.root": data, "seed": seed,
-                                           "strict": strict, "train.epochs": epochs})
+    options = study_options(names or APP.resolve(config_file, overrides).compare.backbones, weights) if study else {}
+    options.update({"compare.backbones": names, "data.root": data, "seed": seed, "strict": strict,
+                    "train.epochs": epochs, "model.weights": weights if not study else None,
+                    "segment.checkpoint": sam_checkpoint})
+    cfg = APP.resolve(config_file, overrides, options)
     result = pipeline.compare(cfg, run=run_place(project, name, exist_ok))
     click.echo(result.table)
     print_run_summary(result.run.dir)

@@ -4,18 +4,17 @@
 
     runs/brats/train[N]/
         config.yaml                 resolved config (rerun with --config)
-        detect/                     Ultralytics' own run (results.csv, args.yaml, weights/) and the staged box set
-        weights/detector.pt         the detector used by every later stage
-        weights/sam_decoder.pth     the fine-tuned SAM mask decoder (segment.finetune)
-        weights/best.keras, last.keras   the classifier
-        crops/<split>/<class>/<id>.png   the lesion crops the classifier saw
-        results.csv, plots/*.png, metrics.json, predictions.csv, skipped.csv
+        detect/train/               Ultralytics' own run (results.csv/png, PR curve, confusion matrix, val batches)
+        weights/detector.pt, sam_decoder.pth, best.keras, last.keras   detector, fine-tuned SAM decoder, classifier
+        crops/<split>/<class>/<id>.png   the lesion crops the classifier saw (crops_<source>/: compare_sources)
+        sources/<source>/           the same classifier trained on another crop source (truth, whole)
+        results.csv, plots/*.png (test_grid.png), metrics.json, predictions.csv, skipped.csv
 
 Which crops train the classifier: the study ran its detector and SAM over the classification images and trained
 the CNN on what they produced, so the default (`classify.crop_source: detector`) does the same, and `predict`
-runs exactly that chain on new images. `crop_source: truth` crops with the ground-truth masks instead (where the
-dataset has them) to separate classifier quality from detector quality. An image where nothing is detected (which
-is how `notumor` images are usually seen) is classified whole.
+runs exactly that chain on new images. `classify.compare_sources` also trains on ground-truth crops (`truth`)
+and whole images (`whole`), to show where accuracy is lost. An image where nothing is detected (which is how
+`notumor` images are usually seen) is classified whole. Without SAM, GrabCut outlines the lesion in its box.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from keras_medimg.apps.brats.config import BratsConfig
+from keras_medimg.apps.brats.study import weights_for
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.detection.lesions import LesionChain, mask_index, write_crops
 from keras_medimg.errors import ConfigError, InvalidInputError
@@ -92,32 +92,17 @@ def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]
     from keras_medimg.detection.lesions import train_lesion_detector
 
     d = cfg.detect
-    return train_lesion_detector(detection_yaml(cfg, root), run.subdir("detect"), run.path("weights", DETECTOR_FILE),
+    from keras_medimg.apps.brats.stages import box_set
+
+    return train_lesion_detector(box_set(cfg, root, run.dir), run.subdir("detect"), run.path("weights", DETECTOR_FILE),
                                  model=d.model, weights=d.weights, epochs=d.epochs, imgsz=d.imgsz, batch=d.batch,
-                                 seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience)
-
-
-def train_segment_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]:
-    """SAM: fine-tune the mask decoder on ground-truth masks (segment.finetune) or state the fallback."""
-    chain, record = _chain_for(cfg, None)
-    predictor = chain.sam_predictor
-    if predictor is None or not cfg.segment.finetune:
-        if cfg.segment.finetune:
-            record["finetune"] = "skipped: fine-tuning needs segment.checkpoint"
-            log.info("[segment] segment.finetune is set but there is no SAM checkpoint, so nothing is fine-tuned.")
-        return record
-    from keras_medimg.detection.sam import finetune_on_masks
-
-    masks = mask_index(cfg.data.masks or root / "masks")
-    samples = [s for s in classification_samples(root, "Training", cfg.data.classes) if s.path.stem in masks]
-    if not samples:
-        raise InvalidInputError(root / "masks", "no ground-truth masks match the Training images (masks/<id>.png); "
-                                "SAM fine-tuning needs them.")
-    pairs = [(s.path, masks[s.path.stem]) for s in samples[: cfg.segment.max_images]]
-    seg = cfg.segment
-    record.update(finetune_on_masks(predictor, pairs, run.path("weights", DECODER_FILE), epochs=seg.finetune_epochs,
-                                    learning_rate=seg.finetune_learning_rate, seed=cfg.seed, log=log.info))
-    return record
+                                 seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience,
+                                 class_remap="agnostic" if d.single_class else None, plots=d.plots,
+                                 # nbs = batch: one optimizer step per batch (Ultralytics accumulates to 64 images
+                                 # otherwise: two steps an epoch on a small set, which from scratch barely learns)
+                                 hyperparameters={"optimizer": d.optimizer, "lr0": d.learning_rate, "nbs": d.batch,
+                                                  "warmup_epochs": d.warmup_epochs, "warmup_bias_lr": d.learning_rate,
+                                                  "mosaic": d.mosaic, "close_mosaic": d.close_mosaic})
 
 
 def _chain_for(cfg: BratsConfig, detector_path: Path | None, decoder: Path | None = None, *,
@@ -129,7 +114,8 @@ def _chain_for(cfg: BratsConfig, detector_path: Path | None, decoder: Path | Non
     d, seg, c = cfg.detect, cfg.segment, cfg.classify
     return build_chain(detector_path, sam_model_type=seg.model_type, sam_checkpoint=seg.checkpoint,
                        sam_decoder=decoder or seg.decoder, sam_fallback=seg.fallback, announce=announce, conf=d.conf,
-                       iou=d.iou, imgsz=d.imgsz, device=d.device, margin=c.margin, mask_background=c.mask_background)
+                       iou=d.iou, imgsz=d.imgsz, device=d.device, margin=c.margin, mask_background=c.mask_background,
+                       denoise_median=cfg.data.denoise_median)
 
 
 def _detector_path(cfg: BratsConfig, run: Run) -> Path | None:
@@ -147,28 +133,34 @@ def _detector_path(cfg: BratsConfig, run: Run) -> Path | None:
     return None
 
 
-def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: Skipped, *,
+def make_crops(cfg: BratsConfig, run: Run, root: Path, skipped: Skipped, *, source: str | None = None,
                announce: bool = True) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
     """Crop the Training images (split into train/val) and the Testing images into run/crops/<split>/.
+
+    `source` (default `classify.crop_source`): "detector" (+ SAM or its fallback), "truth" (ground-truth masks) or
+    "whole" (the images uncropped); a source other than crop_source writes to run/crops_<source>/.
 
     Returns:
         The crop samples per split, and the segment record (SAM or the fallback) for metrics.json.
     """
     from keras_medimg.datasets.splits import train_val_test_split
 
+    source = source or cfg.classify.crop_source
     training = classification_samples(root, "Training", cfg.data.classes)
     testing = classification_samples(root, "Testing", cfg.data.classes)
     train, val, _ = train_val_test_split(training, val=cfg.data.val_fraction, test=0.0, seed=cfg.seed)
     decoder = run.dir / "weights" / DECODER_FILE
-    chain, sam_record = _chain_for(cfg, _detector_path(cfg, run), decoder if decoder.is_file() else None,
-                                   announce=announce)
-    truth = mask_index(cfg.data.masks or root / "masks") if cfg.classify.crop_source == "truth" else None
-    source = "ground-truth masks" if truth is not None else "detector" + (" + SAM" if chain.sam_predictor else " boxes")
-    log.info(f"[classify] cropping {len(train)} train, {len(val)} val, {len(testing)} test images with the {source}")
-    crops = {}
+    chain, sam_record = _chain_for(cfg, _detector_path(cfg, run) if source == "detector" else None,
+                                   decoder if decoder.is_file() else None, announce=announce)
+    truth = mask_index(cfg.data.masks or root / "masks") if source == "truth" else None
+    names = {"truth": "ground-truth masks", "whole": "whole images (no crop)",
+             "detector": "detector" + (" + SAM" if chain.sam_predictor else f" + {chain.segmenter.method}"
+                                       if chain.segmenter else " boxes")}
+    log.info(f"[classify] cropping {len(train)} train, {len(val)} val, {len(testing)} test images with the {names[source]}")
+    crops, folder = {}, run.dir / ("crops" if source == cfg.classify.crop_source else f"crops_{source}")
     for name, samples in (("train", train), ("val", val), ("test", testing)):
-        crops[name], lesions = write_crops(samples, chain, run.dir / "crops" / name, skipped=skipped,
-                                           strict=cfg.strict, truth_masks=truth)
+        crops[name], lesions = write_crops(samples, chain, folder / name, skipped=skipped, strict=cfg.strict,
+                                           truth_masks=truth, whole=source == "whole")
         found = sum(1 for lesion in lesions if lesion is not None and lesion.box is not None)
         log.info(f"[classify]   {name}: lesion found in {found}/{len(lesions)} images")
     return crops, sam_record
@@ -196,7 +188,8 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     val_ds = make_dataset(crops["val"], training=False, **common) if crops["val"] else None
     kept = [s for s in crops["train"] if str(s.path) not in skipped.paths()]
     log.info(f"[classify] {len(crops['train'])} training crops")
-    model, _ = fit_image_classifier(cfg.model, cfg.train, train_ds, val_ds, num_classes=len(cfg.data.classes),
+    model_cfg = replace(cfg.model, weights=weights_for(cfg.model.backbone, cfg.model.weights))
+    model, _ = fit_image_classifier(model_cfg, cfg.train, train_ds, val_ds, num_classes=len(cfg.data.classes),
                                     run=run, labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume,
                                     train_samples=len(kept))
     return model
@@ -222,17 +215,24 @@ def evaluate_classifier(model: Any, cfg: BratsConfig, run: Run, test: Sequence[S
                                         title=f"{cfg.model.backbone} on the test crops")
 
 
-def evaluate_detector(cfg: BratsConfig, detector_path: Path, root: Path) -> dict[str, Any]:
+def evaluate_detector(cfg: BratsConfig, detector_path: Path, root: Path, folder: Path) -> dict[str, Any]:
     """Table 3: precision, recall, F1, image accuracy and mAP50 on the box set's test split (else val).
 
     The study's detector finds "tumour"; the box set may name its class(es) differently, so all classes count as one.
+    The chain keeps each image's top box, so that box is judged; `every_box` judges every box above detect.conf.
     """
     from keras_medimg.detection.lesions import evaluation_split
     from keras_medimg.detection.yolo import evaluate_detector as evaluate_yolo
+    from keras_medimg.detection.yolo import load_detector
 
-    data_yaml = detection_yaml(cfg, root)
-    return evaluate_yolo(detector_path, data_yaml, split=evaluation_split(data_yaml), conf=cfg.detect.conf, iou=0.5, nms_iou=cfg.detect.iou,
-                         imgsz=cfg.detect.imgsz, device=cfg.detect.device, class_remap="agnostic")
+    from keras_medimg.apps.brats.stages import box_set
+
+    data_yaml = box_set(cfg, root, folder)
+    model = load_detector(detector_path)
+    judged = [evaluate_yolo(model, data_yaml, split=evaluation_split(data_yaml), conf=cfg.detect.conf, iou=0.5,
+                            nms_iou=cfg.detect.iou, imgsz=cfg.detect.imgsz, device=cfg.detect.device,
+                            class_remap="agnostic", max_boxes=keep) for keep in (1, None)]
+    return {**judged[0], "every_box": judged[1]}
 
 
 def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = None, resume: bool = False) -> RunResult:
@@ -250,6 +250,7 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = 
     """
     if stage not in STAGES:
         raise ConfigError(f"Unknown stage '{stage}'. Choose one of {', '.join(STAGES)}.")
+    from keras_medimg.apps.brats import stages
     from keras_medimg.backend import current_backend
     from keras_medimg.datasets.yolo import check_yolo_dataset
     from keras_medimg.reporting import plot_training_curves
@@ -270,17 +271,12 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = 
             metrics["detect"] = {"model": cfg.detect.model, "resumed": True}
         else:
             metrics["detect"] = train_detect_stage(cfg, run, root)
-        metrics["detect"]["test"] = evaluate_detector(cfg, run.dir / "weights" / DETECTOR_FILE, root)
+        metrics["detect"]["test"] = evaluate_detector(cfg, run.dir / "weights" / DETECTOR_FILE, root, run.dir)
         log.info("[detect] test: " + format_detection_line(metrics["detect"]["test"]))
     if stage in ("segment", "all"):
-        metrics["segment"] = train_segment_stage(cfg, run, root)
+        metrics["segment"] = stages.train_segment_stage(cfg, run, root)
     if stage in ("classify", "all"):
-        crops, sam_record = make_crops(cfg, run, root, skipped, announce="segment" not in metrics)
-        metrics.setdefault("segment", sam_record)
-        model = train_classifier(cfg, run, crops, skipped, resume=resume)
-        report, table = evaluate_classifier(model, cfg, run, crops["test"], skipped)
-        metrics["classify"] = {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size,
-                               "crop_source": cfg.classify.crop_source, "test": report}
+        metrics["classify"], table = stages.classify_stage(cfg, run, root, skipped, metrics, resume)
         plot_training_curves(run)
     metrics["seconds"] = time.perf_counter() - started
     return finish_run(run, metrics, skipped, table)
@@ -366,7 +362,7 @@ def evaluate(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResul
     skipped = Skipped()
     metrics: dict[str, Any] = {"weights": str(trained.dir), "data": str(root)}
     if (detector := trained.file("weights", DETECTOR_FILE)) is not None:
-        metrics["detect"] = evaluate_detector(config, detector, root)
+        metrics["detect"] = evaluate_detector(config, detector, root, run.dir)
         log.info("[detect] test: " + format_detection_line(metrics["detect"]))
     chain, model, metrics["segment"] = _load_trained(trained)
     crops, _ = write_crops(testing, chain, run.dir / "crops" / "test", skipped=skipped, strict=cfg.strict)
@@ -395,7 +391,7 @@ def compare(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
     crops, metrics["segment"] = make_crops(cfg, run, root, skipped)
     rows = []
     for name in cfg.compare.backbones:
-        sub_cfg = replace(cfg, model=replace(cfg.model, backbone=name))
+        sub_cfg = replace(cfg, model=replace(cfg.model, backbone=name, weights=weights_for(name, cfg.model.weights)))
         sub = start_run(APP, "train", sub_cfg, Run(dir=run.subdir(name), app=APP, mode="train"))
         started = time.perf_counter()
         model = train_classifier(sub_cfg, sub, crops, skipped)
@@ -408,7 +404,10 @@ def compare(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
     columns = ["backbone", "accuracy", "precision", "recall", "f1", "seconds"]
     write_comparison(run, "comparison", rows, columns=columns, metric="f1", title="Macro F1 on the test crops",
                      ylabel="macro F1")
-    return finish_run(run, metrics, skipped, markdown_table(rows, columns))
+    # The paper's Table 4: model, accuracy, precision, recall, F1-score (macro), in percent.
+    table4 = [{"Model": r["backbone"], **{name: f"{100 * r[key]:.2f}%" for name, key in (("Accuracy", "accuracy"),
+              ("Precision", "precision"), ("Recall", "recall"), ("F1-Score", "f1"))}} for r in rows]
+    return finish_run(run, metrics, skipped, markdown_table(table4, ["Model", "Accuracy", "Precision", "Recall", "F1-Score"]))
 
 
 def export(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
@@ -444,5 +443,6 @@ def pipeline_metadata(cfg: BratsConfig, folder: Path) -> dict[str, Any]:
                 "classes": cfg.data.classes, "crop": chain["crop"],
                 "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain", "denoise_median": c.denoise_median,
                                   "scale": "[0, 1]", "normalization": _normalization(cfg).to_dict()}}
+    chain["detect"]["denoise_median"] = chain["segment"]["denoise_median"] = cfg.data.denoise_median  # before each
     return {"app": APP, "trained_run": str(folder), "classes": cfg.data.classes,
             "stages": [chain["detect"], chain["segment"], classify]}

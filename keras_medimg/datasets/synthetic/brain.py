@@ -5,9 +5,12 @@ the skull base with a normal pituitary gland, and the look of a real acquisition
 head, contrast (gamma, gain), a bias field and Rician noise all vary. The tumours differ the way they do
 clinically (contrast-enhanced T1 with the oedema of FLAIR):
 
-- glioma: intra-axial, irregular, often ring-enhancing with a necrotic core, inside a bright oedema halo;
-- meningioma: extra-axial, round and well circumscribed, broad-based against the skull, often a dural tail;
-- pituitary: small, midline, at the skull base (the sella), in place of the normal gland;
+- glioma: intra-axial, irregular, heterogeneous (patchy enhancement, mostly a ring around a dark necrotic core),
+  inside a bright oedema halo;
+- meningioma: extra-axial, homogeneous and avidly enhancing, well circumscribed, broad-based against the skull
+  (dura), often a dural tail;
+- pituitary: small, midline, at the skull base (the sella), in place of the normal gland, growing upward out of it
+  (a "snowman"), enhancing less than the gland, with small dark cystic spots;
 - notumor: none.
 
 Distractors keep the task from being trivial: vessels (bright dots), choroid plexus, a small benign bright spot
@@ -65,7 +68,7 @@ def generate_brain(out_dir: str | Path, *, n_per_class: int = 60, size: int = 25
     return out
 
 
-generate_brain.version = 1  # part of ensure_demo_data's cache key: bump when the images change
+generate_brain.version = 2  # part of ensure_demo_data's cache key: bump when the images change
 
 
 def _write_image_files(out: Path, image_id: str, kaggle_split: str, name: str, split: str, image: np.ndarray, mask: np.ndarray | None) -> None:
@@ -236,13 +239,16 @@ def _glioma(head: _Head, rng: np.random.Generator, image: np.ndarray) -> np.ndar
     halo = cv2.GaussianBlur(oedema.astype(np.float32), (0, 0), r * 0.25)
     local = image[window]
     local += rng.uniform(0.12, 0.3) * halo * inside_brain
-    enhancement = rng.uniform(0.18, 0.4)
-    if rng.random() < 0.6:  # ring enhancement around a necrotic core
-        rim = core & (distance > 0.6 * r)
-        local[rim] += enhancement
-        local[core & ~rim] -= rng.uniform(0.05, 0.2)
+    enhancement = rng.uniform(0.22, 0.4)
+    # Heterogeneous in every case: patchy enhancement, and (most often) a ring around a dark necrotic core.
+    height, width = local.shape
+    patches = 0.55 + 0.45 * np.clip(0.5 + 0.5 * _smooth_noise(rng, max(height, width), 5)[:height, :width], 0, 1)
+    if rng.random() < 0.75:  # ring enhancement around a necrotic core
+        rim = core & (distance > rng.uniform(0.45, 0.65) * r)
+        local[rim] += enhancement * patches[rim]
+        local[core & ~rim] -= rng.uniform(0.08, 0.2)
     else:
-        local[core] += enhancement * (0.6 + 0.4 * rng.random(int(core.sum()))).astype(np.float32)
+        local[core] += enhancement * patches[core]
     return _full_mask(image.shape, window, core)
 
 
@@ -256,14 +262,14 @@ def _meningioma(head: _Head, rng: np.random.Generator, image: np.ndarray) -> np.
     ex, ey = head.to_pixels(SKULL_IN * np.cos(angle), SKULL_IN * np.sin(angle))
     cx, cy = head.to_pixels(0.0, 0.0)
     inward = np.array([cx - ex, cy - ey]) / np.hypot(cx - ex, cy - ey)
-    x, y = ex + inward[0] * 0.7 * r, ey + inward[1] * 0.7 * r
+    x, y = ex + inward[0] * 0.45 * r, ey + inward[1] * 0.45 * r  # a broad base on the dura
     window, distance, direction = head.near(x, y, 1.3 * r + 3)
     rho = head.rho[window]
     outline = r * (1 + rng.uniform(-0.12, 0.12) * np.cos(2 * (direction - angle)))
     core = (distance < outline) & (rho <= SKULL_IN)
     local = image[window]
     local[(distance < outline + 2.0) & ~core & (rho <= BRAIN)] = 0.15  # the CSF cleft of a well-circumscribed mass
-    local[core] = rng.uniform(0.62, 0.85)
+    local[core] = rng.uniform(0.68, 0.9)  # homogeneous, avid enhancement
     if rng.random() < 0.6:  # dural tail along the skull
         turn = np.abs(np.angle(np.exp(1j * (head.phi - angle))))
         tail = (np.abs(head.rho - SKULL_IN + 0.01) < 0.012) & (turn < rng.uniform(0.2, 0.4))
@@ -272,12 +278,27 @@ def _meningioma(head: _Head, rng: np.random.Generator, image: np.ndarray) -> np.
 
 
 def _pituitary(head: _Head, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    # Midline at the sella, growing up out of it (a "snowman": the sellar part and a suprasellar lobe above it);
+    # enhancing less than the normal gland and meningiomas, with small dark cystic spots.
     x, y = _sella(head)
-    x, y = x + rng.normal(0, 1.0), y + rng.normal(0, 1.5)
-    r = head.size * rng.uniform(0.035, 0.075)
-    window, distance, direction = head.near(x, y, 1.2 * r + 1)
-    core = distance < r * _lobulated(direction, rng, range(2, 4), (0.03, 0.1))
-    image[window][core] = rng.uniform(0.55, 0.8) + 0.05 * rng.standard_normal(int(core.sum())).astype(np.float32)
+    x, y = x + rng.normal(0, 1.0), y + rng.normal(0, 1.0)
+    r = head.size * rng.uniform(0.035, 0.065)
+    up = np.array(head.to_pixels(0.0, 0.0)) - np.array(_sella(head))
+    up /= np.hypot(*up)
+    lobe = rng.uniform(0.55, 0.8)
+    ux, uy = x + up[0] * 0.9 * r, y + up[1] * 0.9 * r
+    window, distance, direction = head.near(x + up[0] * 0.5 * r, y + up[1] * 0.5 * r, 1.9 * r + 1)
+    xs, ys = _grid(head.size)
+    upper = np.hypot(xs[window] - ux, ys[window] - uy)
+    lower = np.hypot(xs[window] - x, ys[window] - y)
+    core = (lower < r * _lobulated(direction, rng, range(2, 4), (0.03, 0.08))) | (upper < lobe * r)
+    local = image[window]
+    local[core] = rng.uniform(0.6, 0.74)
+    for _ in range(rng.integers(1, 4)):  # cystic or necrotic spots
+        cy, cx = np.argwhere(core)[rng.integers(int(core.sum()))]
+        spot = (np.hypot(np.arange(local.shape[1])[None, :] - cx, np.arange(local.shape[0])[:, None] - cy)
+                < rng.uniform(0.12, 0.25) * r) & core
+        local[spot] = rng.uniform(0.15, 0.3)
     return _full_mask(image.shape, window, core)
 
 

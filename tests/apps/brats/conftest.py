@@ -69,5 +69,6 @@ def tiny_config(root: Path, **sets: object) -> BratsConfig:
     overrides = [
         f"data.root={root}", "detect.epochs=1", "detect.imgsz=64", "detect.batch=8", "detect.conf=0.01",
         "model.backbone=vgg16", "model.image_size=32", "train.epochs=1", "train.batch_size=8", "train.verbose=0",
+        "classify.compare_sources=[whole]",
     ] + [f"{k}={v}" for k, v in sets.items()]
     return load_config(BratsConfig, app="brats", overrides=overrides)

@@ -27,6 +27,7 @@ def test_default_train_is_offline_and_beats_chance(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "Results saved to" in result.output
     metrics = json.loads((tmp_path / "runs" / "brats" / "train" / "metrics.json").read_text())
-    assert metrics["segment"]["mode"] == "box_fallback"
+    assert metrics["segment"]["mode"] == "grabcut_fallback"
+    assert set(metrics["classify"]["sources"]) == {"detector", "truth", "whole"}
     assert metrics["classify"]["test"]["accuracy"] > 0.4  # four classes: chance is 0.25
     assert metrics["detect"]["test"]["map50"] > 0.2

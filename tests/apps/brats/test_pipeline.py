@@ -40,8 +40,18 @@ def test_train_all_writes_the_run_folder(trained):
                  "weights/best.keras", "weights/last.keras", "weights/detector.pt", "plots/confusion_matrix.png"):
         assert (folder / name).is_file(), name
     metrics = json.loads((folder / "metrics.json").read_text())
-    # Without a SAM checkpoint the fallback is stated, never silent.
-    assert metrics["segment"]["mode"] == "box_fallback" and "segment.checkpoint" in metrics["segment"]["reason"]
+    # Without a SAM checkpoint the fallback (GrabCut by default) is stated, never silent, with every method's Dice.
+    assert metrics["segment"]["mode"] == "grabcut_fallback" and "segment.checkpoint" in metrics["segment"]["reason"]
+    dice = metrics["segment"]["dice"]
+    assert dice["images"] > 0 and set(dice["dice"]) == {"box", "grabcut", "otsu"}
+    assert all(0.0 <= v <= 1.0 for v in dice["dice"].values())
+    # The classifier on each crop source (where accuracy is lost), the main one being the detector's crops.
+    sources = metrics["classify"]["sources"]
+    assert set(sources) == {"detector", "whole"} and sources["detector"]["accuracy"] == metrics["classify"]["test"]["accuracy"]
+    assert (folder / "sources" / "whole" / "predictions.csv").is_file() and (folder / "crops_whole" / "test").is_dir()
+    # What happened, as pictures: Ultralytics' own plots and a grid of test images with box, outline and labels.
+    assert (folder / "detect" / "train" / "results.png").is_file() and (folder / "plots" / "test_grid.png").is_file()
+    assert metrics["detect"]["test"]["max_boxes"] == 1 and metrics["detect"]["test"]["every_box"]["max_boxes"] is None
     assert {"precision", "recall", "f1", "accuracy", "map50"} <= set(metrics["detect"]["test"])
     report = metrics["classify"]["test"]
     assert set(report["per_class"]) == set(pipeline.BratsConfig().data.classes)
