@@ -16,7 +16,7 @@ from keras_medimg.metrics.imageclef import best_frequency_baseline, primary_f1, 
 
 def test_train_writes_the_run_folder_and_says_why_the_head_phase_is_skipped(trained_run, tiny_data):
     run, output = trained_run
-    for name in ("config.yaml", "results.csv", "metrics.json", "thresholds.csv", "skipped.csv", "concepts_valid.csv",
+    for name in ("config.yaml", "results.csv", "metrics.json", "thresholds.csv", "skipped.csv", "concepts_valid.csv", "runs.csv", "runs.md",
                  "weights/best.keras", "weights/last.keras", "weights/concepts.json"):
         assert (run / name).is_file(), name
     assert "skipping the 5 frozen-backbone head epochs" in output, output
