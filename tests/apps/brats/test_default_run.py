@@ -1,6 +1,7 @@
 """The README's quick start: `medimg brats train` with every default, on the demo data, offline.
 
-Takes 8 CPU-minutes on 2 cores (longer on a busy machine); run with `pytest -m slow`.
+Trains a detector and three classifiers (detected crops, ground-truth crops, whole images); measured 2026-12-01 on
+a heavily shared 2-core machine (load 12-19) at more than 40 minutes (detector 1114 s alone there); run with `pytest -m slow`.
 """
 
 from __future__ import annotations
@@ -29,5 +30,7 @@ def test_default_train_is_offline_and_beats_chance(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "runs" / "brats" / "train" / "metrics.json").read_text())
     assert metrics["segment"]["mode"] == "grabcut_fallback"
     assert set(metrics["classify"]["sources"]) == {"detector", "truth", "whole"}
-    assert metrics["classify"]["test"]["accuracy"] > 0.4  # four classes: chance is 0.25
-    assert metrics["detect"]["test"]["map50"] > 0.2
+    # Measured with these defaults: test accuracy 0.733 on the detected crops under TensorFlow and torch (four
+    # classes: chance is 0.25), detector F1 0.933 and mAP50 0.90 on the top box the chain keeps.
+    assert metrics["classify"]["test"]["accuracy"] > 0.6
+    assert metrics["detect"]["test"]["f1"] > 0.8 and metrics["detect"]["test"]["map50"] > 0.7
