@@ -42,6 +42,7 @@ from keras_medimg.config import TrainConfig
 from keras_medimg.errors import ConfigError, require
 from keras_medimg.models import torch_kernels
 from keras_medimg.models.classifier import Phase, apply_freeze, finetune_phases, load_model
+from keras_medimg.training.losses import on_probabilities
 from keras_medimg.runs import Run, atomic_path, remove_stale_temporaries, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -210,22 +211,25 @@ def make_loss(config: TrainConfig, *, multilabel: bool, sparse: bool, from_logit
         config: the training section (`loss`, `focal_gamma`, `label_smoothing`).
         multilabel: sigmoid head with multi-hot (or 0/1) labels.
         sparse: single-label labels are class indices rather than one-hot rows.
-        from_logits: the model outputs logits rather than probabilities.
+        from_logits: the model outputs logits rather than probabilities. On probabilities, under torch and JAX the
+            loss is taken on logits recovered from them (`training.losses`), so a saturated head still learns.
     """
     smoothing = config.label_smoothing
-    if multilabel or config.loss == "binary_crossentropy":
+    binary = multilabel or config.loss == "binary_crossentropy"
+
+    def build(make: Any, **kwargs: Any) -> keras.losses.Loss:
+        # On probabilities, a loss whose gradient survives a saturated head under torch and JAX (training.losses).
+        return make(from_logits=True, **kwargs) if from_logits else on_probabilities(make, binary=binary, **kwargs)
+
+    if binary:
         if config.loss == "focal":
-            return keras.losses.BinaryFocalCrossentropy(
-                gamma=config.focal_gamma, label_smoothing=smoothing, from_logits=from_logits
-            )
-        return keras.losses.BinaryCrossentropy(label_smoothing=smoothing, from_logits=from_logits)
+            return build(keras.losses.BinaryFocalCrossentropy, gamma=config.focal_gamma, label_smoothing=smoothing)
+        return build(keras.losses.BinaryCrossentropy, label_smoothing=smoothing)
     if config.loss == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(
-            gamma=config.focal_gamma, label_smoothing=smoothing, from_logits=from_logits
-        )
+        return build(keras.losses.CategoricalFocalCrossentropy, gamma=config.focal_gamma, label_smoothing=smoothing)
     if sparse:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-    return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing, from_logits=from_logits)
+        return build(keras.losses.SparseCategoricalCrossentropy)
+    return build(keras.losses.CategoricalCrossentropy, label_smoothing=smoothing)
 
 
 def make_metrics(*, multilabel: bool) -> list[Any]:
