@@ -47,8 +47,8 @@ def _line(report: dict[str, Any]) -> str:
 _tiling = click.option("--tiling", type=click.Choice(["positive", "none"]), default=None,
                        help="positive = random positive tiles (tiling.mode); none = whole scans.")
 _runtime = click.option("--runtime", type=click.Choice(["onnx", "torch"]), default=None,
-                        help="Detector runtime (predict.runtime): onnx = onnxruntime on the exported detector, cached "
-                             "once per checkpoint (default, 1.4x faster on CPU); torch = PyTorch.")
+                        help="Detector runtime (predict.runtime): torch = PyTorch (default); onnx = onnxruntime on "
+                             "the detector exported once per checkpoint (cached in $MEDIMG_HOME/onnx), CPU only.")
 _remap = click.option("--class-remap", "class_remap", default=None,
                       help="original | score | size | binary | agnostic | a YAML file {class: new name}.")
 

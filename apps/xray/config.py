@@ -98,7 +98,7 @@ class PredictConfig:
     class_agnostic_merge: bool = False
     max_det: int = 300
     overlays: bool = True
-    runtime: Literal["onnx", "torch"] = "onnx"
+    runtime: Literal["torch", "onnx"] = "torch"
 
 
 @dataclass

@@ -183,7 +183,7 @@ def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
 
 
 def detector_runner(cfg: XrayConfig, weights: Path) -> tuple[tiled.Runner, dict[int, str]]:
-    """The trained detector on `predict.runtime` (onnxruntime on a CPU by default) and its class names."""
+    """The trained detector on `predict.runtime` (PyTorch, or onnxruntime on a CPU) and its class names."""
     runner, names, runtime = tiled.detector_runner(weights, runtime=cfg.predict.runtime, device=cfg.detector.device,
                                                    imgsz=tile_plan(cfg).imgsz)
     log.debug("Detector %s runs on %s.", weights, runtime)

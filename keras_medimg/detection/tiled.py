@@ -296,13 +296,14 @@ def torch_runner(weights: str | Path, device: str = "cpu") -> tuple[Runner, dict
     return run, {int(k): str(v) for k, v in detector.names.items()}
 
 
-def detector_runner(weights: str | Path, *, runtime: str = "onnx", device: str = "cpu",
+def detector_runner(weights: str | Path, *, runtime: str = "torch", device: str = "cpu",
                     imgsz: int = 640) -> tuple[Runner, dict[int, str], str]:
     """The `Runner` `predict_scan` calls, on the runtime asked for, with the class names and the runtime used.
 
     `"onnx"` runs the checkpoint exported to ONNX (dynamic batch and size, checked against PyTorch by
-    `export_detector_onnx`) with onnxruntime, 1.4x faster than PyTorch on a CPU batch of tiles (measured,
-    `benchmarks/xray_predict.py`). The export is cached under `$MEDIMG_HOME/onnx/` by the checkpoint's hash and
+    `export_detector_onnx`) with onnxruntime on as many threads as PyTorch uses: its forward pass of 48 tiles
+    was 1.26-1.33x faster than PyTorch's on this 2-core CPU, but whole-scan throughput in
+    `benchmarks/xray_predict.py` was within noise of PyTorch's, so PyTorch stays the default. The export is cached under `$MEDIMG_HOME/onnx/` by the checkpoint's hash and
     `imgsz`, so it is made once per trained detector. On a GPU `device` the PyTorch runner is used instead
     (logged). `"torch"` always runs PyTorch.
     """
@@ -326,7 +327,11 @@ def detector_runner(weights: str | Path, *, runtime: str = "onnx", device: str =
     if not cached.exists():
         log.info("Exporting the detector to ONNX once for onnxruntime (cached as %s).", cached)
         export_detector_onnx(weights, cached, imgsz=imgsz, dynamic=True)
-    return onnx_runner(cached), names, "onnx"
+    import torch
+
+    # As many threads as PyTorch runs (Ultralytics sets cores - 1, at most 8): on a small CPU a second busy thread
+    # slowed onnxruntime down (1 thread 0.96 s, 2 threads 1.41 s per 48 tiles on 2 cores, measured).
+    return onnx_runner(cached, threads=torch.get_num_threads()), names, "onnx"
 
 
 def onnx_runner(path: str | Path, threads: int | None = None) -> Runner:
