@@ -204,12 +204,15 @@ def label_count_curve(samples: Sequence[Sample], class_names: Sequence[str],
         accuracy_mean, per_class_f1, fold_macro_f1, confusion_matrix (summed over folds).
     """
     from keras_medimg.datasets.splits import kfold
-    from keras_medimg.training.trainer import balanced_class_weight
+    from keras_medimg.training.trainer import balanced_class_weight, set_seed
 
     folds = kfold(list(samples), settings.folds, seed=settings.seed)
     counts = parse_train_samples(sizes, min(len(train) for train, _ in folds))
     rows = []
     for init_name, make_backbone in backbones.items():
+        # Every init from the same random state: reproducible, and inits differ by their weights only (without it
+        # the head's start depended on whatever ran before in the process, and a CI order failed the separable set).
+        set_seed(settings.seed)
         trainer = ResettableClassifier(make_backbone(), len(class_names), settings)
         for size_name, count in counts:
             reports = []
