@@ -85,7 +85,8 @@ def test_brats_predict_and_export_leak_no_phi(tmp_path):
     data = generate_brain(tmp_path / "data", n_per_class=4, size=64, seed=0)
     project = tmp_path / "runs"
     tiny = ["detect.epochs=1", "detect.imgsz=64", "detect.batch=8", "detect.conf=0.01", "model.backbone=vgg16",
-            "model.image_size=32", "train.epochs=1", "train.batch_size=8", "train.verbose=0"]
+            "model.image_size=32", "train.epochs=1", "train.batch_size=8", "train.verbose=0",
+            "classify.compare_sources=[]"]
     outputs = [invoke("brats", "train", "--data", str(data), "--project", str(project), "--name", "t",
                       *[a for s in tiny for a in ("--set", s)])]
     sources = dicoms_of(sorted((data / "Testing").rglob("*.jpg"))[:4] or sorted((data / "Testing").rglob("*.png"))[:4],
