@@ -21,6 +21,18 @@ def make_disc_image(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarra
     return image, (cx - radius, cy - radius, cx + radius + 1, cy + radius + 1), mask
 
 
+def write_disc_pairs(folder: Path, rng: np.random.Generator, count: int,
+                     size: int = 64) -> list[tuple[Path, Path]]:
+    """`count` disc images and their masks as PNGs in `folder`: (image path, mask path) pairs."""
+    pairs = []
+    for i in range(count):
+        image, _, mask = make_disc_image(rng, size)
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+        cv2.imwrite(str(folder / f"{i}_mask.png"), mask)
+        pairs.append((folder / f"{i}.png", folder / f"{i}_mask.png"))
+    return pairs
+
+
 def write_yolo_set(root: Path, *, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """A YOLO dataset with one class 'tumor'; returns its data.yaml."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import torch
 from keras_medimg.detection import sam as sam_lib
 from keras_medimg.errors import ConfigError, InvalidInputError
 
-from .conftest import make_disc_image
+from .conftest import make_disc_image, write_disc_pairs
 
 TINY = sam_lib.SamArch(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), image_size=64)
 
@@ -65,13 +65,7 @@ def test_load_predictor_with_a_checkpoint_records_what_was_loaded(tmp_path, monk
 def test_finetune_on_masks_holds_out_pairs_and_saves_the_decoder(tmp_path):
     torch.manual_seed(0)
     predictor = sam_lib.make_predictor(sam_lib.build_sam(TINY))
-    rng = np.random.default_rng(0)
-    pairs = []
-    for i in range(5):
-        image, _, mask = make_disc_image(rng, 64)
-        cv2.imwrite(str(tmp_path / f"i{i}.png"), image)
-        cv2.imwrite(str(tmp_path / f"m{i}.png"), mask)
-        pairs.append((tmp_path / f"i{i}.png", tmp_path / f"m{i}.png"))
+    pairs = write_disc_pairs(tmp_path, np.random.default_rng(0), 5)
     lines = []
     record = sam_lib.finetune_on_masks(predictor, pairs, tmp_path / "dec.pth", epochs=2, learning_rate=2e-3,
                                        log=lines.append)

@@ -10,7 +10,7 @@ from keras_medimg.detection import segment_fallback as sf
 from keras_medimg.errors import ConfigError
 from keras_medimg.io.annotations import Box
 
-from .conftest import make_disc_image
+from .conftest import make_disc_image, write_disc_pairs
 
 
 def _ring_lesion(size: int = 96) -> tuple[np.ndarray, np.ndarray, Box]:
@@ -82,13 +82,7 @@ def test_measure_dice_scores_every_method_on_the_masks_box_and_skips_empty_masks
 
 
 def test_dice_report_reads_files(tmp_path):
-    rng = np.random.default_rng(2)
-    pairs = []
-    for i in range(3):
-        image, _, mask = make_disc_image(rng, 64)
-        cv2.imwrite(str(tmp_path / f"{i}.png"), image)
-        cv2.imwrite(str(tmp_path / f"{i}_mask.png"), mask)
-        pairs.append((tmp_path / f"{i}.png", tmp_path / f"{i}_mask.png"))
+    pairs = write_disc_pairs(tmp_path, np.random.default_rng(2), 3)
     report = sf.dice_report(pairs)
     assert report["images"] == 3 and report["prompt"] == "ground-truth box"
     assert set(report["dice"]) == {"box", "grabcut", "otsu"}
