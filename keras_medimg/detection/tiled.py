@@ -4,9 +4,9 @@ merge the tiles' boxes back into the scan with `torchvision.ops.batched_nms`.
 
 Training plugs into Ultralytics through its own extension point: `tile_trainer(...)` returns a
 `DetectionTrainer` subclass whose datasets are `TileDataset`s, so `detection.yolo.train_detector(...,
-trainer=...)` keeps its offline set-up, run folder and checkpoints. A `TileDataset` reads every scan once through
-the one 16-bit conversion (`preprocessing.bit_depth`), never through OpenCV's silent `>> 8`, and yields
-Ultralytics' batch format. Ultralytics' own augmentation pipeline (mosaic, HSV, affine, ...) is replaced by the
+trainer=...)` keeps its offline set-up, run folder, kill-safe checkpoints and resume. A `TileDataset` reads
+every scan once through the one 16-bit conversion (`preprocessing.bit_depth`), never through OpenCV's silent
+`>> 8`, and yields Ultralytics' batch format. Ultralytics' own augmentation pipeline (mosaic, HSV, affine, ...) is replaced by the
 study's box-aware augmentations (`BoxAugment`), each with its own probability, so an ablation changes one thing.
 
 `tiling.mode` "none" is the study's whole-image baseline: the scan is shrunk (aspect kept, padded at the
@@ -171,6 +171,7 @@ class TileDataset:
         self.labels = [{"cls": np.array([[self.class_index[str(b.label)]] for b in s.boxes], np.float32).reshape(-1, 1)}
                        for s in self.samples]
         self._rng: np.random.Generator | None = None
+        self.resumed_at = 0  # the epoch a resumed training starts at (see `rng`)
         self.items: list[tuple[int, int, int]] = []  # (sample, x, y) of the fixed grid
         if not training and plan.mode == "positive":
             for index, sample in enumerate(self.samples):
@@ -188,7 +189,9 @@ class TileDataset:
             import torch.utils.data
 
             info = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1])
+            # A resumed training draws other tiles than its first epochs did (not theirs again).
+            resumed = [self.resumed_at] if self.resumed_at else []
+            self._rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1, *resumed])
         return self._rng
 
     def tile(self, index: int) -> tuple[np.ndarray, list[Box], str]:
@@ -253,6 +256,11 @@ def tile_trainer(train: TileDataset, val: TileDataset, *, best_by: str = "fitnes
     class TileTrainer(DetectionTrainer):
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
             return train if mode == "train" else val
+
+        def resume_training(self, ckpt):
+            super().resume_training(ckpt)
+            if self.resume and ckpt is not None:
+                train.resumed_at, train._rng = self.start_epoch, None
 
         def validate(self):
             if best_by == "fitness":

@@ -10,10 +10,17 @@ architecture; pretrained weights must be a local `.pt` file.
 
 Ultralytics writes `labels.cache` files beside the label folders it reads. Our users' datasets must stay
 untouched, so training reads a staged copy of the dataset made of symlinks inside the run folder.
+
+A killed training continues where it stopped (`train_detector(..., resume=True)`, Ultralytics' own `resume=`):
+every trainer runs as `resumable_trainer(...)`, whose checkpoints are written to a temporary file and renamed
+(Ultralytics writes `last.pt` in place, so a kill mid-write left a checkpoint that neither loads nor resumes), and
+whose results.csv loses, on resume, the rows of epochs the checkpoint does not hold (Ultralytics appends an epoch's
+row before it saves that epoch's checkpoint, so a kill between the two repeated the epoch).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -31,6 +38,8 @@ from keras_medimg.errors import ConfigError, InvalidInputError, WeightsUnavailab
 from keras_medimg.io.annotations import Box, read_yolo_data_yaml, write_yolo, write_yolo_data_yaml, yolo_label_path
 from keras_medimg.io.images import read_image, to_rgb_uint8
 from keras_medimg.metrics.detection import ClassRemap, detection_report, remap_boxes, remap_label
+
+log = logging.getLogger(__name__)
 
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 _SPLITS = ("train", "val", "test")
@@ -274,6 +283,7 @@ def train_detector(
     verbose: bool = False,
     trainer: type | None = None,
     plots: bool = False,
+    resume: bool = False,
 ) -> DetectorResult:
     """Train an Ultralytics detector offline, keeping all its files under `out_dir`.
 
@@ -298,6 +308,10 @@ def train_detector(
         plots: let Ultralytics write its own plots into its run folder (results.png, PR/F1 curves, confusion
             matrix, label statistics, train and validation batches with labels and predictions); costs a few
             seconds per validation.
+        resume: continue the unfinished training in `out_dir/<name>` from its `weights/last.pt` (optimizer,
+            EMA, early-stopping state and epoch count included), when that checkpoint can be resumed and was
+            trained with the same epochs, imgsz and batch; otherwise (none yet, unreadable, finished, other
+            settings) that folder is emptied and training starts afresh, with the reason logged.
 
     Returns:
         A `DetectorResult` with the best and last checkpoints and the final validation metrics.
@@ -312,28 +326,41 @@ def train_detector(
     _offline_ultralytics()
     from ultralytics import YOLO
 
-    detector = YOLO(source)
+    save_dir = out_dir / name
+    trainer_class = resumable_trainer(trainer)
+    last = save_dir / "weights" / "last.pt"
+    done, why = resume_point(last, epochs=epochs, imgsz=imgsz, batch=batch) if resume else (None, "")
     started = time.perf_counter()
-    detector.train(
-        data=str(staged),
-        project=str(out_dir),
-        name=name,
-        exist_ok=True,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        seed=seed,
-        deterministic=True,
-        device=device,
-        workers=workers,
-        patience=patience,
-        pretrained=source.endswith(".pt"),
-        amp=device != "cpu" and source.endswith(".pt"),  # the AMP check downloads yolov8n.pt when no .pt is given
-        plots=plots,
-        verbose=verbose,
-        **({"trainer": trainer} if trainer is not None else {}),
-        **dict(hyperparameters or {}),
-    )
+    if done is not None:
+        log.info("Resuming the detector's training in %s after epoch %d of %d.", save_dir, done, epochs)
+        detector = YOLO(str(last))
+        detector.train(resume=str(last), data=str(staged), save_dir=str(save_dir), device=device, workers=workers,
+                       patience=patience, plots=plots, trainer=trainer_class)
+    else:
+        if resume and save_dir.exists():
+            log.info("The detector's training in %s starts afresh: %s.", save_dir, why)
+            shutil.rmtree(save_dir)
+        detector = YOLO(source)
+        detector.train(
+            data=str(staged),
+            project=str(out_dir),
+            name=name,
+            exist_ok=True,
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            seed=seed,
+            deterministic=True,
+            device=device,
+            workers=workers,
+            patience=patience,
+            pretrained=source.endswith(".pt"),
+            amp=device != "cpu" and source.endswith(".pt"),  # the AMP check downloads yolov8n.pt when no .pt is given
+            plots=plots,
+            verbose=verbose,
+            trainer=trainer_class,
+            **dict(hyperparameters or {}),
+        )
     seconds = time.perf_counter() - started
     save_dir = Path(detector.trainer.save_dir)
     metrics = {k.split("/")[-1].removesuffix("(B)"): float(v) for k, v in (detector.trainer.metrics or {}).items()
@@ -347,6 +374,98 @@ def train_detector(
         class_names=read_yolo_data_yaml(staged).class_names,
         data_yaml=staged,
     )
+
+
+# === Resuming ===
+
+
+def resume_point(last: str | Path, *, epochs: int, imgsz: int, batch: int) -> tuple[int | None, str]:
+    """How many epochs the checkpoint `last` (Ultralytics' `last.pt`) holds, if training can continue from it.
+
+    Returns:
+        (epochs done, "") when it can be resumed, else (None, the reason): no checkpoint, an unreadable one, one
+        whose training finished (Ultralytics strips the optimizer then), or one trained with other epochs, imgsz or
+        batch (Ultralytics would silently keep the checkpoint's).
+    """
+    last = Path(last)
+    if not last.is_file():
+        return None, "no checkpoint was saved yet"
+    _offline_ultralytics()
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt = torch_safe_load(last)[0]
+    except Exception as exc:  # Ultralytics raises several types for a damaged file
+        return None, f"{last.name} cannot be read ({type(exc).__name__})"
+    epoch, args = int(ckpt.get("epoch", -1)), ckpt.get("train_args") or {}
+    if epoch < 0 or ckpt.get("optimizer") is None:
+        return None, f"{last.name} is of a finished training"
+    asked = {"epochs": epochs, "imgsz": imgsz, "batch": batch}
+    changed = [f"{k} {args.get(k)} -> {v}" for k, v in asked.items() if args.get(k) != v]
+    if changed:
+        return None, f"the settings changed ({', '.join(changed)})"
+    if epoch + 1 >= epochs:
+        return None, f"{last.name} holds every epoch already"
+    return epoch + 1, ""
+
+
+def trim_results(results_csv: str | Path, epochs_done: int) -> None:
+    """Keep the header and the whole rows of epochs 1..`epochs_done` of Ultralytics' results.csv (atomically).
+
+    Ultralytics appends an epoch's row before it saves that epoch's checkpoint; a kill in between leaves a row the
+    resumed training writes again (and a kill during the append, half a row).
+    """
+    from keras_medimg.runs import atomic_write_text
+
+    path = Path(results_csv)
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # the append a kill cut short
+    if not lines:
+        return
+    width = lines[0].count(",")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        first = line.split(",", 1)[0].strip()
+        if line.count(",") == width and first.isdigit() and int(first) <= epochs_done:
+            kept.append(line)
+    if kept != text.splitlines():
+        atomic_write_text(path, "\n".join(kept) + "\n")
+
+
+def resumable_trainer(base: type | None = None) -> type:
+    """`base` (Ultralytics' `DetectionTrainer` by default) with checkpoints a kill cannot break and a results.csv
+    a resume does not repeat (see the module's docstring)."""
+    import contextlib
+
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from keras_medimg.runs import atomic_path
+
+    class ResumableTrainer(base or DetectionTrainer):
+        def save_model(self):
+            last, best = self.last, self.best
+            with contextlib.ExitStack() as renames:  # renamed in reverse order of entry: best.pt, then last.pt
+                self.last = renames.enter_context(atomic_path(last))
+                # Ultralytics' own condition for writing best.pt. Best first: a kill between the renames leaves
+                # last.pt an epoch behind (the resume redoes that epoch), never a best.pt older than the best
+                # that the checkpoint's best_fitness records.
+                if self.best_fitness == self.fitness:
+                    self.best = renames.enter_context(atomic_path(best))
+                try:
+                    return super().save_model()
+                finally:
+                    self.last, self.best = last, best
+
+        def resume_training(self, ckpt):
+            super().resume_training(ckpt)
+            if self.resume and ckpt is not None:
+                trim_results(self.csv, self.start_epoch)
+
+    return ResumableTrainer
 
 
 # === Inference ===
