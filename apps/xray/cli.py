@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from keras_medimg.apps.options import AppCommands, common_options, print_run_summary, run_place, trained_run_options
+from keras_medimg.apps.options import (AppCommands, common_options, print_run_summary, resume_option, run_place,
+                                       trained_run_options)
 
 
 @click.group()
@@ -60,16 +61,29 @@ _remap = click.option("--class-remap", "class_remap", default=None,
 @click.option("--size", type=click.Choice(["n", "s", "m", "l", "x"]), default=None, help="YOLOv5u size (detector.size).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (detector.epochs).")
 @click.option("--weights", default=None, help="A local YOLOv5u .pt to start from (detector.weights); default: scratch.")
+@resume_option
 def train(tiling: str | None, class_remap: str | None, size: str | None, epochs: int | None, weights: str | None,
-          data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
+          resume: str | None, data: str | None, seed: int | None, strict: bool | None, config_file: str | None,
           overrides: tuple[str, ...], project: str | None, name: str | None, exist_ok: bool) -> None:
-    """Train YOLOv5u on positive tiles (demo data without --data) and test it with fixed tiling."""
-    cfg = APP.resolve(config_file, overrides, {"data.root": data, "seed": seed, "strict": strict, "tiling.mode": tiling,
-                                               "class_remap": class_remap, "detector.size": size,
-                                               "detector.epochs": epochs, "detector.weights": weights})
-    _run("train", cfg, (project, name, exist_ok), report=lambda result: [
-        f"\nTest ({result.metrics['images']['test']} scans, fixed tiling): {_line(result.metrics['test'])}",
-        f"Training took {result.metrics['train_seconds']:.0f} s.", result.table])
+    """Train YOLOv5u on positive tiles (demo data without --data) and test it with fixed tiling.
+
+    With --resume RUN_DIR a killed run continues: an unfinished detector training resumes from Ultralytics' last
+    checkpoint (detector/train/weights/last.pt: weights, optimizer and epoch count) when it was trained with the
+    same detector.epochs, tiling size and detector.batch, and is trained again otherwise; a finished detector
+    (weights/detector.pt) is kept and only the test runs again.
+    """
+    from keras_medimg.apps.xray import pipeline
+
+    options = {"data.root": data, "seed": seed, "strict": strict, "tiling.mode": tiling, "class_remap": class_remap,
+               "detector.size": size, "detector.epochs": epochs, "detector.weights": weights}
+    cfg, run = APP.resolve_train(resume=resume, config_file=config_file, overrides=overrides, options=options,
+                                 project=project, name=name, exist_ok=exist_ok)
+    result = pipeline.train(cfg, run=run, resume=bool(resume))
+    click.echo(f"\nTest ({result.metrics['images']['test']} scans, fixed tiling): {_line(result.metrics['test'])}")
+    click.echo(f"Training took {result.metrics['train_seconds']:.0f} s"
+               + (" in this session (resumed)." if resume else "."))
+    click.echo(result.table)
+    print_run_summary(result.run.dir)
 
 
 @xray.command()

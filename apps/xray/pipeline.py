@@ -7,6 +7,7 @@
         splits.csv               id, split, path of every scan (the seeded stratified 60/20/20 split)
         class_map.json           original class -> detector class, and the detector's class names
         detector/                Ultralytics' own run (results.csv, args.yaml, weights/) and the YOLO view of the data
+                                 (`--resume` continues an unfinished detector training from its weights/last.pt)
         weights/detector.pt      the detector every later command uses
         metrics.json             test P/R/F1/mAP50 with fixed tiling, per class; per_class.csv, plots/pr_curve.png
         skipped.csv              bad files that were left out (unless --strict)
@@ -34,7 +35,7 @@ from keras_medimg.detection import evaluation, remap, tiled
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import Box
 from keras_medimg.preprocessing.bit_depth import Conversion
-from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, open_trained, start_run, write_json
+from keras_medimg.runs import Run, RunPlace, RunResult, atomic_path, finish_run, open_trained, start_run, write_json
 
 log = logging.getLogger("keras_medimg.xray")
 
@@ -129,8 +130,9 @@ def _write_splits(run: Run, splits: Mapping[str, Sequence[Sample]]) -> None:
 
 
 def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mapping: Mapping[str, str],
-                 out_dir: Path) -> tuple[Path, list[str], float]:
-    """Train YOLOv5u on tiles of the remapped train split (validated on the val split's grid).
+                 out_dir: Path, *, resume: bool = False) -> tuple[Path, list[str], float]:
+    """Train YOLOv5u on tiles of the remapped train split (validated on the val split's grid); with `resume`, an
+    unfinished training in `out_dir` continues from its last checkpoint (`detection.yolo.train_detector`).
 
     Returns:
         (the checkpoint `detector.keep` names, detector class names, seconds).
@@ -150,6 +152,7 @@ def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mappin
         data_yaml, out_dir, model=f"yolov5{d.size}u", weights=d.weights, epochs=d.epochs, imgsz=plan.imgsz,
         batch=d.batch, seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience,
         trainer=tiled.tile_trainer(train_set, val_set, best_by="fitness" if d.keep == "last" else d.keep),
+        resume=resume,
         # Ultralytics' own augmentations never reach TileDataset; these keep its other defaults from acting.
         # nbs = batch: one optimizer step per batch of tiles, as the study's batch of 8 (Ultralytics otherwise
         # accumulates to 64 images, i.e. a step every 8 batches, which from scratch on a small set barely learns).
@@ -160,20 +163,34 @@ def fit_detector(cfg: XrayConfig, splits: Mapping[str, Sequence[Sample]], mappin
     return (result.last if d.keep == "last" else result.best), names, result.seconds
 
 
-def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
-    """Read and split the VOC set, train YOLOv5u on positive tiles (or whole scans), test with fixed tiling."""
+def train(cfg: XrayConfig, *, run: Run | RunPlace | None = None, resume: bool = False) -> RunResult:
+    """Read and split the VOC set, train YOLOv5u on positive tiles (or whole scans), test with fixed tiling.
+
+    Args:
+        cfg: the resolved config.
+        run: where the run folder goes (default: a new runs/xray/train[N]), or the run to resume.
+        resume: continue `run`: a finished detector (weights/detector.pt) is kept; an unfinished one continues
+            from Ultralytics' last checkpoint in detector/train/weights/last.pt when that can be resumed, else it
+            is trained again (the reason is logged).
+    """
     skipped = Skipped()
     dataset, splits = load_data(cfg, skipped)
     mapping = class_mapping(cfg, dataset.class_names, splits["train"])
     run = start_run(APP, "train", cfg, run)
     _write_splits(run, splits)
-    kept, names, seconds = fit_detector(cfg, splits, mapping, run.dir / "detector")
     weights = run.path("weights", DETECTOR_FILE)
-    shutil.copyfile(kept, weights)
+    if resume and weights.is_file():
+        log.info("Resuming: keeping the detector this run already trained (%s).", weights)
+        names, seconds = list(dict.fromkeys(mapping.values())), 0.0
+    else:
+        kept, names, seconds = fit_detector(cfg, splits, mapping, run.dir / "detector", resume=resume)
+        with atomic_path(weights) as tmp:  # a kill mid-copy must not leave a detector.pt a resume would keep
+            shutil.copyfile(kept, tmp)
     write_json(run.path("class_map.json"), {"mapping": mapping, "detector_classes": names})
     report, seconds_eval = score(cfg, weights, splits["test"], mapping, names)
     evaluation.write_evaluation(run, report, "test")
     metrics = {"test": report, "train_seconds": seconds, "evaluate_seconds": seconds_eval, "kept": cfg.detector.keep,
+               "resumed": resume,
                "images": {k: len(v) for k, v in splits.items()}, "class_remap": cfg.class_remap,
                "tiling": cfg.tiling.mode, "detector_classes": names}
     return finish_run(run, metrics, skipped, evaluation.per_class_table(report))
