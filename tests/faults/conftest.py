@@ -34,6 +34,7 @@ def assert_run_whole(run_dir: Path) -> None:
     import keras
 
     import keras_medimg.models.convnextv2  # noqa: F401 - registers our layers, as the apps' loaders do
+    import keras_medimg.models.vlm  # noqa: F401 - and mamclip's dual encoder
 
     assert not leftover_temporaries(run_dir), leftover_temporaries(run_dir)
     for path in run_dir.rglob("*"):
