@@ -95,3 +95,21 @@ def test_predict_evaluate_export_write_every_output(trained, tmp_path, monkeypat
     assert metadata["tiling"]["tile_size"] == 160 and metadata["classes"] == ["object"]
     assert metadata["conversion_16bit"]["method"] == "percentile"
     assert metadata["check"]["boxes_equal"] and metadata["check"]["tiles"] > 1 and metadata["check"]["boxes"] > 0
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_keeps_its_detector_and_only_tests_again(trained, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("MEDIMG_HOME", str(trained.parents[2] / "home"))
+    moved = tmp_path / "moved"  # a run folder moved elsewhere resumes too
+    shutil.copytree(trained, moved, symlinks=True)
+    detector = (moved / "weights" / "detector.pt").read_bytes()
+    result = CliRunner().invoke(cli, ["xray", "train", "--resume", str(moved)])
+    assert result.exit_code == 0, result.output
+    assert "resumed" in result.output
+    assert (moved / "weights" / "detector.pt").read_bytes() == detector
+    metrics = json.loads((moved / "metrics.json").read_text())
+    assert metrics["resumed"] is True and metrics["train_seconds"] == 0
+    first = json.loads((trained / "metrics.json").read_text())["test"]
+    assert metrics["test"]["images"] == first["images"] and metrics["test"]["f1"] == pytest.approx(first["f1"], abs=0.05)
