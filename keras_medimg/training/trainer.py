@@ -24,7 +24,6 @@ epoch where the previous one ended, and `results.csv` keeps one row per epoch wi
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -42,13 +41,11 @@ from keras_medimg.config import TrainConfig
 from keras_medimg.errors import ConfigError, require
 from keras_medimg.models import torch_kernels
 from keras_medimg.models.classifier import Phase, apply_freeze, finetune_phases, load_model
+from keras_medimg.training.checkpoints import RESULTS_FILE, STATE_FILE, read_results, truncate_results
 from keras_medimg.training.losses import on_probabilities
-from keras_medimg.runs import Run, atomic_path, remove_stale_temporaries, write_csv, write_json
+from keras_medimg.runs import Run, atomic_path, remove_stale_temporaries, write_json
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.json"
-RESULTS_FILE = "results.csv"
 
 
 @dataclass
@@ -271,29 +268,8 @@ def _read_state(run: Run) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _read_results(run: Run) -> tuple[list[str], list[dict[str, str]]]:
-    path = run.dir / RESULTS_FILE
-    if not path.is_file():
-        return [], []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def _truncate_results(run: Run, start_epoch: int) -> None:
-    """Drop rows of epochs >= start_epoch: they are about to be trained (again)."""
-    fields, rows = _read_results(run)
-    if not fields:
-        return
-    kept = [row for row in rows if int(row["epoch"]) < start_epoch]
-    if kept:
-        write_csv(run.dir / RESULTS_FILE, kept, fields)
-    else:
-        (run.dir / RESULTS_FILE).unlink()
-
-
 def _phase_history(run: Run, phase: str) -> dict[str, list[Any]]:
-    fields, rows = _read_results(run)
+    fields, rows = read_results(run)
     rows = [row for row in rows if row.get("phase") == phase]
     history: dict[str, list[Any]] = {}
     for name in fields:
@@ -481,7 +457,7 @@ def fit(
         start, end = initial_epoch, initial_epoch + config.epochs
         state["phases"][phase] = {"start": start, "next_epoch": start, "complete": False}
     state["phase"] = phase
-    _truncate_results(run, start)
+    truncate_results(run, start)
 
     checkpoint = _RunCheckpoint(run, state, phase, config.monitor)
     early = _early_stopping(config, checkpoint.mode)

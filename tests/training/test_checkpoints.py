@@ -35,3 +35,19 @@ def test_saves_last_and_best_and_the_resume_state(tmp_path):
     model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=[epoch_checkpoint(run, best=-1.0)])
     assert not (tmp_path / "weights" / "best.json").exists()
     assert json.loads((tmp_path / "state.json").read_text())["best_val_loss"] == -1.0
+
+
+def test_resume_state_drops_the_rows_of_an_epoch_whose_checkpoint_was_not_finished(tmp_path):
+    from keras_medimg.training.checkpoints import resume_state
+
+    run = _Run(tmp_path)
+    assert resume_state(run) is None  # a run killed before its first checkpoint starts afresh
+    # CSVLogger wrote epoch 2's row, then the process died inside epoch 2's checkpoint: state.json still says 2.
+    (tmp_path / "results.csv").write_text("epoch,loss\n0,1.0\n1,0.8\n2,0.7\n")
+    (tmp_path / "state.json").write_text(json.dumps({"next_epoch": 2, "best_val_loss": 0.8}))
+    state = resume_state(run)
+    assert state == {"next_epoch": 2, "best_val_loss": 0.8}
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["epoch,loss", "0,1.0", "1,0.8"]
+    (tmp_path / "state.json").write_text(json.dumps({"next_epoch": 0, "best_val_loss": None}))
+    resume_state(run)
+    assert not (tmp_path / "results.csv").exists()  # no finished epoch: no rows, no header-only file
