@@ -72,54 +72,16 @@ def _spec(cfg: MamclipConfig):
                        logit_scale_init=cfg.pretrain.logit_scale_init)
 
 
-def _tokenizer(cfg: MamclipConfig, captions: list[str]):
-    from keras_medimg.models import vlm
-
-    if cfg.model.text_encoder:
-        return vlm.WordPieceTokenizer.from_folder(cfg.model.text_encoder, sequence_length=cfg.model.text_length)
-    return vlm.WordPieceTokenizer.build(captions, sequence_length=cfg.model.text_length,
-                                        min_count=cfg.model.vocabulary_min_count)
-
-
-def _normalization(backbone: str):
-    from keras_medimg.models.backbones import get_spec
-
-    return get_spec(backbone).normalization
-
-
 def pairs_dataset(records: list[Any], encoded: dict[str, np.ndarray], tokenizer: Any, cfg: MamclipConfig, *,
                   training: bool, skipped: Skipped):
-    """tf.data batches of {images, token_ids, padding_mask, masked_token_ids, mlm_labels, mlm_weights}.
-
-    Images go through the library pipeline (decode, resize, grey -> 3 channels, augmentation, normalisation);
-    each image carries its pair's index as its "label", which picks its caption's tokens. Whole-word masks are drawn
-    per batch from a seeded random stream: new masks every epoch when training, the same ones for validation.
-    """
-    import tensorflow as tf
-
-    from keras_medimg.datasets.pipeline import make_dataset
-    from keras_medimg.models import vlm
-
+    """`vlm_tasks.pairs_dataset` with the config's image, batch and masking settings."""
     p = cfg.pretrain
-    samples = [Sample(id=f"pair{i}", path=r.image, label=str(i)) for i, r in enumerate(records)]
-    images = make_dataset(samples, image_size=cfg.model.image_size, training=training, batch_size=p.batch_size,
-                          channels=3, normalization=_normalization(cfg.model.backbone),
-                          augment=p.augment if training else None, class_names=[s.label for s in samples],
-                          cache="memory", seed=cfg.seed, skipped=skipped, strict=cfg.strict,
-                          drop_remainder=training and len(samples) > p.batch_size)
-    tokens = {k: tf.constant(encoded[k]) for k in ("token_ids", "padding_mask", "word_ids")}
-    seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=training).batch(2)
-
-    def features(batch, seed):
-        (pixels, index) = batch
-        token_ids = tf.gather(tokens["token_ids"], index)
-        masks = vlm.mask_words(token_ids, tf.gather(tokens["word_ids"], index), seed,
-                               vocabulary_size=tokenizer.vocabulary_size, mask_id=tokenizer.mask_id,
-                               rate=p.mask_rate, mask_share=p.mask_token_share, random_share=p.random_token_share)
-        return {"images": pixels, "token_ids": token_ids, "padding_mask": tf.gather(tokens["padding_mask"], index),
-                **masks}
-
-    return tf.data.Dataset.zip((images, seeds)).map(features).prefetch(2)
+    settings = vlm_tasks.PairsSettings(
+        image_size=cfg.model.image_size, normalization=vlm_tasks.image_normalization(cfg.model.backbone),
+        batch_size=p.batch_size, seed=cfg.seed, augment=p.augment, mask_rate=p.mask_rate,
+        mask_share=p.mask_token_share, random_share=p.random_token_share, strict=cfg.strict,
+        fixed_batches=p.distribution == "multiworker")
+    return vlm_tasks.pairs_dataset(records, encoded, tokenizer, settings, training=training, skipped=skipped)
 
 
 def _read_pair_records(cfg: MamclipConfig, skipped: Skipped) -> list[Any]:
@@ -138,64 +100,65 @@ def _read_pair_records(cfg: MamclipConfig, skipped: Skipped) -> list[Any]:
 def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: bool = False) -> RunResult:
     """Pretrain the dual encoder on `cfg.data.pairs`; the best checkpoint by validation loss is weights/best.keras.
 
+    Under `pretrain.distribution` the model is built and fitted in `training.distribute.strategy_scope`, with
+    `pretrain.batch_size` the global batch; with "multiworker" every worker runs this and only the chief writes.
     metrics.json: pairs (train/val), captions truncated, final and best losses (contrastive, MLM, logit scale),
-    retrieval recall@K both ways on the validation pairs with the chance level, seconds.
+    retrieval recall@K both ways on the validation pairs with the chance level, distribution, seconds.
     """
     import keras
 
     from keras_medimg.datasets.pairs import split_pairs
-    from keras_medimg.models import vlm
+    from keras_medimg.reporting import plot_training_curves
+    from keras_medimg.training import distribute
     from keras_medimg.training.trainer import set_seed
 
     started = time.time()
+    p = cfg.pretrain
+    distribute.initialize(p.distribution)  # checks the mode; joins a multi-worker cluster before any computation
     skipped = Skipped()
     records = _read_pair_records(cfg, skipped)
     train_records, val_records = split_pairs(records, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-    if len(train_records) < 2 or len(val_records) < 2:
+    least = p.batch_size if p.distribution == "multiworker" else 2  # workers share whole batches only
+    if len(train_records) < least or len(val_records) < least:
         raise ConfigError(f"The split gave {len(train_records)} training and {len(val_records)} validation pairs; "
-                          "both need at least 2. Add pairs or change data.val_fraction.")
-    spec = _spec(cfg)
+                          f"both need at least {least}. Add pairs or change data.val_fraction"
+                          f"{' or pretrain.batch_size' if least > 2 else ''}.")
     state = None
     if resume and isinstance(run, Run) and (run.dir / "state.json").is_file():
         state = json.loads((run.dir / "state.json").read_text())
-    run = start_run(APP, "pretrain", cfg, run)
+    run = start_run(APP, "pretrain", cfg, run, distribution=p.distribution)  # the chief's folder, or a private one
     set_seed(cfg.seed)
-    tokenizer = _tokenizer(cfg, [r.caption for r in records])
+    tokenizer = vlm_tasks.caption_tokenizer([r.caption for r in records], preset=cfg.model.text_encoder,
+                                            sequence_length=cfg.model.text_length,
+                                            min_count=cfg.model.vocabulary_min_count)
     train_enc = tokenizer.encode([r.caption for r in train_records])
     val_enc = tokenizer.encode([r.caption for r in val_records])
     truncated = int(train_enc["truncated"].sum() + val_enc["truncated"].sum())
     if truncated:
         log.warning("%d of %d captions are longer than %d tokens and were cut (model.text_length).", truncated,
                     len(records), cfg.model.text_length)
+    spec = _spec(cfg)
     tokenizer.save(run.path("weights", "vocab.txt"))
     run.write_json("weights/vlm.json", {"spec": spec.to_dict(), "tokenizer": tokenizer.config(),
-                                        "normalization": asdict(_normalization(spec.backbone))})
+                                        "normalization": asdict(vlm_tasks.image_normalization(spec.backbone))})
     train_ds = pairs_dataset(train_records, train_enc, tokenizer, cfg, training=True, skipped=skipped)
     val_ds = pairs_dataset(val_records, val_enc, tokenizer, cfg, training=False, skipped=skipped)
-
-    initial_epoch = 0
-    if state is not None and (run.dir / "weights" / "last.keras").is_file():
-        model = keras.saving.load_model(run.dir / "weights" / "last.keras")
-        initial_epoch = int(state["next_epoch"])
-        log.info("Resuming pretraining at epoch %d of %d.", initial_epoch + 1, cfg.pretrain.epochs)
-    else:
-        model = vlm.build_from_spec(spec, tokenizer)
-        model.compile(optimizer=keras.optimizers.AdamW(
-            cfg.pretrain.learning_rate, weight_decay=cfg.pretrain.weight_decay,
-            gradient_accumulation_steps=cfg.pretrain.accumulation_steps if cfg.pretrain.accumulation_steps > 1
-            else None), jit_compile=cfg.pretrain.jit_compile)
-    callbacks = [keras.callbacks.CSVLogger(str(run.path("results.csv")), append=initial_epoch > 0),
-                 epoch_checkpoint(run, state["best_val_loss"] if state else None),
-                 keras.callbacks.TerminateOnNaN()]
-    history = {}
-    if initial_epoch < cfg.pretrain.epochs:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.pretrain.epochs, initial_epoch=initial_epoch,
-                            callbacks=callbacks, verbose=cfg.pretrain.verbose, shuffle=False).history
+    with distribute.strategy_scope(p.distribution) as strategy:
+        per_device = distribute.per_replica_batch(p.batch_size, strategy)
+        model, initial_epoch = _pretrain_model(spec, tokenizer, cfg, run, state)
+        callbacks = [keras.callbacks.CSVLogger(str(run.path("results.csv")), append=initial_epoch > 0),
+                     epoch_checkpoint(run, state["best_val_loss"] if state else None),
+                     keras.callbacks.TerminateOnNaN()]
+        history = {}
+        if initial_epoch < p.epochs:
+            history = model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, initial_epoch=initial_epoch,
+                                callbacks=callbacks, verbose=p.verbose, shuffle=False).history
     best_path = run.dir / "weights" / "best.keras"
+    # Reloaded outside the strategy: a plain model on this process's device, whatever trained it.
     best = keras.saving.load_model(best_path) if best_path.is_file() else model
-    recall = evaluate_retrieval(best, val_records, val_enc, cfg, skipped)
-    from keras_medimg.reporting import plot_training_curves
-
+    recall = vlm_tasks.evaluate_retrieval(best, val_records, val_enc, image_size=cfg.model.image_size,
+                                          normalization=vlm_tasks.image_normalization(spec.backbone),
+                                          recall_at=p.recall_at)
     plot_training_curves(run)
     metrics = {
         "pairs": {"train": len(train_records), "val": len(val_records), "captions_truncated": truncated,
@@ -203,43 +166,32 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
         "final": {k: float(v[-1]) for k, v in history.items()},
         "best": json.loads((run.dir / "weights" / "best.json").read_text()) if best_path.is_file() else None,
         "retrieval_val": recall,
+        "distribution": {"mode": p.distribution, "global_batch": p.batch_size, "per_device_batch": per_device,
+                         "replicas": distribute.replicas(strategy), "workers": distribute.worker().count},
         "seconds": round(time.time() - started, 1),
     }
-    return finish_run(run, metrics, skipped, table=vlm_tasks.recall_table(recall, cfg.pretrain.recall_at))
+    return finish_run(run, metrics, skipped, table=vlm_tasks.recall_table(recall, p.recall_at))
 
 
-def evaluate_retrieval(model: Any, records: list[Any], encoded: dict[str, np.ndarray], cfg: MamclipConfig,
-                       skipped: Skipped) -> dict[str, float]:
-    from keras_medimg.datasets.pipeline import load_images_numpy
+def _pretrain_model(spec: Any, tokenizer: Any, cfg: MamclipConfig, run: Run, state: dict[str, Any] | None):
+    """A new compiled MamClip, or the run's weights/last.keras when resuming -> (model, first epoch to train)."""
+    import keras
+
     from keras_medimg.models import vlm
 
-    samples = [Sample(id=f"pair{i}", path=r.image) for i, r in enumerate(records)]
-    images, kept = load_images_numpy(samples, image_size=cfg.model.image_size, channels=3,
-                                     normalization=_normalization(cfg.model.backbone), skipped=Skipped())
-    index = [int(s.id[4:]) for s in kept]
-    image_emb = model.encode_images(images)
-    text_emb = model.encode_texts(encoded["token_ids"][index], encoded["padding_mask"][index])
-    return vlm.retrieval_recall(image_emb, text_emb, [records[i].caption for i in index], cfg.pretrain.recall_at)
+    if state is not None and (run.dir / "weights" / "last.keras").is_file():
+        log.info("Resuming pretraining at epoch %d of %d.", int(state["next_epoch"]) + 1, cfg.pretrain.epochs)
+        return keras.saving.load_model(run.dir / "weights" / "last.keras"), int(state["next_epoch"])
+    p = cfg.pretrain
+    model = vlm.build_from_spec(spec, tokenizer)
+    model.compile(optimizer=keras.optimizers.AdamW(
+        p.learning_rate, weight_decay=p.weight_decay,
+        gradient_accumulation_steps=p.accumulation_steps if p.accumulation_steps > 1 else None),
+        jit_compile=p.jit_compile)
+    return model, 0
 
 
 # === Fine-tuning ===
-
-
-def _open_vlm(path: str | Path):
-    """A pretrain run folder (weights/best.keras) or a .keras file -> (MamClip, run folder or None)."""
-    import keras
-
-    from keras_medimg.models import vlm  # noqa: F401  registers the model's classes
-
-    path = Path(path)
-    model_file = path / "weights" / "best.keras" if path.is_dir() else path
-    if not model_file.is_file():
-        model_file = path / "weights" / "last.keras" if path.is_dir() else model_file
-    if not model_file.is_file():
-        raise InvalidInputError(path, "holds no pretrained model (weights/best.keras). Pass the folder of a "
-                                      "`medimg mamclip pretrain` run or its .keras file.")
-    model = keras.saving.load_model(model_file)
-    return model, (model_file.parent.parent if model_file.parent.name == "weights" else None)
 
 
 def load_classification(cfg: MamclipConfig, skipped: Skipped) -> tuple[list[Sample], list[str], dict[str, int]]:
@@ -265,7 +217,7 @@ def _backbone_for(init: str, cfg: MamclipConfig, vlm_source: str | Path | None):
     if init == "vlm":
         if vlm_source is None:
             raise ConfigError("--init vlm needs a pretrain run: pass --init vlm:RUN.")
-        model, _ = _open_vlm(vlm_source)
+        model, _ = vlm_tasks.open_vlm(vlm_source)
         backbone = model.image_encoder.get_layer("backbone")
         if tuple(backbone.input_shape[1:3]) != (size, size):
             raise ConfigError(f"The pretrained encoder takes {backbone.input_shape[1]}-pixel images but "
@@ -289,10 +241,11 @@ def parse_init(text: str) -> tuple[str, str | None]:
 def curve_settings(cfg: MamclipConfig) -> CurveSettings:
     """The fine-tuning section of the config as the label-count curve's settings."""
     f = cfg.finetune
-    return CurveSettings(image_size=cfg.model.image_size, normalization=_normalization(cfg.model.backbone),
+    return CurveSettings(image_size=cfg.model.image_size,
+                         normalization=vlm_tasks.image_normalization(cfg.model.backbone),
                          folds=f.folds, seed=cfg.seed, epochs=f.epochs, batch_size=f.batch_size,
                          learning_rate=f.learning_rate, weight_decay=f.weight_decay, class_weight=f.class_weight,
-                         augment=f.augment, strict=cfg.strict, verbose=f.verbose)
+                         augment=f.augment, strict=cfg.strict, verbose=f.verbose, distribution=f.distribution)
 
 
 def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tuple[str, str | None]],
@@ -306,18 +259,22 @@ def finetune(cfg: MamclipConfig, *, run: Run | RunPlace | None = None,
              inits: dict[str, tuple[str, str | None]] | None = None) -> RunResult:
     """k-fold fine-tuning of the image encoder for `cfg.finetune.task`, for `cfg.finetune.init` (or `inits`) at
     every `cfg.finetune.train_samples` label count."""
+    from keras_medimg.training.distribute import initialize
+
     started = time.time()
+    workers = initialize(cfg.finetune.distribution).count  # before the checks below load a model
     skipped = Skipped()
     samples, class_names, left_out = load_classification(cfg, skipped)
     inits = inits or {parse_init(cfg.finetune.init)[0]: parse_init(cfg.finetune.init)}
     for init, source in inits.values():
         if init == "vlm" and source is not None:
-            _open_vlm(source)  # fails before the run folder exists
-    run = start_run(APP, "finetune", cfg, run)
+            vlm_tasks.open_vlm(source)  # fails before the run folder exists
+    run = start_run(APP, "finetune", cfg, run, distribution=cfg.finetune.distribution)
     rows = run_curve(samples, class_names, inits, cfg.finetune.train_samples, cfg, skipped)
     table = write_curve(run, rows, class_names, cfg.finetune.task)
     metrics = {"task": cfg.finetune.task, "classes": class_names, "images": len(samples), "left_out": left_out,
-               "folds": cfg.finetune.folds, "rows": rows, "seconds": round(time.time() - started, 1)}
+               "folds": cfg.finetune.folds, "rows": rows, "workers": workers,
+               "seconds": round(time.time() - started, 1)}
     return finish_run(run, metrics, skipped, table=table)
 
 
@@ -325,30 +282,8 @@ def finetune(cfg: MamclipConfig, *, run: Run | RunPlace | None = None,
 
 
 def _embed_samples(model: Any, samples: list[Sample], cfg: MamclipConfig, skipped: Skipped, image_size: int):
-    from keras_medimg.datasets.pipeline import predict_samples
-    from keras_medimg.models import vlm
-
-    embedder = vlm.image_embedder(model)
-    return predict_samples(embedder, samples, image_size=image_size, channels=3,
-                           normalization=_normalization(_backbone_name(model, cfg)), skipped=skipped,
-                           strict=cfg.strict)
-
-
-def _backbone_name(model: Any, cfg: MamclipConfig) -> str:
-    return cfg.model.backbone
-
-
-def _vlm_with_tokenizer(source: str | Path, cfg: MamclipConfig):
-    from keras_medimg.models import vlm
-
-    model, folder = _open_vlm(source)
-    if folder is None or not (folder / "weights" / "vocab.txt").is_file():
-        raise InvalidInputError(source, "needs the pretrain run folder (its weights/vocab.txt holds the tokenizer).")
-    length = int(model.text_encoder.input["token_ids"].shape[1])
-    info = json.loads((folder / "weights" / "vlm.json").read_text())
-    tok = vlm.WordPieceTokenizer.from_file(folder / "weights" / "vocab.txt", sequence_length=length,
-                                           lowercase=info["tokenizer"]["lowercase"])
-    return model, tok, folder, info
+    return vlm_tasks.embed_images(model, samples, image_size=image_size, skipped=skipped, strict=cfg.strict,
+                                  normalization=vlm_tasks.image_normalization(cfg.model.backbone))
 
 
 def zeroshot(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = None) -> RunResult:
@@ -362,7 +297,7 @@ def zeroshot(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = N
     missing = [c for c in class_names if not prompts.get(c)]
     if missing:
         raise ConfigError(f"prompts.{cfg.finetune.task} has no prompt for class(es) {missing}; add them to the config.")
-    model, tok, _, info = _vlm_with_tokenizer(weights, cfg)
+    model, tok, _, info = vlm_tasks.open_vlm_with_tokenizer(weights)
     run = start_run(APP, "zeroshot", cfg, run)
     class_emb = vlm_tasks.class_text_embeddings(model, tok, prompts, class_names)
     image_emb, kept = _embed_samples(model, samples, cfg, skipped, info["spec"]["image_size"])
@@ -383,7 +318,7 @@ def probe(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = None
     """Logistic regression on frozen image embeddings, k-fold on the same patient-grouped folds as fine-tuning."""
     skipped = Skipped()
     samples, class_names, left_out = load_classification(cfg, skipped)
-    model, _, _, info = _vlm_with_tokenizer(weights, cfg)
+    model, _, _, info = vlm_tasks.open_vlm_with_tokenizer(weights)
     run = start_run(APP, "probe", cfg, run)
     emb, kept = _embed_samples(model, samples, cfg, skipped, info["spec"]["image_size"])
     summary = vlm_tasks.linear_probe_kfold(emb, kept, class_names, folds=cfg.finetune.folds, seed=cfg.seed,
@@ -411,7 +346,7 @@ def embed(cfg: MamclipConfig, weights: str, *, source: str | None, texts: str | 
         if not path.is_file():
             raise InvalidInputError(path, "the text file does not exist. Pass a UTF-8 file with one text a line.")
         lines = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    model, tok, _, info = _vlm_with_tokenizer(weights, cfg)
+    model, tok, _, info = vlm_tasks.open_vlm_with_tokenizer(weights)
     run = start_run(APP, "embed", cfg, run)
     metrics: dict[str, Any] = {}
     if images:
@@ -436,38 +371,11 @@ def embed(cfg: MamclipConfig, weights: str, *, source: str | None, texts: str | 
 def export(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = None) -> RunResult:
     """The image encoder and the text encoder (float token ids in, padding from [PAD]) as SavedModel and ONNX,
     each verified against Keras, with metadata.json: preprocessing, logit scale, prompts, vocabulary file."""
-    import keras
-
-    from keras_medimg.export import export_model
-    from keras_medimg.models import vlm
-
-    model, tok, folder, info = _vlm_with_tokenizer(weights, cfg)
+    model, tok, folder, info = vlm_tasks.open_vlm_with_tokenizer(weights)
     run = start_run(APP, "export", cfg, run)
-    out = run.subdir("export")
-    tok.save(out / "vocab.txt")
-    norm = _normalization(info["spec"]["backbone"])
-    common = {
-        "app": APP, "source_run": str(folder), "logit_scale": float(np.exp(keras.ops.convert_to_numpy(
-            model.clipped_scale()))), "log_logit_scale": float(keras.ops.convert_to_numpy(model.clipped_scale())),
-        "embed_dim": int(model.image_encoder.output_shape[-1]), "prompts": cfg.prompts, "spec": info["spec"],
-    }
-    size = info["spec"]["image_size"]
-    image_result = export_model(vlm.image_embedder(model), out / "image_encoder", formats=cfg.export.formats,
-                                atol=cfg.export.atol, metadata={**common, "part": "image_encoder", "preprocessing": {
-                                    "image_size": [size, size], "channels": 3, "grey_to_rgb": "repeat",
-                                    "scale": "per-image min-max to [0, 1]",
-                                    "normalization": {"mean": list(norm.mean), "std": list(norm.std)}}})
-    enc = tok.encode(["an irregular mass with spiculated margins", "scattered fibroglandular density"])
-    text_result = export_model(vlm.text_embedder(model, tok.pad_id), out / "text_encoder", formats=cfg.export.formats,
-                               atol=cfg.export.atol, sample_input=enc["token_ids"].astype("float32"),
-                               metadata={**common, "part": "text_encoder", "tokenizer": {
-                                   **tok.config(), "vocabulary": "vocab.txt", "pad_id": tok.pad_id,
-                                   "cls_id": tok.cls_id, "sep_id": tok.sep_id, "input": "token ids as float32"}})
-    (out / "image_encoder" / "vocab.txt").write_text((out / "vocab.txt").read_text())
-    (out / "text_encoder" / "vocab.txt").write_text((out / "vocab.txt").read_text())
-    metrics = {"files": {"image_encoder": {k: str(v) for k, v in image_result.paths.items()},
-                         "text_encoder": {k: str(v) for k, v in text_result.paths.items()}},
-               "max_abs_diff": {"image_encoder": image_result.max_abs_diff, "text_encoder": text_result.max_abs_diff}}
+    metrics = vlm_tasks.export_encoders(model, tok, run.subdir("export"), info=info, formats=cfg.export.formats,
+                                        atol=cfg.export.atol,
+                                        metadata={"app": APP, "source_run": str(folder), "prompts": cfg.prompts})
     return finish_run(run, metrics)
 
 

@@ -1,17 +1,24 @@
-"""What a trained dual encoder (`models.vlm.MamClip`) is used for, frozen: zero-shot classification from class
-prompts, a linear probe on image embeddings, retrieval recall on image-caption pairs.
+"""What a dual encoder (`models.vlm.MamClip`) is trained on and used for: the image-caption batches of
+pretraining and retrieval recall on held-out pairs; frozen, zero-shot classification from class prompts, a linear
+probe on image embeddings, embeddings of a folder, and the two encoders exported for serving.
 
-Pieces: `class_text_embeddings`, `zero_shot_scores`, `linear_probe_kfold`, `recall_table`.
+Pieces: `image_normalization`, `caption_tokenizer`, `PairsSettings`, `pairs_dataset`, `evaluate_retrieval`,
+`recall_table`, `open_vlm`, `open_vlm_with_tokenizer`, `embed_images`, `class_text_embeddings`, `zero_shot_scores`,
+`linear_probe_kfold`, `export_encoders`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from keras_medimg.datasets.records import Sample
+from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.errors import InvalidInputError
 
 
 def class_text_embeddings(model: Any, tokenizer: Any, prompts: Mapping[str, Sequence[str]],
@@ -65,3 +72,176 @@ def recall_table(recall: Mapping[str, float], ks: Sequence[int]) -> str:
     lines += [f"| {k} | {recall[f'image_to_text@{k}']:.3f} | {recall[f'text_to_image@{k}']:.3f} | "
               f"{recall[f'chance@{k}']:.3f} |" for k in ks]
     return f"Retrieval recall on {int(recall['pairs'])} validation pairs:\n" + "\n".join(lines)
+
+
+# === Pretraining data and checks ===
+
+
+def image_normalization(backbone: str) -> Any:
+    """The input normalisation of registry backbone `backbone` (what its images are scaled with)."""
+    from keras_medimg.models.backbones import get_spec
+
+    return get_spec(backbone).normalization
+
+
+def caption_tokenizer(captions: Sequence[str], *, preset: str | Path | None, sequence_length: int,
+                      min_count: int = 1) -> Any:
+    """`vlm.WordPieceTokenizer` of a BERT folder (`preset`), or one built from `captions` (a tiny BERT's)."""
+    from keras_medimg.models import vlm
+
+    if preset:
+        return vlm.WordPieceTokenizer.from_folder(preset, sequence_length=sequence_length)
+    return vlm.WordPieceTokenizer.build(list(captions), sequence_length=sequence_length, min_count=min_count)
+
+
+@dataclass(frozen=True)
+class PairsSettings:
+    """How `pairs_dataset` reads images and masks captions.
+
+    image_size / normalization / augment: the images, as for `datasets.pipeline.make_dataset` (augment only when
+    training). batch_size: pairs per batch (the global batch under a distribution). mask_rate / mask_share /
+    random_share: whole-word masking (`vlm.mask_words`). fixed_batches: whole batches only (validation too) in an
+    order fixed by the seed, as multi-worker training needs: each worker keeps its share of every global batch.
+    """
+
+    image_size: int
+    normalization: Any
+    batch_size: int
+    seed: int = 0
+    augment: Any = None
+    mask_rate: float = 0.15
+    mask_share: float = 0.8
+    random_share: float = 0.1
+    strict: bool = False
+    fixed_batches: bool = False
+
+
+def pairs_dataset(records: Sequence[Any], encoded: Mapping[str, np.ndarray], tokenizer: Any,
+                  settings: PairsSettings, *, training: bool, skipped: Skipped) -> Any:
+    """tf.data batches of {images, token_ids, padding_mask, masked_token_ids, mlm_labels, mlm_weights}.
+
+    `records` have `.image`; `encoded` is `tokenizer.encode` of their captions. Images go through the library
+    pipeline (decode, resize, grey -> 3 channels, augmentation, normalisation); each image carries its pair's index
+    as its "label", which picks its caption's tokens. Whole-word masks are drawn per batch from a seeded random
+    stream: new masks every epoch when training, the same ones for validation.
+    """
+    import tensorflow as tf
+
+    from keras_medimg.datasets.pipeline import make_dataset
+    from keras_medimg.models import vlm
+
+    s = settings
+    samples = [Sample(id=f"pair{i}", path=r.image, label=str(i)) for i, r in enumerate(records)]
+    images = make_dataset(samples, image_size=s.image_size, training=training, batch_size=s.batch_size,
+                          channels=3, normalization=s.normalization, augment=s.augment if training else None,
+                          class_names=[x.label for x in samples], cache="memory", seed=s.seed, skipped=skipped,
+                          strict=s.strict, deterministic=s.fixed_batches,
+                          drop_remainder=s.fixed_batches or (training and len(samples) > s.batch_size))
+    tokens = {k: tf.constant(encoded[k]) for k in ("token_ids", "padding_mask", "word_ids")}
+    seeds = tf.data.Dataset.random(seed=s.seed, rerandomize_each_iteration=training).batch(2)
+
+    def features(batch, seed):
+        (pixels, index) = batch
+        token_ids = tf.gather(tokens["token_ids"], index)
+        masks = vlm.mask_words(token_ids, tf.gather(tokens["word_ids"], index), seed,
+                               vocabulary_size=tokenizer.vocabulary_size, mask_id=tokenizer.mask_id,
+                               rate=s.mask_rate, mask_share=s.mask_share, random_share=s.random_share)
+        return {"images": pixels, "token_ids": token_ids, "padding_mask": tf.gather(tokens["padding_mask"], index),
+                **masks}
+
+    return tf.data.Dataset.zip((images, seeds)).map(features).prefetch(2)
+
+
+def evaluate_retrieval(model: Any, records: Sequence[Any], encoded: Mapping[str, np.ndarray], *, image_size: int,
+                       normalization: Any, recall_at: Sequence[int]) -> dict[str, float]:
+    """`vlm.retrieval_recall` of `model` on the pairs `records` (captions encoded as `encoded`); pairs whose image
+    cannot be read are left out."""
+    from keras_medimg.datasets.pipeline import load_images_numpy
+    from keras_medimg.models import vlm
+
+    samples = [Sample(id=f"pair{i}", path=r.image) for i, r in enumerate(records)]
+    images, kept = load_images_numpy(samples, image_size=image_size, channels=3, normalization=normalization,
+                                     skipped=Skipped())
+    index = [int(s.id[4:]) for s in kept]
+    image_emb = model.encode_images(images)
+    text_emb = model.encode_texts(encoded["token_ids"][index], encoded["padding_mask"][index])
+    return vlm.retrieval_recall(image_emb, text_emb, [records[i].caption for i in index], list(recall_at))
+
+
+# === A trained dual encoder ===
+
+
+def open_vlm(path: str | Path) -> tuple[Any, Path | None]:
+    """A pretrain run folder (weights/best.keras, else last.keras) or a .keras file -> (MamClip, run folder or None)."""
+    import keras
+
+    from keras_medimg.models import vlm  # noqa: F401  registers the model's classes
+
+    path = Path(path)
+    model_file = path / "weights" / "best.keras" if path.is_dir() else path
+    if not model_file.is_file():
+        model_file = path / "weights" / "last.keras" if path.is_dir() else model_file
+    if not model_file.is_file():
+        raise InvalidInputError(path, "holds no pretrained model (weights/best.keras). Pass the folder of a "
+                                      "`medimg mamclip pretrain` run or its .keras file.")
+    model = keras.saving.load_model(model_file)
+    return model, (model_file.parent.parent if model_file.parent.name == "weights" else None)
+
+
+def open_vlm_with_tokenizer(source: str | Path) -> tuple[Any, Any, Path, dict[str, Any]]:
+    """A pretrain run folder -> (MamClip, its tokenizer, the folder, weights/vlm.json)."""
+    from keras_medimg.models import vlm
+
+    model, folder = open_vlm(source)
+    if folder is None or not (folder / "weights" / "vocab.txt").is_file():
+        raise InvalidInputError(source, "needs the pretrain run folder (its weights/vocab.txt holds the tokenizer).")
+    length = int(model.text_encoder.input["token_ids"].shape[1])
+    info = json.loads((folder / "weights" / "vlm.json").read_text())
+    tok = vlm.WordPieceTokenizer.from_file(folder / "weights" / "vocab.txt", sequence_length=length,
+                                           lowercase=info["tokenizer"]["lowercase"])
+    return model, tok, folder, info
+
+
+def embed_images(model: Any, samples: Sequence[Sample], *, image_size: int, normalization: Any, skipped: Skipped,
+                 strict: bool = False) -> tuple[np.ndarray, list[Sample]]:
+    """L2-normalised image embeddings of the readable `samples` (unreadable ones go to `skipped`), and those."""
+    from keras_medimg.datasets.pipeline import predict_samples
+    from keras_medimg.models import vlm
+
+    return predict_samples(vlm.image_embedder(model), samples, image_size=image_size, channels=3,
+                           normalization=normalization, skipped=skipped, strict=strict)
+
+
+def export_encoders(model: Any, tokenizer: Any, out: Path, *, info: Mapping[str, Any], formats: Sequence[str],
+                    atol: float, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The image encoder and the text encoder (float token ids in, padding from [PAD]) of `model` under `out`, each
+    in `formats` and verified against Keras, with metadata.json (preprocessing, logit scale, tokenizer) and the
+    vocabulary beside each; `info` is the run's weights/vlm.json. Returns the files and the largest differences."""
+    import keras
+
+    from keras_medimg.export import export_model
+    from keras_medimg.models import vlm
+
+    tokenizer.save(out / "vocab.txt")
+    norm = image_normalization(info["spec"]["backbone"])
+    scale = float(keras.ops.convert_to_numpy(model.clipped_scale()))
+    common = {**metadata, "logit_scale": float(np.exp(scale)), "log_logit_scale": scale,
+              "embed_dim": int(model.image_encoder.output_shape[-1]), "spec": info["spec"]}
+    size = info["spec"]["image_size"]
+    image_result = export_model(vlm.image_embedder(model), out / "image_encoder", formats=list(formats), atol=atol,
+                                metadata={**common, "part": "image_encoder", "preprocessing": {
+                                    "image_size": [size, size], "channels": 3, "grey_to_rgb": "repeat",
+                                    "scale": "per-image min-max to [0, 1]",
+                                    "normalization": {"mean": list(norm.mean), "std": list(norm.std)}}})
+    enc = tokenizer.encode(["an irregular mass with spiculated margins", "scattered fibroglandular density"])
+    text_result = export_model(vlm.text_embedder(model, tokenizer.pad_id), out / "text_encoder", formats=list(formats),
+                               atol=atol, sample_input=enc["token_ids"].astype("float32"),
+                               metadata={**common, "part": "text_encoder", "tokenizer": {
+                                   **tokenizer.config(), "vocabulary": "vocab.txt", "pad_id": tokenizer.pad_id,
+                                   "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id,
+                                   "input": "token ids as float32"}})
+    for part in ("image_encoder", "text_encoder"):
+        (out / part / "vocab.txt").write_text((out / "vocab.txt").read_text())
+    return {"files": {"image_encoder": {k: str(v) for k, v in image_result.paths.items()},
+                      "text_encoder": {k: str(v) for k, v in text_result.paths.items()}},
+            "max_abs_diff": {"image_encoder": image_result.max_abs_diff, "text_encoder": text_result.max_abs_diff}}

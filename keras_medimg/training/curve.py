@@ -36,6 +36,8 @@ class CurveSettings:
     epochs, batch_size, learning_rate, weight_decay: AdamW training of each fold.
     class_weight: "none" or "balanced" (inverse class frequency of each fold's training subset).
     augment: a `preprocessing.augment.Augment` for the training images, or None.
+    distribution: "none" | "mirrored" | "multiworker" (`training.distribute`): each init's classifier is built and
+        fitted in `distribute.strategy_scope(distribution)`, `batch_size` being the global batch.
     """
 
     image_size: int
@@ -50,6 +52,7 @@ class CurveSettings:
     augment: Any = None
     strict: bool = False
     verbose: int = 0
+    distribution: str = "none"
 
 
 def parse_train_samples(values: Sequence[str], available: int) -> list[tuple[str, int]]:
@@ -155,10 +158,13 @@ def head_logits(head: Any, **kwargs) -> Any:
 def _fold_data(samples: Sequence[Sample], class_names: Sequence[str], settings: CurveSettings, *, skipped: Skipped,
                seed: int):
     from keras_medimg.datasets.pipeline import make_dataset
+    from keras_medimg.training.distribute import worker
 
+    # Workers keep their share of every global batch: the same batches in the same order, whole ones only.
     return make_dataset(samples, image_size=settings.image_size, training=True, batch_size=settings.batch_size,
                         channels=3, normalization=settings.normalization, augment=settings.augment,
-                        class_names=class_names, cache="memory", seed=seed, skipped=skipped, strict=settings.strict)
+                        class_names=class_names, cache="memory", seed=seed, skipped=skipped, strict=settings.strict,
+                        deterministic=worker().count > 1, drop_remainder=worker().count > 1)
 
 
 def _evaluate_fold(model: Any, val: Sequence[Sample], class_names: Sequence[str], settings: CurveSettings,
@@ -204,32 +210,50 @@ def label_count_curve(samples: Sequence[Sample], class_names: Sequence[str],
         accuracy_mean, per_class_f1, fold_macro_f1, confusion_matrix (summed over folds).
     """
     from keras_medimg.datasets.splits import kfold
-    from keras_medimg.training.trainer import balanced_class_weight, set_seed
+    from keras_medimg.training.distribute import per_replica_batch, strategy_scope, worker
 
     folds = kfold(list(samples), settings.folds, seed=settings.seed)
     counts = parse_train_samples(sizes, min(len(train) for train, _ in folds))
+    if worker().count > 1 and min(count for _, count in counts) < settings.batch_size:
+        raise ConfigError(f"finetune.train_samples: {min(count for _, count in counts)} training images do not fill "
+                          f"one global batch of {settings.batch_size}, which the {worker().count} workers share. "
+                          "Use larger label counts or a smaller finetune.batch_size.")
     rows = []
-    for init_name, make_backbone in backbones.items():
-        # Every init from the same random state: reproducible, and inits differ by their weights only (without it
-        # the head's start depended on whatever ran before in the process, and a CI order failed the separable set).
-        set_seed(settings.seed)
-        trainer = ResettableClassifier(make_backbone(), len(class_names), settings)
-        for size_name, count in counts:
-            reports = []
-            for k, (train, val) in enumerate(folds):
-                subset = subsample(train, count, seed=settings.seed * 1000 + k)
-                trainer.reset()
-                started = time.time()
-                weights = None
-                if settings.class_weight == "balanced":
-                    weights = balanced_class_weight([class_names.index(s.label) for s in subset], len(class_names))
-                data = _fold_data(subset, class_names, settings, skipped=skipped, seed=settings.seed + k)
-                trainer.model.fit(data, epochs=settings.epochs, verbose=settings.verbose, shuffle=False,
-                                  class_weight=weights)
-                reports.append(_evaluate_fold(trainer.classifier, val, class_names, settings, skipped))
-                log.info("%s, %s labels (%d), fold %d: macro F1 %.3f (%.0f s).", init_name, size_name, len(subset),
-                         k + 1, reports[-1]["macro"]["f1"], time.time() - started)
-            rows.append(_summary_row(init_name, size_name, count, reports, class_names))
+    # Every init's classifier is built (and a pretrained one loaded) in the scope, so its variables are mirrored.
+    with strategy_scope(settings.distribution) as strategy:
+        per_replica_batch(settings.batch_size, strategy)  # ConfigError when the global batch does not divide
+        for init_name, make_backbone in backbones.items():
+            rows += _init_rows(init_name, make_backbone, samples, class_names, folds, counts, settings, skipped)
+    return rows
+
+
+def _init_rows(init_name: str, make_backbone: Callable[[], Any], samples: Sequence[Sample],
+               class_names: Sequence[str], folds: list, counts: list[tuple[str, int]], settings: CurveSettings,
+               skipped: Skipped) -> list[dict[str, Any]]:
+    """The curve's rows of one init: every label count, k-fold."""
+    from keras_medimg.training.trainer import balanced_class_weight, set_seed
+
+    # Every init from the same random state: reproducible, and inits differ by their weights only (without it
+    # the head's start depended on whatever ran before in the process, and a CI order failed the separable set).
+    set_seed(settings.seed)
+    trainer = ResettableClassifier(make_backbone(), len(class_names), settings)
+    rows = []
+    for size_name, count in counts:
+        reports = []
+        for k, (train, val) in enumerate(folds):
+            subset = subsample(train, count, seed=settings.seed * 1000 + k)
+            trainer.reset()
+            started = time.time()
+            weights = None
+            if settings.class_weight == "balanced":
+                weights = balanced_class_weight([class_names.index(s.label) for s in subset], len(class_names))
+            data = _fold_data(subset, class_names, settings, skipped=skipped, seed=settings.seed + k)
+            trainer.model.fit(data, epochs=settings.epochs, verbose=settings.verbose, shuffle=False,
+                              class_weight=weights)
+            reports.append(_evaluate_fold(trainer.classifier, val, class_names, settings, skipped))
+            log.info("%s, %s labels (%d), fold %d: macro F1 %.3f (%.0f s).", init_name, size_name, len(subset),
+                     k + 1, reports[-1]["macro"]["f1"], time.time() - started)
+        rows.append(_summary_row(init_name, size_name, count, reports, class_names))
     return rows
 
 

@@ -1,7 +1,8 @@
 """medimg mamclip: config, label counts, subsets, bad pairs, and (slow) pretraining that learns."""
 
-import json
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from keras_medimg.datasets.records import Sample
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.images import write_image
 from keras_medimg.runs import RunPlace
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _mamclip_data import tiny_config, write_pairs  # noqa: E402  shared with the distribution tests' child processes
 
 
 def test_packaged_yaml_equals_the_defaults():
@@ -26,58 +30,18 @@ def test_init_names():
         pipeline.parse_init("random")
 
 
-def _pairs(tmp_path, n=24, missing=0, long_captions=0):
-    """Pairs whose caption names what the image shows: a bright block on the left, on the right, or none."""
-    rng = np.random.default_rng(0)
-    kinds = [("left", "A bright mass on the left side."), ("right", "A bright mass on the right side."),
-             ("none", "No mass; fatty tissue only.")]
-    rows = []
-    for i in range(n):
-        kind, caption = kinds[i % 3]
-        image = rng.uniform(0, 0.2, size=(32, 32)).astype("float32")
-        if kind == "left":
-            image[8:24, 2:14] = 1.0
-        elif kind == "right":
-            image[8:24, 18:30] = 1.0
-        write_image(tmp_path / "img" / f"{i}.png", (image * 255).astype("uint8"))
-        if i < long_captions:
-            caption = caption + " More words." * 20
-        rows.append({"image": f"img/{i}.png", "caption": caption, "page": i, "source": "book.pdf"})
-    for i in range(missing):
-        rows.append({"image": f"img/missing{i}.png", "caption": "A lost picture.", "page": 1000 + i})
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-# At 1e-3 the tiny dual encoder's embeddings sometimes collapsed to one direction (recall@1 0.06 in one run of four);
-# the app's default is 2e-4 for the same reason.
-LEARNING_RATE = 5e-4
-
-
-def _tiny(cfg: MamclipConfig, pairs, epochs=1) -> MamclipConfig:
-    return replace(
-        cfg, data=replace(cfg.data, pairs=str(pairs), val_fraction=0.34),
-        model=replace(cfg.model, image_size=32, embed_dim=32, text_layers=1, text_width=32, text_intermediate=64,
-                      text_length=16, fusion_heads=4),
-        # No flips: the captions say left or right.
-        pretrain=replace(cfg.pretrain, epochs=epochs, batch_size=8, learning_rate=LEARNING_RATE, verbose=0,
-                         augment=replace(cfg.pretrain.augment, hflip=False)),
-    )
-
-
 def test_pairs_with_missing_images_fail_strict_and_are_listed_otherwise(tmp_path):
-    pairs = _pairs(tmp_path, n=6, missing=2)
-    cfg = replace(_tiny(MamclipConfig(), pairs), strict=True)
+    pairs = write_pairs(tmp_path, n=6, missing=2)
+    cfg = replace(tiny_config(MamclipConfig(), pairs), strict=True)
     with pytest.raises(InvalidInputError, match=r"pairs.jsonl.*2 problems"):
         pipeline.pretrain(cfg, run=RunPlace(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
 def test_too_few_pairs_is_a_clear_error(tmp_path):
-    pairs = _pairs(tmp_path, n=3)
+    pairs = write_pairs(tmp_path, n=3)
     with pytest.raises(InvalidInputError, match="at least 4"):
-        pipeline.pretrain(_tiny(MamclipConfig(), pairs), run=RunPlace(tmp_path / "runs"))
+        pipeline.pretrain(tiny_config(MamclipConfig(), pairs), run=RunPlace(tmp_path / "runs"))
 
 
 def test_finetune_needs_data_and_a_known_task():
@@ -87,12 +51,12 @@ def test_finetune_needs_data_and_a_known_task():
 
 @pytest.mark.slow
 def test_pretraining_learns_retrieval_and_counts_cut_captions(tmp_path):
-    pairs = _pairs(tmp_path, n=48, missing=1, long_captions=2)
+    pairs = write_pairs(tmp_path, n=48, missing=1, long_captions=2)
     # Contrastive training on 32 pairs in batches of 8 is not stable from every start (tf.data's parallel order
     # varies too): a second seed runs when the first does not learn. A broken loss or pipeline learns under none.
     tried = []
     for seed in (0, 1):
-        cfg = replace(_tiny(MamclipConfig(), pairs, epochs=12), seed=seed)
+        cfg = replace(tiny_config(MamclipConfig(), pairs, epochs=12), seed=seed)
         result = pipeline.pretrain(cfg, run=RunPlace(tmp_path / "runs", f"seed{seed}"))
         recall = result.metrics["retrieval_val"]
         tried.append(recall)
@@ -119,7 +83,7 @@ def test_cli_lists_the_modes_and_reports_user_errors(tmp_path):
     result = CliRunner().invoke(cli, ["mamclip", "--help"])
     for mode in ("atlas", "pretrain", "finetune", "zeroshot", "probe", "embed", "train", "export", "demo-data"):
         assert mode in result.output
-    pairs = _pairs(tmp_path, n=3)
+    pairs = write_pairs(tmp_path, n=3)
     result = CliRunner().invoke(cli, ["mamclip", "pretrain", "--pairs", str(pairs), "--project", str(tmp_path / "r")])
     assert result.exit_code == 2 and "at least 4" in result.output
 
