@@ -22,6 +22,18 @@ pytestmark = pytest.mark.slow
 
 CHILD = Path(__file__).with_name("trainer_child.py")
 
+# Tiny settings of each app's train run (`--set` values), shared with benchmarks/faults.py.
+CONCEPTS_TINY = ["model.backbone=vgg16", "model.image_size=32", "model.hidden_units=16", "train.epochs=6",
+                 "train.head_epochs=0", "train.batch_size=8", "data.cache=null"]
+BRATS_TINY = ["detect.epochs=3", "detect.imgsz=64", "detect.batch=8", "detect.conf=0.01", "model.backbone=vgg16",
+              "model.image_size=32", "train.epochs=2", "train.batch_size=8", "train.verbose=0"]
+ROI_TINY = ["train.epochs=3", "evaluate.bootstrap=20", "prepare.size=96", "model.image_size=32"]
+
+
+def sets(values: list[str]) -> list[str]:
+    """`--set` options of `values`."""
+    return [a for value in values for a in ("--set", value)]
+
 
 def _kill(process: subprocess.Popen) -> None:
     if process.poll() is None:
@@ -72,10 +84,8 @@ def test_concepts_train_killed_mid_epoch_resumes_to_the_same_epochs(tmp_path):
 
     data = generate_concepts(tmp_path / "data", n_train=24, n_valid=10, n_test=6, size=32, seed=1)
     project = tmp_path / "runs"
-    tiny = ["--set", "model.backbone=vgg16", "--set", "model.image_size=32", "--set", "model.hidden_units=16",
-            "--set", "train.epochs=6", "--set", "train.head_epochs=0", "--set", "train.batch_size=8",
-            "--set", "data.cache=null"]
-    args = medimg_command("concepts", "train", "--data", str(data), "--project", str(project), "--name", "t", *tiny)
+    args = medimg_command("concepts", "train", "--data", str(data), "--project", str(project), "--name", "t",
+                          *sets(CONCEPTS_TINY))
     process = start(args, tmp_path / "first.log")
     run_dir = project / "concepts" / "t"
     results = run_dir / "results.csv"
@@ -99,10 +109,8 @@ def test_brats_train_killed_in_the_detector_stage_resumes_and_finishes(tmp_path)
 
     data = generate_brain(tmp_path / "data", n_per_class=4, size=64, seed=0)
     project = tmp_path / "runs"
-    tiny = ["detect.epochs=3", "detect.imgsz=64", "detect.batch=8", "detect.conf=0.01", "model.backbone=vgg16",
-            "model.image_size=32", "train.epochs=2", "train.batch_size=8", "train.verbose=0"]
     args = medimg_command("brats", "train", "--data", str(data), "--project", str(project), "--name", "t",
-                          *[a for s in tiny for a in ("--set", s)])
+                          *sets(BRATS_TINY))
     process = start(args, tmp_path / "first.log")
     run_dir = project / "brats" / "t"
 
@@ -126,10 +134,8 @@ def test_roi_train_killed_between_group_models_resumes_without_repeating_epochs(
 
     data = generate_vindr(tmp_path / "vindr", n_studies=8, height=96, width=72, seed=4)
     project = tmp_path / "runs"
-    tiny = ["train.epochs=3", "evaluate.bootstrap=20", "prepare.size=96", "model.image_size=32",
-            f"data.prepared={tmp_path / 'prepared'}"]
     args = medimg_command("roi", "train", "--data", str(data), "--project", str(project), "--name", "t",
-                          *[a for s in tiny for a in ("--set", s)])
+                          *sets(ROI_TINY), "--set", f"data.prepared={tmp_path / 'prepared'}")
     process = start(args, tmp_path / "first.log")
     run_dir = project / "roi" / "t"
 
@@ -155,7 +161,7 @@ XRAY_TINY = ["tiling.size=96", "tiling.overlap=0", "tiling.tiles=4", "detector.b
 def xray_train(data: Path, project: Path, name: str = "t") -> list[str]:
     """`medimg xray train` on a tiny demo set (4 epochs of YOLOv5n on 96 px tiles)."""
     return medimg_command("xray", "train", "--data", str(data), "--project", str(project), "--name", name,
-                          *[a for s in XRAY_TINY for a in ("--set", s)])
+                          *sets(XRAY_TINY))
 
 
 def detector_epochs(run_dir: Path) -> list[int]:
@@ -236,7 +242,7 @@ MAMCLIP_TINY = ["model.image_size=32", "model.embed_dim=32", "model.text_layers=
 
 def mamclip_pretrain(pairs: Path, project: Path, name: str = "t") -> list[str]:
     return medimg_command("mamclip", "pretrain", "--pairs", str(pairs), "--project", str(project), "--name", name,
-                          *[a for s in MAMCLIP_TINY for a in ("--set", s)])
+                          *sets(MAMCLIP_TINY))
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
