@@ -23,7 +23,7 @@ from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.models import vlm_tasks
 from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, start_run
-from keras_medimg.training.checkpoints import epoch_checkpoint
+from keras_medimg.training.checkpoints import epoch_checkpoint, resume_state
 from keras_medimg.training.curve import CurveSettings, label_count_curve, write_curve
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,9 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
         raise ConfigError(f"The split gave {len(train_records)} training and {len(val_records)} validation pairs; "
                           f"both need at least {least}. Add pairs or change data.val_fraction"
                           f"{' or pretrain.batch_size' if least > 2 else ''}.")
-    state = None
-    if resume and isinstance(run, Run) and (run.dir / "state.json").is_file():
-        state = json.loads((run.dir / "state.json").read_text())
+    resuming = resume and isinstance(run, Run)
     run = start_run(APP, "pretrain", cfg, run, distribution=p.distribution)  # the chief's folder, or a private one
+    state = resume_state(run) if resuming else None  # drops results.csv rows of an unfinished epoch
     set_seed(cfg.seed)
     tokenizer = vlm_tasks.caption_tokenizer([r.caption for r in records], preset=cfg.model.text_encoder,
                                             sequence_length=cfg.model.text_length,
@@ -145,6 +144,10 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
     val_ds = pairs_dataset(val_records, val_enc, tokenizer, cfg, training=False, skipped=skipped)
     with distribute.strategy_scope(p.distribution) as strategy:
         per_device = distribute.per_replica_batch(p.batch_size, strategy)
+        if keras.backend.backend() == "tensorflow" and distribute.replicas(strategy) > 1:
+            # MamClip's own compute_loss is a per-replica mean that tf.distribute would sum over the replicas.
+            raise ConfigError("pretrain.distribution=mirrored on several devices is not available on the tensorflow "
+                              "backend. Use `medimg --backend jax ...` or pretrain.distribution=none.")
         model, initial_epoch = _pretrain_model(spec, tokenizer, cfg, run, state)
         callbacks = [keras.callbacks.CSVLogger(str(run.path("results.csv")), append=initial_epoch > 0),
                      epoch_checkpoint(run, state["best_val_loss"] if state else None),

@@ -1,10 +1,11 @@
 """train.distribution=multiworker: 2 local JAX worker processes (coordinator on localhost) train a tiny classifier
-as `medimg <app> train` would, are stopped after one epoch and resumed for a second, against one process that
-trains both epochs with the same global batch."""
+as `medimg <app> train` would (and a tiny `mamclip pretrain`), are stopped after one epoch and resumed for a second,
+against one process that trains both epochs with the same global batch."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -50,3 +51,43 @@ def test_two_workers_step_together_resume_and_only_the_chief_writes(tmp_path):
     assert (runs[0] / "weights" / "last.keras").is_file()
     assert len((runs[0] / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs, written once each
     assert not any(Path(folder).exists() for folder in others)  # the other worker's temporary folders are gone
+
+
+# The MAM-CLIP pretraining (a plain `model.fit` of a model with its own loss, not fit_plan) the same way: the
+# contrastive loss is taken over the global batch, so 2 workers with 8 pairs each equal one process with 16.
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_JAX or BACKEND == "torch", reason="needs jax; backend-independent, run under tensorflow")
+def test_mamclip_pretraining_on_two_workers_resumes_and_equals_one_process(tmp_path):
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "apps" / "mamclip"))
+    import _multiworker_pretrain as child
+    from _mamclip_data import write_pairs
+    from _multiworker_fit import cluster_env
+
+    pairs = write_pairs(tmp_path / "data", n=child.PAIRS)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("XLA_FLAGS", None)
+
+    def start(distribution, project, epochs, resume, cluster):
+        args = [sys.executable, child.__file__, distribution, str(pairs), str(project), str(epochs), str(int(resume))]
+        return [subprocess.Popen(args, env={**env, **e}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for e in cluster]
+
+    cluster = tmp_path / "cluster"
+    first = wait(start("multiworker", cluster, 1, False, cluster_env(2)), timeout=900)
+    (single,) = wait(start("none", tmp_path / "one", 2, False, [{}]), timeout=900)
+    resumed = wait(start("multiworker", cluster, 2, True, cluster_env(2)), timeout=900)
+
+    for workers in (first, resumed):
+        assert sorted(w["worker"] for w in workers) == [0, 1]
+        assert all(w["workers"] == 2 and w["replicas"] == 2 and w["per_device_batch"] == 8 for w in workers)
+        np.testing.assert_allclose(workers[0]["loss"], workers[1]["loss"], rtol=1e-6)  # reduced over workers
+    assert single["replicas"] == 1 and single["global_batch"] == 16
+    np.testing.assert_allclose(resumed[0]["loss"], single["loss"], rtol=1e-4)
+    np.testing.assert_allclose(resumed[0]["val_loss"], single["val_loss"], rtol=1e-4)
+    runs = list((cluster / "mamclip").iterdir())
+    chief = next(w for w in resumed if w["worker"] == 0)
+    assert runs == [Path(chief["run_dir"])]  # one run folder, the chief's
+    assert {"best.keras", "last.keras", "vocab.txt"} <= {p.name for p in (runs[0] / "weights").iterdir()}
+    assert len((runs[0] / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs, written once each
