@@ -247,11 +247,9 @@ def mamclip_pretrain(pairs: Path, project: Path, name: str = "t") -> list[str]:
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
                     reason="the run-folder protocol is backend-independent; CI pays for this app run once, under TensorFlow")
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "mamclip pretrain writes an epoch's results.csv row (CSVLogger) before its checkpoint and state.json, and does "
-    "not drop the rows after state.json's next_epoch on resume: a kill in the checkpoint write repeats the epoch "
-    "(found by this test; the fix belongs in apps/mamclip/pipeline.py, see issue 17)"))
 def test_mamclip_pretrain_killed_in_a_checkpoint_write_resumes_each_epoch_once(tmp_path):
+    # The CSVLogger writes epoch 1's row before its checkpoint and state.json: the resume must drop that row
+    # (checkpoints.resume_state), or epoch 1 appears twice (this test found it).
     pairs = mamclip_pairs(tmp_path)
     project = tmp_path / "runs"
     process = start(mamclip_pretrain(pairs, project), tmp_path / "first.log")
