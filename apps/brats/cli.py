@@ -62,7 +62,7 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
     from keras_medimg.apps.brats import pipeline, stages
     from keras_medimg.apps.brats.study import study_options
 
-    options = study_options([backbone or APP.resolve(config_file, overrides).model.backbone], weights) if study else {}
+    options = study_options([backbone or _study_backbone(config_file, overrides)], weights) if study else {}
     options.update({"data.root": data, "seed": seed, "strict": strict, "model.backbone": backbone,
                     "model.weights": weights if not study else None, "segment.checkpoint": sam_checkpoint,
                     "train.epochs": epochs, "detect.epochs": detect_epochs})
@@ -77,6 +77,14 @@ def train(stage: str, backbone: str | None, epochs: int | None, detect_epochs: i
         click.echo(result.table)
         click.echo(stages.sources_table(result.metrics))
     print_run_summary(result.run.dir)
+
+
+def _study_backbone(config_file: str | None, overrides: tuple[str, ...]) -> str:
+    """The backbone a --study run fine-tunes: one chosen in the config file or --set, else the study's best."""
+    from keras_medimg.apps.brats.config import STUDY, BratsConfig
+
+    chosen = APP.resolve(config_file, overrides).model.backbone
+    return chosen if chosen != BratsConfig().model.backbone else str(STUDY["model.backbone"])
 
 
 @brats.command()

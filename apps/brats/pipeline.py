@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +172,38 @@ def _normalization(cfg: BratsConfig):
     return backbone_normalization(cfg.model.backbone)
 
 
+def uses_network(cfg: BratsConfig) -> bool:
+    """Whether `network.widths` sizes `model.backbone`: a ConvNeXtV2 or Swin entry (other CNNs keep their size)."""
+    from keras_medimg.models.backbones import get_spec
+
+    return bool(cfg.network.widths) and (get_spec(cfg.model.backbone).family == "convnextv2"
+                                         or cfg.model.backbone.startswith("swin"))
+
+
+def build_model(cfg: BratsConfig, num_classes: int) -> Any:
+    """The classifier of `cfg`, uncompiled: the registry entry `model.backbone`, or its family at `network.widths`
+    (randomly initialised), with the pooling / hidden / dropout head of `model`."""
+    from keras_medimg.models.classifier import build_classifier
+    from keras_medimg.models.small import small_backbone
+
+    m = cfg.model
+    head = {"pooling": m.pooling, "hidden_units": m.hidden_units, "dropout": m.dropout}
+    if uses_network(cfg):
+        backbone = small_backbone(m.backbone, cfg.network.widths, cfg.network.depths, m.image_size, 3,
+                                  weights=weights_for(m.backbone, m.weights))
+        return build_classifier(backbone, num_classes, **head)
+    return build_classifier(m.backbone, num_classes, input_shape=(m.image_size, m.image_size, 3),
+                            weights=weights_for(m.backbone, m.weights), **head)
+
+
 def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]], skipped: Skipped, *,
                      resume: bool = False) -> Any:
-    """Fit the registry backbone + head on the crops (head phase, then fine-tuning, as `train` says); returns the
-    best model."""
+    """Fit the classifier of `build_model` on the crops (head phase, then fine-tuning, as `train` says); returns
+    the best model (weights/best.keras by `train.monitor`, else the last)."""
     from keras_medimg.datasets.pipeline import make_dataset
-    from keras_medimg.training.image_classifier import fit_image_classifier
-    from keras_medimg.training.trainer import set_seed
+    from keras_medimg.models.classifier import load_model
+    from keras_medimg.training.image_classifier import known_length
+    from keras_medimg.training.trainer import fit_plan, set_seed
 
     set_seed(cfg.seed)
     common = {"image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size, "channels": 3,
@@ -187,12 +212,17 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     train_ds = make_dataset(crops["train"], training=True, augment=cfg.classify.augment, **common)
     val_ds = make_dataset(crops["val"], training=False, **common) if crops["val"] else None
     kept = [s for s in crops["train"] if str(s.path) not in skipped.paths()]
-    log.info(f"[classify] {len(crops['train'])} training crops")
-    model_cfg = replace(cfg.model, weights=weights_for(cfg.model.backbone, cfg.model.weights))
-    model, _ = fit_image_classifier(model_cfg, cfg.train, train_ds, val_ds, num_classes=len(cfg.data.classes),
-                                    run=run, labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume,
-                                    train_samples=len(kept))
-    return model
+    config = cfg.train if val_ds is not None else replace(cfg.train, monitor="loss")
+    if config.schedule == "cosine" and kept:  # the schedule needs the number of batches of a streamed dataset
+        train_ds = known_length(train_ds, -(-len(kept) // config.batch_size))
+    m, size = cfg.model, (f"ConvNeXtV2/Swin widths {cfg.network.widths}, depths {cfg.network.depths}"
+                          if uses_network(cfg) else "registry size")
+    log.info(f"[classify] {len(crops['train'])} training crops; {m.backbone} ({size}, {m.image_size}x{m.image_size}, "
+             f"weights {m.weights}) for {config.epochs} epochs")
+    plan = fit_plan(lambda: build_model(cfg, len(cfg.data.classes)), train_ds, val_ds, config=config, run=run,
+                    weights=m.weights, freeze=m.freeze, labels=[cfg.data.classes.index(s.label) for s in kept],
+                    resume=resume)
+    return load_model(plan.best_path or plan.last_path)
 
 
 def classify_crops(model: Any, cfg: BratsConfig, crops: Sequence[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
@@ -391,7 +421,7 @@ def compare(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
     crops, metrics["segment"] = make_crops(cfg, run, root, skipped)
     rows = []
     for name in cfg.compare.backbones:
-        sub_cfg = replace(cfg, model=replace(cfg.model, backbone=name, weights=weights_for(name, cfg.model.weights)))
+        sub_cfg = replace(cfg, model=replace(cfg.model, backbone=name))
         sub = start_run(APP, "train", sub_cfg, Run(dir=run.subdir(name), app=APP, mode="train"))
         started = time.perf_counter()
         model = train_classifier(sub_cfg, sub, crops, skipped)
@@ -439,7 +469,8 @@ def pipeline_metadata(cfg: BratsConfig, folder: Path) -> dict[str, Any]:
     chain = chain_metadata(detector_model=d.model, imgsz=d.imgsz, conf=d.conf, iou=d.iou, sam_model_type=seg.model_type,
                            sam_checkpoint=seg.checkpoint, fallback=seg.fallback, margin=c.margin,
                            mask_background=c.mask_background)
-    classify = {"stage": "classify", "backbone": cfg.model.backbone, "input_size": cfg.model.image_size,
+    classify = {"stage": "classify", "backbone": cfg.model.backbone,
+                "network": asdict(cfg.network) if uses_network(cfg) else None, "input_size": cfg.model.image_size,
                 "classes": cfg.data.classes, "crop": chain["crop"],
                 "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain", "denoise_median": c.denoise_median,
                                   "scale": "[0, 1]", "normalization": _normalization(cfg).to_dict()}}

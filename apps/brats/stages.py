@@ -72,6 +72,8 @@ def classify_stage(cfg: BratsConfig, run: Run, root: Path, skipped: Skipped, met
 
     main = cfg.classify.crop_source
     record: dict[str, Any] = {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size, "crop_source": main,
+                              "network": {"widths": cfg.network.widths, "depths": cfg.network.depths}
+                              if pipeline.uses_network(cfg) else None,
                               "sources": {}}
     table = ""
     for source in dict.fromkeys([main, *cfg.classify.compare_sources]):

@@ -180,3 +180,30 @@ def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
     assert (folder / "plots" / "comparison.png").stat().st_size > 0
     assert (folder / "vgg16" / "weights" / "best.keras").is_file()
     assert (folder / "densenet121" / "weights" / "best.keras").is_file()
+
+
+def test_network_widths_size_the_default_convnext_and_leave_other_backbones_alone(tmp_path, brain_set):
+    import keras
+    import numpy as np
+
+    from keras_medimg.models.classifier import load_model
+    from keras_medimg.models.saliency import grad_cam_file
+
+    cfg = tiny_config(brain_set, **{"model.backbone": "convnextv2_atto", "model.image_size": 32})
+    assert pipeline.uses_network(cfg) and cfg.network.widths == [16, 32, 64, 128]
+    model = pipeline.build_model(cfg, 4)
+    # The demo's classifier: ConvNeXt V2 at widths 16-128 (about 0.27 M parameters, LayerNorm only), not the
+    # registry's atto (3.7 M parameters).
+    assert 200_000 < model.count_params() < 350_000
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model._flatten_layers())
+    # It saves, reloads to the same outputs, and Grad-CAM (predict --gradcam) finds its feature map.
+    model.save(tmp_path / "small.keras")
+    images = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    reloaded = load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+    image = next((brain_set / "Testing" / "glioma").iterdir())
+    assert grad_cam_file(reloaded, image, tmp_path / "cam.png", image_size=32).is_file()
+    # network.widths sizes ConvNeXtV2/Swin only: a study CNN keeps its registry size; [] gives the registry's atto.
+    assert not pipeline.uses_network(tiny_config(brain_set, **{"model.backbone": "vgg16"}))
+    full = tiny_config(brain_set, **{"model.backbone": "convnextv2_atto", "model.image_size": 32, "network.widths": "[]"})
+    assert not pipeline.uses_network(full) and pipeline.build_model(full, 4).count_params() > 3_000_000

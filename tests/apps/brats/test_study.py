@@ -25,6 +25,8 @@ def test_study_settings_reach_the_config_and_its_yaml(tmp_path):
     cfg = load_config(BratsConfig, app="brats", options=study_options(["efficientnetv2b3"], str(weights)))
     assert (cfg.model.image_size, cfg.detect.imgsz, cfg.data.denoise_median, cfg.classify.denoise_median) == (224, 224, 3, 3)
     assert cfg.model.weights == str(weights) and cfg.segment.finetune is True
+    # The study's best CNN at its published size, not the demo's small ConvNeXt V2.
+    assert cfg.model.backbone == "efficientnetv2b3" and cfg.network.widths == [] and cfg.train.learning_rate == 1e-3
     augment = cfg.classify.augment
     assert (augment.rotation, augment.zoom_min, augment.zoom_max, augment.hflip) == (45.0, 0.5, 2.0, True)
     assert augment.brightness > 0 and augment.contrast > 0
@@ -69,6 +71,7 @@ def test_study_without_weights_stops_before_training(empty_keras_cache, tmp_path
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["brats", "train", "--study"])
     assert result.exit_code == 2 and "--weights" in result.output
+    assert get_spec("efficientnetv2b3").weights_file in result.output  # the study's backbone, not the demo's
     assert not (tmp_path / "runs").exists()
     help_text = CliRunner().invoke(cli, ["brats", "train", "--help"]).output
     assert "--study" in help_text and "--sam-checkpoint" in help_text
