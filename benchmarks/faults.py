@@ -2,14 +2,15 @@
 
     python benchmarks/faults.py                  # 10 trainer kills, 2 kills of each app's train, 120 s of fuzzing
     python benchmarks/faults.py --kills 30 --app-kills 4 --apps brats,xray --fuzz-seconds 600 --out faults.json
+    python benchmarks/faults.py --kills 0 --app-kills 0 --fuzz-seconds 0   # only the disk-full and read-only columns
 
 Per target (the trainer child, then each app's train mode: brats, concepts, roi, xray, mamclip pretrain) it prints:
 kills tried, kills that landed (the process was still running: inside an epoch, a checkpoint write or the
 Ultralytics stage; for the trainer also how many inside a checkpoint write), resumes finished, broken or leftover
 files after the last resume (a results.csv repeating or skipping an epoch, a file that does not load or parse, a
-temporary file; goal 0) and, per app, the outcome of its disk-full and read-only-data checks in
-tests/faults/test_disk_and_data.py ("no check" where none is written yet); then the fuzz run's executions,
-seconds and escaped exceptions (goal 0). The CI version of each check is in tests/faults/.
+temporary file; goal 0) and, per app, the outcome of its disk-full and read-only-data runs (`disk_full` and
+`read_only` below; --no-data-checks skips them), with the checkpoint the disk filled up in; then the fuzz run's
+executions, seconds and escaped exceptions (goal 0). The CI version of each check is in tests/faults/.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/faults holds the kill, check and fuzz machinery this script repeats
 
-from tests.faults.conftest import assert_run_whole, epochs_in, leftover_temporaries, medimg_command, start, wait_for  # noqa: E402
+from tests.faults.conftest import (  # noqa: E402
+    assert_run_whole, child_env, epochs_in, leftover_temporaries, medimg_command, snapshot, start, wait_for)
 from tests.faults.test_kill_resume import (  # noqa: E402
     BRATS_TINY, CONCEPTS_TINY, MAMCLIP_TINY, ROI_TINY, XRAY_TINY, _kill, assert_detector_whole, kill_and_resume_trainer,
     mamclip_pairs, sets)
@@ -91,9 +93,14 @@ def _mamclip(work: Path) -> list[str]:
 #: app -> (its train mode, the tiny first command's arguments made in a work folder). Each has `--resume`.
 APPS = {"brats": ("train", _brats), "concepts": ("train", _concepts), "roi": ("train", _roi),
         "xray": ("train", _xray), "mamclip": ("pretrain", _mamclip)}
-#: app -> (test in tests/faults/test_disk_and_data.py) for its disk-full and read-only-data outcomes.
-DISK_FULL = {"concepts": "test_disk_full_is_a_clear_cli_error_not_a_traceback"}
-READ_ONLY = {"concepts": "test_training_and_prediction_never_write_into_the_data"}
+DISK_FULL_CHILD = ROOT / "tests" / "faults" / "disk_full_child.py"
+#: app -> a predict command on the data after the tiny train (the run folder, the data folder), where it is cheap.
+PREDICT = {
+    "brats": lambda run_dir, data: ["brats", "predict", str(_image_folder(data)), "--weights", str(run_dir)],
+    "concepts": lambda run_dir, data: ["concepts", "predict", "--images", str(_image_folder(data)), "--weights",
+                                       str(run_dir)],
+    "xray": lambda run_dir, data: ["xray", "predict", str(_image_folder(data)), "--weights", str(run_dir)],
+}
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -144,19 +151,93 @@ def app_kills(app: str, kills: int, rng: random.Random, work: Path) -> dict:
         problems.append(f"not whole: {type(exc).__name__}: {str(exc)[:200]}")
     return {"target": f"medimg {app} {mode}", "kills": kills, "landed": landed, "in_checkpoint": "-",
             "resumes_finished": finished, "broken_or_leftover": len(problems), "problems": problems,
-            "disk_full": _outcome(DISK_FULL.get(app)), "read_only": _outcome(READ_ONLY.get(app)),
             "seconds": round(time.monotonic() - started)}
 
 
-def _outcome(test: str | None) -> str:
-    """The disk-full or read-only check of tests/faults/test_disk_and_data.py for an app: passed, FAILED or
-    "no check" (none written for that app yet)."""
-    if test is None:
-        return "no check"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
-                           f"{ROOT / 'tests' / 'faults' / 'test_disk_and_data.py'}::{test}"],
-                          capture_output=True, text=True, cwd=ROOT)
-    return "passed" if done.returncode == 0 else "FAILED"
+def _data_of(args: list[str]) -> Path:
+    """The data folder of an app's first command (`--data`, or the folder of mamclip's `--pairs`)."""
+    if "--data" in args:
+        return Path(args[args.index("--data") + 1])
+    return Path(args[args.index("--pairs") + 1]).parent
+
+
+def _image_folder(data: Path) -> Path:
+    """The first folder below `data` that holds images (what a predict command reads)."""
+    suffixes = {".png", ".jpg", ".jpeg"}
+    for folder in sorted([data, *(p for p in data.rglob("*") if p.is_dir())]):
+        if any(f.suffix.lower() in suffixes for f in folder.iterdir() if f.is_file()):
+            return folder
+    raise FileNotFoundError(f"no image folder below {data}")
+
+
+def _checkpoint_loads(path: Path) -> None:
+    if path.suffix == ".pt":
+        from keras_medimg.detection.yolo import load_detector
+
+        load_detector(path)
+    else:
+        import keras
+
+        import keras_medimg.models.convnextv2  # noqa: F401 - registers our layers, as the apps' loaders do
+        import keras_medimg.models.vlm  # noqa: F401 - and mamclip's dual encoder
+
+        keras.saving.load_model(path, compile=False)
+
+
+def disk_full(app: str, work: Path) -> dict:
+    """`medimg APP MODE` (tiny settings) whose disk fills up in the first checkpoint write after a best checkpoint
+    was written (tests/faults/disk_full_child.py). Passed: exit code 2, "error: No space left on device" and no
+    traceback in the output, every checkpoint written before the fault still loads, no temporary file left."""
+    mode, make = APPS[app]
+    project, report = work / "runs", work / "disk-full.json"
+    done = subprocess.run([sys.executable, str(DISK_FULL_CHILD), str(report), *make(work), "--project", str(project),
+                           "--name", app], capture_output=True, text=True, env=child_env(), timeout=1800, cwd=work)
+    output = done.stdout + done.stderr
+    run_dir = project / app / app
+    state = json.loads(report.read_text())
+    problems = []
+    if state["fault"] is None:
+        problems.append(f"no fault: the run ended (exit {done.returncode}) before a checkpoint followed a best one")
+    else:
+        if done.returncode != 2:
+            problems.append(f"exit code {done.returncode}, not 2")
+        if "error: No space left on device" not in output:
+            problems.append("no 'error: No space left on device' in the output")
+        if "Traceback" in output:
+            problems.append("a traceback in the output: " + output[output.index("Traceback"):][-300:])
+        for written in dict.fromkeys(state["written"]):  # each file once, in the order first written
+            try:
+                _checkpoint_loads(Path(written))
+            except Exception as exc:  # noqa: BLE001 - counted, the table is the output
+                problems.append(f"{Path(written).relative_to(run_dir)} does not load: {type(exc).__name__}: {exc}"[:300])
+        problems += [f"left over: {p.relative_to(run_dir)}" for p in leftover_temporaries(run_dir)]
+    landed = (f"disk full at {Path(state['fault']).relative_to(run_dir)} after {state['checkpoint_writes']} whole "
+              f"checkpoint write(s)" if state["fault"] else "disk never filled")
+    return {"outcome": "passed" if not problems else "FAILED", "landed": landed, "problems": problems}
+
+
+def read_only(app: str, work: Path) -> dict:
+    """`medimg APP MODE` (tiny settings), then its predict on the data where that is cheap (PREDICT): passed when
+    the data folder is byte for byte and mode for mode as before (runs as root, so a chmod would prove nothing)."""
+    mode, make = APPS[app]
+    args = make(work)
+    data = _data_of(args)
+    before = snapshot(data)
+    project = work / "runs"
+    commands = [medimg_command(*args, "--project", str(project), "--name", app)]
+    if app in PREDICT:
+        commands.append(medimg_command(*PREDICT[app](project / app / app, data), "--project", str(project)))
+    problems, ran = [], []
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=1800, cwd=work)
+        ran.append(command[4])  # the mode
+        if done.returncode != 0:
+            problems.append(f"{' '.join(command[3:5])} exited {done.returncode}: {(done.stdout + done.stderr)[-300:]}")
+    after = snapshot(data)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    problems += [f"data changed: {name}" for name in changed[:10]]
+    return {"outcome": "passed" if not problems else "FAILED", "landed": f"{' + '.join(ran)}, {len(before)} data files",
+            "problems": problems}
 
 
 def fuzz(seconds: int, work: Path) -> dict:
@@ -171,9 +252,11 @@ def fuzz(seconds: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10, help="kills of the trainer child (random moments)")
-    parser.add_argument("--app-kills", type=int, default=2, help="kills of each app's train run")
+    parser.add_argument("--app-kills", type=int, default=2, help="kills of each app's train run (0: none)")
+    parser.add_argument("--no-data-checks", action="store_true",
+                        help="skip each app's disk-full and read-only-data runs (the 'disk full' and 'read-only' columns)")
     parser.add_argument("--apps", default=",".join(APPS),
-                        help=f"comma-separated apps whose train mode is killed (default: all of {', '.join(APPS)})")
+                        help=f"comma-separated apps whose train mode is checked (default: all of {', '.join(APPS)})")
     parser.add_argument("--fuzz-seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
@@ -185,15 +268,31 @@ def main() -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="medimg-faults-") as tmp:
         work = Path(tmp)
-        kills = [trainer_kills(args.kills, rng, work)] if args.kills else []
-        if args.app_kills:
-            for app in apps:
-                (work / app).mkdir()
-                kills.append(app_kills(app, args.app_kills, rng, work / app))
+        rows = [trainer_kills(args.kills, rng, work)] if args.kills else []
+        for app in apps if args.app_kills or not args.no_data_checks else []:
+            mode = APPS[app][0]
+            row = {"target": f"medimg {app} {mode}", "kills": 0, "landed": "-", "in_checkpoint": "-",
+                   "resumes_finished": "-", "broken_or_leftover": "-", "problems": [], "seconds": 0}
+            if args.app_kills:
+                (work / app / "kills").mkdir(parents=True)
+                row = app_kills(app, args.app_kills, rng, work / app / "kills")
+            if not args.no_data_checks:
+                started = time.monotonic()
+                for column, check in (("disk_full", disk_full), ("read_only", read_only)):
+                    (work / app / column).mkdir(parents=True)
+                    try:
+                        result = check(app, work / app / column)
+                    except Exception as exc:  # noqa: BLE001 - counted, the table is the output
+                        result = {"outcome": "FAILED", "landed": "-", "problems": [f"{type(exc).__name__}: {exc}"[:300]]}
+                    row[column] = result["outcome"]
+                    row["problems"] = row["problems"] + [f"{column}: {result['landed']}"] + [
+                        f"{column}: {problem}" for problem in result["problems"]]
+                row["seconds"] += round(time.monotonic() - started)
+            rows.append(row)
         fuzzed = fuzz(args.fuzz_seconds, work) if args.fuzz_seconds else None
     print(f"{'target':28} {'kills':>5} {'landed':>6} {'in ckpt':>7} {'resumed':>7} {'broken/left':>11} "
           f"{'disk full':>9} {'read-only':>9} {'s':>5}")
-    for row in kills:
+    for row in rows:
         print(f"{row['target']:28} {row['kills']:>5} {row['landed']:>6} {row['in_checkpoint']!s:>7} "
               f"{row['resumes_finished']:>7} {row['broken_or_leftover']:>11} {row.get('disk_full', '-'):>9} "
               f"{row.get('read_only', '-'):>9} {row['seconds']:>5}")
@@ -208,7 +307,7 @@ def main() -> None:
             print("  escaped:", name)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"kills": kills, "fuzz": fuzzed}, indent=2))
+        args.out.write_text(json.dumps({"rows": rows, "fuzz": fuzzed}, indent=2))
 
 
 if __name__ == "__main__":
