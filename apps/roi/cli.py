@@ -92,7 +92,7 @@ def prepare(data: str | None, fmt: str | None, seed: int | None, strict: bool | 
 @run_options
 @click.option("--model", "model", type=click.Choice(["swin", "convnextv2"]), default=None,
               help="Classifier family: swin (keras-hub Swin Transformer) or convnextv2 (ours).")
-@click.option("--study", is_flag=True, help="The study's settings: 384 px, learning rate 1e-4, 100 epochs, full-size networks.")
+@click.option("--study", is_flag=True, help="The study's settings: 384 px, learning rate 1e-4, 100 epochs, full-size networks (patchify stem), CLAHE on.")
 @click.option("--epochs", type=int, default=None, help="Epochs per group model (train.epochs).")
 @click.option("--roi-source", type=click.Choice(["annotation", "detector"]), default=None,
               help="ROI presence at evaluation: the annotations, or a YOLO detector trained on the ROI boxes.")

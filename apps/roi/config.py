@@ -29,7 +29,7 @@ class DataConfig:
     point_radius: float = 16.0  # cddcesm: half side in pixels of the box made from a "point" region
     prepared: str | None = None  # where prepared PNGs go; null = $MEDIMG_HOME/prepared/roi-<hash of data+settings>
     workers: int = 1  # prepare: worker processes
-    demo_studies: int = 60  # vindr demo: studies (patients), 4 DICOM images each
+    demo_studies: int = 120  # vindr demo: studies (patients), 4 DICOM images each
     demo_patients: int = 88  # cddcesm demo: patients, 4 DM + 4 CESM images each
     demo_height: int = 256  # demo images: height in pixels
     demo_width: int = 192  # demo images: width in pixels
@@ -41,6 +41,9 @@ class NetworkConfig:
 
     widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64])  # per-stage widths; [] = the registry entry
     depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # blocks per stage (with widths)
+    # ConvNeXtV2 at network.widths: "conv" = two 3x3 stride-2 convolutions (BatchNorm, GELU) instead of the 4x4
+    # patchify stem ("early convolutions"), which the from-scratch demo models need to generalise | "patchify"
+    stem: Literal["conv", "patchify"] = "conv"
 
 
 @dataclass
@@ -89,7 +92,7 @@ class RoiAppConfig:
     seed: int = 0
     strict: bool = False  # stop at the first bad row/image instead of skipping it (listed in skipped.csv)
     data: DataConfig = field(default_factory=DataConfig)
-    prepare: Settings = field(default_factory=lambda: Settings(window="auto", crop=True, margin=0.02, clahe=True,
+    prepare: Settings = field(default_factory=lambda: Settings(window="auto", crop=True, margin=0.02, clahe=False,
                                                               clip_limit=2.0, size=256))
     network: NetworkConfig = field(default_factory=NetworkConfig)
     augment: Augment = field(default_factory=lambda: Augment(probability=0.5, rotation=10.0, zoom_min=0.9, zoom_max=1.1,
@@ -107,4 +110,4 @@ class RoiAppConfig:
 
 
 STUDY = {"model.image_size": 384, "prepare.size": 384, "train.learning_rate": 1e-4, "train.epochs": 100,
-         "network.widths": [], "network.depths": []}
+         "network.widths": [], "network.depths": [], "network.stem": "patchify", "prepare.clahe": True}
