@@ -88,6 +88,10 @@ def random_lesion(rng: np.random.Generator, birads: int) -> list[Lesion]:
     1: none; 2: a small round circumscribed mass or coarse benign calcifications; 3: an oval circumscribed mass;
     4: an irregular mass with an obscured margin, or fine pleomorphic calcifications; 5: an irregular spiculated
     mass, sometimes with fine pleomorphic or linear calcifications beside it.
+
+    Sizes are fractions of the image height (a CC image spans roughly 15-20 cm): benign masses 0.04-0.09
+    (about 0.6-1.8 cm), suspicious ones 0.09-0.15 (about 1.4-3 cm, the size at which most cancers are found at
+    diagnosis), so that the findings stay visible when the image is shrunk to a small network's input.
     """
     if birads not in (1, 2, 3, 4, 5):
         raise ValueError(f"BI-RADS {birads} is not one of 1..5.")
@@ -96,15 +100,15 @@ def random_lesion(rng: np.random.Generator, birads: int) -> list[Lesion]:
         return []
     if birads == 2:
         if rng.random() < 0.5:
-            return [Lesion("mass", "round", "circumscribed", center, float(rng.uniform(0.05, 0.08)))]
+            return [Lesion("mass", "round", "circumscribed", center, float(rng.uniform(0.04, 0.07)))]
         return [Lesion("calcification", "round", "circumscribed", center, float(rng.uniform(0.1, 0.16)))]
     if birads == 3:
-        return [Lesion("mass", "oval", "circumscribed", center, float(rng.uniform(0.06, 0.09)))]
+        return [Lesion("mass", "oval", "circumscribed", center, float(rng.uniform(0.05, 0.09)))]
     if birads == 4:
-        if rng.random() < 0.65:
-            return [Lesion("mass", "irregular", "obscured", center, float(rng.uniform(0.07, 0.11)))]
-        return [Lesion("calcification", "pleomorphic", "circumscribed", center, float(rng.uniform(0.06, 0.1)))]
-    findings = [Lesion("mass", "irregular", "spiculated", center, float(rng.uniform(0.08, 0.12)))]
+        if rng.random() < 0.7:
+            return [Lesion("mass", "irregular", "obscured", center, float(rng.uniform(0.09, 0.13)))]
+        return [Lesion("calcification", "pleomorphic", "circumscribed", center, float(rng.uniform(0.07, 0.11)))]
+    findings = [Lesion("mass", "irregular", "spiculated", center, float(rng.uniform(0.1, 0.15)))]
     if rng.random() < 0.3:
         near = (min(0.85, center[0] + 0.12), center[1])
         findings.append(Lesion("calcification", str(rng.choice(["pleomorphic", "linear"])), "circumscribed", near, 0.06))
@@ -276,7 +280,9 @@ def _mass(rng: np.random.Generator, image: np.ndarray, y: float, x: float, diame
             outline += rng.uniform(0.06, 0.14) * np.cos(order * theta + rng.uniform(0, 2 * np.pi))
     level = r / (radius * outline)
     suspicious = lesion.suspicious
-    amplitude = rng.uniform(0.3, 0.38) if suspicious else rng.uniform(0.2, 0.26)
+    # BI-RADS mass density: suspicious masses are high density (denser than the glandular tissue around them),
+    # benign ones equal or low density.
+    amplitude = rng.uniform(0.4, 0.5) if suspicious else rng.uniform(0.14, 0.22)
     if lesion.margin == "circumscribed":
         body = np.clip((1.0 - level) * radius / 0.8, 0.0, 1.0)  # a sharp edge about a pixel wide
     elif lesion.margin == "obscured":
@@ -288,7 +294,7 @@ def _mass(rng: np.random.Generator, image: np.ndarray, y: float, x: float, diame
     image += amplitude * profile.astype(np.float32)
     footprint = body > 0.5
     if lesion.margin == "spiculated":
-        footprint |= _spicules(rng, image, y, x, radius, amplitude * 0.7, count=int(rng.integers(12, 22)), length=(1.4, 2.6))
+        footprint |= _spicules(rng, image, y, x, radius, amplitude * 0.7, count=int(rng.integers(12, 22)), length=(1.6, 3.0))
     return footprint
 
 
@@ -302,7 +308,8 @@ def _spicules(rng: np.random.Generator, image: np.ndarray, y: float, x: float, r
             a = angle + bend * s
             points.append((x + np.cos(a) * reach * s, y + np.sin(a) * reach * s))
         pts = np.round(np.array(points) * 16).astype(np.int32)
-        cv2.polylines(lines, [pts], False, 1.0, thickness=1, lineType=cv2.LINE_AA, shift=4)
+        # Spicules are about a millimetre thick: a pixel at 256 rows (about 0.7 mm per pixel), more when larger.
+        cv2.polylines(lines, [pts], False, 1.0, thickness=max(1, round(image.shape[0] / 200)), lineType=cv2.LINE_AA, shift=4)
     image += amplitude * lines
     return lines > 0.35
 

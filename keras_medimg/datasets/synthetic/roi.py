@@ -93,7 +93,7 @@ def generate_vindr(out_dir: str | Path, *, n_studies: int = 60, height: int = 25
     return out
 
 
-generate_vindr.version = 2  # part of ensure_demo_data's cache key: bump when the images change
+generate_vindr.version = 3  # part of ensure_demo_data's cache key: bump when the images change
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -177,7 +177,7 @@ def generate_cdd_cesm(out_dir: str | Path, *, n_patients: int = 88, height: int 
     return out
 
 
-generate_cdd_cesm.version = 2
+generate_cdd_cesm.version = 3
 
 
 def _subtracted(rng: np.random.Generator, pixels: np.ndarray, mask: np.ndarray, lesions: list[Lesion]) -> np.ndarray:
