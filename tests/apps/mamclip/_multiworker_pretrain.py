@@ -21,11 +21,14 @@ PAIRS, BATCH = 32, 16  # write_pairs(n=PAIRS) split in half: one global batch to
 
 def order_free(cfg, distribution: str):
     """`cfg` (a `tiny_config` on `write_pairs(n=PAIRS)`) with losses that do not depend on the pairs' order, under
-    `distribution`. XLA-compiled: Keras' JAX trainer runs MamClip only compiled (eagerly it fails to mix the
-    fusion's traced inputs with the NumPy padding mask)."""
+    `distribution`. XLA-compiled on JAX: Keras' JAX trainer runs MamClip only compiled (eagerly, MamClip.call
+    mixes the fusion's traced inputs with the NumPy padding mask and Keras refuses that)."""
+    import keras
+
     return replace(cfg, data=replace(cfg.data, val_fraction=0.5), model=replace(cfg.model, text_dropout=0.0),
                    pretrain=replace(cfg.pretrain, batch_size=BATCH, mask_rate=0.0, distribution=distribution,
-                                    jit_compile=True, augment=replace(cfg.pretrain.augment, probability=0.0)))
+                                    jit_compile=keras.backend.backend() == "jax",
+                                    augment=replace(cfg.pretrain.augment, probability=0.0)))
 
 
 def pretrain(distribution: str, pairs: str, project: str, epochs: str, resume: str) -> dict:
