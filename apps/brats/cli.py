@@ -20,16 +20,18 @@ from keras_medimg.apps.options import (
 def brats() -> None:
     """Brain-tumour MRI: YOLOv8 detection -> SAM segmentation -> CNN classification.
 
-    YOLOv8 finds the tumour, the Segment Anything Model outlines it from that box, and a CNN (InceptionV3,
-    DenseNet121, Xception, VGG16 or EfficientNetV2B3) classifies the lesion cropped with its background
-    removed into glioma, meningioma, pituitary or no tumour. Data: the Kaggle brain-tumour MRI layout plus a
+    YOLOv8 finds the tumour, the Segment Anything Model outlines it from that box, and a CNN (the study's
+    InceptionV3, DenseNet121, Xception, VGG16 or EfficientNetV2B3; the offline demo: a small ConvNeXt V2 from
+    random weights, network.widths) classifies the lesion cropped with its background removed into glioma,
+    meningioma, pituitary or no tumour. Data: the Kaggle brain-tumour MRI layout plus a
     YOLO box set; grey-scale, median-filter denoising, 224x224, rotation/zoom/brightness augmentation.
     """
 
 
 STUDY_HELP = ("The paper's settings in one switch: 224 px, grey-scale + median filter before every stage (detector, "
               "SAM, crops), rotation 0-45, zoom 0.5-2, brightness, contrast and flip augmentation, ImageNet weights "
-              "from a local file (--weights, or Keras' cache), SAM fine-tuning on (needs --sam-checkpoint). "
+              "from a local file (--weights, or Keras' cache) for EfficientNetV2B3 at its published size (or the "
+              "--backbone given), SAM fine-tuning on (needs --sam-checkpoint). "
               "Options and --set still win; config.yaml records the result.")
 
 APP = AppCommands("brats", "keras_medimg.apps.brats.config:BratsConfig")
@@ -41,7 +43,9 @@ APP.add_demo_data(brats, "keras_medimg.apps.brats.pipeline:demo_data",
 @common_options
 @click.option("--stage", type=click.Choice(["detect", "segment", "classify", "all"]), default="all", show_default=True,
               help="Which stage(s) to train.")
-@click.option("--backbone", default=None, help="Classifier backbone (model.backbone), e.g. efficientnetv2b3.")
+@click.option("--backbone", default=None,
+              help="Classifier backbone (model.backbone), e.g. efficientnetv2b3; network.widths sizes a ConvNeXtV2 "
+                   "or Swin one (default convnextv2_atto at widths 16-128).")
 @click.option("--epochs", type=int, default=None, help="Classifier epochs (train.epochs).")
 @click.option("--detect-epochs", type=int, default=None, help="Detector epochs (detect.epochs).")
 @click.option("--study", is_flag=True, default=False, help=STUDY_HELP)

@@ -143,7 +143,7 @@ class BratsConfig(AppConfig):
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=30, batch_size=16, learning_rate=2e-3, schedule="cosine",
-                                            warmup_epochs=1.0, early_stopping_patience=0, monitor="val_accuracy",
+                                            warmup_epochs=1.0, early_stopping_patience=0, monitor="loss",
                                             verbose=2)
     )
     predict: PredictConfig = field(default_factory=PredictConfig)
