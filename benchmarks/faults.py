@@ -257,8 +257,8 @@ def main() -> None:
                         help="skip each app's disk-full and read-only-data runs (the 'disk full' and 'read-only' columns)")
     parser.add_argument("--apps", default=",".join(APPS),
                         help=f"comma-separated apps whose train mode is checked (default: all of {', '.join(APPS)})")
-    parser.add_argument("--fuzz-seconds", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fuzz-seconds", type=int, default=120, help="seconds of fuzzing read_dicom and read_image (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     apps = [a.strip() for a in args.apps.split(",") if a.strip()]
