@@ -87,8 +87,9 @@ def detection_yaml(cfg: BratsConfig, root: Path) -> Path:
 # === Stages ===
 
 
-def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]:
-    """Train YOLO on the box set; copy its best checkpoint to weights/detector.pt."""
+def train_detect_stage(cfg: BratsConfig, run: Run, root: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train YOLO on the box set; copy its best checkpoint to weights/detector.pt. `resume`: continue an unfinished
+    training of this run from Ultralytics' last.pt (`detection.yolo.train_detector(resume=True)`)."""
     from keras_medimg.detection.lesions import train_lesion_detector
 
     d = cfg.detect
@@ -97,7 +98,7 @@ def train_detect_stage(cfg: BratsConfig, run: Run, root: Path) -> dict[str, Any]
     return train_lesion_detector(box_set(cfg, root, run.dir), run.subdir("detect"), run.path("weights", DETECTOR_FILE),
                                  model=d.model, weights=d.weights, epochs=d.epochs, imgsz=d.imgsz, batch=d.batch,
                                  seed=cfg.seed, device=d.device, workers=d.workers, patience=d.patience,
-                                 class_remap="agnostic" if d.single_class else None, plots=d.plots,
+                                 class_remap="agnostic" if d.single_class else None, plots=d.plots, resume=resume,
                                  # nbs = batch: one optimizer step per batch (Ultralytics accumulates to 64 images
                                  # otherwise: two steps an epoch on a small set, which from scratch barely learns)
                                  hyperparameters={"optimizer": d.optimizer, "lr0": d.learning_rate, "nbs": d.batch,
@@ -300,7 +301,7 @@ def train(cfg: BratsConfig, stage: str = "all", *, run: Run | RunPlace | None = 
             log.info(f"[detect] resuming: keeping the detector this run already trained ({DETECTOR_FILE})")
             metrics["detect"] = {"model": cfg.detect.model, "resumed": True}
         else:
-            metrics["detect"] = train_detect_stage(cfg, run, root)
+            metrics["detect"] = train_detect_stage(cfg, run, root, resume=resume)
         metrics["detect"]["test"] = evaluate_detector(cfg, run.dir / "weights" / DETECTOR_FILE, root, run.dir)
         log.info("[detect] test: " + format_detection_line(metrics["detect"]["test"]))
     if stage in ("segment", "all"):
