@@ -525,14 +525,15 @@ class MamClip(keras.Model):
 
     def call(self, inputs: Mapping[str, Any], training: bool = False) -> dict[str, Any]:
         image = self.image_encoder(inputs["images"], training=training)
-        text = self.text_encoder({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]},
-                                 training=training)
+        # NumPy token arrays beside traced tensors are refused by Keras' JAX backend outside jit: tensors for all.
+        token_ids, padding_mask = ops.convert_to_tensor(inputs["token_ids"]), ops.convert_to_tensor(inputs["padding_mask"])
+        text = self.text_encoder({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)
         outputs = {"image_embedding": _l2(image), "text_embedding": _l2(text["embedding"])}
         if "masked_token_ids" in inputs and self.mlm_weight > 0:
-            masked = self.text_encoder({"token_ids": inputs["masked_token_ids"],
-                                        "padding_mask": inputs["padding_mask"]}, training=training)
+            masked = self.text_encoder({"token_ids": ops.convert_to_tensor(inputs["masked_token_ids"]),
+                                        "padding_mask": padding_mask}, training=training)
             outputs["mlm_logits"] = self.fusion({"sequence": masked["sequence"], "image_embedding": image,
-                                                 "padding_mask": inputs["padding_mask"]}, training=training)
+                                                 "padding_mask": padding_mask}, training=training)
         return outputs
 
     # --- training ---
