@@ -210,29 +210,12 @@ def test_xray_train_killed_in_the_detector_stage_resumes_from_last_pt(tmp_path):
 
 
 def mamclip_pairs(folder: Path, n: int = 16) -> Path:
-    """`n` tiny image-caption pairs (a bright block left, right or nowhere, said by the caption)."""
-    import json
+    """`n` tiny image-caption pairs (a bright block left, right or nowhere, said by the caption): the mamclip tests'
+    `write_pairs`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mamclip"))
+    from _mamclip_data import write_pairs
 
-    import numpy as np
-
-    from keras_medimg.io.images import write_image
-
-    rng = np.random.default_rng(0)
-    kinds = [("left", "A bright mass on the left side."), ("right", "A bright mass on the right side."),
-             ("none", "No mass; fatty tissue only.")]
-    rows = []
-    for i in range(n):
-        kind, caption = kinds[i % 3]
-        image = rng.uniform(0, 0.2, size=(32, 32)).astype("float32")
-        if kind == "left":
-            image[8:24, 2:14] = 1.0
-        elif kind == "right":
-            image[8:24, 18:30] = 1.0
-        write_image(folder / "img" / f"{i}.png", (image * 255).astype("uint8"))
-        rows.append({"image": f"img/{i}.png", "caption": caption, "page": i, "source": "book.pdf"})
-    path = folder / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(folder, n=n)
 
 
 MAMCLIP_TINY = ["model.image_size=32", "model.embed_dim=32", "model.text_layers=1", "model.text_width=32",
