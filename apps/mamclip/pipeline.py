@@ -154,8 +154,11 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
                      keras.callbacks.TerminateOnNaN()]
         history = {}
         if initial_epoch < p.epochs:
-            history = model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, initial_epoch=initial_epoch,
-                                callbacks=callbacks, verbose=p.verbose, shuffle=False).history
+            from keras_medimg.training.trainer import epochs_end_with_the_data
+
+            with epochs_end_with_the_data():
+                history = model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, initial_epoch=initial_epoch,
+                                    callbacks=callbacks, verbose=p.verbose, shuffle=False).history
     best_path = run.dir / "weights" / "best.keras"
     # Reloaded outside the strategy: a plain model on this process's device, whatever trained it.
     best = keras.saving.load_model(best_path) if best_path.is_file() else model

@@ -231,7 +231,7 @@ def _init_rows(init_name: str, make_backbone: Callable[[], Any], samples: Sequen
                class_names: Sequence[str], folds: list, counts: list[tuple[str, int]], settings: CurveSettings,
                skipped: Skipped) -> list[dict[str, Any]]:
     """The curve's rows of one init: every label count, k-fold."""
-    from keras_medimg.training.trainer import balanced_class_weight, set_seed
+    from keras_medimg.training.trainer import balanced_class_weight, epochs_end_with_the_data, set_seed
 
     # Every init from the same random state: reproducible, and inits differ by their weights only (without it
     # the head's start depended on whatever ran before in the process, and a CI order failed the separable set).
@@ -248,8 +248,9 @@ def _init_rows(init_name: str, make_backbone: Callable[[], Any], samples: Sequen
             if settings.class_weight == "balanced":
                 weights = balanced_class_weight([class_names.index(s.label) for s in subset], len(class_names))
             data = _fold_data(subset, class_names, settings, skipped=skipped, seed=settings.seed + k)
-            trainer.model.fit(data, epochs=settings.epochs, verbose=settings.verbose, shuffle=False,
-                              class_weight=weights)
+            with epochs_end_with_the_data():
+                trainer.model.fit(data, epochs=settings.epochs, verbose=settings.verbose, shuffle=False,
+                                  class_weight=weights)
             reports.append(_evaluate_fold(trainer.classifier, val, class_names, settings, skipped))
             log.info("%s, %s labels (%d), fold %d: macro F1 %.3f (%.0f s).", init_name, size_name, len(subset),
                      k + 1, reports[-1]["macro"]["f1"], time.time() - started)

@@ -24,11 +24,12 @@ epoch where the previous one ended, and `results.csv` keeps one row per epoch wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,19 @@ def _label_spec(dataset: Any) -> tuple[int, str]:
     return len(spec[1].shape), spec[1].dtype.name
 
 
+@contextlib.contextmanager
+def epochs_end_with_the_data() -> Iterator[None]:
+    """Around a `model.fit` on our datasets: without Keras' "Your input ran out of data" warning.
+
+    Our datasets drop files that cannot be decoded (skipped.csv), so tf.data cannot know their length before the
+    first pass and Keras ends each epoch when the data ends, as intended; the warning would print after every epoch
+    of every run without anything being wrong.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        yield
+
+
 def _steps_per_epoch(dataset: Any) -> int | None:
     cardinality = int(dataset.cardinality())
     return cardinality if cardinality > 0 else None
@@ -466,11 +480,7 @@ def fit(
     if config.tensorboard:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.subdir("tensorboard"))))
     if start < end:
-        with warnings.catch_warnings():
-            # Our datasets drop files that cannot be decoded (skipped.csv), so tf.data cannot know their length
-            # before the first pass and Keras ends each epoch when the data ends, as intended. Its "Your input ran
-            # out of data" warning would print after every epoch of every run without anything being wrong.
-            warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        with epochs_end_with_the_data():
             _fit_keras(model, train_ds, val_ds, start=start, end=end, class_weight=class_weight,
                        callbacks=run_callbacks + list(callbacks), verbose=config.verbose)
     else:

@@ -51,3 +51,28 @@ def test_resume_state_drops_the_rows_of_an_epoch_whose_checkpoint_was_not_finish
     (tmp_path / "state.json").write_text(json.dumps({"next_epoch": 0, "best_val_loss": None}))
     resume_state(run)
     assert not (tmp_path / "results.csv").exists()  # no finished epoch: no rows, no header-only file
+
+
+def test_plain_fit_loops_on_datasets_of_unknown_length_run_without_the_ran_out_of_data_warning():
+    import contextlib
+    import warnings
+
+    import tensorflow as tf
+
+    from keras_medimg.training.trainer import epochs_end_with_the_data
+
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    # As our datasets: files that fail to decode are dropped, so tf.data cannot know the length before a pass.
+    data = tf.data.Dataset.from_tensor_slices((x, x.sum(axis=1))).filter(lambda a, b: True).batch(4)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+
+    def warned(around) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with around():
+                model.fit(data, epochs=2, verbose=0)
+        return any("ran out of data" in str(w.message) for w in caught)
+
+    assert warned(contextlib.nullcontext)  # what every mamclip pretrain epoch and label-count fold printed
+    assert not warned(epochs_end_with_the_data)
