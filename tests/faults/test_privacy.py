@@ -1,6 +1,6 @@
 """No DICOM PHI in any output: predict and export of every app on DICOMs whose PHI tags hold marker strings.
 
-The roi app has its own such test (tests/apps/roi); mamclip and xray join here as they read DICOMs.
+The roi app has its own such test (tests/apps/roi); the others are here.
 """
 
 from __future__ import annotations
@@ -137,3 +137,24 @@ def test_xray_predict_and_export_leak_no_phi(tmp_path, monkeypatch):
     outputs.append(invoke("xray", "export", "--weights", str(run), "--project", str(project), "--name", "e"))
     assert markers_found(project / "xray" / "p", *outputs) == []
     assert markers_found(project / "xray" / "e") == []
+
+
+def test_mamclip_embed_and_export_leak_no_phi(tmp_path):
+    from .test_kill_resume import MAMCLIP_TINY, mamclip_pairs
+
+    project = tmp_path / "runs"
+    tiny = [s for s in MAMCLIP_TINY if not s.startswith("pretrain.epochs")] + ["pretrain.epochs=1"]
+    outputs = [invoke("mamclip", "pretrain", "--pairs", str(mamclip_pairs(tmp_path / "pairs")), "--project",
+                      str(project), "--name", "t", *[a for s in tiny for a in ("--set", s)])]
+    rng = np.random.default_rng(0)
+    sources = tmp_path / "dicoms"
+    for i in range(3):  # mammograms as the scanner wrote them, the PHI markers in the header
+        write_phi_dicom(sources / f"case{i}" / "image.dcm", rng.uniform(0.1, 0.9, size=(48, 40)).astype(np.float32))
+    run = project / "mamclip" / "t"
+    outputs.append(invoke("mamclip", "embed", "--weights", str(run), "--source", str(sources), "--project",
+                          str(project), "--name", "p"))
+    embedded = list((project / "mamclip" / "p").rglob("*.npy"))
+    assert embedded and np.load(embedded[0]).shape[0] == 3  # every DICOM was read and embedded
+    outputs.append(invoke("mamclip", "export", "--weights", str(run), "--project", str(project), "--name", "e"))
+    assert markers_found(project / "mamclip" / "p", *outputs) == []
+    assert markers_found(project / "mamclip" / "e") == []
