@@ -177,8 +177,12 @@ def uses_network(cfg: BratsConfig) -> bool:
     """Whether `network.widths` sizes `model.backbone`: a ConvNeXtV2 or Swin entry (other CNNs keep their size)."""
     from keras_medimg.models.backbones import get_spec
 
-    return bool(cfg.network.widths) and (get_spec(cfg.model.backbone).family == "convnextv2"
-                                         or cfg.model.backbone.startswith("swin"))
+    widths, depths = cfg.network.widths, cfg.network.depths
+    if widths and (len(depths) != len(widths) or min(depths) < 1):
+        # Checked whatever the backbone, so a wrong pair fails now, not when a ConvNeXtV2 run meets it.
+        raise ConfigError(f"network.widths {list(widths)} and network.depths {list(depths)} need one entry per stage "
+                          "each, and every depth at least 1.")
+    return bool(widths) and (get_spec(cfg.model.backbone).family == "convnextv2" or cfg.model.backbone.startswith("swin"))
 
 
 def build_model(cfg: BratsConfig, num_classes: int) -> Any:
