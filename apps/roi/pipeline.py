@@ -142,48 +142,12 @@ def plan_groups(train: Sequence[Sample], cfg: RoiAppConfig) -> dict[str, dict[st
 def backbone_model(cfg: RoiAppConfig):
     """The feature extractor: the registry entry `model.backbone`, or its family at `network.widths` (ConvNeXtV2
     with the convolutional stem when `network.stem` is "conv")."""
-    from keras_medimg.models.backbones import get_spec
     from keras_medimg.models.small import small_backbone
 
     if not cfg.network.widths:
         return cfg.model.backbone
-    if cfg.network.stem == "conv" and get_spec(cfg.model.backbone).family == "convnextv2":
-        if cfg.model.weights:
-            raise ConfigError("Pretrained weights fit only the registry's sizes: set network.widths=[] to use "
-                              f"model.weights={cfg.model.weights}.")
-        if len(cfg.network.widths) != len(cfg.network.depths):
-            raise ConfigError(f"network.widths {cfg.network.widths} and network.depths {cfg.network.depths} need one "
-                              "entry per stage each.")
-        return conv_stem_convnextv2(cfg.network.widths, cfg.network.depths, cfg.model.image_size, 1)
     return small_backbone(cfg.model.backbone, cfg.network.widths, cfg.network.depths, cfg.model.image_size, 1,
-                          weights=cfg.model.weights)
-
-
-def conv_stem_convnextv2(widths: Sequence[int], depths: Sequence[int], image_size: int, channels: int = 1):
-    """ConvNeXtV2 stages (our blocks) behind a convolutional stem: two 3x3 stride-2 convolutions with BatchNorm and
-    GELU (widths[0] / 2, widths[0]) replace the 4x4 patchify conv, then the stem's LayerNorm.
-
-    Why: trained from scratch on a few hundred images, the patchify stem's LayerNorm over a handful of channels
-    leaves little of a patch's brightness, and the small ConvNeXtV2 memorised the demo mammograms without
-    generalising (test ROC AUC 0.4-0.6 at widths 8-128, avg or max pooling, 64 or 128 px), while the same blocks
-    behind this stem reach 0.8 and more ("early convolutions", Xiao et al. 2021). Same output stride (32)."""
-    import keras
-
-    from keras_medimg.models import convnextv2 as cnx
-
-    inputs = keras.Input(shape=(image_size, image_size, channels), name="images")
-    x = inputs
-    for index, width in enumerate((max(1, widths[0] // 2), widths[0])):
-        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"stem_conv_{index}")(x)
-        x = keras.layers.BatchNormalization(name=f"stem_batchnorm_{index}")(x)
-        x = keras.layers.Activation("gelu", name=f"stem_gelu_{index}")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="stem_layernorm")(x)
-    for stage, (depth, width) in enumerate(zip(depths, widths)):
-        if stage > 0:
-            x = cnx.apply_downsample(x, width, name=f"stage_{stage}_downsample")
-        for block in range(depth):
-            x = cnx.apply_block(x, width, 0.0, name=f"stage_{stage}_block_{block}")
-    return keras.Model(inputs, x, name="convnextv2_conv_stem")
+                          weights=cfg.model.weights, stem=cfg.network.stem)
 
 
 def _normalization(cfg: RoiAppConfig):
