@@ -193,7 +193,7 @@ def _default_workers() -> int:
     help="Crop margin, a fraction of the image height and width [default: 0.02].",
 )
 @click.option("--clahe/--no-clahe", default=None, help="Contrast-limited adaptive histogram equalisation (luminance of colour images) [default: no-clahe].")
-@click.option("--clip-limit", type=click.FloatRange(0, min_open=True), default=None, help="CLAHE clip limit [default: 2.0].")
+@click.option("--clip-limit", type=click.FloatRange(0, min_open=True), default=None, help="CLAHE clip limit: the most a histogram bin may hold, in multiples of a flat histogram's bin (256 bins at any bit depth) [default: 2.0].")
 @click.option(
     "--size", type=click.IntRange(min=0), default=None,
     help="Resize so the longer side has this many pixels, keeping the aspect ratio (after the crop, before CLAHE); "

@@ -8,9 +8,11 @@ so training pipelines only decode PNGs. The output folder holds:
     manifest.csv     one row per image: id, source, output, frame, sizes, crop, modality, view, laterality,
                      carried columns
     skipped.csv      bad files and why (empty but for its header when there were none)
-    prepare.json     the settings, so a rerun with other settings converts everything again
+    prepare.json     the settings and the conversion's version, so a rerun with other settings, or after the
+                     conversion itself changed, converts everything again
 
-A rerun keeps every output that is newer than its source and was made with the same settings (resume).
+A rerun keeps every output that is newer than its source and was made with the same settings by the same
+version of the conversion (resume).
 The per-file work runs in this process, in a pool of local processes (`workers`), or on a Dask cluster
 (`cluster`); only the executor differs, so the outputs, the manifest and the resume are the same.
 Nothing is ever written inside an input folder. No DICOM PHI reaches any of these files.
@@ -44,6 +46,9 @@ MANIFEST_COLUMNS = (
     "id", "source", "output", "frame", "rows", "cols", "source_rows", "source_cols",
     "crop_y0", "crop_y1", "crop_x0", "crop_x1", "scale", "modality", "view", "laterality", "window",
 )
+#: Version of what one conversion writes for given settings; outputs of another version are converted again.
+#: 2: CLAHE of 16-bit images is contrast-limited (256-bin histograms), not OpenCV's 65536-bin equalisation.
+CONVERSION = 2
 #: Seconds `prepare_images` waits for a Dask scheduler to answer, and then for its first worker.
 CONNECT_TIMEOUT_S = 10.0
 
@@ -283,10 +288,10 @@ def _convert_star(args: tuple[_Task, Settings]) -> tuple[str, Any]:
 
 
 def _previous_rows(out_dir: Path, settings: Settings) -> dict[str, list[dict[str, str]]]:
-    """Manifest rows of an earlier run with the same settings, by source file; empty when there is none."""
+    """Manifest rows of an earlier run with the same settings and conversion, by source file; empty when none."""
     try:
         previous = json.loads((out_dir / "prepare.json").read_text(encoding="utf-8"))
-        if previous.get("settings") != json.loads(json.dumps(asdict(settings))):
+        if previous.get("settings") != json.loads(json.dumps(asdict(settings))) or previous.get("conversion") != CONVERSION:
             return {}
         by_source: dict[str, list[dict[str, str]]] = {}
         with open(out_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
@@ -449,7 +454,7 @@ def prepare_images(
     write_csv(result.skipped_csv, skipped.rows(), Skipped.FIELDS)
     write_json(
         out_dir / "prepare.json",
-        {"settings": asdict(settings), "images": len(result.rows), "converted": result.converted, "reused": result.reused, "skipped": len(skipped)},
+        {"settings": asdict(settings), "conversion": CONVERSION, "images": len(result.rows), "converted": result.converted, "reused": result.reused, "skipped": len(skipped)},
     )
     return result
 

@@ -63,14 +63,23 @@ def minmax_scale(pixels: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.clip((x - low) / (high - low), 0.0, 1.0), nan=0.0).astype(np.float32)
 
 
-def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: tuple[int, int] = (8, 8)) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (OpenCV) of a single-channel image.
+def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: tuple[int, int] = (8, 8), bins: int = 256) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a single-channel image, at any bit depth.
+
+    This is OpenCV's CLAHE (tiles, clipping and redistribution, bilinear blending of the tiles' mappings), with
+    each tile's histogram in `bins` bins whatever the bit depth: on a uint8 image it gives what
+    `cv2.createCLAHE(...).apply` gives. OpenCV itself counts a 16-bit image in 65536 bins, where the clip limit
+    falls to one count per level: every tile is equalised fully and nothing is limited. Here a 16-bit or float
+    image is binned like its 8-bit version, and its mapping is interpolated between the bins, so the clip limit
+    means what it means for the 8-bit JPEGs of the studies and the 16-bit detail is kept.
 
     Args:
-        image: `(H, W)` pixels as uint8, uint16, or float in [0, 1] (equalised at 16 bits, so no detail of a
-            16-bit source is lost, and returned as float32).
-        clip_limit: OpenCV's clip limit (contrast limit per tile, relative to a flat histogram).
+        image: `(H, W)` pixels as uint8, uint16, or float in [0, 1].
+        clip_limit: contrast limit per tile, as OpenCV counts it: a histogram bin holds at most `clip_limit`
+            times the count of a flat histogram (about 1 leaves the image as it was; 2 to 4 are usual; `bins` or
+            more is plain adaptive equalisation). Must be > 0.
         tile_grid: number of tiles `(rows, columns)`.
+        bins: histogram bins per tile (256 as 8-bit CLAHE).
 
     Returns:
         The equalised image in the dtype it came in (float32 for float input).
@@ -78,13 +87,54 @@ def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: tuple[int, int]
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"CLAHE works on single-channel (H, W) images, got shape {image.shape}.")
-    operator = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid[1]), int(tile_grid[0])))
     if image.dtype in (np.uint8, np.uint16):
-        return operator.apply(np.ascontiguousarray(image))
-    if not np.issubdtype(image.dtype, np.floating):
+        scale = float(np.iinfo(image.dtype).max)
+    elif np.issubdtype(image.dtype, np.floating):
+        scale = 1.0
+    else:
         raise ValueError(f"CLAHE needs uint8, uint16 or float pixels in [0, 1], got {image.dtype}.")
-    sixteen = np.round(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
-    return (operator.apply(sixteen).astype(np.float32) / 65535).astype(np.float32)
+    levels, (tiles_y, tiles_x) = int(bins), (int(tile_grid[0]), int(tile_grid[1]))
+    if not clip_limit > 0 or levels < 2 or tiles_y < 1 or tiles_x < 1:
+        raise ValueError(f"CLAHE needs clip_limit > 0, bins >= 2 and tiles >= 1, got {clip_limit}, {bins}, {tile_grid}.")
+    height, width = image.shape
+    # Grey level on the bin scale [0, levels - 1]: whole numbers for an 8-bit image at 256 bins.
+    level = np.nan_to_num(np.clip(image.astype(np.float64) * ((levels - 1) / scale), 0, levels - 1))
+    binned = np.rint(level).astype(np.int64)
+    # For the histograms the image is padded to a whole number of tiles as OpenCV pads it: mirrored
+    # (BORDER_REFLECT_101), and when one side needs it both get `tiles - size % tiles` (a whole tile if even).
+    pad = (0, 0) if height % tiles_y == 0 and width % tiles_x == 0 else (tiles_y - height % tiles_y, tiles_x - width % tiles_x)
+    padded = np.pad(binned, ((0, pad[0]), (0, pad[1])), mode="reflect")
+    tile_h, tile_w = padded.shape[0] // tiles_y, padded.shape[1] // tiles_x
+    blocks = padded.reshape(tiles_y, tile_h, tiles_x, tile_w).transpose(0, 2, 1, 3).reshape(tiles_y * tiles_x, -1)
+    offsets = np.arange(tiles_y * tiles_x)[:, None] * levels
+    hist = np.bincount((blocks + offsets).ravel(), minlength=tiles_y * tiles_x * levels).reshape(-1, levels)
+    area = tile_h * tile_w
+    limit = max(int(clip_limit * area / levels), 1)
+    excess = np.maximum(hist - limit, 0).sum(axis=1)
+    hist = np.minimum(hist, limit) + (excess // levels)[:, None]
+    for tile, residual in enumerate(excess % levels):  # what is left goes one count each to evenly spaced bins
+        if residual:
+            hist[tile, np.arange(0, levels, max(levels // residual, 1))[:residual]] += 1
+    luts = np.rint(np.cumsum(hist, axis=1).astype(np.float32) * np.float32((levels - 1) / area))
+    # Each pixel blends the mappings of its four nearest tile centres, the mapping read between bins.
+    fy = np.arange(height) / tile_h - 0.5
+    fx = np.arange(width) / tile_w - 0.5
+    y0, x0 = np.floor(fy).astype(np.int64), np.floor(fx).astype(np.int64)
+    wy, wx = (fy - y0)[:, None], (fx - x0)[None, :]
+    y1, x1 = np.minimum(y0 + 1, tiles_y - 1), np.minimum(x0 + 1, tiles_x - 1)
+    y0, x0 = np.maximum(y0, 0), np.maximum(x0, 0)
+    low = np.floor(level).astype(np.int64)
+    high, frac = np.minimum(low + 1, levels - 1), level - low
+
+    def mapped(ty: np.ndarray, tx: np.ndarray) -> np.ndarray:
+        tile = (ty[:, None] * tiles_x + tx[None, :]) * levels
+        return luts.ravel()[tile + low] * (1 - frac) + luts.ravel()[tile + high] * frac
+
+    out = (mapped(y0, x0) * (1 - wx) + mapped(y0, x1) * wx) * (1 - wy) + (mapped(y1, x0) * (1 - wx) + mapped(y1, x1) * wx) * wy
+    out = np.clip(out / (levels - 1), 0.0, 1.0)
+    if scale > 1:
+        return np.rint(out * scale).astype(image.dtype)
+    return out.astype(np.float32)
 
 
 def median_filter(image: np.ndarray, size: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from keras_medimg.datasets.prepare import prepare_images
+from keras_medimg.datasets.prepare import CONVERSION, prepare_images
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.images import read_image, write_image
 
@@ -101,6 +102,11 @@ def test_resume_keeps_current_outputs_and_redoes_changed_sources(tmp_path, datas
     third = prepare_images(dataset_folder, out)
     assert third.converted == 1 and third.reused == 3
     # other settings make every earlier output stale
+    assert prepare_images(dataset_folder, out, clahe=True).converted == 4
+    # and so do outputs of an older conversion (before CLAHE was contrast-limited at 16 bits, say)
+    record = json.loads((out / "prepare.json").read_text())
+    assert record["conversion"] == CONVERSION
+    (out / "prepare.json").write_text(json.dumps({**record, "conversion": CONVERSION - 1}))
     assert prepare_images(dataset_folder, out, clahe=True).converted == 4
 
 
