@@ -5,7 +5,7 @@ The defaults live in the dataclasses; `configs/<app>.yaml` is the same tree writ
 every key (a test keeps the two equal). A config is resolved in this order, later winning:
 
 1. the packaged `configs/<app>.yaml`, or the file given with `--config` (which replaces it; keys it leaves out
-   keep their defaults);
+   keep the app's defaults, also inside a section it gives in part);
 2. typed command-line options (`--epochs 3` is `train.epochs=3`);
 3. repeated `--set section.key=value`, each value parsed as a YAML scalar (never evaluated as code).
 
@@ -95,6 +95,30 @@ class ExportConfig:
 
     formats: list[str] = field(default_factory=lambda: ["keras", "savedmodel", "onnx"])
     atol: float = 1e-4  # largest allowed absolute difference between the export and the Keras model
+
+
+@dataclass
+class NetworkConfig:
+    """The size of a ConvNeXtV2 or Swin `model.backbone` built from random weights (`models.small.network_backbone`);
+    the registry's other CNNs always keep their own size. Each app gives its own defaults (`field(default_factory=...)`).
+    """
+
+    # per-stage widths (Swin: widths[0] is the embedding width, doubled each stage); [] = the registry entry's size
+    widths: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)  # blocks per stage, one entry per width, each at least 1
+    # ConvNeXtV2 at widths: "patchify" = the registry's 4x4 stride-4 conv | "conv" = two 3x3 stride-2 convolutions
+    # (BatchNorm, GELU), the "early convolutions" a from-scratch model on a few hundred images needs to generalise
+    stem: Literal["conv", "patchify"] = "patchify"
+
+    def __post_init__(self) -> None:
+        # Checked whatever the backbone, when the config is read: a wrong pair fails before any work, not when a
+        # later ConvNeXtV2 run meets it.
+        if self.widths and (len(self.depths) != len(self.widths) or min(self.depths) < 1 or min(self.widths) < 1):
+            raise ConfigError(
+                f"Config keys 'network.widths' {self.widths} and 'network.depths' {self.depths} need one entry per "
+                "stage each, every width and depth at least 1 (or network.widths=[] for the registry's own size). "
+                "Fix them in the config file or with --set network.depths=[...]."
+            )
 
 
 # === Loading and validation ===
@@ -206,20 +230,38 @@ def _unknown_key_error(cls: type, prefix: str, name: str, root: type | None = No
     return ConfigError(message)
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "", root: type | None = None) -> T:
+def _section_default(cls: type, name: str, base: Any) -> Any:
+    """The default of section `name` of `cls` as the app gives it: `base`'s, else the field's own default."""
+    if base is not None:
+        return getattr(base, name)
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "", root: type | None = None,
+              base: Any = None) -> T:
     """Build a config dataclass from a mapping, checking every key and type.
 
-    Keys the mapping leaves out keep their defaults.
+    Keys the mapping leaves out keep their defaults: `base`'s values when given, else the field defaults. A section
+    given in part starts from the default its parent gives it, so `network: {stem: conv}` in a config file keeps the
+    app's own `network.widths`, not the library class's.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"Config section '{prefix[:-1] or 'top level'}' must be a mapping of key: value.")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs = {} if base is None else {name: getattr(base, name) for name in names}
     for name, value in data.items():
         if name not in names:
             raise _unknown_key_error(cls, prefix, str(name), root=root or cls)
         dotted = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            section = _section_default(cls, name, base)
+            kwargs[name] = from_dict(hints[name], value, prefix=f"{dotted}.",
+                                     base=section if dataclasses.is_dataclass(section) else None)
+            continue
         try:
             kwargs[name] = _coerce(value, hints[name], f"{dotted}.")
         except _Mismatch:

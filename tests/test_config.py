@@ -8,6 +8,7 @@ import pytest
 from keras_medimg.config import (
     ExportConfig,
     ModelConfig,
+    NetworkConfig,
     TrainConfig,
     bounds,
     dump_yaml,
@@ -140,6 +141,42 @@ def test_saved_config_reproduces_the_run(tmp_path):
 def test_from_dict_rejects_non_mapping_section():
     with pytest.raises(ConfigError, match="'train' must be"):
         from_dict(ToyConfig, {"train": 3})
+
+
+@dataclass
+class OuterSection:
+    inner: DataSection = field(default_factory=lambda: DataSection(image_size=32, classes=["x"]))
+    name: str = "outer"
+
+
+@dataclass
+class AppToyConfig:
+    """An app's tree: its sections' defaults differ from the library classes' own."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(backbone="vgg16", image_size=64))
+    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(widths=[8, 16], depths=[1, 2], stem="conv"))
+    outer: OuterSection = field(default_factory=lambda: OuterSection(name="app"))
+
+
+def test_a_section_given_in_part_keeps_the_apps_defaults(tmp_path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("model:\n  dropout: 0.5\nnetwork:\n  stem: patchify\nouter:\n  inner:\n    path: /data\n")
+    cfg = load_config(AppToyConfig, file=path)
+    assert (cfg.model.backbone, cfg.model.image_size, cfg.model.dropout) == ("vgg16", 64, 0.5)
+    assert cfg.network == NetworkConfig(widths=[8, 16], depths=[1, 2], stem="patchify")
+    assert cfg.outer == OuterSection(inner=DataSection(path="/data", image_size=32, classes=["x"]), name="app")
+    # ...and a key it gives is still checked against the rest of the section.
+    path.write_text("network:\n  widths: [8, 16, 32]\n")
+    with pytest.raises(ConfigError, match="'network.widths' \\[8, 16, 32\\] and 'network.depths' \\[1, 2\\]"):
+        load_config(AppToyConfig, file=path)
+
+
+def test_network_stage_lists_are_checked_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="one entry per stage") as info:
+        load_config(AppToyConfig, overrides=["network.depths=[1, 0]"])
+    assert "--set network.depths" in str(info.value)
+    cfg = load_config(AppToyConfig, overrides=["network.widths=[]", "network.depths=[]"])  # the registry's size
+    assert cfg.network.widths == [] and cfg.network.stem == "conv"
 
 
 # --- numeric ranges (issue 17, D5): checked when the config is built, naming the key ---

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keras_medimg.config import AppConfig, ExportConfig, ModelConfig, TrainConfig
+from keras_medimg.config import AppConfig, ExportConfig, ModelConfig, NetworkConfig, TrainConfig
 from keras_medimg.preprocessing.augment import Augment
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -106,16 +106,6 @@ class ClassifyConfig:
 
 
 @dataclass
-class NetworkConfig:
-    """The size of a ConvNeXtV2/Swin `model.backbone` (the registry's other CNNs are always built at their size)."""
-
-    # Demo: ConvNeXt V2 at widths 16-128 (0.27 M parameters) from random weights: sized for ~150 training crops and
-    # a 2-core CPU (LayerNorm, so no batch statistics to settle in the few optimizer steps such a set gives).
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # per-stage widths; [] = the registry entry
-    depths: list[int] = field(default_factory=lambda: [1, 1, 2, 1])  # blocks per stage (with widths)
-
-
-@dataclass
 class PredictConfig:
     """`medimg brats predict`."""
 
@@ -140,7 +130,11 @@ class BratsConfig(AppConfig):
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(backbone="convnextv2_atto", image_size=128))
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # Demo: ConvNeXt V2 at widths 16-128 (0.27 M parameters) from random weights: sized for ~150 training crops and
+    # a 2-core CPU (LayerNorm, so no batch statistics to settle in the few optimizer steps such a set gives).
+    network: NetworkConfig = field(
+        default_factory=lambda: NetworkConfig(widths=[16, 32, 64, 128], depths=[1, 1, 2, 1], stem="patchify")
+    )
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=30, batch_size=16, learning_rate=2e-3, schedule="cosine",
                                             warmup_epochs=1.0, early_stopping_patience=0, monitor="loss",

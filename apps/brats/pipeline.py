@@ -174,31 +174,22 @@ def _normalization(cfg: BratsConfig):
 
 
 def uses_network(cfg: BratsConfig) -> bool:
-    """Whether `network.widths` sizes `model.backbone`: a ConvNeXtV2 or Swin entry (other CNNs keep their size)."""
-    from keras_medimg.models.backbones import get_spec
+    """Whether `network` sizes `model.backbone`: a ConvNeXtV2 or Swin entry (other CNNs keep their size)."""
+    from keras_medimg.models.small import sizes_backbone
 
-    widths, depths = cfg.network.widths, cfg.network.depths
-    if widths and (len(depths) != len(widths) or min(depths) < 1):
-        # Checked whatever the backbone, so a wrong pair fails now, not when a ConvNeXtV2 run meets it.
-        raise ConfigError(f"network.widths {list(widths)} and network.depths {list(depths)} need one entry per stage "
-                          "each, and every depth at least 1.")
-    return bool(widths) and (get_spec(cfg.model.backbone).family == "convnextv2" or cfg.model.backbone.startswith("swin"))
+    return sizes_backbone(cfg.model.backbone, cfg.network)
 
 
 def build_model(cfg: BratsConfig, num_classes: int) -> Any:
-    """The classifier of `cfg`, uncompiled: the registry entry `model.backbone`, or its family at `network.widths`
-    (randomly initialised), with the pooling / hidden / dropout head of `model`."""
+    """The classifier of `cfg`, uncompiled: `models.small.network_backbone` (the registry entry `model.backbone`,
+    or its family at `network`) with the pooling / hidden / dropout head of `model`."""
     from keras_medimg.models.classifier import build_classifier
-    from keras_medimg.models.small import small_backbone
+    from keras_medimg.models.small import network_backbone
 
-    m = cfg.model
-    head = {"pooling": m.pooling, "hidden_units": m.hidden_units, "dropout": m.dropout}
-    if uses_network(cfg):
-        backbone = small_backbone(m.backbone, cfg.network.widths, cfg.network.depths, m.image_size, 3,
-                                  weights=weights_for(m.backbone, m.weights))
-        return build_classifier(backbone, num_classes, **head)
-    return build_classifier(m.backbone, num_classes, input_shape=(m.image_size, m.image_size, 3),
-                            weights=weights_for(m.backbone, m.weights), **head)
+    m, weights = cfg.model, weights_for(cfg.model.backbone, cfg.model.weights)
+    backbone = network_backbone(m.backbone, cfg.network, image_size=m.image_size, channels=3, weights=weights)
+    return build_classifier(backbone, num_classes, input_shape=(m.image_size, m.image_size, 3), weights=weights,
+                            pooling=m.pooling, hidden_units=m.hidden_units, dropout=m.dropout)
 
 
 def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]], skipped: Skipped, *,
@@ -220,8 +211,8 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     config = cfg.train if val_ds is not None else replace(cfg.train, monitor="loss")
     if config.schedule == "cosine" and kept:  # the schedule needs the number of batches of a streamed dataset
         train_ds = known_length(train_ds, -(-len(kept) // config.batch_size))
-    m, size = cfg.model, (f"ConvNeXtV2/Swin widths {cfg.network.widths}, depths {cfg.network.depths}"
-                          if uses_network(cfg) else "registry size")
+    m, n = cfg.model, cfg.network
+    size = f"widths {n.widths}, depths {n.depths}, {n.stem} stem" if uses_network(cfg) else "registry size"
     log.info(f"[classify] {len(crops['train'])} training crops; {m.backbone} ({size}, {m.image_size}x{m.image_size}, "
              f"weights {m.weights}) for {config.epochs} epochs")
     plan = fit_plan(lambda: build_model(cfg, len(cfg.data.classes)), train_ds, val_ds, config=config, run=run,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keras_medimg.config import ExportConfig, ModelConfig, TrainConfig
+from keras_medimg.config import ExportConfig, ModelConfig, NetworkConfig, TrainConfig
 from keras_medimg.datasets.prepare import Settings
 from keras_medimg.preprocessing.augment import Augment
 
@@ -33,17 +33,6 @@ class DataConfig:
     demo_patients: int = 88  # cddcesm demo: patients, 4 DM + 4 CESM images each
     demo_height: int = 256  # demo images: height in pixels
     demo_width: int = 192  # demo images: width in pixels
-
-
-@dataclass
-class NetworkConfig:
-    """The size of the network of `model.backbone`'s family (ConvNeXtV2 or Swin)."""
-
-    widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64])  # per-stage widths; [] = the registry entry
-    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # blocks per stage (with widths)
-    # ConvNeXtV2 at network.widths: "conv" = two 3x3 stride-2 convolutions (BatchNorm, GELU) instead of the 4x4
-    # patchify stem ("early convolutions"), which the from-scratch demo models need to generalise | "patchify"
-    stem: Literal["conv", "patchify"] = "conv"
 
 
 @dataclass
@@ -94,7 +83,10 @@ class RoiAppConfig:
     data: DataConfig = field(default_factory=DataConfig)
     prepare: Settings = field(default_factory=lambda: Settings(window="auto", crop=True, margin=0.02, clahe=False,
                                                               clip_limit=2.0, size=256))
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # Demo: a small ConvNeXtV2 behind the convolutional stem, which the from-scratch group models need to generalise.
+    network: NetworkConfig = field(
+        default_factory=lambda: NetworkConfig(widths=[8, 16, 32, 64], depths=[1, 1, 1, 1], stem="conv")
+    )
     augment: Augment = field(default_factory=lambda: Augment(probability=0.5, rotation=10.0, zoom_min=0.9, zoom_max=1.1,
                                                              hflip=True, brightness=0.05))
     groups: GroupsConfig = field(default_factory=GroupsConfig)

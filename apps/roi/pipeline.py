@@ -140,14 +140,12 @@ def plan_groups(train: Sequence[Sample], cfg: RoiAppConfig) -> dict[str, dict[st
 
 
 def backbone_model(cfg: RoiAppConfig):
-    """The feature extractor: the registry entry `model.backbone`, or its family at `network.widths` (ConvNeXtV2
-    with the convolutional stem when `network.stem` is "conv")."""
-    from keras_medimg.models.small import small_backbone
+    """The feature extractor of `models.small.network_backbone`: the registry entry `model.backbone`, or its family
+    at `network` (ConvNeXtV2 with the convolutional stem when `network.stem` is "conv")."""
+    from keras_medimg.models.small import network_backbone
 
-    if not cfg.network.widths:
-        return cfg.model.backbone
-    return small_backbone(cfg.model.backbone, cfg.network.widths, cfg.network.depths, cfg.model.image_size, 1,
-                          weights=cfg.model.weights, stem=cfg.network.stem)
+    m = cfg.model
+    return network_backbone(m.backbone, cfg.network, image_size=m.image_size, channels=1, weights=m.weights)
 
 
 def _normalization(cfg: RoiAppConfig):

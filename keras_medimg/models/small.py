@@ -5,13 +5,53 @@ ConvNeXt V2 at those stage widths; a `swin*` name builds keras-hub's Swin Transf
 `widths[0]` (each stage doubles it; the other widths are not used), reshaped to a feature map, so that
 `models.classifier.build_classifier` takes either. Randomly initialised: pretrained weights fit only the
 registry's own sizes.
+
+`network_backbone(backbone, network, ...)` is what an app calls with its `model` and `network` config sections:
+the registry entry, or its family at `network`'s widths, depths and stem.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from typing import TYPE_CHECKING, Sequence
 
+from keras_medimg.config import NetworkConfig
 from keras_medimg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+
+def sizes_backbone(backbone: str, network: NetworkConfig) -> bool:
+    """Whether `network` sizes registry entry `backbone`: widths are given and it is a ConvNeXtV2 or Swin entry
+    (the registry's other CNNs keep their own size)."""
+    from keras_medimg.models.backbones import get_spec
+
+    return bool(network.widths) and (get_spec(backbone).family == "convnextv2" or backbone.startswith("swin"))
+
+
+def network_backbone(backbone: str, network: NetworkConfig, *, image_size: int, channels: int = 1,
+                     weights: str | None = None) -> str | keras.Model:
+    """The backbone of an app's classifier, from its `model.backbone`, `model.weights`, `model.image_size` and
+    `network` config: the registry name `backbone` itself (`models.classifier.build_classifier` builds it with
+    `weights`) when `network.widths` is empty or the entry is not a ConvNeXtV2/Swin, else `small_backbone` at
+    `network`'s widths, depths and stem (random weights: `weights` is refused).
+
+    Example:
+    ```python
+    features = network_backbone("convnextv2_atto", NetworkConfig([8, 16, 32, 64], [1, 1, 1, 1], "conv"), image_size=64)
+    build_classifier(features, 2)  # a 64 x 64 x 1 classifier on the small ConvNeXt V2
+    ```
+    """
+    widths, depths, stem = network.widths, network.depths, network.stem
+    if not sizes_backbone(backbone, network):
+        if widths:
+            log.info(f"network (widths {widths}, depths {depths}, stem {stem}) sizes ConvNeXtV2/Swin backbones; "
+                     f"{backbone} is built at its registry size.")
+        return backbone
+    return small_backbone(backbone, widths, depths, image_size, channels, weights=weights, stem=stem)
 
 
 def small_backbone(backbone: str, widths: Sequence[int], depths: Sequence[int], image_size: int, channels: int = 1,

@@ -44,3 +44,24 @@ def test_help_lists_every_mode():
     assert result.exit_code == 0
     for mode in ("demo-data", "train", "predict", "evaluate", "compare", "export"):
         assert mode in result.output
+
+
+def test_network_stem_is_honoured_and_study_uses_the_registry_size():
+    from keras_medimg.apps.brats import pipeline
+    from keras_medimg.apps.brats.config import STUDY
+
+    cfg = load_config(BratsConfig, app="brats", overrides=["model.image_size=32"])
+    assert cfg.network.stem == "patchify" and "stem_conv_0" not in {layer.name for layer in
+                                                                    pipeline.build_model(cfg, 4).get_layer("backbone").layers}
+    conv = load_config(BratsConfig, app="brats", overrides=["model.image_size=32", "network.stem=conv"])
+    backbone = pipeline.build_model(conv, 4).get_layer("backbone")
+    assert {"stem_conv_0", "stem_conv_1"} <= {layer.name for layer in backbone.layers}
+    study = load_config(BratsConfig, app="brats", options=STUDY)
+    assert study.network.widths == [] and not pipeline.uses_network(study)
+
+
+def test_mismatched_network_stages_fail_when_the_config_is_read_whatever_the_backbone():
+    result = CliRunner().invoke(cli, ["brats", "train", "--set", "model.backbone=vgg16",
+                                      "--set", "network.depths=[1, 1]"])
+    assert result.exit_code == 2
+    assert "'network.widths' [16, 32, 64, 128] and 'network.depths' [1, 1]" in result.output

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from click.testing import CliRunner
 
 from keras_medimg.apps.cli import cli
 from keras_medimg.apps.roi.config import MODELS, STUDY, RoiAppConfig
 from keras_medimg.config import all_keys, defaults_path, load_config
+from keras_medimg.errors import ConfigError
 
 
 def test_yaml_equals_dataclass_defaults():
@@ -39,3 +41,15 @@ def test_help_lists_every_mode_and_bad_keys_exit_2():
         assert mode in result.output
     result = CliRunner().invoke(cli, ["roi", "train", "--set", "groups.fallbak=parent"])
     assert result.exit_code == 2 and "groups.fallback" in result.output
+
+
+def test_a_config_file_giving_part_of_network_keeps_the_roi_defaults(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("network:\n  stem: patchify\n")
+    cfg = load_config(RoiAppConfig, file=path)
+    assert (cfg.network.widths, cfg.network.depths, cfg.network.stem) == ([8, 16, 32, 64], [1, 1, 1, 1], "patchify")
+    study = load_config(RoiAppConfig, app="roi", options=STUDY)
+    assert (study.network.widths, study.network.depths, study.network.stem) == ([], [], "patchify")
+    path.write_text("network:\n  widths: [8, 16]\n")
+    with pytest.raises(ConfigError, match="'network.widths' \\[8, 16\\] and 'network.depths' \\[1, 1, 1, 1\\]"):
+        load_config(RoiAppConfig, file=path)
