@@ -93,6 +93,8 @@ def test_the_console_script_starts_quickly():
     assert time.perf_counter() - start < 5  # interpreter start included; the import budget is checked above
 
 
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                    reason="the child's backend is set explicitly, whatever this process runs; CI runs it once")
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_backend_option_reaches_keras(backend):
     result = _medimg("--backend", backend, "info", "--json", env={"KERAS_BACKEND": "jax"})

@@ -162,11 +162,12 @@ def test_resume_keeps_the_detector_and_continues_the_classifier(brain_set, tmp_p
 
 @pytest.mark.slow  # one tiny detector and two tiny classifiers
 def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
-    cfg = tiny_config(brain_set, **{"compare.backbones": "[vgg16, densenet121]", "model.image_size": 64})
+    # The ConvNeXt V2 entry is sized by network.widths, vgg16 keeps its registry size: both paths of one compare.
+    cfg = tiny_config(brain_set, **{"compare.backbones": "[vgg16, convnextv2_atto]"})
     result = pipeline.compare(cfg, run=create_run("brats", "compare", project=tmp_path))
     folder = result.run.dir
     rows = _rows(folder / "comparison.csv")
-    assert [row["backbone"] for row in rows] == ["vgg16", "densenet121"]
+    assert [row["backbone"] for row in rows] == ["vgg16", "convnextv2_atto"]
     # Each row is its sub-run's own test result: the macro F1 of the predictions it wrote.
     from sklearn.metrics import f1_score
 
@@ -179,7 +180,7 @@ def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
     assert "| vgg16 |" in (folder / "comparison.md").read_text()
     assert (folder / "plots" / "comparison.png").stat().st_size > 0
     assert (folder / "vgg16" / "weights" / "best.keras").is_file()
-    assert (folder / "densenet121" / "weights" / "best.keras").is_file()
+    assert (folder / "convnextv2_atto" / "weights" / "best.keras").is_file()
 
 
 def test_network_widths_size_the_default_convnext_and_leave_other_backbones_alone(tmp_path, brain_set):
