@@ -292,6 +292,17 @@ class RunPlace:
     exist_ok: bool = False
 
 
+def output_root(run: Run | RunPlace | None) -> Path:
+    """The folder a command writes under, known before its run folder exists: the run folder itself (a `Run`),
+    else the place's `project` (default `runs`). A command reading a folder of inputs (`predict` on a source
+    folder) excludes it, so the files a run writes are never read back as input, even when the run folder lies
+    inside the source folder.
+    """
+    if isinstance(run, Run):
+        return run.dir
+    return Path(run.project) if run is not None and run.project is not None else Path("runs")
+
+
 def start_run(app: str, mode: str, cfg: Any, run: Run | RunPlace | None = None, *,
               distribution: str | None = None) -> Run:
     """Begin a command's run: create its folder (unless `run` is one already, e.g. when resuming) and save `cfg`.

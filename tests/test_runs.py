@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from keras_medimg.errors import ConfigError
-from keras_medimg.runs import atomic_path, atomic_write_text, create_run, open_run, write_csv, write_json
+from keras_medimg.runs import (RunPlace, atomic_path, atomic_write_text, create_run, open_run, output_root, write_csv,
+                               write_json)
 
 
 def test_run_folders_are_numbered(tmp_path):
@@ -17,6 +18,13 @@ def test_run_folders_are_numbered(tmp_path):
     third = create_run("concepts", "train", project=tmp_path)
     assert [r.dir.name for r in (first, second, third)] == ["train", "train2", "train3"]
     assert first.dir == tmp_path / "concepts" / "train"
+
+
+def test_output_root_is_the_run_folder_else_the_project_else_runs(tmp_path):
+    run = create_run("brats", "predict", project=tmp_path)
+    assert output_root(run) == run.dir
+    assert output_root(RunPlace(project=tmp_path / "elsewhere", name="p")) == tmp_path / "elsewhere"
+    assert output_root(RunPlace(name="p")) == Path("runs") and output_root(None) == Path("runs")
 
 
 def test_name_and_exist_ok(tmp_path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,13 @@ import numpy as np
 
 from keras_medimg.apps.brats.config import BratsConfig
 from keras_medimg.apps.brats.study import weights_for
+from keras_medimg.config import ModelConfig
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.detection.lesions import LesionChain, mask_index, write_crops
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.metrics.detection import format_detection_line
-from keras_medimg.runs import Run, RunPlace, RunResult, TrainedRun, finish_run, open_trained, start_run, write_json
+from keras_medimg.runs import (Run, RunPlace, RunResult, TrainedRun, finish_run, open_trained, output_root, start_run,
+                              write_json)
 
 log = logging.getLogger("keras_medimg.brats")
 
@@ -180,16 +182,17 @@ def uses_network(cfg: BratsConfig) -> bool:
     return sizes_backbone(cfg.model.backbone, cfg.network)
 
 
-def build_model(cfg: BratsConfig, num_classes: int) -> Any:
-    """The classifier of `cfg`, uncompiled: `models.small.network_backbone` (the registry entry `model.backbone`,
-    or its family at `network`) with the pooling / hidden / dropout head of `model`."""
-    from keras_medimg.models.classifier import build_classifier
-    from keras_medimg.models.small import network_backbone
+def model_section(cfg: BratsConfig) -> ModelConfig:
+    """`model` with `model.weights` resolved for `model.backbone` (a folder holds one file per backbone)."""
+    return replace(cfg.model, weights=weights_for(cfg.model.backbone, cfg.model.weights))
 
-    m, weights = cfg.model, weights_for(cfg.model.backbone, cfg.model.weights)
-    backbone = network_backbone(m.backbone, cfg.network, image_size=m.image_size, channels=3, weights=weights)
-    return build_classifier(backbone, num_classes, input_shape=(m.image_size, m.image_size, 3), weights=weights,
-                            pooling=m.pooling, hidden_units=m.hidden_units, dropout=m.dropout)
+
+def build_model(cfg: BratsConfig, num_classes: int) -> Any:
+    """The classifier of `cfg`, uncompiled: `model.backbone` (at `network` when that sizes it) with the pooling /
+    hidden / dropout head of `model` (`training.image_classifier.build_image_classifier`)."""
+    from keras_medimg.training.image_classifier import build_image_classifier
+
+    return build_image_classifier(model_section(cfg), num_classes, network=cfg.network)
 
 
 def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]], skipped: Skipped, *,
@@ -197,9 +200,8 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     """Fit the classifier of `build_model` on the crops (head phase, then fine-tuning, as `train` says); returns
     the best model (weights/best.keras by `train.monitor`, else the last)."""
     from keras_medimg.datasets.pipeline import make_dataset
-    from keras_medimg.models.classifier import load_model
-    from keras_medimg.training.image_classifier import known_length
-    from keras_medimg.training.trainer import fit_plan, set_seed
+    from keras_medimg.training.image_classifier import fit_image_classifier
+    from keras_medimg.training.trainer import set_seed
 
     set_seed(cfg.seed)
     common = {"image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size, "channels": 3,
@@ -208,17 +210,11 @@ def train_classifier(cfg: BratsConfig, run: Run, crops: dict[str, list[Sample]],
     train_ds = make_dataset(crops["train"], training=True, augment=cfg.classify.augment, **common)
     val_ds = make_dataset(crops["val"], training=False, **common) if crops["val"] else None
     kept = [s for s in crops["train"] if str(s.path) not in skipped.paths()]
-    config = cfg.train if val_ds is not None else replace(cfg.train, monitor="loss")
-    if config.schedule == "cosine" and kept:  # the schedule needs the number of batches of a streamed dataset
-        train_ds = known_length(train_ds, -(-len(kept) // config.batch_size))
-    m, n = cfg.model, cfg.network
-    size = f"widths {n.widths}, depths {n.depths}, {n.stem} stem" if uses_network(cfg) else "registry size"
-    log.info(f"[classify] {len(crops['train'])} training crops; {m.backbone} ({size}, {m.image_size}x{m.image_size}, "
-             f"weights {m.weights}) for {config.epochs} epochs")
-    plan = fit_plan(lambda: build_model(cfg, len(cfg.data.classes)), train_ds, val_ds, config=config, run=run,
-                    weights=m.weights, freeze=m.freeze, labels=[cfg.data.classes.index(s.label) for s in kept],
-                    resume=resume)
-    return load_model(plan.best_path or plan.last_path)
+    log.info(f"[classify] {len(crops['train'])} training crops")
+    model, _ = fit_image_classifier(model_section(cfg), cfg.train, train_ds, val_ds, num_classes=len(cfg.data.classes),
+                                    run=run, labels=[cfg.data.classes.index(s.label) for s in kept], resume=resume,
+                                    train_samples=len(kept), network=cfg.network)
+    return model
 
 
 def classify_crops(model: Any, cfg: BratsConfig, crops: Sequence[Sample], skipped: Skipped) -> tuple[np.ndarray, list[Sample]]:
@@ -319,13 +315,6 @@ def _load_trained(trained: TrainedRun) -> tuple[LesionChain, Any, dict]:
     return chain, load_model(trained.model_path), sam_record
 
 
-def _output_root(run: Run | RunPlace | None) -> Path:
-    """Where this command writes: never read as input, even when it lies inside the source folder."""
-    if isinstance(run, Run):
-        return run.dir
-    return Path(run.project) if run is not None and run.project is not None else Path("runs")
-
-
 def predict(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """The whole chain on new images: class, probability, box, mask PNG, overlay PNG, predictions.csv.
 
@@ -340,7 +329,7 @@ def predict(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
     if cfg.predict.source is None:
         raise ConfigError("Nothing to predict. Pass an image or a folder of images (predict.source).")
     skipped = Skipped()
-    samples = list_images(Path(cfg.predict.source), exclude=[_output_root(run)], skipped=skipped)
+    samples = list_images(Path(cfg.predict.source), exclude=[output_root(run)], skipped=skipped)
     chain, model, sam_record = _load_trained(trained)
     run = start_run(APP, "predict", cfg, run)
     rows, started, seconds_classify = [], time.perf_counter(), 0.0
@@ -438,6 +427,7 @@ def compare(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult
 
 def export(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     """Classifier as SavedModel + ONNX, detector as ONNX, and metadata.json describing the whole pipeline."""
+    from keras_medimg.apps.brats.stages import pipeline_metadata
     from keras_medimg.detection.lesions import export_lesion_stages
     from keras_medimg.export import export_model
 
@@ -455,21 +445,3 @@ def export(cfg: BratsConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     metadata["files"] = files
     write_json(out / "metadata.json", metadata)
     return finish_run(run, {"weights": str(trained.dir), "files": files})
-
-
-def pipeline_metadata(cfg: BratsConfig, folder: Path) -> dict[str, Any]:
-    """How to run the exported pipeline: stage order, classes, input sizes and preprocessing."""
-    from keras_medimg.detection.lesions import chain_metadata
-
-    d, seg, c = cfg.detect, cfg.segment, cfg.classify
-    chain = chain_metadata(detector_model=d.model, imgsz=d.imgsz, conf=d.conf, iou=d.iou, sam_model_type=seg.model_type,
-                           sam_checkpoint=seg.checkpoint, fallback=seg.fallback, margin=c.margin,
-                           mask_background=c.mask_background)
-    classify = {"stage": "classify", "backbone": cfg.model.backbone,
-                "network": asdict(cfg.network) if uses_network(cfg) else None, "input_size": cfg.model.image_size,
-                "classes": cfg.data.classes, "crop": chain["crop"],
-                "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain", "denoise_median": c.denoise_median,
-                                  "scale": "[0, 1]", "normalization": _normalization(cfg).to_dict()}}
-    chain["detect"]["denoise_median"] = chain["segment"]["denoise_median"] = cfg.data.denoise_median  # before each
-    return {"app": APP, "trained_run": str(folder), "classes": cfg.data.classes,
-            "stages": [chain["detect"], chain["segment"], classify]}

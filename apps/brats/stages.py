@@ -1,11 +1,12 @@
 """The brats stages that sit beside the main chain in `pipeline.py`: the segment stage (SAM fine-tuning, Dice of
 SAM / GrabCut / Otsu / box against the ground-truth masks), the median-filtered box set of `data.denoise_median`,
-and the classify stage with its crop-source comparison and test grid."""
+the classify stage with its crop-source comparison and test grid, and the exported pipeline's metadata."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,21 @@ def sources_table(metrics: dict[str, Any]) -> str:
     detect = metrics.get("detect", {}).get("test")
     head = f"Detector on the test split: {format_detection_line(detect)}\n\n" if detect else ""
     return head + markdown_table(rows, ["classifier trained and tested on", "accuracy", "macro F1", "seconds"])
+
+
+def pipeline_metadata(cfg: BratsConfig, folder: Path) -> dict[str, Any]:
+    """How to run the exported pipeline: stage order, classes, input sizes and preprocessing."""
+    from keras_medimg.detection.lesions import chain_metadata
+
+    d, seg, c = cfg.detect, cfg.segment, cfg.classify
+    chain = chain_metadata(detector_model=d.model, imgsz=d.imgsz, conf=d.conf, iou=d.iou, sam_model_type=seg.model_type,
+                           sam_checkpoint=seg.checkpoint, fallback=seg.fallback, margin=c.margin,
+                           mask_background=c.mask_background)
+    classify = {"stage": "classify", "backbone": cfg.model.backbone,
+                "network": asdict(cfg.network) if pipeline.uses_network(cfg) else None,
+                "input_size": cfg.model.image_size, "classes": cfg.data.classes, "crop": chain["crop"],
+                "preprocessing": {"grayscale": True, "channels": 3, "resize": "plain", "denoise_median": c.denoise_median,
+                                  "scale": "[0, 1]", "normalization": pipeline._normalization(cfg).to_dict()}}
+    chain["detect"]["denoise_median"] = chain["segment"]["denoise_median"] = cfg.data.denoise_median  # before each
+    return {"app": pipeline.APP, "trained_run": str(folder), "classes": cfg.data.classes,
+            "stages": [chain["detect"], chain["segment"], classify]}

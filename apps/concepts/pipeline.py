@@ -33,7 +33,7 @@ from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError
 from keras_medimg.metrics import imageclef as scoring
 from keras_medimg.metrics.thresholds import format_threshold_table
-from keras_medimg.runs import Run, RunPlace, RunResult, atomic_write_text, finish_run, start_run
+from keras_medimg.runs import Run, RunPlace, RunResult, atomic_write_text, finish_run, output_root, start_run
 
 log = logging.getLogger("keras_medimg.concepts")
 
@@ -223,7 +223,7 @@ def predict(cfg: ConceptsConfig, *, run: Run | RunPlace | None = None) -> RunRes
         detector.thresholds = np.full(len(detector.concepts), float(cfg.predict.threshold))
     source = Path(cfg.predict.images) if cfg.predict.images else _default_images(cfg)
     skipped = Skipped()
-    samples = unique_ids(list_images(source, exclude=[_output_root(run)], skipped=skipped), skipped)
+    samples = unique_ids(list_images(source, exclude=[output_root(run)], skipped=skipped), skipped)
     run = start_run(APP, "predict", cfg, run)
     loaded = time.perf_counter()
     probabilities, kept = detector.probabilities(samples, batch_size=cfg.predict.batch_size, skipped=skipped, strict=cfg.strict)
@@ -269,13 +269,6 @@ def _gradcam(detector: ConceptModel, samples: Sequence[Sample], found: dict, run
         files.update({(sample.id, detector.concepts[c]): str(path) for c, path in written.items()})
     log.info(f"Grad-CAM: {len(files)} overlays (one per predicted concept) in {run.dir / 'gradcam'}.")
     return files
-
-
-def _output_root(run: Run | RunPlace | None) -> Path:
-    """Where this command writes: never read as input, even when it lies inside the source folder."""
-    if isinstance(run, Run):
-        return run.dir
-    return Path(run.project) if run is not None and run.project is not None else Path("runs")
 
 
 def _default_images(cfg: ConceptsConfig) -> Path:

@@ -1,11 +1,14 @@
 """Train a registry-backbone image classifier from the shared `model` and `train` config sections.
 
 Every classification app builds the same network from its `model:` section (`build_classifier` with backbone,
-input size, pooling, hidden layer, dropout), trains it with `fit_plan` (head phase on a frozen backbone when
-the weights are pretrained, then fine-tuning under `model.freeze`) and goes on with the best checkpoint. This
-module does that once:
+input size, pooling, hidden layer, dropout; a `network:` section sizes a ConvNeXtV2/Swin backbone, see
+`models.small.network_backbone`), trains it with `fit_plan` (head phase on a frozen backbone when the weights
+are pretrained, then fine-tuning under `model.freeze`) and goes on with the best checkpoint. This module does
+that once:
 
     model, plan = fit_image_classifier(cfg.model, cfg.train, train_ds, val_ds, num_classes=4, run=run)
+    model, plan = fit_image_classifier(cfg.model, cfg.train, train_ds, val_ds, num_classes=4, run=run,
+                                       network=cfg.network)  # the backbone at network's widths/depths/stem
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from keras_medimg.config import ModelConfig, TrainConfig
+from keras_medimg.config import ModelConfig, NetworkConfig, TrainConfig
 from keras_medimg.runs import Run
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,29 @@ def known_length(dataset: Any, batches: int) -> Any:
     return dataset.repeat().take(batches)
 
 
+def build_image_classifier(model_cfg: ModelConfig, num_classes: int, *, network: NetworkConfig | None = None,
+                           channels: int = 3, multilabel: bool = False) -> Any:
+    """The uncompiled classifier `model_cfg` describes on `channels`-channel square inputs of `model.image_size`.
+
+    Args:
+        model_cfg: the `model` section (backbone, weights, image_size, pooling, hidden_units, dropout).
+        num_classes: outputs of the head.
+        network: the `network` section: a ConvNeXtV2/Swin `model.backbone` is built at its widths, depths and stem
+            (`models.small.network_backbone`; random weights); None, or empty widths, builds the registry entry.
+        channels: input channels (3 for RGB or grey repeated, 1 for grey).
+        multilabel: sigmoid outputs instead of one softmax.
+    """
+    from keras_medimg.models.classifier import build_classifier
+    from keras_medimg.models.small import network_backbone
+
+    m = model_cfg
+    backbone = m.backbone if network is None else network_backbone(m.backbone, network, image_size=m.image_size,
+                                                                    channels=channels, weights=m.weights)
+    return build_classifier(backbone, num_classes, input_shape=(m.image_size, m.image_size, channels),
+                            multilabel=multilabel, weights=m.weights, pooling=m.pooling, hidden_units=m.hidden_units,
+                            dropout=m.dropout)
+
+
 def fit_image_classifier(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -53,6 +79,8 @@ def fit_image_classifier(
     labels: Sequence[int] | None = None,
     resume: bool = False,
     train_samples: int | None = None,
+    network: NetworkConfig | None = None,
+    channels: int = 3,
 ) -> tuple[Any, Any]:
     """Build the classifier `model_cfg` describes, train it phase by phase into `run`, reload its best checkpoint.
 
@@ -70,11 +98,14 @@ def fit_image_classifier(
         resume: continue `run` from its last completed epoch.
         train_samples: images in `train_ds`; gives a streamed dataset of unknown length (one that drops
             unreadable files) its number of batches, which `train.schedule: cosine` needs (see `known_length`).
+        network: the `network` section sizing a ConvNeXtV2/Swin backbone (see `build_image_classifier`).
+        channels: input channels of the images in `train_ds`.
 
     Returns:
         (the model of weights/best.keras, else weights/last.keras; the `PlanResult` of `fit_plan`).
     """
-    from keras_medimg.models.classifier import build_classifier, load_model
+    from keras_medimg.models.classifier import load_model
+    from keras_medimg.models.small import sizes_backbone
     from keras_medimg.training.trainer import fit_plan
 
     m = model_cfg
@@ -83,12 +114,13 @@ def fit_image_classifier(
         train_ds = known_length(train_ds, -(-train_samples // config.batch_size))
 
     def build():
-        return build_classifier(m.backbone, num_classes, input_shape=(m.image_size, m.image_size, 3),
-                                multilabel=multilabel, weights=m.weights, pooling=m.pooling,
-                                hidden_units=m.hidden_units, dropout=m.dropout)
+        return build_image_classifier(m, num_classes, network=network, channels=channels, multilabel=multilabel)
 
-    log.info(f"Training {m.backbone} ({m.image_size}x{m.image_size}, weights {m.weights}, hidden {m.hidden_units}) "
-             f"-> {num_classes} {'sigmoid' if multilabel else 'softmax'} outputs for {config.epochs} epochs")
+    n = network
+    size = f"widths {n.widths}, depths {n.depths}, {n.stem} stem, " if n and sizes_backbone(m.backbone, n) else ""
+    log.info(f"Training {m.backbone} ({size}{m.image_size}x{m.image_size}, weights {m.weights}, hidden "
+             f"{m.hidden_units}) -> {num_classes} {'sigmoid' if multilabel else 'softmax'} outputs for {config.epochs} "
+             "epochs")
     plan = fit_plan(build, train_ds, val_ds, config=config, run=run, weights=m.weights,
                     freeze=m.freeze if freeze is None else freeze, labels=labels, multilabel=multilabel, resume=resume)
     return load_model(plan.best_path or plan.last_path), plan

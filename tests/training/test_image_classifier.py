@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_medimg.config import ModelConfig, TrainConfig
-from keras_medimg.training.image_classifier import backbone_normalization, fit_image_classifier
+from keras_medimg.config import ModelConfig, NetworkConfig, TrainConfig
+from keras_medimg.training.image_classifier import (backbone_normalization, build_image_classifier,
+                                                     fit_image_classifier)
 
 
 def _data(n: int = 16, size: int = 32):
@@ -31,6 +32,21 @@ def test_fit_image_classifier_builds_from_the_model_section_and_reloads_the_best
     # No validation set: the run watched the training loss, and last.keras is what came back.
     assert (run.dir / "weights" / "last.keras").is_file()
     np.testing.assert_allclose(model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).sum(), 1.0, rtol=1e-5)
+
+
+def test_build_image_classifier_sizes_the_backbone_by_the_network_section():
+    model_cfg = ModelConfig(backbone="convnextv2_atto", image_size=32, hidden_units=4, dropout=0.1)
+    network = NetworkConfig(widths=[8, 16], depths=[1, 1], stem="conv")
+    model = build_image_classifier(model_cfg, 3, network=network, channels=1)
+    assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 3)
+    backbone = model.get_layer("backbone")
+    assert backbone.output.shape[-1] == 16  # the last of network.widths, not the registry's atto (320)
+    assert {"hidden", "dropout"} <= {layer.name for layer in model.layers}
+    # Without widths the network section leaves the registry entry as it is, at the registry's size.
+    registry = build_image_classifier(model_cfg, 3, network=NetworkConfig(), channels=1)
+    assert registry.get_layer("backbone").output.shape[-1] == 320
+    multilabel = build_image_classifier(model_cfg, 3, network=network, channels=1, multilabel=True)
+    assert multilabel.get_layer("predictions").activation.__name__ == "sigmoid"
 
 
 def test_backbone_normalization_is_the_registry_one():
