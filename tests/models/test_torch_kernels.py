@@ -214,3 +214,59 @@ def test_code_traced_by_torch_compile_uses_keras_own_ops(original, rng, monkeypa
     compiled = torch.compile(lambda x: norm(conv(x), training=False), backend="eager")(inputs)
     assert "conv" in calls and "bn" in calls
     np.testing.assert_allclose(keras.ops.convert_to_numpy(compiled), keras.ops.convert_to_numpy(eager), rtol=1e-5, atol=1e-5)
+
+
+def _train_dense(optimizer, *, fast: bool, epochs: int = 4) -> list:
+    """Weights and optimizer variables after a few epochs of a small dense model, with or without fast kernels."""
+    was_installed = torch_kernels.installed()
+    torch_kernels.uninstall()
+    if fast:
+        torch_kernels.install()
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)])
+        model.compile(optimizer=optimizer, loss="mse")
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(16, 6)).astype("float32"), rng.normal(size=(16, 3)).astype("float32")
+        model.fit(x, y, epochs=epochs, batch_size=4, verbose=0, shuffle=False)
+        return [w.numpy() for w in model.weights] + [v.numpy() for v in model.optimizer.variables]
+    finally:
+        torch_kernels.uninstall()
+        if was_installed:
+            torch_kernels.install()
+
+
+ADAM_CASES = {
+    "adam": lambda: keras.optimizers.Adam(0.01),
+    # a large epsilon, so that adding it before or after the bias correction would show
+    "adamw": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1, epsilon=1e-2),
+    "accumulation": lambda: keras.optimizers.AdamW(0.01, gradient_accumulation_steps=2),
+    "schedule": lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.05, 2, 0.5)),
+}
+
+
+@on_torch
+@pytest.mark.parametrize("case", sorted(ADAM_CASES))
+def test_adam_update_matches_keras(case, monkeypatch):
+    stock = _train_dense(ADAM_CASES[case](), fast=False)
+    fallbacks = []
+    original = torch_kernels._adam_fallback
+    monkeypatch.setattr(torch_kernels, "_adam_fallback", lambda *a: fallbacks.append(1) or original(*a))
+    fast = _train_dense(ADAM_CASES[case](), fast=True)
+    assert fallbacks == []  # every update went through torch's fused kernel
+    assert len(fast) == len(stock)
+    for f, s in zip(fast, stock):  # weights, iterations, moments
+        np.testing.assert_allclose(f, s, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fast[0], _train_dense(ADAM_CASES[case](), fast=True, epochs=1)[0])  # training moved
+
+
+@on_torch
+def test_adam_amsgrad_keeps_keras_update(monkeypatch):
+    fallbacks = []
+    original = torch_kernels._adam_fallback
+    monkeypatch.setattr(torch_kernels, "_adam_fallback", lambda *a: fallbacks.append(1) or original(*a))
+    stock = _train_dense(keras.optimizers.Adam(0.01, amsgrad=True), fast=False, epochs=1)
+    fast = _train_dense(keras.optimizers.Adam(0.01, amsgrad=True), fast=True, epochs=1)
+    assert len(fallbacks) == 4  # one per step
+    for f, s in zip(fast, stock):
+        np.testing.assert_allclose(f, s, rtol=1e-6, atol=1e-7)
