@@ -53,6 +53,39 @@ def test_two_workers_step_together_resume_and_only_the_chief_writes(tmp_path):
     assert not any(Path(folder).exists() for folder in others)  # the other worker's temporary folders are gone
 
 
+# Found with 2 workers of `medimg --backend jax concepts train` (vgg16, 32 px, global batch 8): each worker builds its
+# own tf.data pipeline and keeps its half of every global batch, so both must build the SAME batches. make_dataset's
+# parallel decoding and augmentation maps run with deterministic=False when shuffling, so each process gets its own
+# order (six launches with one seed gave six orders) and the workers' halves overlap: some images are trained twice
+# per step, others not at all, silently. With a fixed order the 2-worker run's epoch-1 loss equals the 1-process one
+# (0.8433661 vs 0.8433661; unfixed 0.8430514). The fix belongs in keras_medimg/datasets/pipeline.py (`_pipeline`:
+# `deterministic = deterministic or not shuffle or distribute.worker().count > 1`); strict xfail until it lands.
+@pytest.mark.xfail(strict=True, reason="make_dataset does not yet fix its order under multiworker (datasets/pipeline.py)")
+def test_every_worker_builds_the_same_training_batches(tmp_path, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    from keras_medimg.datasets.pipeline import make_dataset
+    from keras_medimg.datasets.records import Sample
+    from keras_medimg.training import distribute
+
+    samples = []
+    for i in range(24):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), np.full((8, 8), i * 10, np.uint8))  # the image's value names it
+        samples.append(Sample(id=str(i), path=path, label="ab"[i % 2]))
+    monkeypatch.setattr(distribute, "_worker", distribute.Worker(index=1, count=2))
+
+    def order() -> list[int]:
+        dataset = make_dataset(samples, image_size=8, training=True, batch_size=8, channels=1, normalization=None,
+                               cache="memory", seed=3)
+        assert dataset.options().deterministic, "a worker's training pipeline may reorder its elements"
+        return [int(round(float(np.mean(image)) * 255 / 10)) for _ in range(2) for images, _ in dataset
+                for image in images]
+
+    first = order()
+    assert sorted(first) == sorted(list(range(24)) * 2)  # two epochs, every image once per epoch
+    assert first == order()  # another process (worker) building the same pipeline gets the same batches
+
+
 # The MAM-CLIP pretraining (a plain `model.fit` of a model with its own loss, not fit_plan) the same way: the
 # contrastive loss is taken over the global batch, so 2 workers with 8 pairs each equal one process with 16.
 # "full": each process XLA-compiles the dual encoder (JAX trains it only compiled), 12 minutes per launch on the
