@@ -577,8 +577,12 @@ def _pipeline(
     bridge: _Bridge,
     drop_remainder: bool,
 ) -> tf.data.Dataset:
+    from keras_medimg.training.distribute import worker
+
     count = len(samples)
-    deterministic = deterministic or not shuffle
+    # Unordered parallel maps give each process its own order: the workers of a multi-worker run must all build
+    # the same global batches (each keeps its share), so their order is fixed there too.
+    deterministic = deterministic or not shuffle or worker().count > 1
     paths = [str(s.path) for s in samples]
     with_targets = targets is not None
     # A dummy target keeps one element structure; it is dropped again before batching.

@@ -58,9 +58,8 @@ def test_two_workers_step_together_resume_and_only_the_chief_writes(tmp_path):
 # parallel decoding and augmentation maps run with deterministic=False when shuffling, so each process gets its own
 # order (six launches with one seed gave six orders) and the workers' halves overlap: some images are trained twice
 # per step, others not at all, silently. With a fixed order the 2-worker run's epoch-1 loss equals the 1-process one
-# (0.8433661 vs 0.8433661; unfixed 0.8430514). The fix belongs in keras_medimg/datasets/pipeline.py (`_pipeline`:
-# `deterministic = deterministic or not shuffle or distribute.worker().count > 1`); strict xfail until it lands.
-@pytest.mark.xfail(strict=True, reason="make_dataset does not yet fix its order under multiworker (datasets/pipeline.py)")
+# (0.8433661 vs 0.8433661; unfixed 0.8430514). keras_medimg/datasets/pipeline.py now fixes the order whenever the
+# process is one of several workers.
 def test_every_worker_builds_the_same_training_batches(tmp_path, monkeypatch):
     cv2 = pytest.importorskip("cv2")
     from keras_medimg.datasets.pipeline import make_dataset
