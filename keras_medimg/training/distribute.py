@@ -18,7 +18,11 @@
 run with the same `batch_size`, which is what makes their losses comparable (tests/training/test_multiworker.py).
 Each worker reads the same dataset and keeps its share of every global batch (Keras' `DataParallel.distribute_dataset`
 rebatches to `batch_size / workers` and shards), so every worker still decodes every image: worker processes scale
-the model's compute, not the input pipeline.
+the model's compute, not the input pipeline. It also means every worker must build the SAME global batches, in the
+same order: a pipeline whose parallel maps may reorder elements (`deterministic=False`) gives each process its own
+order, and the workers' shares of a step then overlap (some images trained twice, others not at all) without any
+error. Build training datasets with a fixed order whenever `worker().count > 1`
+(tests/training/test_multiworker.py::test_every_worker_builds_the_same_training_batches).
 
 Multi-worker start-up must come first: JAX starts its distributed runtime only before the first computation, so
 `initialize("multiworker")` must run before any dataset or model is made.
