@@ -5,11 +5,20 @@ the fusion transformer and vocabulary head + backward + AdamW update. The plain-
 architecture written with torchvision's ConvNeXt, `torch.nn.TransformerEncoderLayer` BERT-style layers (post-norm,
 GELU, learned positions, as BERT) and a pre-norm fusion layer; sizes, batch and sequence length match.
 
-Each measurement runs in its own child process (a Keras backend is fixed at import): build, `--warmup` steps, then
-`--steps` timed steps; the table shows the median and the ratio to plain PyTorch. Prints a table and writes JSON.
+Each runner lives in its own child process (a Keras backend is fixed at import): build, then `--warmup` steps.
+With `--schedule interleaved` (the default) all children stay alive and take their `--steps` timed steps in
+rounds, one step each per round, in an order rotated every round; on a machine shared with other work the load
+then falls on every runner alike, and `ratio` (the median over rounds of the step time over the best plain
+PyTorch variant's in the same round) compares like with like. `--schedule sequential` runs one child after
+another (what a machine with little memory or a study-size config on a CPU needs); there each child's median is
+taken alone. The table shows the median seconds per step and both ratios. Prints a table and writes JSON.
 
     python benchmarks/mamclip_step.py                          # tiny config, TF / torch / JAX / plain PyTorch
     python benchmarks/mamclip_step.py --configs tiny,study     # study size too (ConvNeXt-small, BERT-base; GPU)
+    python benchmarks/mamclip_step.py --jit both               # XLA on TensorFlow and JAX as well
+
+Keras' torch backend runs eagerly here, as plain PyTorch does (`jit_compile=True` there is torch.compile, which
+the plain-PyTorch runner does not use either).
 
 Configs: tiny = ConvNeXt-tiny at 64 px, BERT 2 x 64, text 64, batch 8 (the demo's scale with the study's image
 family); study = ConvNeXt-small at 768 x 768 (the Keras image tower is square; the study used 1024 x 768), BERT-base
@@ -25,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +71,7 @@ def _time(step, warmup: int, steps: int) -> dict:
     return {"median_s": statistics.median(times), "mean_s": statistics.mean(times), "steps": steps}
 
 
-def _keras(c: dict, warmup: int, steps: int, jit: bool) -> dict:
+def _keras_step(c: dict, jit: bool):
     import keras
 
     from keras_medimg.models import vlm
@@ -74,7 +84,7 @@ def _keras(c: dict, warmup: int, steps: int, jit: bool) -> dict:
                               fusion_heads=c["fusion_heads"])
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-6), jit_compile=jit)
     x = _inputs(c)
-    return _time(lambda: model.train_on_batch(x), warmup, steps)
+    return lambda: model.train_on_batch(x)
 
 
 def _torch_model(c: dict):
@@ -135,7 +145,7 @@ def _torch_model(c: dict):
     return MamClip()
 
 
-def _plain_torch(c: dict, warmup: int, steps: int, channels_last: bool) -> dict:
+def _plain_torch_step(c: dict, channels_last: bool):
     import torch
 
     model = _torch_model(c)
@@ -153,24 +163,41 @@ def _plain_torch(c: dict, warmup: int, steps: int, channels_last: bool) -> dict:
         model(x).backward()
         optimizer.step()
 
-    return _time(step, warmup, steps)
+    return step
 
 
 def _child(args: argparse.Namespace) -> None:
     c = CONFIGS[args.config]
     if args.kind == "torch_plain":
-        result = _plain_torch(c, args.warmup, args.steps, channels_last=args.variant == "channels_last")
+        step = _plain_torch_step(c, channels_last=args.variant == "channels_last")
     else:
-        result = _keras(c, args.warmup, args.steps, jit=args.variant == "jit")
-    print("RESULT " + json.dumps(result))
+        step = _keras_step(c, jit=args.variant == "jit")
+    if not args.serve:
+        print("RESULT " + json.dumps(_time(step, args.warmup, args.steps)), flush=True)
+        return
+    for _ in range(args.warmup):
+        step()
+    print("READY", flush=True)
+    for line in sys.stdin:  # one timed step per "STEP" line from the parent
+        if line.strip() != "STEP":
+            break
+        start = time.perf_counter()
+        step()
+        print(f"TIME {time.perf_counter() - start}", flush=True)
 
 
-def _run(kind: str, variant: str, config: str, args: argparse.Namespace) -> dict:
+def _command(kind: str, variant: str, config: str, args: argparse.Namespace) -> tuple[list[str], dict]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kind != "torch_plain":
         env["KERAS_BACKEND"] = kind
     command = [sys.executable, __file__, "--child", "--kind", kind, "--variant", variant, "--config", config,
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    return command, env
+
+
+def _run(kind: str, variant: str, config: str, args: argparse.Namespace) -> dict:
+    """One runner alone: build, warm up, time its steps."""
+    command, env = _command(kind, variant, config, args)
     started = time.time()
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -180,6 +207,76 @@ def _run(kind: str, variant: str, config: str, args: argparse.Namespace) -> dict
     return {**json.loads(line[7:]), "wall_s": round(time.time() - started, 1)}
 
 
+def _run_interleaved(runners: list[tuple[str, str]], config: str, args: argparse.Namespace) -> dict:
+    """All runners alive at once, one timed step each per round -> {runner: {"times": [...]} or {"error": ...}}."""
+    children, results = {}, {}
+    for runner in runners:  # built one after another, so that building does not slow the others' warm-up
+        command, env = _command(*runner, config, args)
+        started = time.time()
+        # stderr to a file: a child's warnings must not fill a pipe nobody reads while it waits for "STEP"
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(command + ["--serve"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=errors, text=True)
+        proc.errors_file = errors
+        if _read_line(proc, "READY") is None:
+            results[runner] = {"error": _last_error(proc), "wall_s": round(time.time() - started, 1)}
+        else:
+            children[runner] = proc
+            results[runner] = {"times": [], "build_s": round(time.time() - started, 1)}
+    order = list(children)
+    for round_ in range(args.steps):
+        for runner in order[round_ % len(order):] + order[: round_ % len(order)] if order else []:
+            proc = children[runner]
+            if "error" in results[runner]:
+                continue
+            proc.stdin.write("STEP\n")
+            proc.stdin.flush()
+            line = _read_line(proc, "TIME ")
+            if line is None:
+                results[runner] = {"error": _last_error(proc)}
+            else:
+                results[runner]["times"].append(float(line[5:]))
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+    for runner, r in results.items():
+        if r.get("times"):
+            r.update(median_s=statistics.median(r["times"]), mean_s=statistics.mean(r["times"]), steps=len(r["times"]))
+    return results
+
+
+def _read_line(proc: subprocess.Popen, prefix: str) -> str | None:
+    """The child's next stdout line starting with `prefix` (None when it exits first)."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line.strip()
+    return None
+
+
+def _last_error(proc: subprocess.Popen) -> str:
+    proc.kill()
+    proc.wait()
+    proc.errors_file.seek(0)
+    return (proc.errors_file.read().strip().splitlines() or ["no output"])[-1][:200]
+
+
+def _ratios(results: dict) -> None:
+    """Add ratio_to_plain_torch (median over the best plain runner's) and, where every runner took the same rounds,
+    ratio_per_round (the median over rounds of the step time over that plain runner's in the same round)."""
+    plain = [(r["median_s"], runner) for runner, r in results.items() if runner[0] == "torch_plain" and "median_s" in r]
+    if not plain:
+        return
+    anchor_s, anchor = min(plain)
+    for r in results.values():
+        if "median_s" not in r:
+            continue
+        r["ratio_to_plain_torch"] = round(r["median_s"] / anchor_s, 2)
+        times, anchor_times = r.get("times"), results[anchor].get("times")
+        if times and anchor_times and len(times) == len(anchor_times):
+            r["ratio_per_round"] = round(statistics.median(t / a for t, a in zip(times, anchor_times)), 2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="tiny")
@@ -187,9 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jit", default="off", help="off | on | both (XLA on TF/JAX; Keras torch ignores it)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per child (sequential schedule)")
+    parser.add_argument("--schedule", choices=["interleaved", "sequential"], default="interleaved",
+                        help="interleaved: all runners alive, one step each per round (fair on a shared machine); "
+                             "sequential: one runner after another (less memory)")
     parser.add_argument("--out", default="runs/bench/mamclip_step.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -202,18 +303,19 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.configs.split(","):
         plain = [("torch_plain", "nchw"), ("torch_plain", "channels_last")]
         keras_runs = [(b, v) for b in args.backends.split(",") for v in (jits if b != "torch" else ["eager_graph"])]
-        results = {(k, v): _run(k, v, config, args) for k, v in plain + keras_runs}
-        anchor = min((r["median_s"] for (k, _), r in results.items() if k == "torch_plain" and "median_s" in r),
-                     default=None)
+        if args.schedule == "interleaved":
+            results = _run_interleaved(plain + keras_runs, config, args)
+        else:
+            results = {(k, v): _run(k, v, config, args) for k, v in plain + keras_runs}
+        _ratios(results)
         for (kind, variant), r in results.items():
             rows.append({"config": config, "runner": "plain PyTorch" if kind == "torch_plain" else f"Keras {kind}",
-                         "variant": variant, **r,
-                         "ratio_to_plain_torch": round(r["median_s"] / anchor, 2) if anchor and "median_s" in r
-                         else None})
-    print(f"{'config':6} {'runner':14} {'variant':14} {'median s/step':>13} {'ratio':>6}")
+                         "variant": variant, "schedule": args.schedule, **r})
+    print(f"{'config':6} {'runner':16} {'variant':14} {'median s/step':>13} {'ratio':>6} {'per round':>9}")
     for r in rows:
         median = f"{r['median_s']:.3f}" if "median_s" in r else r.get("error", "")[:40]
-        print(f"{r['config']:6} {r['runner']:14} {r['variant']:14} {median:>13} {r['ratio_to_plain_torch'] or '':>6}")
+        print(f"{r['config']:6} {r['runner']:16} {r['variant']:14} {median:>13} "
+              f"{r.get('ratio_to_plain_torch', ''):>6} {r.get('ratio_per_round', ''):>9}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
