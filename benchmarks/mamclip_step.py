@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="tiny")
     parser.add_argument("--backends", default="tensorflow,torch,jax")
-    parser.add_argument("--jit", default="off", help="off | on | both (XLA on TF/JAX; Keras torch ignores it)")
+    parser.add_argument("--jit", default="off",
+                        help="off | on | both (XLA on TF/JAX; the Keras torch runner stays eager, as plain PyTorch)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per child (sequential schedule)")
