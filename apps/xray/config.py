@@ -99,6 +99,7 @@ class PredictConfig:
     max_det: int = 300
     overlays: bool = True
     runtime: Literal["torch", "onnx"] = "torch"
+    flat_sigmas: float = 5.0  # air tiles (only noise around one level) are not run; 0 runs every tile
 
 
 @dataclass

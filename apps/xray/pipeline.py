@@ -100,7 +100,8 @@ def tile_plan(cfg: XrayConfig) -> tiled.TilePlan:
 
 def merge_rule(cfg: XrayConfig, conf: float | None = None) -> tiled.MergeRule:
     p = cfg.predict
-    return tiled.MergeRule(p.conf if conf is None else conf, p.nms_iou, p.merge_iou, p.class_agnostic_merge, p.max_det)
+    return tiled.MergeRule(p.conf if conf is None else conf, p.nms_iou, p.merge_iou, p.class_agnostic_merge, p.max_det,
+                           p.flat_sigmas)
 
 
 def box_augment(cfg: XrayConfig) -> tiled.BoxAugment:
@@ -207,22 +208,24 @@ def detector_runner(cfg: XrayConfig, weights: Path) -> tuple[tiled.Runner, dict[
     return runner, names
 
 
-def predict_all(cfg: XrayConfig, weights: Path, samples: Sequence[Sample], conf: float) -> tuple[list[list[Box]], float]:
-    """Every scan's merged boxes (down to `conf`), and the seconds it took."""
+def predict_all(cfg: XrayConfig, weights: Path, samples: Sequence[Sample],
+                conf: float) -> tuple[list[list[Box]], float, dict[str, int]]:
+    """Every scan's merged boxes (down to `conf`), the seconds it took, and the tiles counted (`tiles_run`)."""
     runner, names = detector_runner(cfg, weights)
     plan, rule, cache = tile_plan(cfg), merge_rule(cfg, conf), tiled.ScanCache(conversion(cfg))
-    started = time.perf_counter()
-    found = [tiled.predict_scan(runner, cache(s.path), plan, rule, names) for s in samples]
-    return found, time.perf_counter() - started
+    started, stats = time.perf_counter(), {}
+    found = [tiled.predict_scan(runner, cache(s.path), plan, rule, names, stats) for s in samples]
+    return found, time.perf_counter() - started, stats
 
 
 def score(cfg: XrayConfig, weights: Path, samples: Sequence[Sample], mapping: Mapping[str, str],
           names: Sequence[str]) -> tuple[dict[str, Any], float]:
     """P/R/F1 at `predict.conf` and IoU `evaluate.iou`, mAP50 (every box down to 0.001), per class, PR curve."""
-    predicted, seconds = predict_all(cfg, weights, samples, conf=0.001)
+    predicted, seconds, stats = predict_all(cfg, weights, samples, conf=0.001)
     truth = [s.boxes for s in remap.remapped(samples, mapping)]
     report = evaluation.score_detections(predicted, truth, conf=cfg.predict.conf, iou=cfg.evaluate.iou,
                                          class_names=names)
+    report["tiles_run"] = stats.get("tiles_run", 0)  # after `predict.flat_sigmas` left out the air tiles
     return report, seconds
 
 
@@ -283,7 +286,7 @@ def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
     sources = list_images(cfg.predict.source, exclude=[run.dir], skipped=skipped)
     runner, names = detector_runner(cfg, weights)
     plan, rule, convert = tile_plan(cfg), merge_rule(cfg), conversion(cfg)
-    rows, done, started = [], 0, time.perf_counter()
+    rows, done, started, stats = [], 0, time.perf_counter(), {}
     for sample in sources:
         try:
             image = read_scan(sample.path, convert)
@@ -292,14 +295,15 @@ def predict(cfg: XrayConfig, *, run: Run | RunPlace | None = None) -> RunResult:
                 raise
             skipped.add_error(exc)
             continue
-        boxes = tiled.predict_scan(runner, image, plan, rule, names)
+        boxes = tiled.predict_scan(runner, image, plan, rule, names, stats)
         rows += evaluation.write_detections(run, sample.id, sample.path, image, boxes, class_map["detector_classes"],
                                             overlay=cfg.predict.overlays)
         done += 1
     seconds = time.perf_counter() - started
     run.write_csv("predictions.csv", rows, evaluation.PREDICTION_COLUMNS)
     metrics = {"images": done, "boxes": len(rows), "seconds": seconds,
-               "images_per_second": done / seconds if seconds else 0.0, "weights": str(weights)}
+               "images_per_second": done / seconds if seconds else 0.0, "weights": str(weights),
+               "tiles_run": stats.get("tiles_run", 0)}
     return finish_run(run, metrics, skipped)
 
 

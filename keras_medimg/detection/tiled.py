@@ -397,6 +397,9 @@ class MergeRule:
         merge_iou: IoU above which boxes from overlapping tiles are one object.
         class_agnostic: merge across classes (one object seen as two classes by two tiles is one box).
         max_det: most boxes per tile.
+        flat_sigmas: tiles that hold only noise around one level (air beside the body) are not run through the
+            detector: a tile is flat when every 4x4-pixel block mean lies within `flat_sigmas` noise standard
+            deviations (of a block mean, estimated in the tile itself) of the tile's median level. 0 runs every tile.
     """
 
     conf: float = 0.25
@@ -404,6 +407,37 @@ class MergeRule:
     merge_iou: float = 0.5
     class_agnostic: bool = False
     max_det: int = 300
+    flat_sigmas: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.flat_sigmas < 0:
+            raise ConfigError(f"predict.flat_sigmas must be 0 (run every tile) or positive, not {self.flat_sigmas}.")
+
+
+FLAT_BLOCK = 4  # block side of `flat_tiles`' means: small enough that a few-pixel button moves its block's mean
+FLAT_FLOOR = 2.0  # 8-bit levels: a block this close to the tile's level is flat even when the noise is ~0 (clipped air)
+
+
+def flat_tiles(tiles: np.ndarray, sigmas: float) -> np.ndarray:
+    """Which of `tiles` (`(N, S, S)`, 8-bit levels) hold nothing but noise around one level, as air does.
+
+    The noise of each tile is measured in the tile (median absolute difference of horizontally neighbouring
+    pixels, which edges barely move), so a noisy scanner raises the bar and a clean one lowers it; X-ray noise
+    depends on the signal, so one value per scan would be wrong for air or for bone. A tile is flat when every
+    `FLAT_BLOCK` x `FLAT_BLOCK` block mean lies within `sigmas` block-mean deviations of the tile's median (at least
+    `FLAT_FLOOR` levels). Anything the detector could find (an object, a body edge, a marker, padding, a gradient)
+    moves some block mean further than that. Spatially correlated noise makes block means vary more than the
+    estimate says, which keeps tiles in: the error is toward running a tile, never toward skipping an object.
+    """
+    tiles = np.asarray(tiles, np.float32)
+    n, height, width = tiles.shape
+    b = FLAT_BLOCK
+    blocks = tiles[:, : height // b * b, : width // b * b].reshape(n, height // b, b, width // b, b).mean(axis=(2, 4))
+    steps = np.abs(np.diff(tiles[:, ::4], axis=2)).reshape(n, -1)
+    pixel_sigma = 1.4826 * np.median(steps, axis=1) / np.sqrt(2.0)
+    level = np.median(blocks.reshape(n, -1), axis=1)
+    spread = np.abs(blocks - level[:, None, None]).reshape(n, -1).max(axis=1)
+    return spread <= np.maximum(sigmas * pixel_sigma / b, FLAT_FLOOR)
 
 
 def scan_inputs(image: np.ndarray, plan: TilePlan) -> tuple[np.ndarray, list[tuple[int, int]], float]:
@@ -420,14 +454,23 @@ def scan_inputs(image: np.ndarray, plan: TilePlan) -> tuple[np.ndarray, list[tup
 
 
 def predict_scan(run: Runner, image: np.ndarray, plan: TilePlan, rule: MergeRule,
-                 names: Mapping[int, str]) -> list[Box]:
-    """Detect objects in one uint8 scan: all its tiles through the detector in one call, boxes moved back into
-    scan pixels (clipped to the scan) and merged across tile borders.
+                 names: Mapping[int, str], stats: dict[str, int] | None = None) -> list[Box]:
+    """Detect objects in one uint8 scan: all its tiles through the detector in one call (less the flat ones, see
+    `MergeRule.flat_sigmas`), boxes moved back into scan pixels (clipped to the scan) and merged across tile borders.
+    `stats`, when given, counts `scans` and `tiles_run`.
 
     Returns:
         `Box`es in scan pixels with class names and scores, highest score first.
     """
     batch, positions, scale = scan_inputs(image, plan)
+    if plan.mode != "none" and rule.flat_sigmas > 0:
+        busy = ~flat_tiles(batch[:, 0] * 255.0, rule.flat_sigmas)
+        batch, positions = batch[busy], [p for p, keep in zip(positions, busy) if keep]
+    if stats is not None:
+        stats["scans"] = stats.get("scans", 0) + 1
+        stats["tiles_run"] = stats.get("tiles_run", 0) + len(positions)
+    if not len(batch):
+        return []
     per_tile = decode(run(batch), conf=rule.conf, iou=rule.nms_iou, max_det=rule.max_det)
     height, width = image.shape[:2]
     rows = []

@@ -52,7 +52,7 @@ def test_predict_scan_batches_all_tiles_in_one_call_maps_back_and_merges():
     image[100:120, 180:200] = 10  # one object inside the overlap of the first two tile columns
     plan = tiled.TilePlan(size=224, overlap=64)
     detector = _FakeDetector()
-    boxes = tiled.predict_scan(detector, image, plan, tiled.MergeRule(), {0: "zipper", 1: "key"})
+    boxes = tiled.predict_scan(detector, image, plan, tiled.MergeRule(flat_sigmas=0), {0: "zipper", 1: "key"})
     assert detector.calls == 1 and detector.batches[0][0] == 6  # a 3 x 2 grid, in one batch
     assert boxes == [Box(180, 100, 200, 120, "key", pytest.approx(0.9))]  # seen by 4 tiles, merged into one
 
@@ -163,3 +163,51 @@ def test_tile_trainer_best_checkpoint_follows_validation_loss_or_fitness(best_by
 def test_tile_trainer_rejects_an_unknown_best_measure():
     with pytest.raises(ConfigError, match="val_loss"):
         tiled.tile_trainer(None, None, best_by="map")
+
+
+def _air(rng, sigma: float, level: float = 225.0, size: int = 256) -> np.ndarray:
+    return np.clip(rng.normal(level, sigma, (size, size)), 0, 255).round()
+
+
+def test_flat_tiles_leave_out_noise_only_air_and_keep_anything_a_detector_could_find():
+    rng = np.random.default_rng(0)
+    button = _air(rng, 7.0)
+    button[101:106, 57:62] -= 20  # a 5-px button 3 noise sigmas darker than the air, off the 4-px block grid
+    gradient = _air(rng, 7.0) + np.linspace(0, 16, 256)[None]  # heel effect / the body's soft edge
+    marker = np.full((256, 256), 255.0)
+    marker[10:14, 10:20] = 250  # a faint mark on clipped (noise-free) air: 5 levels
+    tiles = np.stack([_air(rng, 7.0), _air(rng, 25.0), np.full((256, 256), 255.0), button, gradient, marker])
+    assert tiles_flat(tiles).tolist() == [True, True, True, False, False, False]
+
+
+def tiles_flat(tiles):
+    return tiled.flat_tiles(tiles, tiled.MergeRule().flat_sigmas)
+
+
+def test_flat_tile_threshold_scales_with_the_noise_of_the_tile():
+    """The same button is an object in clean air and noise in very noisy air: the bar follows the noise measured
+    in the tile, so a noisy scanner does not make every air tile count as busy."""
+    rng = np.random.default_rng(1)
+    clean, noisy = _air(rng, 3.0), _air(rng, 40.0)
+    for tile in (clean, noisy):
+        tile[120:126, 120:126] -= 15
+    assert tiles_flat(np.stack([clean, noisy])).tolist() == [False, True]
+    with pytest.raises(ConfigError, match="flat_sigmas"):
+        tiled.MergeRule(flat_sigmas=-1)
+
+
+def test_predict_scan_skips_air_tiles_but_still_finds_the_object_in_them():
+    rng = np.random.default_rng(2)
+    image = np.clip(rng.normal(200, 6, (300, 500)), 0, 255).astype(np.uint8)
+    image[100:120, 180:200] = 10  # the object sits in the first two tile columns only
+    plan = tiled.TilePlan(size=224, overlap=64)
+    detector, stats = _FakeDetector(), {}
+    boxes = tiled.predict_scan(detector, image, plan, tiled.MergeRule(), {0: "zipper", 1: "key"}, stats)
+    assert detector.batches[0][0] == 4 and stats == {"scans": 1, "tiles_run": 4}  # the 2 right-hand tiles are air
+    assert boxes == [Box(180, 100, 200, 120, "key", pytest.approx(0.9))]
+    every = _FakeDetector()
+    assert tiled.predict_scan(every, image, plan, tiled.MergeRule(flat_sigmas=0), {1: "key"}) == [
+        Box(180, 100, 200, 120, "key", pytest.approx(0.9))]
+    assert every.batches[0][0] == 6
+    air_only, none = np.full((300, 500), 200, np.uint8), _FakeDetector()
+    assert tiled.predict_scan(none, air_only, plan, tiled.MergeRule(), {1: "key"}) == [] and none.calls == 0
