@@ -108,6 +108,9 @@ class PretrainConfig:
     augment: GridAugment = field(default_factory=lambda: GridAugment(probability=0.5, hflip=False, zoom_min=0.9, zoom_max=1.0))
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # K of retrieval recall@K on validation pairs
     jit_compile: bool = False  # XLA (faster on GPU; slower to start on CPU)
+    # float16 compute, float32 weights and losses, loss scaling (study: mixed precision); "auto" = on only with a
+    # GPU (float16 compute is slow on CPUs). A resumed run keeps the policy its weights/last.keras was saved with.
+    mixed_precision: Literal["auto", True, False] = "auto"
     # none | mirrored (this process's devices) | multiworker (JAX worker processes); batch_size = global batch
     distribution: Literal["none", "mirrored", "multiworker"] = "none"
     verbose: int = 2  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
@@ -128,6 +131,8 @@ class FinetuneConfig:
     weight_decay: float = 0.0001
     class_weight: Literal["none", "balanced"] = "balanced"  # balanced = inverse class frequency in each subset
     augment: GridAugment = field(default_factory=lambda: GridAugment(probability=0.5, hflip=True))
+    # the classifiers fine-tuned, whatever the pretraining used: "auto" = mixed float16 only with a GPU | true | false
+    mixed_precision: Literal["auto", True, False] = "auto"
     # none | mirrored (this process's devices) | multiworker (JAX worker processes); batch_size = global batch
     distribution: Literal["none", "mirrored", "multiworker"] = "none"
     verbose: int = 0  # Keras progress per fold

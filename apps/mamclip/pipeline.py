@@ -174,6 +174,7 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
         "retrieval_val": recall,
         "distribution": {"mode": p.distribution, "global_batch": p.batch_size, "per_device_batch": per_device,
                          "replicas": distribute.replicas(strategy), "workers": distribute.worker().count},
+        "dtype_policy": model.dtype_policy.name,
         "seconds": round(time.time() - started, 1),
     }
     return finish_run(run, metrics, skipped, table=vlm_tasks.recall_table(recall, p.recall_at))
@@ -184,16 +185,27 @@ def _pretrain_model(spec: Any, tokenizer: Any, cfg: MamclipConfig, run: Run, sta
     import keras
 
     from keras_medimg.models import vlm
+    from keras_medimg.training.trainer import precision_scope, resolve_mixed_precision
 
-    if state is not None and (run.dir / "weights" / "last.keras").is_file():
-        log.info("Resuming pretraining at epoch %d of %d.", int(state["next_epoch"]) + 1, cfg.pretrain.epochs)
-        return keras.saving.load_model(run.dir / "weights" / "last.keras"), int(state["next_epoch"])
     p = cfg.pretrain
-    model = vlm.build_from_spec(spec, tokenizer)
-    model.compile(optimizer=keras.optimizers.AdamW(
-        p.learning_rate, weight_decay=p.weight_decay,
-        gradient_accumulation_steps=p.accumulation_steps if p.accumulation_steps > 1 else None),
-        jit_compile=p.jit_compile)
+    if state is not None and (run.dir / "weights" / "last.keras").is_file():
+        log.info("Resuming pretraining at epoch %d of %d.", int(state["next_epoch"]) + 1, p.epochs)
+        # The model (and its loss-scale optimizer) trains on in the policy it was saved with.
+        model = keras.saving.load_model(run.dir / "weights" / "last.keras")
+        if model.dtype_policy.name.startswith("mixed") != resolve_mixed_precision(p):
+            log.warning("Resuming with the '%s' dtype policy that weights/last.keras was saved with; "
+                        "pretrain.mixed_precision=%s applies to new runs only.", model.dtype_policy.name,
+                        p.mixed_precision)
+        return model, int(state["next_epoch"])
+    # Built and compiled under pretrain.mixed_precision, so that compile wraps AdamW in a LossScaleOptimizer;
+    # the stages after pretraining (retrieval, fine-tuning, probe) get the caller's policy back.
+    with precision_scope(p) as precision:
+        model = vlm.build_from_spec(spec, tokenizer)
+        model.compile(optimizer=keras.optimizers.AdamW(
+            p.learning_rate, weight_decay=p.weight_decay,
+            gradient_accumulation_steps=p.accumulation_steps if p.accumulation_steps > 1 else None),
+            jit_compile=p.jit_compile)
+    log.info("Built MAM-CLIP with the %s dtype policy.", precision)
     return model, 0
 
 
@@ -223,17 +235,38 @@ def _backbone_for(init: str, cfg: MamclipConfig, vlm_source: str | Path | None):
     if init == "vlm":
         if vlm_source is None:
             raise ConfigError("--init vlm needs a pretrain run: pass --init vlm:RUN.")
+        import keras
+
         model, _ = vlm_tasks.open_vlm(vlm_source)
         backbone = model.image_encoder.get_layer("backbone")
         if tuple(backbone.input_shape[1:3]) != (size, size):
             raise ConfigError(f"The pretrained encoder takes {backbone.input_shape[1]}-pixel images but "
                               f"model.image_size is {size}; set model.image_size to match.")
-        return backbone
+        if backbone.dtype_policy.name == keras.config.dtype_policy().name:
+            return backbone
+        return _rebuilt(backbone, cfg, vlm_source)
     if init == "imagenet":
         return build_backbone(cfg.model.backbone, input_shape=(size, size, 3), weights=cfg.model.weights or "imagenet")
     if init == "none":
         return build_backbone(cfg.model.backbone, input_shape=(size, size, 3), weights=None)
     raise ConfigError(f"Unknown init '{init}'. Use vlm:RUN, imagenet or none.")
+
+
+def _rebuilt(backbone: Any, cfg: MamclipConfig, vlm_source: str | Path):
+    """`backbone`'s weights in a new `model.backbone` built under the global dtype policy (`finetune.mixed_precision`):
+    layers keep the policy they were built under, so a pretrained encoder is rebuilt to change it."""
+    from keras_medimg.models.backbones import build_backbone
+
+    size = cfg.model.image_size
+    fresh = build_backbone(cfg.model.backbone, input_shape=(size, size, 3), weights=None)
+    theirs, ours = [tuple(w.shape) for w in backbone.weights], [tuple(w.shape) for w in fresh.weights]
+    if theirs != ours:
+        raise ConfigError(f"The image encoder of {vlm_source} is not a '{cfg.model.backbone}' (model.backbone); set "
+                          "model.backbone to the backbone it was pretrained with.")
+    fresh.set_weights(backbone.get_weights())
+    log.info("Rebuilt the pretrained '%s' encoder from the '%s' to the '%s' dtype policy (finetune.mixed_precision).",
+             cfg.model.backbone, backbone.dtype_policy.name, fresh.dtype_policy.name)
+    return fresh
 
 
 def parse_init(text: str) -> tuple[str, str | None]:
@@ -257,8 +290,13 @@ def curve_settings(cfg: MamclipConfig) -> CurveSettings:
 def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tuple[str, str | None]],
               sizes: list[str], cfg: MamclipConfig, skipped: Skipped) -> list[dict[str, Any]]:
     """`training.curve.label_count_curve` for every init (vlm:RUN, imagenet, none) on the same folds and subsets."""
+    from keras_medimg.training.trainer import precision_scope
+
     backbones = {name: partial(_backbone_for, init, cfg, source) for name, (init, source) in inits.items()}
-    return label_count_curve(samples, class_names, backbones, sizes, curve_settings(cfg), skipped)
+    # Every init's backbone and classifier are built and compiled under finetune.mixed_precision.
+    with precision_scope(cfg.finetune) as precision:
+        log.info("Fine-tuning with the %s dtype policy.", precision)
+        return label_count_curve(samples, class_names, backbones, sizes, curve_settings(cfg), skipped)
 
 
 def finetune(cfg: MamclipConfig, *, run: Run | RunPlace | None = None,

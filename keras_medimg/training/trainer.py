@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import keras
 import numpy as np
@@ -93,19 +93,25 @@ def resolve_jit_compile(config: TrainConfig) -> bool:
     return gpu_available() if config.jit_compile == "auto" else bool(config.jit_compile)
 
 
-def resolve_mixed_precision(config: TrainConfig) -> bool:
+class PrecisionSetting(Protocol):
+    """A config section with a `mixed_precision` key: `train`, or an app's own section (mamclip's `pretrain`)."""
+
+    mixed_precision: Literal["auto", True, False]
+
+
+def resolve_mixed_precision(config: PrecisionSetting) -> bool:
     """`mixed_precision` as a bool: "auto" means on only with a GPU (float16 compute is slow on CPUs)."""
     return gpu_available() if config.mixed_precision == "auto" else bool(config.mixed_precision)
 
 
-def setup_precision(config: TrainConfig) -> str:
+def setup_precision(config: PrecisionSetting) -> str:
     """Set the global dtype policy from `config.mixed_precision`; call it BEFORE building the model.
 
     Keras fixes a layer's compute dtype when the layer is created, so the policy cannot be changed by `fit`.
     `fit_plan` calls it for you (and puts the previous policy back once the model is built).
 
     Args:
-        config: the training section.
+        config: the training section (any section with `mixed_precision`).
 
     Returns:
         The policy name now in force ("mixed_float16" or "float32").
@@ -113,6 +119,24 @@ def setup_precision(config: TrainConfig) -> str:
     policy = "mixed_float16" if resolve_mixed_precision(config) else "float32"
     keras.config.set_dtype_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def precision_scope(config: PrecisionSetting) -> Iterator[str]:
+    """`setup_precision(config)` for the models built (and compiled) inside, then the previous global policy back.
+
+    Layers keep the policy they were built under, so a model built here trains in it, while models built later in
+    the same process (SAM, evaluation, the next stage of a study) get the caller's policy. Compile inside: Keras
+    wraps the optimizer in a `LossScaleOptimizer` for a model built under "mixed_float16".
+
+    Yields:
+        The policy name in force inside ("mixed_float16" or "float32").
+    """
+    previous = keras.config.dtype_policy()
+    try:
+        yield setup_precision(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 # === Optimiser, schedule, loss, metrics ===
@@ -768,13 +792,8 @@ def fit_plan(
                      per_replica_batch(config.batch_size, strategy), replicas(strategy), worker().count)
         if worker().count > 1:
             train_ds, val_ds = _whole_batches(train_ds, config), _whole_batches(val_ds, config)
-        previous = keras.config.dtype_policy()
-        precision = setup_precision(config)
-        try:
+        with precision_scope(config) as precision:
             model = build_model()
-        finally:
-            # Layers keep the policy they were built under; later models (SAM, evaluation) get the caller's.
-            keras.config.set_dtype_policy(previous)
         log.info("Built %s with the %s dtype policy.", model.name, precision)
         result = PlanResult(model=model, fits=[], precision=precision, replicas=replicas(strategy),
                             workers=worker().count)

@@ -1,0 +1,149 @@
+"""Mixed precision in MAM-CLIP: pretrain.mixed_precision and finetune.mixed_precision switch the dtype policy of the
+models they build (and only those), the dual encoder trains under mixed_float16 with loss scaling and float32
+losses and embeddings, and a saved mixed model comes back mixed (what resuming a run relies on)."""
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_medimg.apps.mamclip import pipeline
+from keras_medimg.apps.mamclip.config import MamclipConfig
+from keras_medimg.models import vlm
+from keras_medimg.training.curve import CurveSettings, ResettableClassifier
+from keras_medimg.training.trainer import precision_scope
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _mamclip_data import tiny_config  # noqa: E402
+
+CAPTIONS = ["A bright mass on the left side.", "A bright mass on the right side.", "No mass; fatty tissue only.",
+            "Scattered benign calcifications."]
+
+
+def _config(pretrain=None, finetune=None) -> MamclipConfig:
+    cfg = tiny_config(MamclipConfig(), "unused.jsonl")
+    return replace(cfg, pretrain=replace(cfg.pretrain, mixed_precision=pretrain or False),
+                   finetune=replace(cfg.finetune, mixed_precision=finetune or False))
+
+
+def _batch(tokenizer, n=4, size=32):
+    import tensorflow as tf
+
+    enc = tokenizer.encode(CAPTIONS[:n])
+    masks = vlm.mask_words(enc["token_ids"], enc["word_ids"], tf.constant([0, 1]),
+                           vocabulary_size=tokenizer.vocabulary_size, mask_id=tokenizer.mask_id, rate=0.3)
+    images = np.random.default_rng(0).uniform(size=(n, size, size, 3)).astype("float32")
+    return {"images": images, "token_ids": enc["token_ids"], "padding_mask": enc["padding_mask"],
+            **{k: v.numpy() for k, v in masks.items()}}
+
+
+def _policies(model) -> list[str]:
+    """The dtype policy of every layer, the model's own first, in the order the layers were made."""
+    return [layer.dtype_policy.name for layer in model._flatten_layers(include_self=True)]
+
+
+def _scale_state(optimizer) -> tuple[int, float]:
+    """(finite steps since the scale last changed, the loss scale) of a LossScaleOptimizer."""
+    return (int(keras.ops.convert_to_numpy(optimizer.step_counter)),
+            float(keras.ops.convert_to_numpy(optimizer.dynamic_scale)))
+
+
+@pytest.fixture
+def tokenizer():
+    return vlm.WordPieceTokenizer.build(CAPTIONS, sequence_length=16)
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_pretrain_key_sets_the_policy_of_the_model_only(tokenizer, mixed):
+    cfg = _config(pretrain=mixed)
+    before = keras.config.dtype_policy().name
+    model, first_epoch = pipeline._pretrain_model(pipeline._spec(cfg), tokenizer, cfg, run=None, state=None)
+    assert first_epoch == 0
+    assert model.dtype_policy.name == ("mixed_float16" if mixed else "float32")
+    backbone = model.image_encoder.get_layer("backbone")
+    assert backbone.compute_dtype == ("float16" if mixed else "float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == mixed
+    # Later stages in the same process (retrieval, fine-tuning, probe) are built under the caller's policy.
+    assert keras.config.dtype_policy().name == before
+
+
+@pytest.mark.slow
+def test_mamclip_trains_a_step_under_mixed_float16(tokenizer):
+    cfg = _config(pretrain=True)
+    model, _ = pipeline._pretrain_model(pipeline._spec(cfg), tokenizer, cfg, run=None, state=None)
+    x = _batch(tokenizer)
+    logs = model.train_on_batch(x, return_dict=True)
+    assert all(np.isfinite(logs[k]) for k in ("loss", "contrastive", "mlm", "logit_scale")), logs
+    # The step went through the loss-scale optimizer: applied at the scale (counted), or overflowed (scale halved).
+    assert _scale_state(model.optimizer) in ((1, 2.0 ** 15), (0, 2.0 ** 14))
+    out = model(x)
+    for key in ("image_embedding", "text_embedding", "mlm_logits"):
+        assert keras.backend.standardize_dtype(out[key].dtype) == "float32", key
+    for key in ("image_embedding", "text_embedding"):
+        norms = np.linalg.norm(keras.ops.convert_to_numpy(out[key]), axis=1)
+        np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert model.logit_scale.dtype == "float32"
+
+
+def test_a_mixed_mamclip_reloads_with_every_layer_as_saved(tokenizer, tmp_path):
+    cfg = _config(pretrain=True)
+    model, _ = pipeline._pretrain_model(pipeline._spec(cfg), tokenizer, cfg, run=None, state=None)
+    model.optimizer.build(model.trainable_variables)  # as after training, so its state is saved
+    model.save(tmp_path / "mixed.keras")
+    reloaded = keras.saving.load_model(tmp_path / "mixed.keras")
+    # Every layer as it was saved (ConvNeXt V2's and the towers' too, which used to come back float32): a resumed
+    # run trains on in the precision it started in.
+    assert _policies(reloaded) == _policies(model) and _policies(model).count("float32") == 1  # the MLM head
+    assert isinstance(reloaded.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert keras.config.dtype_policy().name == "float32"
+    images = _batch(tokenizer)["images"]
+    embeddings = reloaded.encode_images(images)
+    assert embeddings.dtype == np.float32
+    np.testing.assert_allclose(embeddings, model.encode_images(images), atol=1e-6)
+
+
+def test_finetune_key_rebuilds_a_pretrained_encoder_under_its_policy(tokenizer, tmp_path, monkeypatch):
+    cfg = _config(pretrain=False, finetune=True)
+    pretrained, _ = pipeline._pretrain_model(pipeline._spec(cfg), tokenizer, cfg, run=None, state=None)
+    pretrained.optimizer.build(pretrained.trainable_variables)  # saved as a pretrain run saves it
+    pretrained.save(tmp_path / "vlm.keras")
+    seen = {}
+
+    def curve(samples, class_names, backbones, sizes, settings, skipped):
+        seen["policy"] = keras.config.dtype_policy().name
+        seen["backbone"] = backbones["vlm"]()
+        return []
+
+    monkeypatch.setattr(pipeline, "label_count_curve", curve)
+    pipeline.run_curve([], ["a", "b"], {"vlm": ("vlm", str(tmp_path / "vlm.keras"))}, ["all"], cfg, None)
+    assert seen["policy"] == "mixed_float16" and keras.config.dtype_policy().name == "float32"
+    backbone = seen["backbone"]
+    assert backbone.dtype_policy.name == "mixed_float16"
+    for ours, theirs in zip(backbone.get_weights(), pretrained.image_encoder.get_layer("backbone").get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    # Under the same policy the pretrained encoder itself is used.
+    cfg = _config(finetune=False)
+    monkeypatch.setattr(pipeline, "label_count_curve", curve)
+    pipeline.run_curve([], ["a", "b"], {"vlm": ("vlm", str(tmp_path / "vlm.keras"))}, ["all"], cfg, None)
+    assert seen["policy"] == "float32" and seen["backbone"].dtype_policy.name == "float32"
+
+
+@pytest.mark.slow
+def test_a_classifier_built_under_mixed_precision_trains_with_loss_scaling():
+    cfg = _config(finetune=True)
+    with precision_scope(cfg.finetune):
+        backbone = pipeline._backbone_for("none", cfg, None)
+        trainer = ResettableClassifier(backbone, 3, CurveSettings(image_size=32, learning_rate=1e-3))
+    assert isinstance(trainer.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(size=(4, 32, 32, 3)).astype("float32"), np.array([0, 1, 2, 0])
+    loss = trainer.model.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    probs = keras.ops.convert_to_numpy(trainer.classifier(images))
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert _scale_state(trainer.model.optimizer) in ((1, 2.0 ** 15), (0, 2.0 ** 14))
+    trainer.reset()  # the loss scale is optimizer state too: every fold starts from the same one
+    assert _scale_state(trainer.model.optimizer) == (0, 2.0 ** 15)
