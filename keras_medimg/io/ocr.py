@@ -277,6 +277,7 @@ def read_burned_caption(
 
     Returns:
         The caption with its band and Tesseract's mean word confidence, or None when the raster has no band.
+        When the band's text holds no separator, the caption is "" and the band None (nothing is cut).
     """
     band = find_caption_band(pixels, max_fraction=max_band_fraction)
     if band is None:
@@ -284,7 +285,11 @@ def read_burned_caption(
     strip = to_gray8(pixels)[band.start : band.stop]
     # Tesseract misreads small type; enlarge bands whose lines are likely under ~30 px high.
     read = ocr_words(strip, lang=lang, psm=6, scale=2.0 if strip.shape[0] < 200 else 1.0)
-    caption, _ = caption_after_separator(read.text, separators)
+    caption, found = caption_after_separator(read.text, separators)
+    if not found:
+        # Text rows at a raster's edge without a separator ("Figure 3.", "~", " - ") are the picture's own type:
+        # a plot's panel titles, a scan's annotations. They are not a caption, and the picture keeps them.
+        return BurnedCaption("", read.text, read.confidence, None, figure_number(read.text))
     return BurnedCaption(caption, read.text, read.confidence, band, figure_number(read.text))
 
 

@@ -6,9 +6,11 @@ layer is empty are scanned pages: they are rendered and read with Tesseract (`ke
 figures are the large non-text regions of the scan.
 
 Pairing by layout (`pair_layout`): a caption is a text block that starts with the caption pattern ("Figure 3",
-"Fig. 3", "FIGURE 3-2"); images that touch or sit close together (or share a drawn frame) form one figure; a
-figure takes the caption right under or above it that overlaps it horizontally, with nothing else in between
-(the side most captions of the book use wins ties). Every image of a figure makes its own pair; when the caption
+"Fig. 3", "FIGURE 3-2") and goes on as a caption does, not with a lower-case word ("Figure 3 shows ..." is running
+text that names the figure); images that touch or sit close together, rows and columns of panels with their
+labels ("(a) fixed") between them, or images sharing a drawn frame form one figure; a figure takes the caption
+right under or above it (or its frame) that overlaps it horizontally, with nothing else in between (the side most
+captions of the book use wins ties). Every image of a figure makes its own pair; when the caption
 names panels "(a)", "(b)" and the figure has that many images, each keeps the shared sentence plus its own.
 "Figure 3 (continued)" takes the text of Figure 3, and a caption left without an image at the foot of a page
 takes the uncaptioned images at the top of the next page. Icons, logos and rules are dropped by size and by
@@ -449,7 +451,10 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
         if not starts[i] or i in used:
             continue
         label = pattern.match(clean_caption(block.text, headers))
-        label_only = len(clean_caption(block.text, headers)[label.end() :].strip(" .:")) == 0
+        after = clean_caption(block.text, headers)[label.end() :]
+        if _is_reference(after, continued):
+            continue
+        label_only = len(after.strip(" .:")) == 0
         block = _caption_paragraph(blocks, starts, i, used, label_only)
         text = clean_caption(block.text, headers)
         match = pattern.match(text)
@@ -470,6 +475,15 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
             )
         )
     return captions
+
+
+def _is_reference(after_label: str, continued: re.Pattern[str]) -> bool:
+    """Whether the text after a figure label is running text that names the figure ("Figure 2.2 shows the ...",
+    "Figure 7.15 a shows ..."): no punctuation after the label and a lower-case word next, as captions never start
+    (they start with a capital, a quote, a panel marker or punctuation). "Figure 3 continued" is a caption."""
+    if continued.match(after_label):
+        return False
+    return re.match(r"\s+[a-z]", after_label) is not None
 
 
 def _caption_paragraph(
@@ -580,7 +594,8 @@ def group_figures(layout: PageLayout, images: Sequence[PlacedImage], captions: S
             i = parent[i]
         return i
 
-    obstacles = [c.bbox for c in captions] + [b.bbox for b in layout.blocks]
+    labels = [b.bbox for b in layout.blocks if is_panel_label(b.text, settings.panel_pattern)]
+    obstacles = [c.bbox for c in captions] + [b.bbox for b in layout.blocks if b.bbox not in labels]
     for i, a in enumerate(images):
         for j in range(i + 1, len(images)):
             b = images[j]
@@ -589,9 +604,17 @@ def group_figures(layout: PageLayout, images: Sequence[PlacedImage], captions: S
                 continue
             gap_x = max(b.bbox[0] - a.bbox[2], a.bbox[0] - b.bbox[2])
             gap_y = max(b.bbox[1] - a.bbox[3], a.bbox[1] - b.bbox[3])
-            if max(gap_x, gap_y) > settings.figure_gap:
-                continue
             box = _union([a.bbox, b.bbox])
+            # Rows of panels with their labels ("(a) fixed", "(b) moving") set between them are one figure,
+            # however far apart the labels push the rows (up to a caption's distance).
+            labelled_rows = (settings.figure_gap < gap_y <= settings.max_caption_gap and gap_x <= settings.figure_gap
+                             and _between(min(a.bbox[3], b.bbox[3]), max(a.bbox[1], b.bbox[1]), box[0], box[2], labels))
+            # Panels of one row, each over (or under) its own label, stand further apart than a plain gap.
+            level = min(a.bbox[3], b.bbox[3]) - max(a.bbox[1], b.bbox[1]) > 0.5 * min(a.bbox[3] - a.bbox[1], b.bbox[3] - b.bbox[1])
+            labelled_columns = (level and settings.figure_gap < gap_x <= 2.5 * settings.figure_gap
+                                and _has_label(a.bbox, labels, settings.figure_gap) and _has_label(b.bbox, labels, settings.figure_gap))
+            if max(gap_x, gap_y) > settings.figure_gap and not (labelled_rows or labelled_columns):
+                continue
             between = [o for o in obstacles if _overlap(o, box) > 1 and o[1] < box[3] and o[3] > box[1]]
             if gap_y > 0 and _between(min(a.bbox[3], b.bbox[3]), max(a.bbox[1], b.bbox[1]), box[0], box[2], between):
                 continue
@@ -600,6 +623,33 @@ def group_figures(layout: PageLayout, images: Sequence[PlacedImage], captions: S
     for i, image in enumerate(images):
         groups.setdefault(find(i), []).append(image)
     return [reading_order(group) for group in groups.values()]
+
+
+def is_panel_label(text: str, pattern: str = PANEL_PATTERN) -> bool:
+    """Whether a text block is the labels of panels ("(a) fixed", or "(a) CC (b) MLO" read as one block): short
+    lines (40 characters at most), most of which start with a panel marker.
+
+    Example:
+        >>> is_panel_label("(a) fixed\\n(b) moving\\n(c) translation")
+        True
+        >>> is_panel_label("(a) Craniocaudal view: an oval mass with circumscribed margins.")  # a sentence
+        False
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or any(len(line) > 40 for line in lines):
+        return False
+    marked = [re.match(r"\s*" + pattern, line) is not None for line in lines]
+    return marked[0] and 2 * sum(marked) >= len(lines) and len(lines) <= 12
+
+
+def _has_label(box: Rect, labels: Sequence[Rect], gap: float) -> bool:
+    """Whether a panel label sits right under or right over an image, overlapping it horizontally."""
+    for r in labels:
+        if _overlap(box, r) <= 1:
+            continue
+        if box[3] - 2 <= r[1] <= box[3] + gap or box[1] - gap <= r[3] <= box[1] + 2:
+            return True
+    return False
 
 
 @dataclass
@@ -618,13 +668,16 @@ def _candidate_edges(
     for f, box in enumerate(boxes):
         frame = next((fr for fr in layout.frames if _contains(fr, box, 2)), None)
         others = [b for g, b in enumerate(boxes) if g != f]
+        # A figure in a drawn frame ends at the frame: a caption under the frame is measured from it, not from
+        # the picture, which may sit far inside it.
+        outer = frame if frame is not None and not any(_contains(frame, o, 2) for o in others) else box
         for c, caption in enumerate(captions):
             cb = caption.bbox
             if frame is not None and _contains(frame, cb, 2):
                 edges.append(_Edge(f, c, "frame", 0.0))
                 continue
             blockers = others + [o.bbox for o in captions if o is not caption]
-            edge = _vertical_edge(box, cb, settings, blockers) or _side_edge(box, cb, settings, blockers)
+            edge = _vertical_edge(outer, cb, settings, blockers) or _side_edge(outer, cb, settings, blockers)
             if edge is not None:
                 edges.append(_Edge(f, c, *edge))
     return edges
@@ -1013,7 +1066,7 @@ def _burned_job(job: tuple[np.ndarray, AtlasSettings]) -> dict[str, Any] | None:
 
 
 def _ocr_fingerprint(settings: AtlasSettings) -> str:
-    key = repr((settings.pairing, settings.ocr_lang, settings.ocr_separators, "v1"))
+    key = repr((settings.pairing, settings.ocr_lang, settings.ocr_separators, "v2"))
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

@@ -533,3 +533,88 @@ def test_next_page_takes_only_the_top_row(tmp_path):
     result = extract_atlas(path, AtlasSettings(ocr="never"))
     assert [(p.page, p.figure, p.method) for p in result.pairs] == [(1, "3", "layout"), (2, "4", "layout-next-page")]
     assert [(im.page, round(im.bbox[1])) for im in result.images_without_captions] == [(2, 500)]
+
+
+# --- Layouts met in real books (benchmarks/data/atlas_real_truth.json) -------------------------------------------
+
+
+def test_rows_and_columns_of_labelled_panels_are_one_figure(tmp_path):
+    # As in the InVesalius guide (figure 5.24) and the elastix manual (2.5): panels 24 pt apart in a row, a label
+    # under each, rows 40 pt apart; the caption under the last row only.
+    doc = pymupdf.open()
+    page = doc.new_page()
+    lefts, tops = (128, 249, 370), (140, 276)
+    for r, top in enumerate(tops):
+        for c, left in enumerate(lefts):
+            page.insert_image(pymupdf.Rect(left, top, left + 97, top + 96), pixmap=pixmap(picture(110 + 3 * r + c, 96, 97)))
+            text(page, (left + 10, top + 101, left + 97, top + 116), f"({'abcdef'[3 * r + c]}) view {3 * r + c}", 8)
+    text(page, (72, 400, 520, 430), "Figure 5.24: Some different types of pseudo-colour.")
+    text(page, (72, 480, 520, 560), "Body text under the figure, unrelated to it, in a paragraph of its own.", 10)
+    path = tmp_path / "panels.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    assert [p.figure for p in result.pairs] == ["5.24"] * 6
+    assert not result.images_without_captions
+
+
+def test_panels_of_two_figures_stay_apart_when_a_caption_is_between(tmp_path):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for k, top in enumerate((100, 330)):
+        for c, left in enumerate((72, 190)):
+            page.insert_image(pymupdf.Rect(left, top, left + 100, top + 100), pixmap=pixmap(picture(120 + 2 * k + c, 100, 100)))
+            text(page, (left + 20, top + 104, left + 100, top + 118), f"({'ab'[c]}) side {c}", 8)
+        text(page, (72, top + 126, 400, top + 150), f"Figure {k + 1}. Two views of mass {k + 1}.")
+    path = tmp_path / "two.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    assert [(p.figure, round(p.image.bbox[1])) for p in result.pairs] == [("1", 100), ("1", 100), ("2", 330), ("2", 330)]
+
+
+def test_running_text_that_names_a_figure_is_not_its_caption(tmp_path):
+    # "Figure 4.2 shows ..." opening a paragraph at the foot of a page must not take the next page's picture.
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 100, 252, 300), pixmap=pixmap(picture(130)))
+    text(page, (72, 306, 400, 330), "Figure 4.1: Menu to activate the flip tool.")
+    text(page, (72, 700, 520, 760), "Figure 4.2 shows a comparison between the input image and the flipped image. "
+         "All other orientations are also modified.", 10)
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 80, 252, 280), pixmap=pixmap(picture(131)))  # its caption is elsewhere
+    text(page, (72, 400, 520, 440), "Figure 4.3 (continued) The same tool, second step.")
+    text(page, (72, 500, 520, 540), "Figure6.17 shows the image from Figure 6.14 after the noise was removed.", 10)
+    path = tmp_path / "refs.pdf"
+    doc.save(path)
+    result = extract_atlas(path, AtlasSettings(ocr="never"))
+    assert [(p.page, p.figure, p.method) for p in result.pairs] == [(1, "4.1", "layout")]
+    assert [(im.page, round(im.bbox[1])) for im in result.images_without_captions] == [(2, 80)]
+    # the continued caption is still a caption (it found no image: it is listed)
+    assert [(c.figure, c.continued) for c in result.captions_without_images] == [("4.3", True)]
+
+
+def test_caption_under_a_drawn_frame_is_measured_from_the_frame(tmp_path):
+    # As in the AASTeX sample (figure 5): a plot far inside a large frame, the caption under the frame.
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.draw_rect(pymupdf.Rect(55, 72, 558, 658), color=(0.4, 0.7, 0.8), width=2)
+    page.insert_image(pymupdf.Rect(97, 258, 519, 472), pixmap=pixmap(picture(140, 200, 400)))
+    text(page, (51, 668, 562, 720), "Figure 5. Cumulative observing time as a function of spectral type.")
+    path = tmp_path / "frame.pdf"
+    doc.save(path)
+    (pair,) = extract_atlas(path, AtlasSettings(ocr="never")).pairs
+    assert (pair.figure, pair.method) == ("5", "layout")
+
+
+@needs_tesseract
+def test_text_rows_without_a_separator_are_the_pictures_own_not_a_caption():
+    # A plot whose top rows are its panel titles: a band of type, but no "Figure 3.", "~" or " - " in it.
+    from keras_medimg.datasets.synthetic.atlas import burn_caption
+
+    photo = picture(150, 300, 360)
+    burned = burn_caption(pymupdf, photo, "Cumulative observing time in nights for early stars", size=11)
+    titles_on_top = np.vstack([burned[300:], photo])
+    found = ocr.read_burned_caption(titles_on_top)
+    assert found is not None and "observing" in found.text  # read, so the text is there to see
+    assert found.caption == "" and found.band is None  # but it is not a caption and nothing is cut
+    labelled = np.vstack([burn_caption(pymupdf, photo, "Figure 3. Cumulative observing time", size=11)[300:], photo])
+    assert ocr.read_burned_caption(labelled).caption == "Cumulative observing time"
