@@ -27,7 +27,7 @@ from keras_medimg.errors import MedImgError, require
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: What comes before a burned-in caption, tried in order; the caption is the text after the first match.
+#: What comes before a burned-in caption; the caption is the text after the match that comes first in the text.
 #: "Figure 12 ~ Oval mass ..." (the ACR atlas' tilde), "12 - Oval mass ...", "Figure 12. Oval mass ...".
 DEFAULT_SEPARATORS = (r"~", r"\s[-\u2013\u2014]\s", r"\bfig(?:ure)?\.?\s*\d+(?:[-\u2013.]\d+)*[a-z]?\s*[.:]?")
 
@@ -138,24 +138,33 @@ def find_caption_band(
     Returns:
         The band (bottom first, then top), or None.
     """
+    bands = caption_bands(pixels, max_fraction=max_fraction, min_text_rows=min_text_rows, tolerance=tolerance)
+    return bands[0] if bands else None
+
+
+def caption_bands(
+    pixels: np.ndarray, *, max_fraction: float = 0.4, min_text_rows: int = 5, tolerance: int = 48
+) -> list[CaptionBand]:
+    """The bands of type at the bottom and top edges of a raster (`find_caption_band`), the likelier caption
+    first: the one with more lines of type, the bottom one on a tie. Both edges can look like a band: the soft edge
+    of a picture on a plain background, or a screenshot's title bar, has stroke-like rows."""
     gray = to_gray8(pixels).astype(np.int16)
     height = gray.shape[0]
     if height < 4 * min_text_rows:
-        return None
+        return []
     found = {}
     for side in ("bottom", "top"):
         band = _band_from_edge(gray[::-1] if side == "bottom" else gray, max_fraction, min_text_rows, tolerance)
         if band is not None:
             found[side] = band
-    if not found:
-        return None
-    # Both edges can look like a band (the soft edge of a picture on a plain background has stroke-like rows);
-    # the caption is the one with more lines of type (runs of text rows between blank rows).
-    side = max(found, key=lambda s: found[s][1])
-    inner = found[side][0]  # the band's depth from the edge
-    if side == "bottom":
-        return CaptionBand(height - inner, height, side, (0, height - inner))
-    return CaptionBand(0, inner, side, (inner, height))
+    bands = []
+    for side in sorted(found, key=lambda s: -found[s][1]):  # stable: bottom first on a tie
+        inner = found[side][0]  # the band's depth from the edge
+        if side == "bottom":
+            bands.append(CaptionBand(height - inner, height, side, (0, height - inner)))
+        else:
+            bands.append(CaptionBand(0, inner, side, (inner, height)))
+    return bands
 
 
 def _band_from_edge(
@@ -176,6 +185,23 @@ def _band_from_edge(
     # on the band's colour has long runs instead. Blank rows are (almost) all background.
     text_like = (background_share >= 0.3) & (edges >= 4) & (edges >= 0.06 * span) & (ink.mean(axis=1) >= 0.003)
     inked = ink.sum(axis=1) >= 2  # a short last line ("5.") or a dot of type: not blank, though too small for text
+    # The tops of capitals and ascenders (bottoms of descenders) of large type are too sparse in strokes to be
+    # text-like: light rows next to a run of text rows, within a third of the run's height (at least 4 rows) with
+    # only such rows between, belong to the band.
+    light = (background_share >= 0.7) & inked
+    for i in np.flatnonzero(light & ~text_like):
+        for step in (1, -1):
+            j = i + step
+            while 0 <= j < len(rows) and abs(j - i) <= 16 and light[j] and not text_like[j]:
+                j += step
+            if not (0 <= j < len(rows) and text_like[j]):
+                continue
+            k = j
+            while 0 <= k < len(rows) and text_like[k]:
+                k += step
+            if abs(j - i) <= max(4, abs(k - j) // 3):
+                background_share[i] = 1.0  # band-like (not counted as text)
+                break
     band_like = (background_share >= 0.9) | text_like
     limit = int(len(rows) * max_fraction)
     max_line = max(48, len(rows) // 12)  # a taller run of "text" rows is textured picture, not a line of type
@@ -193,6 +219,9 @@ def _band_from_edge(
         if not band_like[i]:
             if run:  # a run of "text" rows running into the picture is the picture's own edge
                 i, last_text, text_rows = i - run, before_run, text_rows - run
+            else:  # inked rows right at the picture are its own faint edge, not dots of type
+                while i > 0 and inked[i - 1] and not text_like[i - 1]:
+                    i -= 1
             break  # the picture starts
         lines += run > 0  # a line of type: text rows with blank rows on both sides
         run = 0
@@ -247,17 +276,19 @@ def ocr_words(pixels: np.ndarray, *, lang: str = "eng", psm: int = 6, scale: flo
 
 
 def caption_after_separator(text: str, separators: Sequence[str] = DEFAULT_SEPARATORS) -> tuple[str, bool]:
-    """The caption in OCR text: what follows the first separator pattern found (tried in order).
+    """The caption in OCR text: what follows the separator found first in the text (patterns found at the same
+    place: the one listed first). "Figure 1.1: CT scanner - www.example.com" is the caption after "Figure 1.1:",
+    not after the dash inside it.
 
     Returns:
         `(caption, found)`; without any separator, the whole text and False.
     """
     flat = " ".join(text.split())
-    for pattern in separators:
-        match = re.search(pattern, flat, re.IGNORECASE)
-        if match:
-            return flat[match.end() :].lstrip(" .:;,-~\u2013\u2014").strip(), True
-    return flat, False
+    matches = [m for m in (re.search(pattern, flat, re.IGNORECASE) for pattern in separators) if m]
+    if not matches:
+        return flat, False
+    first = min(matches, key=lambda m: m.start())  # min keeps the earlier-listed pattern on ties
+    return flat[first.end() :].lstrip(" .:;,-~\u2013\u2014").strip(), True
 
 
 def figure_number(text: str) -> str | None:
@@ -279,18 +310,20 @@ def read_burned_caption(
         The caption with its band and Tesseract's mean word confidence, or None when the raster has no band.
         When the band's text holds no separator, the caption is "" and the band None (nothing is cut).
     """
-    band = find_caption_band(pixels, max_fraction=max_band_fraction)
-    if band is None:
+    bands = caption_bands(pixels, max_fraction=max_band_fraction)
+    if not bands:
         return None
-    strip = to_gray8(pixels)[band.start : band.stop]
-    # Tesseract misreads small type; enlarge bands whose lines are likely under ~30 px high.
-    read = ocr_words(strip, lang=lang, psm=6, scale=2.0 if strip.shape[0] < 200 else 1.0)
-    caption, found = caption_after_separator(read.text, separators)
-    if not found:
-        # Text rows at a raster's edge without a separator ("Figure 3.", "~", " - ") are the picture's own type:
-        # a plot's panel titles, a scan's annotations. They are not a caption, and the picture keeps them.
-        return BurnedCaption("", read.text, read.confidence, None, figure_number(read.text))
-    return BurnedCaption(caption, read.text, read.confidence, band, figure_number(read.text))
+    gray = to_gray8(pixels)
+    for band in bands:  # the likelier band first; the other edge when the first holds no separator
+        strip = gray[band.start : band.stop]
+        # Tesseract misreads small type; enlarge bands whose lines are likely under ~30 px high.
+        read = ocr_words(strip, lang=lang, psm=6, scale=2.0 if strip.shape[0] < 200 else 1.0)
+        caption, found = caption_after_separator(read.text, separators)
+        if found:
+            return BurnedCaption(caption, read.text, read.confidence, band, figure_number(read.text))
+    # Text rows at a raster's edge without a separator ("Figure 3.", "~", " - ") are the picture's own type: a
+    # plot's panel titles, a screenshot's title bar. They are not a caption, and the picture keeps them.
+    return BurnedCaption("", read.text, read.confidence, None, figure_number(read.text))
 
 
 def study_burned_caption(pixels: np.ndarray, *, lang: str = "eng") -> BurnedCaption | None:

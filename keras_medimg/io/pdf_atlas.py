@@ -68,7 +68,8 @@ class AtlasSettings:
         header_fraction: share of the page height at the top and bottom where running headers and footers live.
         ocr: "auto" (scanned pages and uncaptioned images), "always" (every image) or "never".
         ocr_lang: Tesseract language.
-        ocr_separators: patterns that come before a burned-in caption; the caption is the text after the first.
+        ocr_separators: patterns that come before a burned-in caption; the caption is the text after the one
+            found first in the text.
         min_ocr_confidence: OCR pairs with a lower mean word confidence (0-100) are listed, not kept.
         scan_dpi: resolution at which scanned pages are rendered for OCR.
         caption_keywords: positional pairing: a caption page holds "Figure" and one of these words.
@@ -479,11 +480,12 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
 
 def _is_reference(after_label: str, continued: re.Pattern[str]) -> bool:
     """Whether the text after a figure label is running text that names the figure ("Figure 2.2 shows the ...",
-    "Figure 7.15 a shows ..."): no punctuation after the label and a lower-case word next, as captions never start
-    (they start with a capital, a quote, a panel marker or punctuation). "Figure 3 continued" is a caption."""
+    "Figure 7.15 a shows ...", "Figure 7.15.b shows ..."): a lower-case word right after the label, as captions
+    never start (they start with a capital, a quote, a panel marker or punctuation). "Figure 3 continued" is a
+    caption."""
     if continued.match(after_label):
         return False
-    return re.match(r"\s+[a-z]", after_label) is not None
+    return re.match(r"(?:\s+|\.)[a-z]", after_label) is not None
 
 
 def _caption_paragraph(
@@ -1066,7 +1068,7 @@ def _burned_job(job: tuple[np.ndarray, AtlasSettings]) -> dict[str, Any] | None:
 
 
 def _ocr_fingerprint(settings: AtlasSettings) -> str:
-    key = repr((settings.pairing, settings.ocr_lang, settings.ocr_separators, "v2"))
+    key = repr((settings.pairing, settings.ocr_lang, settings.ocr_separators, "v3"))
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

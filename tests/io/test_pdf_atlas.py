@@ -226,6 +226,9 @@ def test_caption_after_separator():
     assert ocr.caption_after_separator("12 - Oval BI-RADS 3 mass.") == ("Oval BI-RADS 3 mass.", True)
     assert ocr.caption_after_separator("Figure 4. Round mass.", [r"\bfig(?:ure)?\.?\s*\d+[.:]?"]) == ("Round mass.", True)
     assert ocr.caption_after_separator("no separator", ["~"]) == ("no separator", False)
+    # a dash inside the caption is not where it starts: the figure label comes first in the text
+    assert ocr.caption_after_separator("Figure 1.1: Medical CT scanner - www.example.com") == (
+        "Medical CT scanner - www.example.com", True)
 
 
 @needs_tesseract
@@ -583,6 +586,7 @@ def test_running_text_that_names_a_figure_is_not_its_caption(tmp_path):
     page.insert_image(pymupdf.Rect(72, 80, 252, 280), pixmap=pixmap(picture(131)))  # its caption is elsewhere
     text(page, (72, 400, 520, 440), "Figure 4.3 (continued) The same tool, second step.")
     text(page, (72, 500, 520, 540), "Figure6.17 shows the image from Figure 6.14 after the noise was removed.", 10)
+    text(page, (72, 600, 520, 640), "Figure 7.15.b shows the selected region in a new mask.", 10)
     path = tmp_path / "refs.pdf"
     doc.save(path)
     result = extract_atlas(path, AtlasSettings(ocr="never"))
@@ -618,3 +622,47 @@ def test_text_rows_without_a_separator_are_the_pictures_own_not_a_caption():
     assert found.caption == "" and found.band is None  # but it is not a caption and nothing is cut
     labelled = np.vstack([burn_caption(pymupdf, photo, "Figure 3. Cumulative observing time", size=11)[300:], photo])
     assert ocr.read_burned_caption(labelled).caption == "Cumulative observing time"
+
+
+def _typeset(lines: list[str], width: int, px: int, dark: bool = False) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=px)
+    band = Image.new("L", (width, 2 * (px // 2) + round(px * 1.25) * len(lines)), 0 if dark else 255)
+    for k, line in enumerate(lines):
+        ImageDraw.Draw(band).text((px // 2, px // 2 + k * round(px * 1.25)), line, font=font, fill=255 if dark else 0)
+    return np.asarray(band)
+
+
+def test_caption_band_of_large_type_is_found_and_cut_at_the_picture():
+    # 40-pixel type (9 pt on a 320 dpi image): the tops of its capitals are too sparse in strokes to look like text;
+    # they still belong to the band, and the cut is at the picture's edge (as on the InVesalius CT figure 4.2).
+    photo = np.zeros((500, 1000), np.uint8)
+    photo[100:450, 300:700] = 150
+    band = _typeset(["Figure 4.2: Example of a right-left flipped image."], 1000, 40)
+    found = ocr.find_caption_band(np.vstack([band, photo]))
+    assert found is not None and found.side == "top" and found.picture == (band.shape[0], band.shape[0] + 500)
+
+
+def test_faint_edge_of_a_picture_on_the_bands_colour_stays_with_the_picture():
+    # A photo on white whose lowest rows are a thin grey edge (a scanner's base): the cut keeps that edge.
+    photo = np.full((300, 500), 255, np.uint8)
+    photo[40:290, 60:440] = 120
+    photo[290:292, 100:140] = 90  # two rows with a little ink: the picture's edge, not a dot of type
+    band = _typeset(["Figure 1.1: Medical CT scanner - www.example.com"], 500, 22)
+    found = ocr.find_caption_band(np.vstack([photo, band]))
+    assert found is not None and found.side == "bottom"
+    assert found.picture[0] == 0 and 292 <= found.picture[1] <= 300 + 11  # kept the edge, cut above the type
+
+
+@needs_tesseract
+def test_the_other_edge_is_read_when_the_likelier_band_has_no_separator():
+    # A screenshot with two lines of title-bar type at its top and a one-line burned caption under it: the title
+    # bar has more lines, holds no separator, and is not the caption.
+    shot = np.full((260, 420), 200, np.uint8)
+    shot[60:240, 20:400] = 90
+    title = _typeset(["Skip images", "Import options"], 420, 14)
+    caption = _typeset(["Figure 3.6: Skip images option"], 420, 15)
+    found = ocr.read_burned_caption(np.vstack([title, shot, caption]))
+    assert found is not None and found.figure == "3.6" and found.caption == "Skip images option"
+    assert found.band.side == "bottom"
