@@ -2,6 +2,7 @@
 models they build (and only those), the dual encoder trains under mixed_float16 with loss scaling and float32
 losses and embeddings, and a saved mixed model comes back mixed (what resuming a run relies on)."""
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from keras_medimg.apps.mamclip import pipeline
 from keras_medimg.apps.mamclip.config import MamclipConfig
 from keras_medimg.models import vlm
+from keras_medimg.runs import RunPlace
 from keras_medimg.training.curve import CurveSettings, ResettableClassifier
 from keras_medimg.training.trainer import precision_scope
 
@@ -160,3 +162,46 @@ def test_a_classifier_built_under_mixed_precision_trains_with_loss_scaling():
     assert _scale_state(trainer.model.optimizer) in ((1, 2.0 ** 15), (0, 2.0 ** 14))
     trainer.reset()  # the loss scale is optimizer state too: every fold starts from the same one
     assert _scale_state(trainer.model.optimizer) == (0, 2.0 ** 15)
+
+
+def _pretrain_folder(tokenizer, cfg, folder: Path):
+    """A pretrain run's weights/ (best.keras, vocab.txt, vlm.json) holding a new model built under `cfg`."""
+    from dataclasses import asdict
+
+    from keras_medimg.models import vlm_tasks
+
+    spec = pipeline._spec(cfg)
+    model, _ = pipeline._pretrain_model(spec, tokenizer, cfg, run=None, state=None)
+    model.optimizer.build(model.trainable_variables)
+    (folder / "weights").mkdir(parents=True)
+    model.save(folder / "weights" / "best.keras")
+    tokenizer.save(folder / "weights" / "vocab.txt")
+    (folder / "weights" / "vlm.json").write_text(json.dumps({
+        "spec": spec.to_dict(), "tokenizer": tokenizer.config(),
+        "normalization": asdict(vlm_tasks.image_normalization(spec.backbone))}))
+    return model
+
+
+def test_a_mixed_model_is_copied_to_float32_for_export(tokenizer, tmp_path):
+    from keras_medimg.models import vlm_tasks
+
+    cfg = _config(pretrain=True)
+    mixed = _pretrain_folder(tokenizer, cfg, tmp_path)
+    _, tok, _, info = vlm_tasks.open_vlm_with_tokenizer(tmp_path)
+    copy = pipeline._float32_copy(mixed, tok, info, cfg)
+    assert set(_policies(copy)) == {"float32"} and keras.config.dtype_policy().name == "float32"
+    images = _batch(tokenizer)["images"]
+    np.testing.assert_allclose(copy.encode_images(images), mixed.encode_images(images), atol=2e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="from torch/JAX the encoders are written by a "
+                    "TensorFlow child process that does not register models.vlm's layers (TokenInputs), mixed or not")
+def test_a_mixed_pretrain_run_exports_to_savedmodel_and_onnx(tokenizer, tmp_path):
+    # Exported as trained, tf2onnx wrote a float16 GELU that onnxruntime refused to load.
+    cfg = _config(pretrain=True)
+    _pretrain_folder(tokenizer, cfg, tmp_path / "pretrain")
+    result = pipeline.export(cfg, str(tmp_path / "pretrain"), run=RunPlace(tmp_path / "runs"))
+    for part in ("image_encoder", "text_encoder"):
+        assert set(result.metrics["files"][part]) == {"savedmodel", "onnx"}
+        assert max(result.metrics["max_abs_diff"][part].values()) <= cfg.export.atol
