@@ -19,7 +19,7 @@ from keras_medimg.training.curve import CurveSettings, ResettableClassifier
 from keras_medimg.training.trainer import precision_scope
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _mamclip_data import tiny_config  # noqa: E402
+from _mamclip_data import tiny_config, write_pairs  # noqa: E402
 
 CAPTIONS = ["A bright mass on the left side.", "A bright mass on the right side.", "No mass; fatty tissue only.",
             "Scattered benign calcifications."]
@@ -205,3 +205,21 @@ def test_a_mixed_pretrain_run_exports_to_savedmodel_and_onnx(tokenizer, tmp_path
     for part in ("image_encoder", "text_encoder"):
         assert set(result.metrics["files"][part]) == {"savedmodel", "onnx"}
         assert max(result.metrics["max_abs_diff"][part].values()) <= cfg.export.atol
+
+
+@pytest.mark.slow
+def test_mixed_pretraining_runs_and_resumes_in_the_policy_it_started_in(tmp_path):
+    from keras_medimg.runs import open_run
+
+    pairs = write_pairs(tmp_path, n=16)
+    cfg = tiny_config(MamclipConfig(), pairs, epochs=1)
+    cfg = replace(cfg, pretrain=replace(cfg.pretrain, mixed_precision=True))
+    first = pipeline.pretrain(cfg, run=RunPlace(tmp_path / "runs"))
+    assert first.metrics["dtype_policy"] == "mixed_float16" and keras.config.dtype_policy().name == "float32"
+    assert np.isfinite(first.metrics["final"]["loss"]) and np.isfinite(first.metrics["final"]["val_loss"])
+    # Resumed with the key now off: the run trains on as it started, in mixed precision (and with a loss scale).
+    cfg = replace(cfg, pretrain=replace(cfg.pretrain, epochs=2, mixed_precision=False))
+    run = open_run(first.run.dir, "mamclip", "pretrain")
+    model, first_epoch = pipeline._pretrain_model(None, None, cfg, run=run, state={"next_epoch": 1})  # reads last.keras
+    assert first_epoch == 1 and _policies(model).count("float32") == 1
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
