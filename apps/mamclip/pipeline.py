@@ -103,7 +103,8 @@ def pretrain(cfg: MamclipConfig, *, run: Run | RunPlace | None = None, resume: b
     Under `pretrain.distribution` the model is built and fitted in `training.distribute.strategy_scope`, with
     `pretrain.batch_size` the global batch; with "multiworker" every worker runs this and only the chief writes.
     metrics.json: pairs (train/val), captions truncated, final and best losses (contrastive, MLM, logit scale),
-    retrieval recall@K both ways on the validation pairs with the chance level, distribution, seconds.
+    retrieval recall@K both ways on the validation pairs with the chance level, distribution, the dtype policy the
+    model trained in (`pretrain.mixed_precision`; a resumed run keeps the one it was saved with), seconds.
     """
     import keras
 
