@@ -262,8 +262,13 @@ def _read_line(proc: subprocess.Popen, prefix: str) -> str | None:
 
 
 def _last_error(proc: subprocess.Popen) -> str:
+    """Why a child stopped: killed by a signal (the kernel's out-of-memory killer sends SIGKILL) or its last
+    stderr line."""
+    died = proc.poll()
     proc.kill()
     proc.wait()
+    if died is not None and died < 0:
+        return f"killed by signal {-died}" + (" (out of memory?)" if -died == 9 else "")
     proc.errors_file.seek(0)
     return (proc.errors_file.read().strip().splitlines() or ["no output"])[-1][:200]
 
