@@ -260,9 +260,11 @@ def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
         raise InvalidInputError(path, "does not exist; pass the path of a .keras model file.")
     try:
         with zipfile.ZipFile(path) as archive:
-            uses_keras_hub = b'"keras_hub' in archive.read("config.json")
-        if uses_keras_hub:
+            config = archive.read("config.json")
+        if b'"keras_hub' in config:
             import keras_hub  # noqa: F401  registers keras-hub layers (Swin); slow to import, so only when used
+        if b'"TokenInputs"' in config or b'"MamClip"' in config:
+            from keras_medimg.models import vlm  # noqa: F401  registers the MAM-CLIP layers (the export child)
         return keras.saving.load_model(path, compile=compile)
     except Exception as exc:
         raise InvalidInputError(path, f"cannot be loaded as a Keras model ({type(exc).__name__}: {exc}); "

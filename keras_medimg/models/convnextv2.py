@@ -194,7 +194,15 @@ class ConvNeXtV2Backbone(keras.Model):
         config = dict(config)
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+        # The inner layers take the global policy when they are made: build under the saved one, so that a
+        # mixed-precision backbone reloads mixed (and a float32 one float32 under a mixed global policy).
+        previous = keras.config.dtype_policy()
+        if config.get("dtype") is not None:
+            keras.config.set_dtype_policy(config["dtype"])
+        try:
+            return cls(**config)
+        finally:
+            keras.config.set_dtype_policy(previous)
 
 
 def convnextv2(variant: str, *, image_shape: tuple[int | None, ...], drop_path_rate: float = 0.0,

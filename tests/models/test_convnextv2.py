@@ -160,3 +160,24 @@ def test_checkpoint_of_another_variant_is_refused(tmp_path):
     torch.save({"model": _torch_reference((1, 1, 1, 1), (8, 16, 24, 32)).state_dict()}, path)
     with pytest.raises(InvalidInputError, match="other.pt"):
         load_torch_checkpoint(ConvNeXtV2Backbone(**TINY, image_shape=(32, 32, 3)), path)
+
+
+def test_a_mixed_precision_backbone_reloads_mixed_and_a_float32_one_float32(tmp_path):
+    """Inner layers take the global policy when made: `from_config` must build under the saved one."""
+    import keras
+
+    from keras_medimg.models.classifier import load_model
+
+    previous = keras.config.dtype_policy()
+    try:
+        for saved, loaded_under in (("mixed_float16", "float32"), ("float32", "mixed_float16")):
+            keras.config.set_dtype_policy(saved)
+            model = convnextv2("atto", image_shape=(32, 32, 3))
+            path = tmp_path / f"{saved}.keras"
+            model.save(path)
+            keras.config.set_dtype_policy(loaded_under)
+            back = load_model(path)
+            assert {layer.dtype_policy.name for layer in back._flatten_layers() if layer.weights} == {saved}
+            assert keras.config.dtype_policy().name == loaded_under  # the caller's policy is left as it was
+    finally:
+        keras.config.set_dtype_policy(previous)
