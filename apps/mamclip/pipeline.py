@@ -423,28 +423,12 @@ def export(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = Non
     each verified against Keras, with metadata.json: preprocessing, logit scale, prompts, vocabulary file."""
     model, tok, folder, info = vlm_tasks.open_vlm_with_tokenizer(weights)
     if model.dtype_policy.name != "float32":
-        model = _float32_copy(model, tok, info, cfg)
+        model = vlm_tasks.float32_copy(model, tok, info)
     run = start_run(APP, "export", cfg, run)
     metrics = vlm_tasks.export_encoders(model, tok, run.subdir("export"), info=info, formats=cfg.export.formats,
                                         atol=cfg.export.atol,
                                         metadata={"app": APP, "source_run": str(folder), "prompts": cfg.prompts})
     return finish_run(run, metrics)
-
-
-def _float32_copy(model: Any, tokenizer: Any, info: dict[str, Any], cfg: MamclipConfig) -> Any:
-    """A MamClip trained under mixed precision, rebuilt in float32 from its spec with the same weights: served
-    models run on CPUs too, where float16 is slow, and tf2onnx mistypes float16 GELU (onnxruntime refuses the file)."""
-    from keras_medimg.models import vlm
-    from keras_medimg.training.trainer import precision_scope
-
-    spec = dict(info["spec"])
-    # The weights come from the trained model: none are loaded ("imagenet" would download).
-    spec = vlm.VlmSpec(**{**spec, "text": vlm.TextEncoderSpec(**spec["text"]), "weights": None})
-    with precision_scope(replace(cfg.pretrain, mixed_precision=False)):
-        copy = vlm.build_from_spec(spec, tokenizer)
-    copy.set_weights(model.get_weights())
-    log.info("Exporting the '%s' model in float32.", model.dtype_policy.name)
-    return copy
 
 
 # === The whole study ===

@@ -10,7 +10,10 @@ The official PyTorch checkpoints (`convnextv2_<variant>_1k_224_ema.pt`) load wit
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -196,13 +199,21 @@ class ConvNeXtV2Backbone(keras.Model):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         # The inner layers take the global policy when they are made: build under the saved one, so that a
         # mixed-precision backbone reloads mixed (and a float32 one float32 under a mixed global policy).
-        previous = keras.config.dtype_policy()
-        if config.get("dtype") is not None:
-            keras.config.set_dtype_policy(config["dtype"])
-        try:
+        with global_dtype_policy(config.get("dtype")):
             return cls(**config)
-        finally:
-            keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def global_dtype_policy(policy: Any) -> Iterator[None]:
+    """The global dtype policy set to `policy` (a name, a policy or its serialized dict; None keeps it) inside,
+    the caller's afterwards: what `from_config` of a model that makes its layers in `__init__` needs."""
+    previous = keras.config.dtype_policy()
+    if policy is not None:
+        keras.config.set_dtype_policy(keras.dtype_policies.deserialize(policy) if isinstance(policy, dict) else policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def convnextv2(variant: str, *, image_shape: tuple[int | None, ...], drop_path_rate: float = 0.0,

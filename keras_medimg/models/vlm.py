@@ -24,13 +24,12 @@ model.encode_texts(batch["token_ids"], batch["padding_mask"])  # (1, 32), unit n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -571,22 +570,10 @@ class MamClip(keras.Model):
         # The towers are rebuilt under the policy the model was saved with: functional wrappers and backbones that
         # build their layers in `__init__` (ConvNeXtV2Backbone) take the global policy, so a mixed_float16 model
         # would come back partly float32 (and a resumed run would train in another precision than it started).
-        with _global_dtype_policy(config.get("dtype")):
+        with convnextv2.global_dtype_policy(config.get("dtype")):
             for key in ("image_encoder", "text_encoder", "fusion"):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-@contextlib.contextmanager
-def _global_dtype_policy(policy: Any) -> Iterator[None]:
-    """The global dtype policy set to `policy` (a name, policy or its serialized dict; None keeps it) inside."""
-    previous = keras.config.dtype_policy()
-    if policy is not None:
-        keras.config.set_dtype_policy(keras.dtype_policies.deserialize(policy) if isinstance(policy, dict) else policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _l2(x: Any) -> Any:

@@ -245,3 +245,21 @@ def export_encoders(model: Any, tokenizer: Any, out: Path, *, info: Mapping[str,
     return {"files": {"image_encoder": {k: str(v) for k, v in image_result.paths.items()},
                       "text_encoder": {k: str(v) for k, v in text_result.paths.items()}},
             "max_abs_diff": {"image_encoder": image_result.max_abs_diff, "text_encoder": text_result.max_abs_diff}}
+
+
+def float32_copy(model: Any, tokenizer: Any, info: Mapping[str, Any]) -> Any:
+    """A MamClip trained under mixed precision, rebuilt in float32 from its spec (`info`, the run's vlm.json) with
+    the same weights: served models run on CPUs too, where float16 is slow, and tf2onnx mistypes a float16 GELU
+    (onnxruntime refuses the file)."""
+    import logging
+
+    from keras_medimg.models import convnextv2, vlm
+
+    spec = dict(info["spec"])
+    # The weights come from the trained model: none are loaded ("imagenet" would download).
+    spec = vlm.VlmSpec(**{**spec, "text": vlm.TextEncoderSpec(**spec["text"]), "weights": None})
+    with convnextv2.global_dtype_policy("float32"):
+        copy = vlm.build_from_spec(spec, tokenizer)
+    copy.set_weights(model.get_weights())
+    logging.getLogger(__name__).info("Exporting the '%s' model in float32.", model.dtype_policy.name)
+    return copy

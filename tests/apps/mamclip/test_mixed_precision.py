@@ -197,7 +197,7 @@ def test_a_mixed_model_is_copied_to_float32_for_export(tokenizer, tmp_path):
     cfg = _config(pretrain=True)
     mixed = _pretrain_folder(tokenizer, cfg, tmp_path)
     _, tok, _, info = vlm_tasks.open_vlm_with_tokenizer(tmp_path)
-    copy = pipeline._float32_copy(mixed, tok, info, cfg)
+    copy = vlm_tasks.float32_copy(mixed, tok, info)
     assert set(_policies(copy)) == {"float32"} and keras.config.dtype_policy().name == "float32"
     images = _batch(tokenizer)["images"]
     np.testing.assert_allclose(copy.encode_images(images), mixed.encode_images(images), atol=2e-2)
