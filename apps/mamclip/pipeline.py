@@ -233,48 +233,6 @@ def load_classification(cfg: MamclipConfig, skipped: Skipped) -> tuple[list[Samp
     return labelled, task.class_names(), left_out
 
 
-def _backbone_for(init: str, cfg: MamclipConfig, vlm_source: str | Path | None):
-    """The headless image backbone of an init: "vlm" (the pretrained image encoder), "imagenet" or "none"."""
-    from keras_medimg.models.backbones import build_backbone
-
-    size = cfg.model.image_size
-    if init == "vlm":
-        if vlm_source is None:
-            raise ConfigError("--init vlm needs a pretrain run: pass --init vlm:RUN.")
-        import keras
-
-        model, _ = vlm_tasks.open_vlm(vlm_source)
-        backbone = model.image_encoder.get_layer("backbone")
-        if tuple(backbone.input_shape[1:3]) != (size, size):
-            raise ConfigError(f"The pretrained encoder takes {backbone.input_shape[1]}-pixel images but "
-                              f"model.image_size is {size}; set model.image_size to match.")
-        if backbone.dtype_policy.name == keras.config.dtype_policy().name:
-            return backbone
-        return _rebuilt(backbone, cfg, vlm_source)
-    if init == "imagenet":
-        return build_backbone(cfg.model.backbone, input_shape=(size, size, 3), weights=cfg.model.weights or "imagenet")
-    if init == "none":
-        return build_backbone(cfg.model.backbone, input_shape=(size, size, 3), weights=None)
-    raise ConfigError(f"Unknown init '{init}'. Use vlm:RUN, imagenet or none.")
-
-
-def _rebuilt(backbone: Any, cfg: MamclipConfig, vlm_source: str | Path):
-    """`backbone`'s weights in a new `model.backbone` built under the global dtype policy (`finetune.mixed_precision`):
-    layers keep the policy they were built under, so a pretrained encoder is rebuilt to change it."""
-    from keras_medimg.models.backbones import build_backbone
-
-    size = cfg.model.image_size
-    fresh = build_backbone(cfg.model.backbone, input_shape=(size, size, 3), weights=None)
-    theirs, ours = [tuple(w.shape) for w in backbone.weights], [tuple(w.shape) for w in fresh.weights]
-    if theirs != ours:
-        raise ConfigError(f"The image encoder of {vlm_source} is not a '{cfg.model.backbone}' (model.backbone); set "
-                          "model.backbone to the backbone it was pretrained with.")
-    fresh.set_weights(backbone.get_weights())
-    log.info("Rebuilt the pretrained '%s' encoder from the '%s' to the '%s' dtype policy (finetune.mixed_precision).",
-             cfg.model.backbone, backbone.dtype_policy.name, fresh.dtype_policy.name)
-    return fresh
-
-
 def parse_init(text: str) -> tuple[str, str | None]:
     """'vlm:runs/mamclip/pretrain' -> ('vlm', path); 'imagenet' / 'none' -> (name, None)."""
     name, _, source = text.partition(":")
@@ -298,7 +256,9 @@ def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tu
     """`training.curve.label_count_curve` for every init (vlm:RUN, imagenet, none) on the same folds and subsets."""
     from keras_medimg.training.trainer import precision_scope
 
-    backbones = {name: partial(_backbone_for, init, cfg, source) for name, (init, source) in inits.items()}
+    backbones = {name: partial(vlm_tasks.init_backbone, init, source, backbone=cfg.model.backbone,
+                               image_size=cfg.model.image_size, weights=cfg.model.weights)
+                 for name, (init, source) in inits.items()}
     # Every init's backbone and classifier are built and compiled under finetune.mixed_precision.
     with precision_scope(cfg.finetune) as precision:
         log.info("Fine-tuning with the %s dtype policy.", precision)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from keras_medimg.datasets.records import Sample, Skipped
-from keras_medimg.errors import InvalidInputError
+from keras_medimg.errors import ConfigError, InvalidInputError
 
 
 def class_text_embeddings(model: Any, tokenizer: Any, prompts: Mapping[str, Sequence[str]],
@@ -263,3 +263,42 @@ def float32_copy(model: Any, tokenizer: Any, info: Mapping[str, Any]) -> Any:
     copy.set_weights(model.get_weights())
     logging.getLogger(__name__).info("Exporting the '%s' model in float32.", model.dtype_policy.name)
     return copy
+
+
+def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int,
+                  weights: str | None = None) -> Any:
+    """The headless image backbone a fine-tuning starts from: "vlm" (the image encoder of the pretrain run
+    `vlm_source`), "imagenet" (`weights`, default the ImageNet download) or "none" (random), at `image_size`."""
+    import keras
+
+    from keras_medimg.models.backbones import build_backbone
+
+    shape = (image_size, image_size, 3)
+    if init == "imagenet":
+        return build_backbone(backbone, input_shape=shape, weights=weights or "imagenet")
+    if init == "none":
+        return build_backbone(backbone, input_shape=shape, weights=None)
+    if init != "vlm":
+        raise ConfigError(f"Unknown init '{init}'. Use vlm:RUN, imagenet or none.")
+    if vlm_source is None:
+        raise ConfigError("--init vlm needs a pretrain run: pass --init vlm:RUN.")
+    model, _ = open_vlm(vlm_source)
+    pretrained = model.image_encoder.get_layer("backbone")
+    if tuple(pretrained.input_shape[1:3]) != (image_size, image_size):
+        raise ConfigError(f"The pretrained encoder takes {pretrained.input_shape[1]}-pixel images but "
+                          f"model.image_size is {image_size}; set model.image_size to match.")
+    if pretrained.dtype_policy.name == keras.config.dtype_policy().name:
+        return pretrained
+    # Layers keep the policy they were built under: to fine-tune under another (finetune.mixed_precision), the
+    # weights go into a fresh backbone built under the global policy.
+    fresh = build_backbone(backbone, input_shape=shape, weights=None)
+    if [tuple(w.shape) for w in pretrained.weights] != [tuple(w.shape) for w in fresh.weights]:
+        raise ConfigError(f"The image encoder of {vlm_source} is not a '{backbone}' (model.backbone); set "
+                          "model.backbone to the backbone it was pretrained with.")
+    fresh.set_weights(pretrained.get_weights())
+    import logging
+
+    logging.getLogger(__name__).info("Rebuilt the pretrained '%s' encoder from the '%s' to the '%s' dtype policy "
+                                     "(finetune.mixed_precision).", backbone, pretrained.dtype_policy.name,
+                                     fresh.dtype_policy.name)
+    return fresh

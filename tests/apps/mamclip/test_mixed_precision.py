@@ -14,7 +14,7 @@ import pytest
 from keras_medimg.apps.mamclip import pipeline
 from keras_medimg.backend import gpu_available
 from keras_medimg.apps.mamclip.config import MamclipConfig
-from keras_medimg.models import vlm
+from keras_medimg.models import vlm, vlm_tasks
 from keras_medimg.runs import RunPlace
 from keras_medimg.training.curve import CurveSettings, ResettableClassifier
 from keras_medimg.training.trainer import precision_scope
@@ -159,7 +159,8 @@ def test_finetune_key_rebuilds_a_pretrained_encoder_under_its_policy(tokenizer, 
 def test_a_classifier_built_under_mixed_precision_trains_with_loss_scaling():
     cfg = _config(finetune=True)
     with precision_scope(cfg.finetune):
-        backbone = pipeline._backbone_for("none", cfg, None)
+        backbone = vlm_tasks.init_backbone("none", None, backbone=cfg.model.backbone,
+                                           image_size=cfg.model.image_size)
         trainer = ResettableClassifier(backbone, 3, CurveSettings(image_size=32, learning_rate=1e-3))
     assert isinstance(trainer.model.optimizer, keras.optimizers.LossScaleOptimizer)
     rng = np.random.default_rng(0)
