@@ -14,7 +14,7 @@ from keras_medimg.apps.brats import pipeline
 from keras_medimg.apps.cli import cli
 from keras_medimg.datasets.yolo import check_yolo_dataset
 from keras_medimg.errors import ConfigError, InvalidInputError
-from keras_medimg.runs import create_run
+from keras_medimg.runs import create_run, open_run
 
 from .conftest import tiny_config, write_brain_set
 
@@ -148,10 +148,11 @@ def test_sam_checkpoint_of_wrong_type_fails_through_the_cli(tmp_path, brain_set)
     assert "sam_vit_l_0b3195.pth" in result.output and "vit_b" in result.output
 
 
-@pytest.mark.slow  # two tiny trains: over a minute on a busy 2-core machine
-def test_resume_keeps_the_detector_and_continues_the_classifier(brain_set, tmp_path):
-    run = create_run("brats", "train", project=tmp_path)
-    pipeline.train(tiny_config(brain_set), run=run)
+@pytest.mark.slow  # the module's finished run, copied, resumed for one more classifier epoch
+def test_resume_keeps_the_detector_and_continues_the_classifier(trained, brain_set, tmp_path):
+    # A copy of the module's finished tiny run (the same config), so the shared run stays as it was: the resume
+    # starts from a finished one-epoch run either way, without training it again here.
+    run = open_run(shutil.copytree(trained.run.dir, tmp_path / "train", symlinks=True), "brats", "train")
     detector = run.dir / "weights" / "detector.pt"
     trained_at = detector.stat().st_mtime_ns
     result = pipeline.train(tiny_config(brain_set, **{"train.epochs": 2}), run=run, resume=True)
