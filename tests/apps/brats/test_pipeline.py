@@ -161,10 +161,13 @@ def test_resume_keeps_the_detector_and_continues_the_classifier(trained, brain_s
     assert "accuracy" in result.metrics["classify"]["test"]
 
 
-@pytest.mark.slow  # one tiny detector and two tiny classifiers
-def test_compare_trains_each_backbone_on_the_same_crops(brain_set, tmp_path):
+@pytest.mark.slow  # two tiny classifiers on the crops of the module's detector
+def test_compare_trains_each_backbone_on_the_same_crops(trained, brain_set, tmp_path):
     # The ConvNeXt V2 entry is sized by network.widths, vgg16 keeps its registry size: both paths of one compare.
-    cfg = tiny_config(brain_set, **{"compare.backbones": "[vgg16, convnextv2_atto]"})
+    # The crops come from the module's trained detector (classify.detector): compare's own detector stage is the
+    # train stage's train_detect_stage, which the module's run covers; training it again bought nothing here.
+    cfg = tiny_config(brain_set, **{"compare.backbones": "[vgg16, convnextv2_atto]",
+                                    "classify.detector": trained.run.dir})
     result = pipeline.compare(cfg, run=create_run("brats", "compare", project=tmp_path))
     folder = result.run.dir
     rows = _rows(folder / "comparison.csv")
