@@ -56,9 +56,11 @@ def crops_made(monkeypatch):
 @pytest.mark.slow  # a tiny detector, SAM decoder fine-tuning and a classifier: 1-2 minutes on a busy 2-core CPU
 def test_sam_masks_blank_the_crops_in_train_and_predict(brain_set, tmp_path, tiny_sam, crops_made):
     checkpoint = tmp_path / "sam_vit_b_01ec64.pth"
+    # No compare_sources (tiny_config's whole-image classifier): whole images are never cut by a SAM mask, so that
+    # second classifier added a build, trace and evaluation and none of the crops this test checks.
     cfg = tiny_config(brain_set, **{"segment.checkpoint": checkpoint, "segment.finetune": "true",
                                     "segment.finetune_epochs": 1, "segment.finetune_learning_rate": "0.00001",
-                                    "detect.conf": 0.001})
+                                    "detect.conf": 0.001, "classify.compare_sources": "[]"})
     trained = pipeline.train(cfg, run=create_run("brats", "train", project=tmp_path / "runs"))
     folder = trained.run.dir
     segment = json.loads((folder / "metrics.json").read_text())["segment"]
