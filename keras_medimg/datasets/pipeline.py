@@ -40,7 +40,7 @@ from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.dicom import DICOM_SUFFIXES
 from keras_medimg.io.images import check_pixel_count, decode_png_rows, image_shape
 from keras_medimg.preprocessing.augment import Augment
-from keras_medimg.preprocessing.normalize import Normalization
+from keras_medimg.preprocessing.normalize import Normalization, per_image_minmax
 
 LabelMode = Literal["int", "multi_hot"] | None
 _PNG, _JPEG, _BRIDGE = 0, 1, 2  # how a file is decoded: NumPy PNG reader, tf.io.decode_jpeg, NumPy bridge
@@ -353,7 +353,8 @@ def _median(image, size: int):
     return tf.ensure_shape(filtered, image.shape)
 
 
-def _loader(image_size: int, channels: int, resize: str, denoise_median: int, bridge: _Bridge, kinds: Sequence[int]):
+def _loader(image_size: int, channels: int, resize: str, denoise_median: int, bridge: _Bridge, kinds: Sequence[int],
+            minmax: bool = False):
     def resized(image):
         # Shrinking (512 -> 224) averages over each output pixel's area, as OpenCV's INTER_AREA does, so fine
         # texture does not alias; it costs half of an antialiased bilinear resize. Enlarging is bilinear.
@@ -375,6 +376,8 @@ def _loader(image_size: int, channels: int, resize: str, denoise_median: int, br
         image = tf.ensure_shape(image, [image_size, image_size, channels])
         if denoise_median > 1:
             image = _median(image, denoise_median)
+        if minmax:  # Normalization.minmax: each image's own range, before augmentation (the affine part is per batch)
+            image = per_image_minmax(image)
         return image, target, ok, path
 
     return load
@@ -597,7 +600,8 @@ def _pipeline(
     work_channels = 1 if grey else channels
     kinds = sorted(set(decoders))
     _single_threaded_opencv()
-    load = _loader(image_size, work_channels, resize, denoise_median, bridge, kinds)
+    minmax = normalization is not None and normalization.minmax
+    load = _loader(image_size, work_channels, resize, denoise_median, bridge, kinds, minmax)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if _JPEG in kinds:
         # TensorFlow decodes JPEGs and fails on corrupt ones with an op error, which only `ignore_errors` drops;
@@ -620,7 +624,7 @@ def _pipeline(
     elif cache is not None:
         folder = Path(cache)
         folder.mkdir(parents=True, exist_ok=True)
-        settings = (image_size, work_channels, resize, denoise_median, tuple(decoders))
+        settings = (image_size, work_channels, resize, denoise_median, tuple(decoders), minmax)
         dataset = dataset.cache(str(folder / _cache_name(samples, settings)))
     if shuffle and cache is not None:
         dataset = dataset.shuffle(min(count, _SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)

@@ -78,10 +78,13 @@ def recall_table(recall: Mapping[str, float], ks: Sequence[int]) -> str:
 
 
 def image_normalization(backbone: str) -> Any:
-    """The input normalisation of registry backbone `backbone` (what its images are scaled with)."""
+    """MAM-CLIP's input normalisation: each image's own min..max to [0, 1] (the study's preprocessing), then that of
+    registry backbone `backbone`. The same for pretraining, fine-tuning, probe, zero-shot, embed and export."""
+    from dataclasses import replace
+
     from keras_medimg.models.backbones import get_spec
 
-    return get_spec(backbone).normalization
+    return replace(get_spec(backbone).normalization, minmax=True)
 
 
 def caption_tokenizer(captions: Sequence[str], *, preset: str | Path | None, sequence_length: int,

@@ -26,15 +26,22 @@ class Normalization:
         mean: per-channel value subtracted after scaling (in the scaled range).
         std: per-channel divisor after subtracting the mean.
         bgr: reverse the channel order (caffe-style models such as VGG16).
+        minmax: first stretch each image's own minimum..maximum to [0, 1] (`per_image_minmax`), as mammography
+            pipelines such as MAM-CLIP's do, so that images stored with different ranges (8-bit atlas prints,
+            12-bit detector values in 16-bit PNGs) reach the model alike. The input pipeline applies it when an
+            image is decoded, before augmentation; `apply` does it too.
     """
 
     scale: float = 1.0
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     bgr: bool = False
+    minmax: bool = False
 
     def apply(self, x: A) -> A:
-        """Normalise a NumPy array or tf/keras tensor of shape (..., C); works inside tf.data."""
+        """Normalise a NumPy array or tf/keras tensor of shape (..., H, W, C); works inside tf.data."""
+        if self.minmax:
+            x = per_image_minmax(x)
         if self.bgr:
             x = x[..., ::-1]
         return (x * self.scale - self._vector(self.mean)) / self._vector(self.std)
@@ -54,7 +61,24 @@ class Normalization:
             mean=tuple(data.get("mean", (0.0, 0.0, 0.0))),
             std=tuple(data.get("std", (1.0, 1.0, 1.0))),
             bgr=bool(data.get("bgr", False)),
+            minmax=bool(data.get("minmax", False)),
         )
+
+
+def per_image_minmax(x: A) -> A:
+    """Each image of `x` (..., H, W, C), a NumPy array or a tf tensor, scaled so that its own minimum is 0 and its
+    maximum 1; a flat image becomes all zeros."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        low = x.min(axis=(-3, -2, -1), keepdims=True)
+        span = x.max(axis=(-3, -2, -1), keepdims=True) - low
+        return ((x - low) / np.maximum(span, 1e-6)).astype(x.dtype)
+    import tensorflow as tf
+
+    low = tf.reduce_min(x, axis=[-3, -2, -1], keepdims=True)
+    span = tf.reduce_max(x, axis=[-3, -2, -1], keepdims=True) - low
+    return (x - low) / tf.maximum(span, tf.cast(1e-6, x.dtype))
 
 
 IMAGENET = Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD)

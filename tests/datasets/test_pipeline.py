@@ -71,6 +71,30 @@ def test_normalization_is_applied_last(samples, normalization):
         make_dataset(samples, image_size=8, training=False, batch_size=8, channels=1, normalization=IMAGENET)
 
 
+def test_minmax_normalization_gives_an_8_bit_print_and_a_12_bit_detector_image_the_same_input(tmp_path):
+    # The same picture stored two ways: an atlas print (8-bit, 20..240) and 12-bit detector values in a 16-bit PNG
+    # (0..4095 of 65535). Scaled by their dtype they reach the model at different levels; per-image min-max
+    # (MAM-CLIP's preprocessing) gives both the same input, and it is applied before augmentation.
+    picture = np.random.default_rng(0).random((16, 16))
+    printed = write_image(tmp_path / "print.png", np.round(20 + 220 * picture).astype(np.uint8), bits=8)
+    detector = write_image(tmp_path / "detector.png", np.round(4095 * picture).astype(np.uint16), bits=16)
+    samples = [Sample("print", printed), Sample("detector", detector)]
+    minmax = Normalization(mean=IMAGENET.mean, std=IMAGENET.std, minmax=True)
+    (plain,) = _batches(make_dataset(samples, image_size=16, training=False, batch_size=2, label_mode=None, normalization=IMAGENET))
+    assert np.abs(plain[0][0] - plain[0][1]).max() > 1.0  # without min-max they differ by much more than rounding
+    (same,) = _batches(make_dataset(samples, image_size=16, training=False, batch_size=2, label_mode=None, normalization=minmax))
+    np.testing.assert_allclose(same[0][0], same[0][1], atol=0.03)  # 8-bit rounding only
+    np.testing.assert_allclose(same[0][0][..., 0].min(), (0 - IMAGENET.mean[0]) / IMAGENET.std[0], atol=1e-5)
+    np.testing.assert_allclose(same[0][0][..., 0].max(), (1 - IMAGENET.mean[0]) / IMAGENET.std[0], atol=1e-5)
+    # Applied when decoded, before augmentation: a brightness shift survives it.
+    bright = Augment(probability=1.0, brightness=0.3)
+    (shifted,) = _batches(make_dataset(samples[:1], image_size=16, training=True, batch_size=1, label_mode=None,
+                                       normalization=Normalization(minmax=True), augment=bright, seed=3))
+    assert abs(float(shifted[0].mean()) - float(picture.mean())) > 0.02
+    # Normalization.apply does the same on arrays, and a flat image becomes zeros instead of NaN.
+    assert np.all(Normalization(minmax=True).apply(np.full((1, 4, 4, 1), 0.7, np.float32)) == 0)
+
+
 @pytest.mark.parametrize("normalization", [None, IMAGENET, CAFFE])
 def test_grey_pngs_stay_one_channel_until_batched_with_the_same_result(samples, normalization):
     grey = [s for s in samples if s.path.suffix == ".png" and check_image_file(s.path).grey]
