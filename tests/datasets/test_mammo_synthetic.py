@@ -49,6 +49,9 @@ def test_boxes_follow_the_drawn_lesions_on_both_sides():
 def test_random_lesion_follows_birads():
     rng = np.random.default_rng(0)
     assert random_lesion(rng, 1) == []
+    # BI-RADS 0 (incomplete): an architectural distortion, no mass, as the classification demo labels it.
+    (distortion,) = random_lesion(rng, 0)
+    assert distortion.kind == "architectural_distortion" and distortion.suspicious
     for _ in range(20):
         assert not any(lesion.suspicious for lesion in random_lesion(rng, 2) + random_lesion(rng, 3))
         assert all(lesion.suspicious for lesion in random_lesion(rng, 4))
@@ -58,3 +61,16 @@ def test_random_lesion_follows_birads():
         random_lesion(rng, 6)
     with pytest.raises(ValueError):
         Lesion("mass", shape="square")
+
+
+def test_demo_atlas_cases_cover_birads_0_to_5_and_caption_the_distortion():
+    # The atlas must show every finding the classification demo labels, or pretraining cannot learn it: BI-RADS 0
+    # there is an architectural distortion, which the atlas never drew before.
+    from keras_medimg.datasets.synthetic.atlas import describe_findings, random_case
+
+    rng = np.random.default_rng(0)
+    cases = [random_case(rng) for _ in range(120)]
+    assert {case.birads for case in cases} == set(range(6))
+    zero = next(case for case in cases if case.birads == 0)
+    text = describe_findings(zero)
+    assert "Architectural distortion" in text and "BI-RADS 0: incomplete" in text and "mass with" not in text

@@ -7,7 +7,7 @@ atlas: every caption is burned into its image as a white band under the picture 
 page is a scan (one raster holding a figure and its caption, no text layer).
 
 Captions are written from the drawing parameters (view, laterality, ACR density, mass shape and margin,
-calcification morphology, architectural distortion, BI-RADS category), so a model pretrained on the pairs can
+calcification morphology, architectural distortion, BI-RADS category 0-5), so a model pretrained on the pairs can
 learn how each finding looks. The ground truth of every pair (page, position on the page, caption) is returned
 and written to truth.jsonl, so extraction can be checked against it.
 """
@@ -34,6 +34,7 @@ DENSITY_WORDS = {
     4: "Extremely dense breast tissue (ACR density D).",
 }
 BIRADS_WORDS = {
+    0: "BI-RADS 0: incomplete, needs additional imaging evaluation.",
     1: "BI-RADS 1: negative.",
     2: "BI-RADS 2: benign finding.",
     3: "BI-RADS 3: probably benign finding.",
@@ -62,8 +63,9 @@ class Case:
 
 
 def random_case(rng: np.random.Generator) -> Case:
-    """A random case: view, side, density and BI-RADS-typical findings."""
-    birads = int(rng.integers(1, 6))
+    """A random case: view, side, density and BI-RADS-typical findings (BI-RADS 0..5, each equally likely; 0 is an
+    architectural distortion, the finding the classification demo labels BI-RADS 0)."""
+    birads = int(rng.integers(0, 6))
     return Case(
         view=str(rng.choice(["CC", "MLO"])),
         laterality=str(rng.choice(["L", "R"])),
@@ -335,4 +337,4 @@ def write_demo_atlases(out_dir: str | Path, *, seed: int = 0, pairs: int = 24, o
     return {"text_pdf": text_pdf, "ocr_pdf": ocr_pdf, "truth": truth_path, "pairs": truth}
 
 
-write_demo_atlases.version = 1  # for ensure_demo_data's cache key
+write_demo_atlases.version = 2  # for ensure_demo_data's cache key; 2: BI-RADS 0 (architectural distortion) cases

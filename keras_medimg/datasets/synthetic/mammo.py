@@ -85,7 +85,7 @@ class Lesion:
 def random_lesion(rng: np.random.Generator, birads: int) -> list[Lesion]:
     """BI-RADS-typical findings for one image.
 
-    1: none; 2: a small round circumscribed mass or coarse benign calcifications; 3: an oval circumscribed mass;
+    0 ("incomplete, needs additional imaging"): an architectural distortion without a central mass; 1: none; 2: a small round circumscribed mass or coarse benign calcifications; 3: an oval circumscribed mass;
     4: an irregular mass with an obscured margin, or fine pleomorphic calcifications; 5: an irregular spiculated
     mass, sometimes with fine pleomorphic or linear calcifications beside it.
 
@@ -93,9 +93,11 @@ def random_lesion(rng: np.random.Generator, birads: int) -> list[Lesion]:
     (about 0.6-1.8 cm), suspicious ones 0.09-0.15 (about 1.4-3 cm, the size at which most cancers are found at
     diagnosis), so that the findings stay visible when the image is shrunk to a small network's input.
     """
-    if birads not in (1, 2, 3, 4, 5):
-        raise ValueError(f"BI-RADS {birads} is not one of 1..5.")
+    if birads not in (0, 1, 2, 3, 4, 5):
+        raise ValueError(f"BI-RADS {birads} is not one of 0..5.")
     center = (float(rng.uniform(0.25, 0.75)), float(rng.uniform(0.3, 0.75)))
+    if birads == 0:
+        return [Lesion("architectural_distortion", center=center, size=float(rng.uniform(0.1, 0.15)))]
     if birads == 1:
         return []
     if birads == 2:

@@ -17,18 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_medimg.datasets.synthetic.mammo import MAX_VALUE, Lesion, draw_mammogram, random_lesion
+from keras_medimg.datasets.synthetic.mammo import MAX_VALUE, draw_mammogram, random_lesion
 from keras_medimg.datasets.teknofest import IMAGES, METADATA
 from keras_medimg.io.images import write_image
 
 BIRADS_CHOICES = (0, 1, 2, 4, 5)
-
-
-def _findings(rng: np.random.Generator, birads: int) -> list[Lesion]:
-    if birads == 0:
-        center = (float(rng.uniform(0.25, 0.75)), float(rng.uniform(0.3, 0.75)))
-        return [Lesion("architectural_distortion", center=center, size=float(rng.uniform(0.1, 0.15)))]
-    return random_lesion(rng, birads)
 
 
 def to_full_range(pixels: np.ndarray) -> np.ndarray:
@@ -50,7 +43,7 @@ def write_classification_demo(out_dir: str | Path, *, patients: int = 80, height
         birads = int(BIRADS_CHOICES[number % len(BIRADS_CHOICES)])
         density = int(rng.integers(1, 5))
         side_with_finding = str(rng.choice(["L", "R"]))
-        findings = _findings(rng, birads)
+        findings = random_lesion(rng, birads)
         for side in ("L", "R"):
             for view in ("CC", "MLO"):
                 here = side == side_with_finding
