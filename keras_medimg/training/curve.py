@@ -160,11 +160,12 @@ def _fold_data(samples: Sequence[Sample], class_names: Sequence[str], settings: 
     from keras_medimg.datasets.pipeline import make_dataset
     from keras_medimg.training.distribute import worker
 
-    # Workers keep their share of every global batch: the same batches in the same order, whole ones only.
+    # The same batches in the same order on every run (the curve compares inits by small differences, so a run
+    # must repeat exactly) and on every worker (each keeps its share of a global batch, whole ones only).
     return make_dataset(samples, image_size=settings.image_size, training=True, batch_size=settings.batch_size,
                         channels=3, normalization=settings.normalization, augment=settings.augment,
                         class_names=class_names, cache="memory", seed=seed, skipped=skipped, strict=settings.strict,
-                        deterministic=worker().count > 1, drop_remainder=worker().count > 1)
+                        deterministic=True, drop_remainder=worker().count > 1)
 
 
 def _evaluate_fold(model: Any, val: Sequence[Sample], class_names: Sequence[str], settings: CurveSettings,
