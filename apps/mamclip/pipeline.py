@@ -185,9 +185,8 @@ def _pretrain_model(spec: Any, tokenizer: Any, cfg: MamclipConfig, run: Run, sta
     """A new compiled MamClip, or the run's weights/last.keras when resuming -> (model, first epoch to train)."""
     import keras
 
-    from keras_medimg.backend import gpu_available
     from keras_medimg.models import vlm
-    from keras_medimg.training.trainer import precision_scope, resolve_mixed_precision
+    from keras_medimg.training.trainer import check_jit_with_mixed_precision, precision_scope, resolve_mixed_precision
 
     p = cfg.pretrain
     if state is not None and (run.dir / "weights" / "last.keras").is_file():
@@ -199,10 +198,7 @@ def _pretrain_model(spec: Any, tokenizer: Any, cfg: MamclipConfig, run: Run, sta
                         "pretrain.mixed_precision=%s applies to new runs only.", model.dtype_policy.name,
                         p.mixed_precision)
         return model, int(state["next_epoch"])
-    if p.jit_compile and keras.backend.backend() == "jax" and resolve_mixed_precision(p) and not gpu_available():
-        raise ConfigError("pretrain.jit_compile with pretrain.mixed_precision on the jax backend needs a GPU: JAX's "
-                          "CPU compiler refuses float16 matrix products with float32 accumulation. Set "
-                          "pretrain.mixed_precision=auto (float32 on a CPU) or pretrain.jit_compile=false.")
+    check_jit_with_mixed_precision(p.jit_compile, resolve_mixed_precision(p), section="pretrain")
     # Built and compiled under pretrain.mixed_precision, so that compile wraps AdamW in a LossScaleOptimizer;
     # the stages after pretraining (retrieval, fine-tuning, probe) get the caller's policy back.
     with precision_scope(p) as precision:

@@ -647,6 +647,7 @@ def _check_precision(model: keras.Model, config: TrainConfig) -> None:
     """
     wanted = resolve_mixed_precision(config)
     built_mixed = model.dtype_policy.name.startswith("mixed")
+    check_jit_with_mixed_precision(resolve_jit_compile(config), built_mixed, section="train")
     if wanted != built_mixed and config.mixed_precision == "auto":
         log.info("train.mixed_precision=auto would train in %s, but the model was built with the '%s' dtype "
                  "policy, so it trains in that. Build it after training.trainer.setup_precision(config) (fit_plan "
@@ -658,6 +659,15 @@ def _check_precision(model: keras.Model, config: TrainConfig) -> None:
             f"'{model.dtype_policy.name}' dtype policy. Call training.trainer.setup_precision(config) before "
             "building the model, or set train.mixed_precision to match."
         )
+
+
+def check_jit_with_mixed_precision(jit_compile: bool, mixed: bool, *, section: str) -> None:
+    """Refuse XLA with float16 compute on the jax backend without a GPU, before it fails deep in compilation:
+    JAX's CPU compiler refuses float16 matrix products with float32 accumulation."""
+    if jit_compile and mixed and keras.backend.backend() == "jax" and not gpu_available():
+        raise ConfigError(f"{section}.jit_compile with {section}.mixed_precision on the jax backend needs a GPU: "
+                          "JAX's CPU compiler refuses float16 matrix products with float32 accumulation. Set "
+                          f"{section}.mixed_precision=auto (float32 on a CPU) or {section}.jit_compile=false.")
 
 
 # === Phased plans ===

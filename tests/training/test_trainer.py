@@ -182,6 +182,23 @@ def test_user_errors_are_config_errors(run, data):
         fit(tiny_classifier(), train, val, config=quick(mixed_precision=True), run=run)
 
 
+def test_jitted_mixed_training_on_a_jax_cpu_is_a_clear_error_before_compiling(run, data, monkeypatch):
+    train, val = data
+    config = quick(epochs=1, mixed_precision=True, jit_compile=True)
+    try:
+        trainer.setup_precision(config)
+        model = tiny_classifier()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(trainer, "gpu_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.jit_compile=false"):
+        fit(model, train, val, config=config, run=run)
+    assert not model.compiled  # refused before compile
+    monkeypatch.setattr(trainer, "gpu_available", lambda: True)  # with a GPU the same settings are allowed
+    trainer.check_jit_with_mixed_precision(True, True, section="train")
+
+
 def test_auto_settings_are_off_without_a_gpu():
     if trainer.gpu_available():
         pytest.skip("this machine has a GPU")

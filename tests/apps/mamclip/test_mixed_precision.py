@@ -106,7 +106,7 @@ def test_jitted_mixed_pretraining_on_a_jax_cpu_is_a_clear_error(tokenizer, monke
     cfg = _config(pretrain=True)
     cfg = replace(cfg, pretrain=replace(cfg.pretrain, jit_compile=True))
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    monkeypatch.setattr("keras_medimg.backend.gpu_available", lambda: False)
+    monkeypatch.setattr("keras_medimg.training.trainer.gpu_available", lambda: False)
     with pytest.raises(ConfigError, match="pretrain.jit_compile=false"):
         pipeline._pretrain_model(pipeline._spec(cfg), tokenizer, cfg, run=None, state=None)
 
