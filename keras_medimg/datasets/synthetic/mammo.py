@@ -85,9 +85,10 @@ class Lesion:
 def random_lesion(rng: np.random.Generator, birads: int) -> list[Lesion]:
     """BI-RADS-typical findings for one image.
 
-    0 ("incomplete, needs additional imaging"): an architectural distortion without a central mass; 1: none; 2: a small round circumscribed mass or coarse benign calcifications; 3: an oval circumscribed mass;
-    4: an irregular mass with an obscured margin, or fine pleomorphic calcifications; 5: an irregular spiculated
-    mass, sometimes with fine pleomorphic or linear calcifications beside it.
+    0 ("incomplete, needs additional imaging"): an architectural distortion without a central mass; 1: none;
+    2: a small round circumscribed mass or coarse benign calcifications; 3: an oval circumscribed mass; 4: an
+    irregular mass with an obscured margin, or fine pleomorphic calcifications; 5: an irregular spiculated mass,
+    sometimes with fine pleomorphic or linear calcifications beside it.
 
     Sizes are fractions of the image height (a CC image spans roughly 15-20 cm): benign masses 0.04-0.09
     (about 0.6-1.8 cm), suspicious ones 0.09-0.15 (about 1.4-3 cm, the size at which most cancers are found at
