@@ -3,10 +3,14 @@
 Layout:
 
     <root>/all_pngs/<patient_id>/{LCC,LMLO,RCC,RMLO}.png
-    <root>/metadata_image_level.json    a list of records, one per image:
-        {"patient_id": "...", "image": "LCC.png" (or "all_pngs/<id>/LCC.png", or "view": "CC" + "laterality": "L"),
-         "birads": "BI-RADS 4" (or 4), "breast_composition": "C" (or "A".."D", 1..4)}
-      (a mapping {patient_id: [records]} is read too)
+    <root>/metadata_image_level.json    a list of records, one per image, as the authors' data card gives them:
+        {"patient_id": "...", "image_filename": "LCC.png", "relative_path": "all_pngs/<id>/LCC.png",
+         "view": "CC", "laterality": "left", "birads": 4, "birads_label": "BI-RADS 4", "breast_composition": "C",
+         "findings_locations": [...], "patient_birads": 4}
+      Also read: "image" / "file" / "filename" for the file name, or only "view" + "laterality" ("L"/"R" too);
+      "BI-RADS 4" for birads; 1..4 for the density; a mapping {patient_id: [records]} instead of a list.
+
+Some patients have three views (one missing in the source): only the images the metadata lists are read.
 
 The patient id is the group of patient-grouped folds. A record whose image is missing or whose label cannot be
 read is reported with the file and its record number (skipped, or raised with `strict`).
@@ -40,7 +44,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def _image_name(record: dict[str, Any]) -> str:
-    image = str(record.get("image") or record.get("file") or record.get("filename") or "").strip()
+    image = str(record.get("image_filename") or record.get("image") or record.get("file") or record.get("filename")
+                or record.get("relative_path") or "").strip()
     if image:
         return Path(image).name
     side = str(record.get("laterality", "")).strip().upper()[:1]
@@ -71,8 +76,9 @@ def read_teknofest(root: str | Path, *, skipped: Skipped | None = None, strict: 
             if not patient:
                 raise ValueError("patient_id is empty")
             name = _image_name(record)
-            labels = canonical_labels(record.get("birads", ""), record.get("breast_composition",
-                                                                           record.get("density", "")))
+            birads = record.get("birads")
+            labels = canonical_labels(birads if birads not in (None, "") else record.get("birads_label", ""),
+                                      record.get("breast_composition", record.get("density", "")))
             image = root / IMAGES / patient / name
             if not image.is_file():
                 raise ValueError(f"the image {IMAGES}/{patient}/{name} does not exist")

@@ -42,6 +42,34 @@ def test_demo_set_reads_back_with_patients_views_and_labels(tmp_path):
     assert {s.label for s in labelled} == {"1-2", "0", "4-5"}
 
 
+def test_the_release_metadata_fields_as_the_data_card_gives_them(tmp_path):
+    # The MAM-CLIP authors' DATA_CARD.md: image_filename, relative_path, view CC/MLO, laterality left/right, birads
+    # as an integer, birads_label, findings_locations, patient_birads; 840 patients have three views only.
+    rows = []
+    for patient, views, birads in (("H1", ("LCC", "LMLO", "RCC", "RMLO"), {"L": 4, "R": 1}),
+                                   ("H2", ("LCC", "RCC", "RMLO"), {"L": 0, "R": 0})):
+        for name in views:
+            write_image(tmp_path / "all_pngs" / patient / f"{name}.png", np.full((8, 6), 900, np.uint16), bits=16)
+            side = name[0]
+            rows.append({"patient_id": patient, "image_filename": f"{name}.png",
+                         "relative_path": f"all_pngs/{patient}/{name}.png", "view": name[1:],
+                         "laterality": "left" if side == "L" else "right", "birads": birads[side],
+                         "birads_label": f"BI-RADS {birads[side]}", "breast_composition": "B",
+                         "findings_locations": ["upper outer"] if birads[side] == 4 else [],
+                         "patient_birads": max(birads.values())})
+    (tmp_path / "metadata_image_level.json").write_text(json.dumps(rows))
+    samples = {s.id: s for s in read_teknofest(tmp_path)}
+    assert sorted(samples) == ["H1/LCC", "H1/LMLO", "H1/RCC", "H1/RMLO", "H2/LCC", "H2/RCC", "H2/RMLO"]
+    assert samples["H1/LMLO"].meta["birads"] == "4" and samples["H1/RCC"].meta["birads"] == "1"
+    assert samples["H2/LCC"].meta["birads"] == "0" and samples["H2/RMLO"].meta["density"] == "B"
+    assert (samples["H1/RMLO"].laterality, samples["H1/RMLO"].view, samples["H1/RMLO"].group) == ("R", "MLO", "H1")
+    assert str(samples["H2/RCC"].path).endswith("all_pngs/H2/RCC.png")
+    # Only birads_label given: read from it.
+    rows[0]["birads"] = None
+    (tmp_path / "metadata_image_level.json").write_text(json.dumps(rows))
+    assert {s.id: s for s in read_teknofest(tmp_path)}["H1/LCC"].meta["birads"] == "4"
+
+
 def test_unknown_label_value_names_file_and_row(tmp_path):
     root = write_classification_demo(tmp_path, patients=2, height=64, width=48)
     meta = tmp_path / "metadata_image_level.json"

@@ -51,11 +51,14 @@ def write_classification_demo(out_dir: str | Path, *, patients: int = 80, height
                                         lesions=findings if here else ())
                 name = f"{side}{view}.png"
                 write_image(out / IMAGES / patient / name, to_full_range(pixels), bits=16)
-                records.append({"patient_id": patient, "image": name, "view": view, "laterality": side,
-                                "birads": f"BI-RADS {birads if here else 1}",
-                                "breast_composition": "ABCD"[density - 1]})
+                label = birads if here else 1
+                records.append({"patient_id": patient, "image_filename": name,
+                                "relative_path": f"{IMAGES}/{patient}/{name}", "view": view,
+                                "laterality": "left" if side == "L" else "right", "birads": label,
+                                "birads_label": f"BI-RADS {label}", "breast_composition": "ABCD"[density - 1],
+                                "patient_birads": birads})
     (out / METADATA).write_text(json.dumps(records, indent=1), encoding="utf-8")
     return out
 
 
-write_classification_demo.version = 2  # 2: full 16-bit range
+write_classification_demo.version = 3  # 2: full 16-bit range; 3: the release's metadata fields
