@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from keras_medimg.errors import InvalidInputError
@@ -233,9 +234,8 @@ def convnextv2(variant: str, *, image_shape: tuple[int | None, ...], drop_path_r
     )
 
 
-def _torch_to_keras(key: str, value):
-    """Convert one official state-dict tensor to the layout of the matching Keras weight."""
-    array = value.detach().cpu().float().numpy()
+def _torch_to_keras(key: str, array: np.ndarray) -> np.ndarray:
+    """Convert one official state-dict array to the layout of the matching Keras weight."""
     if array.ndim == 4 and key.endswith("dwconv.weight"):  # (C, 1, kh, kw) -> (kh, kw, C, 1)
         return array.transpose(2, 3, 0, 1)
     if array.ndim == 4 and key.endswith(".weight"):  # (out, in, kh, kw) -> (kh, kw, in, out)
@@ -276,15 +276,10 @@ def load_torch_checkpoint(backbone: ConvNeXtV2Backbone, path: str | Path) -> Non
     Raises:
         InvalidInputError: the file cannot be read or does not match the architecture.
     """
-    import torch
+    from keras_medimg.models.torch_weights import read_state_dict
 
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidInputError(path, f"cannot be read as a PyTorch checkpoint ({exc}); pass the official "
-                                      "convnextv2_<variant>_1k_224_ema.pt file.") from exc
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else {}
+    state = read_state_dict(path)
     for layer_name, keys in _official_names(backbone.depths).items():
         layer = backbone.get_layer(layer_name)
         missing = [k for k in keys if k not in state]

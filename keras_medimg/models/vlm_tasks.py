@@ -268,10 +268,17 @@ def float32_copy(model: Any, tokenizer: Any, info: Mapping[str, Any]) -> Any:
     return copy
 
 
+def is_torch_checkpoint(source: str | Path) -> bool:
+    """A PyTorch file (the study's released checkpoints) rather than a pretrain run of ours."""
+    from keras_medimg.models.torch_weights import TORCH_SUFFIXES
+
+    return Path(source).suffix in TORCH_SUFFIXES
+
+
 def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int,
                   weights: str | None = None) -> Any:
     """The headless image backbone a fine-tuning starts from: "vlm" (the image encoder of the pretrain run
-    `vlm_source`), "imagenet" (`weights`, default the ImageNet download) or "none" (random), at `image_size`."""
+    `vlm_source`, or of a PyTorch checkpoint such as the study's released `pretrain_convnext_tiny.ckpt`), "imagenet" (`weights`, default the ImageNet download) or "none" (random), at `image_size`."""
     import keras
 
     from keras_medimg.models.backbones import build_backbone
@@ -285,6 +292,9 @@ def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, im
         raise ConfigError(f"Unknown init '{init}'. Use vlm:RUN, imagenet or none.")
     if vlm_source is None:
         raise ConfigError("--init vlm needs a pretrain run: pass --init vlm:RUN.")
+    if is_torch_checkpoint(vlm_source):
+        # A released PyTorch model (MAM-CLIP's pretrain_convnext_tiny.ckpt): its image encoder only.
+        return build_backbone(backbone, input_shape=shape, weights=str(vlm_source))
     model, _ = open_vlm(vlm_source)
     pretrained = model.image_encoder.get_layer("backbone")
     if tuple(pretrained.input_shape[1:3]) != (image_size, image_size):
