@@ -103,8 +103,12 @@ class PairsSettings:
 
     image_size / normalization / augment: the images, as for `datasets.pipeline.make_dataset` (augment only when
     training). batch_size: pairs per batch (the global batch under a distribution). mask_rate / mask_share /
-    random_share: whole-word masking (`vlm.mask_words`). fixed_batches: whole batches only (validation too) in an
-    order fixed by the seed, as multi-worker training needs: each worker keeps its share of every global batch.
+    random_share: whole-word masking (`vlm.mask_words`). fixed_batches: whole batches only (validation too), as
+    multi-worker training needs: each worker keeps its share of every global batch.
+
+    Batches always come in the order the seed fixes, whatever the decoding threads do: the pairs of a batch are
+    each other's contrastive negatives, so an unordered decode made the same pretraining command give another model
+    (and another fine-tuning table) on every run.
     """
 
     image_size: int
@@ -138,7 +142,7 @@ def pairs_dataset(records: Sequence[Any], encoded: Mapping[str, np.ndarray], tok
     images = make_dataset(samples, image_size=s.image_size, training=training, batch_size=s.batch_size,
                           channels=3, normalization=s.normalization, augment=s.augment if training else None,
                           class_names=[x.label for x in samples], cache="memory", seed=s.seed, skipped=skipped,
-                          strict=s.strict, deterministic=s.fixed_batches,
+                          strict=s.strict, deterministic=True,
                           drop_remainder=s.fixed_batches or (training and len(samples) > s.batch_size))
     tokens = {k: tf.constant(encoded[k]) for k in ("token_ids", "padding_mask", "word_ids")}
     seeds = tf.data.Dataset.random(seed=s.seed, rerandomize_each_iteration=training).batch(2)
