@@ -91,11 +91,15 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
 
 
 class _TensorsOnlyPickle:
-    """A `pickle_module` for `torch.load` that builds tensors and nothing else (see `_TensorsOnlyUnpickler`)."""
+    """A `pickle_module` for `torch.load` that builds tensors and nothing else (see `_TensorsOnlyUnpickler`).
+    torch.load uses `Unpickler` for the data and `load` for the header records of the legacy (non-zip) format."""
 
     Unpickler = _TensorsOnlyUnpickler
-    load = pickle.load
     __name__ = "keras_medimg_tensors_only_pickle"
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _TensorsOnlyUnpickler(file, **kwargs).load()
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -105,14 +109,15 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(path, "does not exist; pass the path of a PyTorch checkpoint file.")
+    import torch
+
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        from safetensors.torch import load_file  # through torch: bfloat16 files too, which numpy cannot hold
 
         try:
-            return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+            return {k: v.float().numpy() for k, v in load_file(str(path)).items()}
         except Exception as exc:
             raise InvalidInputError(path, f"cannot be read as safetensors ({exc}).") from exc
-    import torch
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

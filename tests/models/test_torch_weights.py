@@ -103,10 +103,12 @@ def test_official_naming_and_safetensors_give_the_same_features(tmp_path, refere
         np.testing.assert_allclose(features, _expected(reference, images), rtol=1e-4, atol=1e-4, err_msg=path.name)
 
 
-def test_a_checkpoint_never_runs_code_when_read(tmp_path, reference):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_checkpoint_never_runs_code_when_read(tmp_path, reference, zip_format):
     marker = tmp_path / "ran"
     path = tmp_path / "hostile.ckpt"
-    torch.save({"state_dict": reference.state_dict(), "hyper_parameters": RunsCodeWhenUnpickled(marker)}, path)
+    torch.save({"state_dict": reference.state_dict(), "hyper_parameters": RunsCodeWhenUnpickled(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
     features, images = _features(path)
     assert not marker.exists()
     np.testing.assert_allclose(features, _expected(reference, images), rtol=1e-4, atol=1e-4)
