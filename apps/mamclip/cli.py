@@ -115,9 +115,10 @@ def pretrain(pairs: str | None, image_root: str | None, epochs: int | None, batc
 @mamclip.command()
 @common_options
 @_classification_options
-@click.option("--init", "init", default=None, help="vlm:RUN (a pretrain run, or the study's released PyTorch checkpoint: "
-              "vlm:pretrain_convnext_tiny.ckpt with --set model.backbone=convnext_tiny) | imagenet | none "
-              "(finetune.init).")
+@click.option("--init", "init", default=None,
+              help="vlm:RUN (a pretrain run, or the study's released PyTorch checkpoint: "
+                   "vlm:pretrain_convnext_tiny.ckpt with --set model.backbone=convnext_tiny) | imagenet | none "
+                   "(finetune.init).")
 @click.option("--inits", default=None, help="Several inits compared on the same folds, comma-separated.")
 @click.option("--train-samples", default=None,
               help="Label counts or fractions for the label-count curve, e.g. 1000,3000,all or 0.25,0.5,1.0.")

@@ -282,7 +282,8 @@ def is_torch_checkpoint(source: str | Path) -> bool:
 def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int,
                   weights: str | None = None) -> Any:
     """The headless image backbone a fine-tuning starts from: "vlm" (the image encoder of the pretrain run
-    `vlm_source`, or of a PyTorch checkpoint such as the study's released `pretrain_convnext_tiny.ckpt`), "imagenet" (`weights`, default the ImageNet download) or "none" (random), at `image_size`."""
+    `vlm_source`, or of a PyTorch checkpoint such as the study's released `pretrain_convnext_tiny.ckpt`),
+    "imagenet" (`weights`, default the ImageNet download) or "none" (random), at `image_size`."""
     import keras
 
     from keras_medimg.models.backbones import build_backbone
