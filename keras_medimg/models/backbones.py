@@ -27,7 +27,7 @@ from keras_medimg.preprocessing.normalize import CAFFE, IMAGENET, MINUS_ONE_TO_O
 
 _APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # keras.applications ConvNeXts that also load PyTorch ConvNeXt files (timm, official, MAM-CLIP): `torch_weights`.
-_TORCH_CONVNEXT = ("convnext_tiny", "convnext_small")
+TORCH_CONVNEXT = ("convnext_tiny", "convnext_small")
 _SWIN_URL = "https://www.kaggle.com/models/keras/swin-transformer/keras/{preset}"
 _SWIN_WINDOW = 7  # the published Swin-T/S window; pretrained weights only fit this window size
 
@@ -308,13 +308,13 @@ def _from_path(spec: BackboneSpec, input_shape: tuple[int, int, int], path: Path
             _copy_weights(_backbone_in(keras.saving.load_model(path, compile=False)), model, path)
         elif name.endswith(".pt") and spec.family == "convnextv2":
             convnextv2.load_torch_checkpoint(model, path)
-        elif path.suffix in torch_weights.TORCH_SUFFIXES and spec.name in _TORCH_CONVNEXT:
+        elif path.suffix.lower() in torch_weights.TORCH_SUFFIXES and spec.name in TORCH_CONVNEXT:
             torch_weights.load_convnext(model, path)  # timm / official / MAM-CLIP PyTorch files
         elif name.endswith(".h5") and spec.family == "keras.applications":
             _copy_weights(_applications_reference(spec, input_shape, str(path)), model, path)
         else:
             torch_files = (f", or a timm / official PyTorch ConvNeXt file ({', '.join(torch_weights.TORCH_SUFFIXES)})"
-                           if spec.name in _TORCH_CONVNEXT else "")
+                           if spec.name in TORCH_CONVNEXT else "")
             raise InvalidInputError(path, f"is not a weights format '{spec.name}' can load; pass a .keras or "
                                           f".weights.h5 file, or the original '{spec.weights_file}'{torch_files}.")
     except InvalidInputError:

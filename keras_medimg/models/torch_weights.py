@@ -16,7 +16,8 @@ with the head's LayerNorm, applied at each position of the feature map; it gets 
 
 `read_state_dict` is the safe reader underneath: `.safetensors`, or a pickled `.pth` / `.pt` / `.bin` / `.ckpt`
 read with `torch.load(weights_only=True)`; a Lightning checkpoint whose hyper-parameters hold objects of other
-libraries (MAM-CLIP's hold an OmegaConf config) is read with those objects replaced by placeholders, never built.
+libraries (MAM-CLIP's hold an OmegaConf config) is read by the same restricted unpickler with those objects'
+globals bound to an empty placeholder, so nothing outside torch's allow-list is imported or called.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ _STEMS = ("stem.0.weight", "downsample_layers.0.0.weight")  # timm, official
 
 
 class _Placeholder:
-    """Stands in for a pickled object of a class outside PyTorch (hyper-parameters, loggers); holds nothing."""
+    """Stands in for a pickled object of a class outside PyTorch's tensor types (hyper-parameters, loggers):
+    built from nothing, holds nothing."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         pass
@@ -66,40 +68,20 @@ class _Placeholder:
     def __setstate__(self, state: Any) -> None:
         pass
 
-    def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
-        return _Placeholder()  # a pickled call on a placeholder (getattr(cls, name)(...)) builds nothing either
 
+def _load_with_placeholders(path: Path) -> Any:
+    """torch.load(weights_only=True) with every global it refuses read as a `_Placeholder`. The unpickler stays
+    torch's restricted one: no global outside its allow-list is ever imported or called."""
+    import torch
+    from torch import serialization
 
-def _allowed(module: str, name: str) -> bool:
-    """Globals a tensor checkpoint needs: tensor and storage rebuilders, dtypes, containers."""
-    if module == "collections" and name in ("OrderedDict", "defaultdict"):
-        return True
-    if module == "torch._utils" and name.startswith("_rebuild_"):
-        return True
-    if module == "torch" and (name.endswith("Storage") or name in ("Size", "device", "dtype")
-                              or name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8",
-                                          "bool")):
-        return True
-    return module == "torch.storage" and name == "UntypedStorage"
-
-
-class _TensorsOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if _allowed(module, name):
-            return super().find_class(module, name)
-        return _Placeholder
-
-
-class _TensorsOnlyPickle:
-    """A `pickle_module` for `torch.load` that builds tensors and nothing else (see `_TensorsOnlyUnpickler`).
-    torch.load uses `Unpickler` for the data and `load` for the header records of the legacy (non-zip) format."""
-
-    Unpickler = _TensorsOnlyUnpickler
-    __name__ = "keras_medimg_tensors_only_pickle"
-
-    @staticmethod
-    def load(file: Any, **kwargs: Any) -> Any:
-        return _TensorsOnlyUnpickler(file, **kwargs).load()
+    try:
+        unsafe = serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as exc:
+        raise InvalidInputError(path, f"holds Python objects besides tensors that cannot be read safely ({exc}); "
+                                      "re-save its state_dict() with torch.save and pass that file.") from exc
+    with serialization.safe_globals([(_Placeholder, name) for name in unsafe]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -111,7 +93,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise InvalidInputError(path, "does not exist; pass the path of a PyTorch checkpoint file.")
     import torch
 
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file  # through torch: bfloat16 files too, which numpy cannot hold
 
         try:
@@ -124,11 +106,16 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except pickle.UnpicklingError:
         # Lightning pickles its hyper-parameters with the checkpoint; weights_only refuses their classes.
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyPickle)
+            checkpoint = _load_with_placeholders(path)
+        except InvalidInputError:
+            raise
         except Exception as exc:
             raise InvalidInputError(path, f"cannot be read as a PyTorch checkpoint ({exc}).") from exc
     except Exception as exc:
         raise InvalidInputError(path, f"cannot be read as a PyTorch checkpoint ({exc}).") from exc
+    if isinstance(checkpoint, _Placeholder):
+        raise InvalidInputError(path, "holds a whole pickled model, not a state dict; save model.state_dict() with "
+                                      "torch.save and pass that file.")
     state = checkpoint
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -180,19 +167,30 @@ def convnext_key(weight_path: str, naming: int) -> str:
     raise ValueError(f"'{weight_path}' is not a ConvNeXt weight this loader knows.")
 
 
+def _missing(key: str, prefix: str, state: dict[str, np.ndarray], name: str, weight_path: str) -> str:
+    """Why `key` is not in `state`, and what to do, by the kind of weight it is."""
+    if key in (prefix + "head.norm.weight", prefix + "head.norm.bias", prefix + "norm.weight", prefix + "norm.bias"):
+        return (f"has no '{key}': the ConvNeXt was saved without its head's LayerNorm, which '{name}' ends with; "
+                "save the whole model's state_dict() (the classification layer may be anything).")
+    return (f"has no '{key}' weight for '{weight_path}': it is a ConvNeXt of another depth than '{name}'; pick the "
+            "checkpoint of this variant.")
+
+
 def load_convnext(model: Any, path: str | Path) -> None:
     """Load the ConvNeXt of PyTorch checkpoint `path` into the Keras ConvNeXt `model` (keras.applications
     ConvNeXt, built without its preprocessing layers), every weight checked by key and shape first."""
     path = Path(path)
     state = read_state_dict(path)
     prefix, naming = _convnext_prefix(state, path)
+    if any(k.startswith(prefix) and ".grn." in k for k in state):
+        raise InvalidInputError(path, f"holds a ConvNeXt V2 (GRN layers), not a ConvNeXt like '{model.name}'; use a "
+                                      "convnextv2_* backbone (model.backbone) with its official .pt file.")
     values, used = [], set()
     for weight in model.weights:
         key = prefix + convnext_key(weight.path, naming)
         used.add(key)
         if key not in state:
-            raise InvalidInputError(path, f"has no '{key}' weight for '{weight.path}': it is a ConvNeXt of another "
-                                          f"depth than '{model.name}'; pick the checkpoint of this variant.")
+            raise InvalidInputError(path, _missing(key, prefix, state, model.name, weight.path))
         array = _to_keras(state[key], tuple(weight.shape))
         if tuple(array.shape) != tuple(weight.shape):
             raise InvalidInputError(path, f"'{key}' has shape {state[key].shape}, but '{model.name}' needs "

@@ -276,7 +276,20 @@ def is_torch_checkpoint(source: str | Path) -> bool:
     """A PyTorch file (the study's released checkpoints) rather than a pretrain run of ours."""
     from keras_medimg.models.torch_weights import TORCH_SUFFIXES
 
-    return Path(source).suffix in TORCH_SUFFIXES
+    return Path(source).suffix.lower() in TORCH_SUFFIXES
+
+
+def check_torch_init(source: str | Path, backbone: str) -> None:
+    """Before a run starts: `--init vlm:FILE` with a PyTorch file needs the file and a backbone that loads it."""
+    from keras_medimg.models.backbones import TORCH_CONVNEXT
+
+    if not Path(source).is_file():
+        raise InvalidInputError(source, "does not exist; pass --init vlm:RUN (a pretrain run) or vlm:FILE (a "
+                                        "PyTorch checkpoint such as pretrain_convnext_tiny.ckpt).")
+    if backbone not in TORCH_CONVNEXT:
+        raise ConfigError(f"--init vlm:{source} is a PyTorch checkpoint, which loads into "
+                          f"{' or '.join(TORCH_CONVNEXT)}, not model.backbone '{backbone}'; add --set "
+                          "model.backbone=convnext_tiny (or convnext_small, as the checkpoint's name says).")
 
 
 def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int,

@@ -11,6 +11,7 @@ import pytest
 
 from keras_medimg.errors import InvalidInputError
 from keras_medimg.models.backbones import build_backbone
+from keras_medimg.models.torch_weights import read_state_dict
 
 timm = pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
@@ -109,9 +110,85 @@ def test_a_checkpoint_never_runs_code_when_read(tmp_path, reference, zip_format)
     path = tmp_path / "hostile.ckpt"
     torch.save({"state_dict": reference.state_dict(), "hyper_parameters": RunsCodeWhenUnpickled(marker)}, path,
                _use_new_zipfile_serialization=zip_format)
-    features, images = _features(path)
+    with pytest.raises(InvalidInputError, match=r"hostile\.ckpt"):  # refused: it calls what it unpickles
+        read_state_dict(path)
     assert not marker.exists()
+
+
+def test_an_omegaconf_config_in_the_checkpoint_is_read_as_a_placeholder(tmp_path, reference):
+    """The study's checkpoint pickles its Hydra config (OmegaConf DictConfig, nested, with lists and enums)."""
+    omegaconf = pytest.importorskip("omegaconf")
+    config = omegaconf.OmegaConf.create({"vision_model": {"name": "convnext_tiny"}, "embed_dim": 768,
+                                         "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-4},
+                                         "text_model": {"mlm": True, "layers": [1, 2]}})
+    path = tmp_path / "pretrain_convnext_tiny.ckpt"
+    state = {f"VLModel.vision_encoder.{k}": v for k, v in reference.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": config, "epoch": 24}, path)
+    features, images = _features(path)
     np.testing.assert_allclose(features, _expected(reference, images), rtol=1e-4, atol=1e-4)
+
+
+def _code_running_pickle(marker):
+    """A pickle whose global is a dotted name under an allowed torch module: `_rebuild_tensor.__builtins__.get`
+    resolves to the builtins' dict.get, which hands out exec. A hand-made allow-list of module + name prefixes let
+    this through and ran it."""
+    def text(value):
+        data = value.encode()
+        return b"\x8c" + bytes([len(data)]) + data
+
+    return (b"\x80\x04" + text("torch._utils") + text("_rebuild_tensor.__builtins__.get") + b"\x93" + text("exec")
+            + b"\x85R" + text(f"open({str(marker)!r}, 'w').write('ran')") + b"\x85R.")
+
+
+def test_a_crafted_pickle_runs_no_code_raw_or_zipped(tmp_path):
+    import io
+    import zipfile
+
+    marker = tmp_path / "ran"
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(_code_running_pickle(marker))
+    zipped = tmp_path / "zipped.ckpt"
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.zeros(1)}, buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(zipped, "w") as out:  # torch's own zip layout, data.pkl replaced
+        for info in source.infolist():
+            out.writestr(info, _code_running_pickle(marker) if info.filename.endswith("/data.pkl")
+                         else source.read(info))
+    for path in (raw, zipped):
+        with pytest.raises(InvalidInputError, match=path.name):
+            read_state_dict(path)
+        assert not marker.exists(), path.name
+
+
+def test_a_whole_pickled_model_or_a_v2_or_headless_convnext_says_what_to_do(tmp_path, reference):
+    whole = tmp_path / "whole_model.pth"
+    torch.save(reference, whole)
+    with pytest.raises(InvalidInputError, match=r"whole_model\.pth.*whole pickled model.*state_dict\(\)"):
+        read_state_dict(whole)
+
+    v2 = tmp_path / "convnextv2_tiny.pth"
+    torch.save(timm.create_model("convnextv2_atto", pretrained=False).state_dict(), v2)
+    with pytest.raises(InvalidInputError, match=r"convnextv2_tiny\.pth.*ConvNeXt V2.*convnextv2_\* backbone"):
+        build_backbone("convnext_tiny", input_shape=(SIZE, SIZE, 3), weights=str(v2))
+
+    headless = tmp_path / "features_only.pth"
+    torch.save({k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}, headless)
+    with pytest.raises(InvalidInputError, match=r"features_only\.pth.*no 'head\.norm\.weight'.*LayerNorm"):
+        build_backbone("convnext_tiny", input_shape=(SIZE, SIZE, 3), weights=str(headless))
+
+
+def test_a_torch_init_is_checked_before_the_run_starts(tmp_path):
+    from keras_medimg.errors import ConfigError
+    from keras_medimg.models.vlm_tasks import check_torch_init
+
+    with pytest.raises(InvalidInputError, match=r"missing\.ckpt.*does not exist"):
+        check_torch_init(tmp_path / "missing.ckpt", "convnext_tiny")
+    present = tmp_path / "pretrain_convnext_tiny.CKPT"
+    present.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"model\.backbone=convnext_tiny"):
+        check_torch_init(present, "convnextv2_atto")
+    check_torch_init(present, "convnext_tiny")
 
 
 def test_the_wrong_model_or_variant_is_refused_by_name(tmp_path, reference):
