@@ -273,11 +273,8 @@ def finetune(cfg: MamclipConfig, *, run: Run | RunPlace | None = None,
     samples, class_names, left_out = load_classification(cfg, skipped)
     inits = inits or {parse_init(cfg.finetune.init)[0]: parse_init(cfg.finetune.init)}
     for init, source in inits.values():
-        if init == "vlm" and source is not None:  # fails before the run folder exists
-            if vlm_tasks.is_torch_checkpoint(source):
-                vlm_tasks.check_torch_init(source, cfg.model.backbone)
-            else:
-                vlm_tasks.open_vlm(source)
+        if init == "vlm" and source is not None:
+            vlm_tasks.check_vlm_init(source, cfg.model.backbone)  # fails before the run folder exists
     run = start_run(APP, "finetune", cfg, run, distribution=cfg.finetune.distribution)
     rows = run_curve(samples, class_names, inits, cfg.finetune.train_samples, cfg, skipped)
     table = write_curve(run, rows, class_names, cfg.finetune.task)

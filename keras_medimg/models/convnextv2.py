@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from keras_medimg.errors import InvalidInputError
@@ -234,17 +233,6 @@ def convnextv2(variant: str, *, image_shape: tuple[int | None, ...], drop_path_r
     )
 
 
-def _torch_to_keras(key: str, array: np.ndarray) -> np.ndarray:
-    """Convert one official state-dict array to the layout of the matching Keras weight."""
-    if array.ndim == 4 and key.endswith("dwconv.weight"):  # (C, 1, kh, kw) -> (kh, kw, C, 1)
-        return array.transpose(2, 3, 0, 1)
-    if array.ndim == 4 and key.endswith(".weight"):  # (out, in, kh, kw) -> (kh, kw, in, out)
-        return array.transpose(2, 3, 1, 0)
-    if array.ndim == 2:  # nn.Linear (out, in) -> Dense (in, out)
-        return array.T
-    return array.reshape(-1)  # biases, LayerNorm and GRN (1, 1, 1, C) parameters
-
-
 def _official_names(depths: tuple[int, ...]) -> dict[str, list[str]]:
     """Our layer name -> the official state-dict keys of its weights, in Keras weight order."""
     names = {"stem_conv": ["downsample_layers.0.0.weight", "downsample_layers.0.0.bias"],
@@ -276,7 +264,7 @@ def load_torch_checkpoint(backbone: ConvNeXtV2Backbone, path: str | Path) -> Non
     Raises:
         InvalidInputError: the file cannot be read or does not match the architecture.
     """
-    from keras_medimg.models.torch_weights import read_state_dict
+    from keras_medimg.models.torch_weights import read_state_dict, to_keras
 
     path = Path(path)
     state = read_state_dict(path)
@@ -286,8 +274,8 @@ def load_torch_checkpoint(backbone: ConvNeXtV2Backbone, path: str | Path) -> Non
         if missing:
             raise InvalidInputError(path, f"has no '{missing[0]}' weight, so it is not a ConvNeXt V2 checkpoint "
                                           f"with depths {backbone.depths}; pick the checkpoint of this variant.")
-        arrays = [_torch_to_keras(k, state[k]) for k in keys]
         expected = [tuple(w.shape) for w in layer.weights]
+        arrays = [to_keras(state[k], shape) for k, shape in zip(keys, expected)]
         if [a.shape for a in arrays] != expected:
             raise InvalidInputError(path, f"weights of '{keys[0]}' have shapes {[a.shape for a in arrays]} but "
                                           f"layer '{layer_name}' needs {expected}; pick the checkpoint of this "

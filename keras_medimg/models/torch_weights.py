@@ -17,7 +17,8 @@ with the head's LayerNorm, applied at each position of the feature map; it gets 
 `read_state_dict` is the safe reader underneath: `.safetensors`, or a pickled `.pth` / `.pt` / `.bin` / `.ckpt`
 read with `torch.load(weights_only=True)`; a Lightning checkpoint whose hyper-parameters hold objects of other
 libraries (MAM-CLIP's hold an OmegaConf config) is read by the same restricted unpickler with those objects'
-globals bound to an empty placeholder, so nothing outside torch's allow-list is imported or called.
+globals bound to an empty placeholder, so nothing outside torch's allow-list is imported or called. `to_keras`
+changes a weight's layout; ConvNeXt V2's loader (`convnextv2.load_torch_checkpoint`) uses both.
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ def _load_with_placeholders(path: Path) -> Any:
     except Exception as exc:
         raise InvalidInputError(path, f"holds Python objects besides tensors that cannot be read safely ({exc}); "
                                       "re-save its state_dict() with torch.save and pass that file.") from exc
-    with serialization.safe_globals([(_Placeholder, name) for name in unsafe]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with serialization.safe_globals([(_Placeholder, name) for name in unsafe]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidInputError(path, f"cannot be read as a PyTorch checkpoint ({exc}).") from exc
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -105,12 +109,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # Lightning pickles its hyper-parameters with the checkpoint; weights_only refuses their classes.
-        try:
-            checkpoint = _load_with_placeholders(path)
-        except InvalidInputError:
-            raise
-        except Exception as exc:
-            raise InvalidInputError(path, f"cannot be read as a PyTorch checkpoint ({exc}).") from exc
+        checkpoint = _load_with_placeholders(path)
     except Exception as exc:
         raise InvalidInputError(path, f"cannot be read as a PyTorch checkpoint ({exc}).") from exc
     if isinstance(checkpoint, _Placeholder):
@@ -141,14 +140,17 @@ def _convnext_prefix(state: dict[str, np.ndarray], path: Path) -> tuple[str, int
     return found[0]
 
 
-def _to_keras(array: np.ndarray, keras_shape: tuple[int, ...]) -> np.ndarray:
-    if array.ndim == 4 and array.shape[1] == 1 and len(keras_shape) == 4 and keras_shape[3] == 1:
-        return array.transpose(2, 3, 0, 1)  # depthwise (C, 1, kh, kw) -> (kh, kw, C, 1)
+def to_keras(array: np.ndarray, keras_shape: tuple[int, ...]) -> np.ndarray:
+    """A PyTorch weight in the layout of the Keras weight of shape `keras_shape` it loads into."""
+    if len(keras_shape) == 1:
+        return array.reshape(-1)  # biases, norms, layer scale, GRN's (1, 1, 1, C)
+    if array.ndim == 4 and array.shape[1] == 1 and keras_shape[3] == 1:
+        return array.transpose(2, 3, 0, 1)  # (C, 1, kh, kw) -> DepthwiseConv2D's (kh, kw, C, 1)
     if array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
+        return array.transpose(2, 3, 1, 0)  # (out, in/groups, kh, kw) -> Conv2D's (kh, kw, in/groups, out)
     if array.ndim == 2:
         return array.T  # nn.Linear (out, in) -> Dense (in, out)
-    return array.reshape(-1)
+    return array
 
 
 def convnext_key(weight_path: str, naming: int) -> str:
@@ -191,7 +193,7 @@ def load_convnext(model: Any, path: str | Path) -> None:
         used.add(key)
         if key not in state:
             raise InvalidInputError(path, _missing(key, prefix, state, model.name, weight.path))
-        array = _to_keras(state[key], tuple(weight.shape))
+        array = to_keras(state[key], tuple(weight.shape))
         if tuple(array.shape) != tuple(weight.shape):
             raise InvalidInputError(path, f"'{key}' has shape {state[key].shape}, but '{model.name}' needs "
                                           f"{tuple(weight.shape)} (after layout change) for '{weight.path}'; pick "

@@ -279,10 +279,14 @@ def is_torch_checkpoint(source: str | Path) -> bool:
     return Path(source).suffix.lower() in TORCH_SUFFIXES
 
 
-def check_torch_init(source: str | Path, backbone: str) -> None:
-    """Before a run starts: `--init vlm:FILE` with a PyTorch file needs the file and a backbone that loads it."""
+def check_vlm_init(source: str | Path, backbone: str) -> None:
+    """Before a run starts: `--init vlm:SOURCE` opens (a pretrain run), or, for a PyTorch file, exists and has a
+    backbone that loads it."""
     from keras_medimg.models.backbones import TORCH_CONVNEXT
 
+    if not is_torch_checkpoint(source):
+        open_vlm(source)
+        return
     if not Path(source).is_file():
         raise InvalidInputError(source, "does not exist; pass --init vlm:RUN (a pretrain run) or vlm:FILE (a "
                                         "PyTorch checkpoint such as pretrain_convnext_tiny.ckpt).")

@@ -180,15 +180,15 @@ def test_a_whole_pickled_model_or_a_v2_or_headless_convnext_says_what_to_do(tmp_
 
 def test_a_torch_init_is_checked_before_the_run_starts(tmp_path):
     from keras_medimg.errors import ConfigError
-    from keras_medimg.models.vlm_tasks import check_torch_init
+    from keras_medimg.models.vlm_tasks import check_vlm_init
 
     with pytest.raises(InvalidInputError, match=r"missing\.ckpt.*does not exist"):
-        check_torch_init(tmp_path / "missing.ckpt", "convnext_tiny")
+        check_vlm_init(tmp_path / "missing.ckpt", "convnext_tiny")
     present = tmp_path / "pretrain_convnext_tiny.CKPT"
     present.write_bytes(b"")
     with pytest.raises(ConfigError, match=r"model\.backbone=convnext_tiny"):
-        check_torch_init(present, "convnextv2_atto")
-    check_torch_init(present, "convnext_tiny")
+        check_vlm_init(present, "convnextv2_atto")
+    check_vlm_init(present, "convnext_tiny")
 
 
 def test_the_wrong_model_or_variant_is_refused_by_name(tmp_path, reference):
