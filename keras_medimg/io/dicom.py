@@ -208,12 +208,14 @@ def _header_errors(path: Path) -> Iterator[None]:
     """Report a malformed header value as the file's fault.
 
     pydicom converts element values lazily, so a bad value (an IS of '1A', a short LUT descriptor) surfaces
-    as ValueError, TypeError... wherever it is first read.
+    as ValueError, TypeError... wherever it is first read. A defined-length sequence is parsed only when first
+    read too, and pydicom reports a broken item in it ("No tag to read at file position ...") as OSError; the
+    file's bytes are in memory by then, so an OSError here is the file's fault, not the disk's.
     """
     try:
         yield
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError, OverflowError,
-            BytesLengthException, struct.error, EOFError) as exc:  # the last three found by fuzzing
+            BytesLengthException, struct.error, EOFError, OSError) as exc:  # the last four found by fuzzing
         raise InvalidInputError(
             path, f"The DICOM header holds a value that cannot be used ({_one_line(exc)}). Fix or re-export the file."
         ) from None

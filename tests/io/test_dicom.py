@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -244,6 +245,18 @@ def test_broken_files_raise_invalid_input(tmp_path, write_dicom, dataset_factory
 
     with pytest.raises(InvalidInputError, match="Transfer Syntax"):
         read_dicom(PYDICOM_FILES / "meta_missing_tsyntax.dcm")
+
+
+def test_a_broken_item_in_a_lazily_read_sequence_raises_invalid_input(tmp_path, write_dicom):
+    # pydicom parses a defined-length sequence only when it is first read, and reports a broken item there as
+    # OSError ("No tag to read at file position ..."), past dcmread's own error handling (found by fuzzing in CI).
+    good = write_dicom(RAMP).read_bytes()
+    pixel_data = good.rfind(b"\xe0\x7f\x10\x00")
+    shared_groups = b"\x00\x52\x29\x92SQ\x00\x00" + struct.pack("<I", 4) + bytes(4)  # (5200,9229), a 4-byte item
+    broken = tmp_path / "broken_sequence.dcm"
+    broken.write_bytes(good[:pixel_data] + shared_groups + good[pixel_data:])
+    with pytest.raises(InvalidInputError, match=r"broken_sequence\.dcm.*cannot be used \(No tag to read"):
+        read_dicom(broken)
 
 
 def test_undecodable_pixel_data_names_the_transfer_syntax(tmp_path, dataset_factory):
