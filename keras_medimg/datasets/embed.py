@@ -2,13 +2,15 @@
 
 Layout (columns found by name, in any order and case):
 
-    <root>/EMBED_OpenData_clinical.csv   empi_anon, acc_anon, side (L, R or B = both), asses (A N B P S M K),
+    <root>/EMBED_OpenData_clinical.csv   empi_anon, acc_anon, side (L, R, B = both, or blank when the
+                                         assessment has no finding side, e.g. a negative exam: both), asses (A N B P S M K),
                                          tissueden (1-4 = ACR A-D; 5 = male, no density)
     <root>/EMBED_OpenData_metadata.csv   empi_anon, acc_anon, ImageLateralityFinal (L/R), ViewPosition (CC/MLO),
                                          anon_dicom_path (or png_path), FinalImageType (2D/cview, optional)
 
 Images and findings are joined on patient (empi_anon), exam (acc_anon) and side; a finding on side B applies to both
-breasts. When an exam side has several findings the most severe assessment is kept (6 > 5 > 4 > 0 > 3 > 2 > 1).
+breasts, and so does a blank side (EMBED leaves it empty, NaN in pandas, for assessments without a finding, as
+most negative screening exams are). When an exam side has several findings the most severe assessment is kept (6 > 5 > 4 > 0 > 3 > 2 > 1).
 Only 2D CC and MLO images are used, as in the study. `asses` letters map to BI-RADS: A 0, N 1, B 2, P 3, S 4, M 5,
 K 6. An image path is used as given when it exists, else relative to `root` (leading '/' dropped), else
 `root/images/<file name>`.
@@ -51,6 +53,7 @@ def _clinical(path: Path, problems: list[InvalidInputError]) -> dict[tuple[str, 
             line = reader.line_num
             letter = (row.get(col["asses"]) or "").strip().upper()
             side = (row.get(col["side"]) or "").strip().upper()
+            side = "B" if side in ("", "NAN") else side  # no finding side: the exam's assessment, both breasts
             if letter not in EMBED_ASSESSMENT:
                 problems.append(InvalidInputError(path, f"asses '{letter}' is not an EMBED assessment letter "
                                                         f"({' '.join(EMBED_ASSESSMENT)})", line=line))

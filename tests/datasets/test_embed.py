@@ -68,3 +68,19 @@ def test_missing_image_and_missing_table(tmp_path):
     (tmp_path / "EMBED_OpenData_metadata.csv").unlink()
     with pytest.raises(InvalidInputError, match="EMBED table is missing"):
         read_embed(tmp_path)
+
+
+def test_a_blank_side_is_an_exam_assessment_for_both_breasts(tmp_path):
+    # EMBED leaves `side` empty (NaN in pandas) when an assessment has no finding side, as most negative exams do;
+    # reading it as bad input would drop those exams, the bulk of a screening set.
+    clinical = "empi_anon,acc_anon,side,asses,tissueden\n4,400,,N,3.0\n5,500,,N,1.0\n5,500,L,S,1.0\n"
+    metadata = ("empi_anon,acc_anon,ImageLateralityFinal,ViewPosition,png_path\n"
+                "4,400,L,CC,h.png\n4,400,R,MLO,i.png\n5,500,L,CC,j.png\n5,500,R,CC,k.png\n")
+    for name in "hijk":
+        write_image(tmp_path / "images" / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "EMBED_OpenData_clinical.csv").write_text(clinical)
+    (tmp_path / "EMBED_OpenData_metadata.csv").write_text(metadata)
+    got = {s.path.name: (s.laterality, s.meta["birads"], s.meta["density"]) for s in read_embed(tmp_path, strict=True)}
+    assert got == {"h.png": ("L", "1", "C"), "i.png": ("R", "1", "C"),
+                   "j.png": ("L", "4", "A"),  # the finding on the left is more severe than the exam's N
+                   "k.png": ("R", "1", "A")}
