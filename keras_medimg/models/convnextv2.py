@@ -273,7 +273,9 @@ def load_torch_checkpoint(backbone: ConvNeXtV2Backbone, path: str | Path) -> Non
         missing = [k for k in keys if k not in state]
         if missing:
             raise InvalidInputError(path, f"has no '{missing[0]}' weight, so it is not a ConvNeXt V2 checkpoint "
-                                          f"with depths {backbone.depths}; pick the checkpoint of this variant.")
+                                          f"with depths {backbone.depths}; pick the checkpoint of this variant (the official "
+                                          "files are convnextv2_<variant>_1k_224_ema.pt, _22k_..._ema.pt or "
+                                          "_1k_224_fcmae.pt).")
         expected = [tuple(w.shape) for w in layer.weights]
         arrays = [to_keras(state[k], shape) for k, shape in zip(keys, expected)]
         if [a.shape for a in arrays] != expected:
