@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ def read_pairs(
 
 
 def _read_json(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is not part of the JSON
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped[:1] in ("[", "{") and not _is_json_lines(stripped):
         try:
@@ -276,9 +277,26 @@ def merge_pairs(books: Sequence[Sequence[PairRecord]]) -> tuple[list[PairRecord]
     return kept, dropped
 
 
+# MAM-CLIP's extract_mam.py names the images it cuts from a book page_<page>_img_<index>.<ext>, without a page field.
+_PAGE_IN_NAME = re.compile(r"(?:^|[_\-\s])page[_\-\s]?(\d+)[_\-\s]img[_\-\s]?\d+$", re.IGNORECASE)
+
+
+def _page_of(record: PairRecord) -> int | None:
+    """The record's page: its `page` field, else the page in a `page_<n>_img_<m>` file name."""
+    if record.page is not None:
+        return record.page
+    match = _PAGE_IN_NAME.search(record.image.stem)
+    return int(match.group(1)) if match else None
+
+
 def split_groups(records: Sequence[PairRecord]) -> list[int]:
-    """A group number per record: records of one book page, or of one figure (a figure continued over pages),
-    share a group, so a split never puts one figure on both sides. Records without a page are their own group."""
+    """A group number per record: records of one book page, of one figure (a figure continued over pages) or with
+    the same caption share a group, so a split never puts one figure, or one caption, on both sides.
+
+    A record without a `page` field takes its page from a `page_<n>_img_<m>` image name (MAM-CLIP's
+    extract_mam.py gives every image of a page one of that page's captions); one with neither is its own group
+    unless its caption is shared.
+    """
     parent = list(range(len(records)))
 
     def find(i: int) -> int:
@@ -290,9 +308,11 @@ def split_groups(records: Sequence[PairRecord]) -> list[int]:
     first: dict[tuple, int] = {}
     for i, record in enumerate(records):
         book = record.source_sha256 or record.source or str(record.file)
-        keys = []
-        if record.page is not None:
-            keys.append(("page", book, record.page))
+        keys = [("caption", record.caption.casefold())]
+        page = _page_of(record)
+        if page is not None:
+            # without a page field, the book is the image's folder (one folder per extracted book)
+            keys.append(("page", book if record.page is not None else str(record.image.parent), page))
         if record.figure:
             keys.append(("figure", book, record.figure))
         for key in keys:
@@ -305,7 +325,9 @@ def split_groups(records: Sequence[PairRecord]) -> list[int]:
 
 def split_pairs(records: Sequence[PairRecord], *, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[PairRecord], list[PairRecord]]:
     """Split into train and validation by group (`split_groups`): about `val_fraction` of the records go to
-    validation, whole pages and figures at a time.
+    validation, whole pages, figures and captions at a time. A group that would take validation past 1.5 times its
+    share is passed over (a caption repeated across hundreds of pairs, "Negative mammogram.", is one group), unless
+    validation would otherwise stay empty; then the smallest group goes.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}.")
@@ -318,8 +340,12 @@ def split_pairs(records: Sequence[PairRecord], *, val_fraction: float = 0.1, see
     for group in order:
         if taken >= target:
             break
+        if taken + sizes[group] > 1.5 * target:
+            continue
         val_groups.add(group)
         taken += sizes[group]
+    if target and not val_groups and len(order) > 1:
+        val_groups.add(min(order, key=lambda g: sizes[g]))
     train = [r for r, g in zip(records, groups) if g not in val_groups]
     val = [r for r, g in zip(records, groups) if g in val_groups]
     return train, val
