@@ -96,6 +96,11 @@ def apply_task(samples: Sequence[Sample], task: TaskConfig, *, name: str = "task
     if problems:
         raise problems_error(source, problems, f"Add the value to tasks.{name}.classes or tasks.{name}.exclude in "
                                                "the config (--set), or fix the label.")
+    if samples and left_out["missing"] == len(samples):
+        where = Path(samples[0].meta.get("file", samples[0].path))
+        raise InvalidInputError(where, f"none of its {len(samples)} images has a {task.field} value, so task '{name}' "
+                                       f"has nothing to learn. Give the labels a {task.field} column (for a CSV: "
+                                       f"{', '.join(CSV_LABELS[task.field])}) or choose a task on the labels it has.")
     return kept, left_out
 
 
@@ -108,6 +113,8 @@ def canonical_labels(birads: Any, density: Any) -> dict[str, str | None]:
 
 CSV_IMAGE = ("image", "path", "file", "filename")
 CSV_PATIENT = ("patient", "patient_id", "group", "study_id")
+CSV_LABELS = {"birads": ("birads", "bi-rads", "bi_rads", "breast_birads"),
+              "density": ("density", "breast_density", "breast_composition", "composition")}
 
 
 def _column(fieldnames: Sequence[str], names: Sequence[str]) -> str | None:
@@ -132,8 +139,7 @@ def read_label_csv(path: str | Path, *, image_root: str | Path | None = None, sk
         reader = csv.DictReader(fh)
         names = reader.fieldnames or []
         image_col, patient_col = _column(names, CSV_IMAGE), _column(names, CSV_PATIENT)
-        birads_col, density_col = _column(names, ("birads", "bi-rads", "bi_rads")), _column(
-            names, ("density", "breast_density", "breast_composition", "composition"))
+        birads_col, density_col = _column(names, CSV_LABELS["birads"]), _column(names, CSV_LABELS["density"])
         view_col, side_col = _column(names, ("view", "view_position")), _column(names, ("laterality", "side"))
         if image_col is None or (birads_col is None and density_col is None):
             raise InvalidInputError(path, f"needs an image column and a birads or density column; its columns are "

@@ -33,7 +33,7 @@ VIEW_NAMES = ("LCC", "LMLO", "RCC", "RMLO")
 
 def _records(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is not part of the JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInputError(path, f"is not valid JSON ({exc}). Pass the TEKNOFEST release's {METADATA}.") from None
     if isinstance(data, dict):

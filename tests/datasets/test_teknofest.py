@@ -113,3 +113,14 @@ def test_plain_csv_reader(tmp_path):
     assert [r["line"] for r in skipped.rows()] == [4, 5]
     with pytest.raises(InvalidInputError, match="line 4"):
         read_label_csv(tmp_path / "labels.csv")
+
+
+def test_csv_with_vindr_column_names_and_a_task_with_no_labels(tmp_path):
+    write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "labels.csv").write_text("image,patient_id,breast_birads,breast_density\na.png,p1,BI-RADS 4,DENSITY C\n")
+    (sample,) = read_label_csv(tmp_path / "labels.csv")
+    assert (sample.meta["birads"], sample.meta["density"]) == ("4", "C")
+    # a density-only CSV asked for a BI-RADS task: an error naming the file, not an empty task
+    (tmp_path / "labels.csv").write_text("image,patient,density\na.png,p1,B\n")
+    with pytest.raises(InvalidInputError, match=r"labels.csv.*none of its 1 images has a birads value.*breast_birads"):
+        apply_task(read_label_csv(tmp_path / "labels.csv"), BIRADS3, name="birads3")
