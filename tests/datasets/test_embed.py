@@ -84,3 +84,24 @@ def test_a_blank_side_is_an_exam_assessment_for_both_breasts(tmp_path):
     assert got == {"h.png": ("L", "1", "C"), "i.png": ("R", "1", "C"),
                    "j.png": ("L", "4", "A"),  # the finding on the left is more severe than the exam's N
                    "k.png": ("R", "1", "A")}
+
+
+def test_the_aws_release_layout(tmp_path):
+    # The AWS Open Data release: tables/ beside images/cohort_<n>/..., the table's anon_dicom_path still the internal
+    # /mnt/NAS2/mammo/anon_dicom/cohort_<n>/... path; pandas-written float ids in one table; an empty png_path column;
+    # a magnification view (spot_mag 1) of the same breast.
+    clinical = "empi_anon,acc_anon,side,asses,tissueden\n7.0,700.0,L,S,2.0\n"
+    internal = "/mnt/NAS2/mammo/anon_dicom/cohort_1/7/700/1.2.3/{}.png"
+    metadata = ("empi_anon,acc_anon,ImageLateralityFinal,ViewPosition,png_path,anon_dicom_path,FinalImageType,spot_mag\n"
+                f"7,700,L,CC,,{internal.format('cc')},2D,\n"
+                f"7,700,L,MLO,/nowhere/mlo.png,{internal.format('mlo')},2D,\n"
+                f"7,700,L,CC,,{internal.format('mag')},2D,1.0\n")
+    for name in ("cc", "mlo", "mag"):
+        write_image(tmp_path / "images" / "cohort_1" / "7" / "700" / "1.2.3" / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "EMBED_OpenData_clinical.csv").write_text(clinical)
+    (tmp_path / "tables" / "EMBED_OpenData_metadata.csv").write_text(metadata)
+    for root in (tmp_path, tmp_path / "tables"):  # the release folder or its tables folder
+        got = {s.path.name: (s.group, s.view, s.meta["birads"], s.meta["density"])
+               for s in read_embed(root, strict=True)}
+        assert got == {"cc.png": ("7", "CC", "4", "B"), "mlo.png": ("7", "MLO", "4", "B")}, root
