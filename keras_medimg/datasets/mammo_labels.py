@@ -30,11 +30,11 @@ EMBED_ASSESSMENT = {"A": "0", "N": "1", "B": "2", "P": "3", "S": "4", "M": "5", 
 
 
 def parse_birads(value: Any) -> str | None:
-    """'BI-RADS 4', 'BIRADS-4a', 'birads_4', '4', 4, 4.0 -> '4'; empty -> None; anything else raises ValueError."""
+    """'BI-RADS 4', 'BI RADS 4', 'BIRADS-4a', 'birads_4', '4', 4, 4.0 -> '4'; empty -> None; anything else raises ValueError."""
     text = str(value).strip()
     if text in ("", "nan", "None", "NaN"):
         return None
-    match = re.fullmatch(r"(?:bi-?rads)?[\s_\-:]*([0-6])(?:\.0)?\s*[abc]?", text, flags=re.IGNORECASE)
+    match = re.fullmatch(r"(?:bi[\s_\-]?rads)?[\s_\-:]*([0-6])(?:\.0)?\s*[abc]?", text, flags=re.IGNORECASE)
     if match is None:
         raise ValueError(f"'{text}' is not a BI-RADS category (0-6, e.g. 'BI-RADS 4')")
     return match.group(1)
