@@ -28,11 +28,14 @@ DENSITY_VALUES = ("A", "B", "C", "D")
 #: EMBED's `asses` letters (ACR BI-RADS assessment codes) -> BI-RADS category.
 EMBED_ASSESSMENT = {"A": "0", "N": "1", "B": "2", "P": "3", "S": "4", "M": "5", "K": "6"}
 
+MISSING = ("", "nan", "none", "null", "n/a", "na", "-", "unknown")  # cells that say "no value", any case
+
 
 def parse_birads(value: Any) -> str | None:
-    """'BI-RADS 4', 'BI RADS 4', 'BIRADS-4a', 'birads_4', '4', 4, 4.0 -> '4'; empty -> None; anything else raises ValueError."""
+    """'BI-RADS 4', 'BI RADS 4', 'BIRADS-4a', 'birads_4', '4', 4, 4.0 -> '4'; empty or `MISSING` -> None;
+    anything else raises ValueError."""
     text = str(value).strip()
-    if text in ("", "nan", "None", "NaN"):
+    if text.lower() in MISSING:
         return None
     match = re.fullmatch(r"(?:bi[\s_\-]?rads)?[\s_\-:]*([0-6])(?:\.0)?\s*[abc]?", text, flags=re.IGNORECASE)
     if match is None:
@@ -41,9 +44,10 @@ def parse_birads(value: Any) -> str | None:
 
 
 def parse_density(value: Any) -> str | None:
-    """'A'..'D', 'DENSITY C', 'c', 1..4 (ACR a..d) -> 'A'..'D'; empty -> None; anything else raises ValueError."""
+    """'A'..'D', 'DENSITY C', 'c', 1..4 (ACR a..d) -> 'A'..'D'; empty or `MISSING` -> None;
+    anything else raises ValueError."""
     text = str(value).strip()
-    if text in ("", "nan", "None", "NaN"):
+    if text.lower() in MISSING:
         return None
     match = re.fullmatch(r"(?:density|acr|composition)?[\s_\-:]*([a-d1-4])(?:\.0)?", text, flags=re.IGNORECASE)
     if match is None:

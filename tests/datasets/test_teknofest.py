@@ -20,6 +20,8 @@ BIRADS3 = TaskConfig(field="birads", classes={"1": "1-2", "2": "1-2", "0": "0", 
 def test_label_parsing():
     assert [parse_birads(v) for v in ("BI-RADS 4", "birads_4a", "BI RADS 2", 5, "0", "6.0", "")] == ["4", "4", "2", "5", "0", "6", None]
     assert [parse_density(v) for v in ("C", "density b", 1, "4", "")] == ["C", "B", "A", "D", None]
+    # a cell that says "no value" is no value (a BI-RADS task keeps the image), not a bad label
+    assert [parse_density(v) for v in ("N/A", "unknown", "-")] == [None] * 3 and parse_birads("NaN") is None
     for bad in ("7", "BI-RADS X"):
         with pytest.raises(ValueError, match="BI-RADS"):
             parse_birads(bad)
