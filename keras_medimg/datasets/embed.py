@@ -2,8 +2,8 @@
 
 Layout (columns found by name, in any order and case):
 
-    <root>/EMBED_OpenData_clinical.csv   empi_anon, acc_anon, side (L, R, B = both, or blank when the
-                                         assessment has no finding side, e.g. a negative exam: both), asses (A N B P S M K),
+    <root>/EMBED_OpenData_clinical.csv   empi_anon, acc_anon, side (L, R, B = both, or blank = both: an
+                                         assessment without a finding side), asses (A N B P S M K),
                                          tissueden (1-4 = ACR A-D; 5 = male, no density)
     <root>/EMBED_OpenData_metadata.csv   empi_anon, acc_anon, ImageLateralityFinal (L/R), ViewPosition (CC/MLO),
                                          anon_dicom_path (or png_path), FinalImageType (2D/cview, optional)
@@ -13,7 +13,8 @@ ids written as floats by pandas ('1234.0') match their integer spelling.
 
 Images and findings are joined on patient (empi_anon), exam (acc_anon) and side; a finding on side B applies to both
 breasts, and so does a blank side (EMBED leaves it empty, NaN in pandas, for assessments without a finding, as
-most negative screening exams are). When an exam side has several findings the most severe assessment is kept (6 > 5 > 4 > 0 > 3 > 2 > 1).
+most negative screening exams are). When an exam side has several findings the most severe assessment is kept
+(6 > 5 > 4 > 0 > 3 > 2 > 1).
 Only 2D CC and MLO images are used, as in the study, and not spot-compression or magnification views (`spot_mag` 1,
 when that column is there). `asses` letters map to BI-RADS: A 0, N 1, B 2, P 3, S 4, M 5, K 6.
 
@@ -140,7 +141,8 @@ def read_embed(root: str | Path, *, skipped: Skipped | None = None, strict: bool
             view = (row.get(col["ViewPosition"]) or "").strip().upper()
             if kind != "2D" or view not in ("CC", "MLO"):
                 continue  # the study uses 2D CC and MLO images only
-            if (row.get(optional.get("spot_mag", ""), "") or "").strip() not in ("", "0", "0.0", "nan", "NaN"):
+            spot_mag = (row.get(optional["spot_mag"]) or "").strip() if "spot_mag" in optional else ""
+            if spot_mag not in ("", "0", "0.0", "nan", "NaN"):
                 continue  # a spot-compression or magnification view, not a whole-breast CC/MLO image
             patient, exam = _id(row.get(col["empi_anon"])), _id(row.get(col["acc_anon"]))
             side = (row.get(col["ImageLateralityFinal"]) or "").strip().upper()[:1]
