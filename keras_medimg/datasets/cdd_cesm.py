@@ -110,6 +110,8 @@ def _workbook_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise InvalidInputError(path, f"the workbook cannot be opened ({type(exc).__name__}: {exc}). Is it an .xlsx file?") from None
     try:
         sheet = book["all"] if "all" in book.sheetnames else book.worksheets[0]
+        if hasattr(sheet, "reset_dimensions"):  # read-only mode trusts the stored size, which some writers get wrong
+            sheet.reset_dimensions()
         rows = sheet.iter_rows(values_only=True)
         header = [str(v).strip() if v is not None else "" for v in next(rows, ())]
         col = check_columns(path, header, COLUMNS, what="CDD-CESM's annotation workbook")

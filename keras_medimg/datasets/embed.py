@@ -28,26 +28,16 @@ layout) or the release folder; else `images/<file name>`. The release folder is 
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 from keras_medimg.datasets.mammo_labels import EMBED_ASSESSMENT, _finish, parse_density
-from keras_medimg.datasets.mammography import check_columns
+from keras_medimg.datasets.mammography import check_columns, check_optional
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import InvalidInputError
 
 CLINICAL = "EMBED_OpenData_clinical.csv"
 METADATA = "EMBED_OpenData_metadata.csv"
 SEVERITY = ("1", "2", "3", "0", "4", "5", "6")  # least to most severe
-
-
-def check_optional(fieldnames, names) -> dict[str, str]:
-    """The optional columns present, matched without case, spaces, '_' or '-' (as `check_columns` does)."""
-    def key(name: str) -> str:
-        return re.sub(r"[\s_\-/]+", "", name or "").lower()
-
-    present = {key(n): n for n in fieldnames or [] if n}
-    return {name: present[key(name)] for name in names if key(name) in present}
 
 
 def _clinical(path: Path, problems: list[InvalidInputError]) -> dict[tuple[str, str, str], dict[str, str | None]]:

@@ -9,9 +9,12 @@ The manifest (`read_manifest`) is a CSV with the columns
 
     path, label, view, laterality, roi, patient     (+ optional: id, split)
 
-`path` relative to the CSV (or absolute); `label` benign | malignant | 0 | 1 (or BI-RADS 2..5); `view` CC | MLO
-(ML and XCCL count as MLO and CC; "RCC", "LMLO" ... are accepted when `laterality` is empty); `laterality` L | R;
-`roi` 1/0, true/false, yes/no; `patient` any id (splits keep a patient on one side); `split` train | test.
+`path` relative to the CSV (or absolute; '\\' separators read as '/'); `label` benign | malignant | 0 | 1, or BI-RADS
+('BI-RADS 4', or bare numbers when the column holds any of 2-6: then 2-3 benign, 4-5 malignant, 0/1/6 excluded);
+`view` CC | MLO (ML and XCCL count as MLO and CC; "RCC", "LMLO" ... are accepted when `laterality` is empty);
+`laterality` L | R; `roi` 1/0, true/false, yes/no (an empty cell is an error: the ROI group must be known);
+`patient` any id (splits keep a patient on one side); `split` train | test; `id` (default: the path without its
+suffix, root and '..' parts).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ STANDARD_VIEWS = ("RCC", "LCC", "RMLO", "LMLO")  # the study's four views
 MANIFEST_COLUMNS = ("path", "label", "view", "laterality", "roi", "patient")
 _VIEW_ALIASES = {"CC": "CC", "XCCL": "CC", "XCCM": "CC", "FB": "CC", "MLO": "MLO", "ML": "MLO", "LM": "MLO", "LMO": "MLO"}
 _TRUE = {"1", "true", "yes", "y", "t"}
-_FALSE = {"0", "false", "no", "n", "f", ""}
+_FALSE = {"0", "false", "no", "n", "f"}
 
 
 def birads_label(birads: int) -> str | None:
@@ -67,11 +70,15 @@ def normalise_laterality(text: str) -> str:
 
 
 def parse_flag(text: Any) -> bool:
+    """1/0, true/false, yes/no (1.0/0.0 as pandas writes them) -> bool; an empty cell is unknown: ValueError."""
     value = str(text).strip().lower()
+    value = value[:-2] if value in ("1.0", "0.0") else value
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
+    if value in ("", "nan", "none"):
+        raise ValueError("the value is empty; give 1 or 0 (an unknown ROI cannot be put in a ROI group)")
     raise ValueError(f"'{text}' is not a yes/no value (1/0, true/false, yes/no)")
 
 
@@ -97,14 +104,17 @@ def composition(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
     return table
 
 
+def column_key(name: str | None) -> str:
+    """A column name as matched: without case, spaces, '_', '-', '/' or '#' (VGG Image Annotator writes '#filename')."""
+    return re.sub(r"[\s_\-/#]+", "", name or "").lower()
+
+
 def check_columns(path: Path, fieldnames: Sequence[str] | None, required: Sequence[str], *, what: str) -> dict[str, str]:
-    """Map each required column to its name in the file, matched without case, spaces, '_' or '-'.
+    """Map each required column to its name in the file, matched by `column_key`.
 
     Raises InvalidInputError naming the file, the missing columns and the columns it has.
     """
-    def key(name: str) -> str:
-        return re.sub(r"[\s_\-/]+", "", name or "").lower()
-
+    key = column_key
     present = {key(name): name for name in fieldnames or [] if name}
     missing = [name for name in required if key(name) not in present]
     if missing:
@@ -144,40 +154,53 @@ def read_manifest(csv_path: str | Path, *, skipped: Skipped | None = None, stric
         reader = csv.DictReader(fh)
         columns = check_columns(path, reader.fieldnames, MANIFEST_COLUMNS, what="a mammography manifest")
         optional = check_optional(reader.fieldnames, ("id", "split"))
-        for row in reader:
-            line = reader.line_num
-            try:
-                sample = _manifest_sample(path, row, columns, optional, line)
-            except (ValueError, InvalidInputError) as exc:
-                problems.append(exc if isinstance(exc, InvalidInputError) else InvalidInputError(path, f"{exc}.", line=line))
-                continue
-            if sample.id in seen:
-                problems.append(InvalidInputError(path, f"the id '{sample.id}' is used by an earlier row too; give every "
-                                                  "image its own id (column 'id').", line=line))
-                continue
-            seen.add(sample.id)
-            samples.append(sample)
+        rows = [(reader.line_num, row) for row in reader]
+    # A label column of bare numbers is BI-RADS when any of them is 2-6, else 0/1 benign/malignant.
+    numbers_are_birads = any(_number(row.get(columns["label"])) in (2, 3, 4, 5, 6) for _, row in rows)
+    for line, row in rows:
+        try:
+            sample = _manifest_sample(path, row, columns, optional, line, numbers_are_birads)
+        except (ValueError, InvalidInputError) as exc:
+            problems.append(exc if isinstance(exc, InvalidInputError) else InvalidInputError(path, f"{exc}.", line=line))
+            continue
+        if sample.id in seen:
+            problems.append(InvalidInputError(path, f"the id '{sample.id}' is used by an earlier row too; give every "
+                                              "image its own id (column 'id').", line=line))
+            continue
+        seen.add(sample.id)
+        samples.append(sample)
     return finish(path, samples, problems, skipped, strict, what="manifest")
 
 
 def check_optional(fieldnames: Sequence[str] | None, names: Sequence[str]) -> dict[str, str]:
     """The optional columns present, matched like `check_columns`."""
-    def key(name: str) -> str:
-        return re.sub(r"[\s_\-/]+", "", name).lower()
-
+    key = column_key
     present = {key(n): n for n in fieldnames or [] if n}
     return {name: present[key(name)] for name in names if key(name) in present}
 
 
+def _number(text: str | None) -> int | None:
+    """A bare whole number ('4', '4.0'), else None."""
+    match = re.fullmatch(r"\s*(\d+)(?:\.0*)?\s*", text or "")
+    return int(match.group(1)) if match else None
+
+
+def _default_id(given: str) -> str:
+    """The id of a manifest row without one: its path without the suffix, the root and '..' parts, so that
+    `/data/img/b0.png` and `../img/b0.png` give ids that stay inside an output folder."""
+    parts = [p for p in Path(given).with_suffix("").parts if p not in ("..", ".") and p != Path(given).anchor]
+    return "/".join(parts)
+
+
 def _manifest_sample(path: Path, row: Mapping[str, str], columns: Mapping[str, str], optional: Mapping[str, str],
-                     line: int) -> Sample:
-    given = (row.get(columns["path"]) or "").strip()
+                     line: int, numbers_are_birads: bool = False) -> Sample:
+    given = (row.get(columns["path"]) or "").strip().replace("\\", "/")  # a manifest written on Windows
     if not given:
         raise ValueError("the path is empty")
     image = Path(given) if Path(given).is_absolute() else path.parent / given
     if not image.is_file():
         raise InvalidInputError(path, f"the image {given} does not exist (paths are relative to the CSV).", line=line)
-    label = parse_label(row.get(columns["label"], ""))
+    label = parse_label(row.get(columns["label"], ""), numbers_are_birads=numbers_are_birads)
     if label is None:
         raise ValueError(f"label '{row.get(columns['label'])}' is excluded by the study (BI-RADS 1 or normal); "
                          "remove the row or give benign/malignant")
@@ -192,7 +215,7 @@ def _manifest_sample(path: Path, row: Mapping[str, str], columns: Mapping[str, s
         raise ValueError(f"split '{split}' is not train or test")
     image_id = (row.get(optional["id"]) or "").strip() if "id" in optional else ""
     return Sample(
-        id=image_id or Path(given).with_suffix("").as_posix(),
+        id=image_id or _default_id(given),
         path=image,
         label=label,
         group=patient,
@@ -203,13 +226,16 @@ def _manifest_sample(path: Path, row: Mapping[str, str], columns: Mapping[str, s
     )
 
 
-def parse_label(text: str) -> str | None:
-    """benign/malignant, 0/1, or a BI-RADS category (2-3 benign, 4-5 malignant); None = excluded (BI-RADS 1, normal)."""
+def parse_label(text: str, *, numbers_are_birads: bool = False) -> str | None:
+    """benign/malignant, 0/1, or a BI-RADS category (2-3 benign, 4-5 malignant); None = excluded (BI-RADS 0, 1, 6,
+    normal). A bare number (also '1.0') is 0 benign / 1 malignant, or with `numbers_are_birads` a BI-RADS category
+    (a column that holds 2-6 too); 'BI-RADS 1' is always BI-RADS."""
     value = str(text).strip().lower()
-    if value in ("benign", "0"):
-        return "benign"
-    if value in ("malignant", "1"):
-        return "malignant"
+    number = _number(value)
+    if number is not None and not numbers_are_birads and number in (0, 1):
+        return ("benign", "malignant")[number]
+    if value in ("benign", "malignant"):
+        return value
     if value in ("normal",):
         return None
     try:

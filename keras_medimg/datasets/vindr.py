@@ -72,7 +72,8 @@ def read_vindr(root: str | Path, *, skipped: Skipped | None = None, strict: bool
         col = check_columns(breast_csv, reader.fieldnames, BREAST_COLUMNS, what="VinDr's breast-level annotations")
         optional = check_optional(reader.fieldnames, ("breast_density",))
         samples = samples_from_rows(breast_csv, ((reader.line_num, row) for row in reader), problems=problems,
-                                    make=lambda line, row: _breast_sample(root, row, col, optional, line, findings),
+                                    make=lambda line, row: _breast_sample(root, row, col, optional, line, findings,
+                                                                         keep_excluded),
                                     keep=lambda sample: sample.label is not None or keep_excluded)
     return finish(breast_csv, samples, problems, skipped, strict, what="VinDr-Mammo")
 
@@ -132,7 +133,7 @@ def _read_findings(path: Path, problems: list[InvalidInputError]) -> dict[str, l
 
 
 def _breast_sample(root: Path, row: dict[str, str], col: dict[str, str], optional: dict[str, str], line: int,
-                   findings: dict[str, list[Box]]) -> Sample:
+                   findings: dict[str, list[Box]], keep_excluded: bool = False) -> Sample:
     study, image_id = (row.get(col["study_id"]) or "").strip(), (row.get(col["image_id"]) or "").strip()
     if not study or not image_id:
         raise ValueError("study_id or image_id is empty")
@@ -143,7 +144,8 @@ def _breast_sample(root: Path, row: dict[str, str], col: dict[str, str], optiona
     if split_text not in _SPLITS:
         raise ValueError(f"split '{split_text}' is not 'training' or 'test'")
     path = root / "images" / study / f"{image_id}{IMAGE_SUFFIX}"
-    if not path.is_file():
+    # an image the study leaves out (BI-RADS 1) need not be there: many download only the images they use
+    if (keep_excluded or birads_label(birads) is not None) and not path.is_file():
         raise InvalidInputError(path, f"the image of {BREAST_FILE} line {line} does not exist "
                                 f"(expected images/<study_id>/<image_id>{IMAGE_SUFFIX}).", line=None)
     boxes = findings.get(image_id, [])

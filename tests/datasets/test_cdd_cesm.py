@@ -33,7 +33,7 @@ def test_labels_types_and_regions(cdd):
         assert sample.label == pathology[sample.id].lower()
         assert sample.path.parent.name == "Low energy images of CDD-CESM"
     with open(cdd / "Radiology_hand_drawn_segmentations_v2.csv", newline="") as fh:
-        outlined = {"".join(r["filename"].split()).removesuffix(".jpg") for r in csv.DictReader(fh) if r["region_shape_attributes"] != "{}"}
+        outlined = {"".join(r["#filename"].split()).removesuffix(".jpg") for r in csv.DictReader(fh) if r["region_shape_attributes"] != "{}"}
     assert {s.id for s in dm if s.meta["roi"]} == {s.id for s in dm} & outlined
     assert all(len(s.boxes) == len(s.meta["roi_shapes"]) > 0 for s in dm if s.meta["roi"])
     both = read_cdd_cesm(cdd, image_type="both")

@@ -77,3 +77,31 @@ def test_optional_columns_match_names_with_underscores_and_spaces():
 
     found = check_optional(["Anon DICOM Path", "split", "ID"], ["anon_dicom_path", "split", "id", "absent"])
     assert found == {"anon_dicom_path": "Anon DICOM Path", "split": "split", "id": "ID"}
+
+
+def test_manifest_paths_written_elsewhere_and_labels_written_as_numbers(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        (images / name).write_bytes(b"x")
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    rows = ("patient,roi,laterality,view,label,path\n"
+            f"p1,1.0,L,CC,1.0,{images / 'a.png'}\n"  # absolute; a pandas float label and flag
+            "p1,0,L,MLO,0.0,../images/b.png\n"  # '..' from the CSV's folder
+            "p2,1,R,CC,1,..\\images\\c.png\n"  # written on Windows
+            "p2,,R,MLO,0,../images/d.png\n")  # ROI unknown: an error, not 'no ROI'
+    (folder / "m.csv").write_text(rows)
+    skipped = Skipped()
+    got = {s.id: (s.label, s.meta["roi"]) for s in read_manifest(folder / "m.csv", skipped=skipped)}
+    absolute_id = (images / "a").as_posix().lstrip("/")
+    assert got == {absolute_id: ("malignant", True), "images/b": ("benign", False), "images/c": ("malignant", True)}
+    assert [(r["line"], "empty" in r["reason"]) for r in skipped.rows()] == [(5, True)]
+    # a label column of bare BI-RADS numbers: 1 is BI-RADS 1 (excluded), not malignant
+    (folder / "birads.csv").write_text("patient,roi,laterality,view,label,path\n"
+                                       "p1,1,L,CC,1,../images/a.png\np1,1,L,MLO,4,../images/b.png\n"
+                                       "p2,0,R,CC,2.0,../images/c.png\n")
+    skipped = Skipped()
+    got = {s.id: s.label for s in read_manifest(folder / "birads.csv", skipped=skipped)}
+    assert got == {"images/b": "malignant", "images/c": "benign"}
+    assert "excluded" in skipped.rows()[0]["reason"]

@@ -99,3 +99,20 @@ def test_finding_categories_are_parsed_as_literals_never_evaluated():
     assert parse_categories("") == []
     with pytest.raises(ValueError):
         parse_categories("__import__('os').system('true')")
+
+
+def test_excluded_images_need_not_be_downloaded(vindr, tmp_path):
+    # Many download only the images the study uses: a missing BI-RADS 1 image is not a problem, a used one is.
+    copy = tmp_path / "v"
+    copy.mkdir()
+    for name in ("breast-level_annotations.csv", "finding_annotations.csv"):
+        (copy / name).write_bytes((vindr / name).read_bytes())
+    _, breast = _rows(vindr / "breast-level_annotations.csv")
+    used = [r for r in breast if not r["breast_birads"].endswith(" 1")]
+    for row in used[1:]:
+        target = copy / "images" / row["study_id"] / f"{row['image_id']}.dicom"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(vindr / "images" / row["study_id"] / f"{row['image_id']}.dicom")
+    skipped = Skipped()
+    assert len(read_vindr(copy, skipped=skipped)) == len(used) - 1
+    assert [used[0]["image_id"] in str(r["path"]) for r in skipped.rows()] == [True]

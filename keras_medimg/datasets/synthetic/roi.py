@@ -217,9 +217,9 @@ def _via_rows(rng: np.random.Generator, filename: str, mask: np.ndarray, lesions
             shapes.append({"name": "polygon", "all_points_x": points[:, 0].tolist(), "all_points_y": points[:, 1].tolist()})
     size = int(mask.size)
     if not shapes:
-        return [{"filename": shown, "file_size": size, "file_attributes": "{}", "region_count": 0, "region_id": 0,
+        return [{"#filename": shown, "file_size": size, "file_attributes": "{}", "region_count": 0, "region_id": 0,
                  "region_shape_attributes": "{}", "region_attributes": "{}"}]
-    return [{"filename": shown, "file_size": size, "file_attributes": "{}", "region_count": len(shapes), "region_id": i,
+    return [{"#filename": shown, "file_size": size, "file_attributes": "{}", "region_count": len(shapes), "region_id": i,
              "region_shape_attributes": json.dumps(shape), "region_attributes": "{}"} for i, shape in enumerate(shapes)]
 
 
