@@ -2,7 +2,8 @@
 one `class cx cy w h` text file per image.
 
 An image without a label file is a background image (no boxes), as in Ultralytics; a label file without an
-image, a box outside its image or an unknown class index is an error.
+image, a box outside its image or an unknown class index is an error. The `classes.txt` labelImg writes beside
+its label files is not a label file (the class names come from the data.yaml).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from keras_medimg.io.annotations import read_yolo, read_yolo_data_yaml, yolo_lab
 # The image types Ultralytics trains on that the readers here can size.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
+# labelImg saves the class names as `classes.txt` in the folder of its label files: not a label file.
+LABELIMG_CLASSES = "classes.txt"
 
 
 def read_yolo_folder(source: str | Path, split: str = "train") -> list[Sample]:
@@ -128,7 +131,7 @@ def _orphan_labels(image_dir: Path, images: list[Path]) -> list[InvalidInputErro
     return [
         InvalidInputError(path, "This label file has no image of the same name. Add the image or remove the label file.")
         for path in sorted(label_dir.rglob("*.txt"))
-        if path not in expected
+        if path not in expected and path.name != LABELIMG_CLASSES
     ]
 
 

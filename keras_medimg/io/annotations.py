@@ -47,13 +47,33 @@ class Box(NamedTuple):
 
 # === Validation shared by every format ===
 
-# Coordinates computed from normalised YOLO numbers or float JSON can overshoot the border by rounding error;
-# that much is forgiven (and clamped), anything more is a wrong annotation.
+# Pixel coordinates (VOC, COCO, our writers) are forgiven float rounding error only; anything more is a wrong
+# annotation.
 _TOLERANCE = 1e-3
 
+# Normalised YOLO numbers are written rounded (labelImg and CVAT write 6 decimals, some scripts 3 or 4), and the
+# edge `cx + w/2` adds the rounding of two numbers: at most 0.75 units of the last decimal written. So a box that
+# ends on the border can overshoot it by up to 0.75e-3 of the side with 3 decimals (2048.001 px on a 2048 px wide
+# image with 6). 1e-3 of the side covers every file written with 3 or more decimals; one pixel more is never
+# counted as outside, since clipping less than a pixel changes no pixel the box covers. Such boxes are clipped to
+# the image, as Ultralytics clips (it accepts up to 1.01); boxes further out are still errors.
+_YOLO_TOLERANCE = 1e-3
 
-def _checked(box: Box, size: tuple[float, float], path: Path, line: int | None, where: str = "") -> Box:
-    """Return `box` clamped to the image, or raise if it is empty or lies outside the image."""
+
+def _yolo_slack(image_size: tuple[float, float]) -> tuple[float, float]:
+    """How far, in pixels, a box from normalised YOLO numbers may overshoot the image on each axis (see above)."""
+    return tuple(max(1.0, _YOLO_TOLERANCE * side) for side in image_size)  # type: ignore[return-value]
+
+
+def _checked(
+    box: Box,
+    size: tuple[float, float],
+    path: Path,
+    line: int | None,
+    where: str = "",
+    slack: tuple[float, float] = (_TOLERANCE, _TOLERANCE),
+) -> Box:
+    """Return `box` clipped to the image, or raise if it is empty or lies more than `slack` pixels outside it."""
     width, height = size
     x1, y1, x2, y2 = box.x1, box.y1, box.x2, box.y2
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
@@ -65,14 +85,24 @@ def _checked(box: Box, size: tuple[float, float], path: Path, line: int | None, 
             "Fix or remove the annotation.",
             line=line,
         )
-    if x1 < -_TOLERANCE or y1 < -_TOLERANCE or x2 > width + _TOLERANCE or y2 > height + _TOLERANCE:
+    slack_x, slack_y = slack
+    if x1 < -slack_x or y1 < -slack_y or x2 > width + slack_x or y2 > height + slack_y:
         raise InvalidInputError(
             path,
             f"The box {where}({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width:g}x{height:g} image. "
             "Fix the annotation or the image size it was made for.",
             line=line,
         )
-    return box._replace(x1=max(0.0, x1), y1=max(0.0, y1), x2=min(float(width), x2), y2=min(float(height), y2))
+    x1, y1 = min(max(0.0, x1), float(width)), min(max(0.0, y1), float(height))
+    x2, y2 = max(min(float(width), x2), 0.0), max(min(float(height), y2), 0.0)
+    if x2 <= x1 or y2 <= y1:
+        raise InvalidInputError(
+            path,
+            f"The box {where}({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g}) lies on the border of the "
+            f"{width:g}x{height:g} image and covers none of it. Fix or remove the annotation.",
+            line=line,
+        )
+    return box._replace(x1=x1, y1=y1, x2=x2, y2=y2)
 
 
 def _class_index(label: str | int, class_names: Sequence[str], path: Path) -> int:
@@ -124,21 +154,41 @@ def _voc_float(element: ET.Element, tag: str, path: Path, line: int | None) -> f
         raise InvalidInputError(path, f"<{tag}> holds '{text}', which is not a number. Fix the annotation.", line=line) from None
 
 
+def _voc_difficult(obj: ET.Element, path: Path, line: int | None) -> bool:
+    """Whether an <object> is marked difficult; a missing or empty <difficult> means it is not."""
+    found = obj.find("difficult")
+    text = (found.text or "").strip().lower() if found is not None else ""
+    if text in ("", "false", "true"):
+        return text == "true"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value in (0.0, 1.0):
+        return value == 1.0
+    raise InvalidInputError(path, f"<difficult> holds '{text}'; write 0 or 1. Fix the annotation.", line=line)
+
+
 def read_voc(path: str | Path) -> tuple[list[Box], tuple[int, int]]:
     """Read a PASCAL VOC XML annotation.
 
     Corners are read as written (no +-1 shift), the convention of LabelImg and CVAT exports, so `write_voc`
     gives back the same numbers.
 
+    Objects marked `<difficult>1</difficult>` are left out (and not checked), as Ultralytics' VOC conversion
+    leaves them out of its labels: they are neither trained on nor counted as missed. An image whose objects
+    are all difficult has no boxes.
+
     Args:
         path: the `.xml` file.
 
     Returns:
-        The boxes (label = `<name>`, score 1.0) and the image size `(width, height)` from `<size>`.
+        The boxes of the objects that are not difficult (label = `<name>`, score 1.0) and the image size
+        `(width, height)` from `<size>`.
 
     Raises:
-        InvalidInputError: unreadable XML, a missing `<size>` or coordinate, or a box that is empty or outside
-            the image (the message names the line of its `<object>`).
+        InvalidInputError: unreadable XML, a missing `<size>` or coordinate, a `<difficult>` other than 0 or 1,
+            or a box that is empty or outside the image (the message names the line of its `<object>`).
     """
     path = Path(path)
     try:
@@ -157,6 +207,8 @@ def read_voc(path: str | Path) -> tuple[list[Box], tuple[int, int]]:
         raise InvalidInputError(path, f"<size> says {size[0]}x{size[1]}; write the real image width and height.")
     boxes = []
     for obj, line in zip(root.findall("object"), object_lines):
+        if _voc_difficult(obj, path, line):
+            continue
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise InvalidInputError(path, "An <object> has no <bndbox>. Add the box or remove the object.", line=line)
@@ -208,6 +260,11 @@ def write_voc(
 def read_yolo(path: str | Path, image_size: tuple[int, int], class_names: Sequence[str] | None = None) -> list[Box]:
     """Read a YOLO label file: one `class cx cy w h [score]` line per box, normalised to [0, 1].
 
+    A segmentation line, `class x1 y1 x2 y2 x3 y3 ...` (3 or more normalised points), gives the box that
+    encloses its polygon, as Ultralytics reads it for detection. The class may be written as a float that is
+    a whole number (`1.0`, numpy's `0.000000e+00`), since Ultralytics reads labels as floats. A box that
+    overshoots the image by the rounding of its normalised numbers (see `_YOLO_TOLERANCE`) is clipped to it.
+
     Args:
         path: the `.txt` file.
         image_size: `(width, height)` of the image, to turn normalised numbers into pixels.
@@ -217,13 +274,15 @@ def read_yolo(path: str | Path, image_size: tuple[int, int], class_names: Sequen
         The boxes in pixels.
 
     Raises:
-        InvalidInputError: the file is missing, or a line has the wrong number of fields, a bad number, an
-            unknown class index, or a box that is empty or outside the image (the message names the line).
+        InvalidInputError: the file is missing, or a line has the wrong number of fields, a bad number, a class
+            that is not a whole number or not a known index, or a box that is empty or outside the image (the
+            message names the line).
     """
     path = Path(path)
     width, height = image_size
+    slack = _yolo_slack(image_size)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first line
     except FileNotFoundError:
         raise InvalidInputError(path, "The YOLO label file does not exist. Check the path.") from None
     except UnicodeDecodeError:
@@ -233,16 +292,17 @@ def read_yolo(path: str | Path, image_size: tuple[int, int], class_names: Sequen
         fields = line.split()
         if not fields:
             continue
-        if len(fields) not in (5, 6):
+        polygon = len(fields) > 6
+        if len(fields) < 5 or (polygon and len(fields) % 2 == 0):
             raise InvalidInputError(
                 path,
-                f"Expected 5 fields 'class cx cy w h' (or 6 with a score), found {len(fields)}. "
-                "Segmentation polygons are not box labels.",
+                f"Expected 5 fields 'class cx cy w h' (or 6 with a score, or a class and 3 or more x y points of a "
+                f"polygon), found {len(fields)}.",
                 line=line_number,
             )
         try:
-            index = int(fields[0])
-            cx, cy, w, h, *score = (float(v) for v in fields[1:])
+            index = _yolo_class(fields[0], path, line_number)
+            values = [float(v) for v in fields[1:]]
         except ValueError:
             raise InvalidInputError(path, f"'{line.strip()}' is not 'class cx cy w h' with an integer class.", line=line_number) from None
         if class_names is not None and not 0 <= index < len(class_names):
@@ -250,12 +310,32 @@ def read_yolo(path: str | Path, image_size: tuple[int, int], class_names: Sequen
                 path, f"The class index {index} is outside 0..{len(class_names) - 1} of the data.yaml names.", line=line_number
             )
         label = class_names[index] if class_names is not None else index
-        box = Box(
-            (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height,
-            label=label, score=score[0] if score else 1.0,
-        )
-        boxes.append(_checked(box, image_size, path, line_number))
+        if polygon:
+            if not all(math.isfinite(v) for v in values):
+                raise InvalidInputError(
+                    path, "The polygon has a coordinate that is not a number. Fix the annotation.", line=line_number
+                )
+            xs, ys = values[0::2], values[1::2]
+            box = Box(min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height, label=label)
+        else:
+            cx, cy, w, h, *score = values
+            box = Box(
+                (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height,
+                label=label, score=score[0] if score else 1.0,
+            )
+        boxes.append(_checked(box, image_size, path, line_number, slack=slack))
     return boxes
+
+
+def _yolo_class(text: str, path: Path, line: int) -> int:
+    """A YOLO class index: an integer, or a float that is a whole number (`1.0`, `0.000000e+00`)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # a ValueError here is reported by the caller as a malformed line
+    if not value.is_integer():
+        raise InvalidInputError(path, f"The class index '{text}' is not a whole number. Fix the label.", line=line)
+    return int(value)
 
 
 def yolo_label_path(image: str | Path) -> Path:
@@ -349,7 +429,7 @@ def _yaml_split(value: str | Sequence[str]) -> str | list[str]:
 def _read_text(path: Path, what: str) -> str:
     """A UTF-8 text file, or InvalidInputError saying it is missing or not text (a binary file, another encoding)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InvalidInputError(path, f"The {what} does not exist. Check the path.") from None
     except UnicodeDecodeError:
@@ -360,7 +440,9 @@ def read_yolo_data_yaml(path: str | Path) -> YoloData:
     """Read an Ultralytics `data.yaml`.
 
     A relative `path:` is taken from the YAML file's folder (where there is no `path:`, that folder is the
-    root); split entries are resolved against the root.
+    root); split entries are resolved against the root. An entry starting with `../` that does not exist is
+    tried again without the `../`, as Ultralytics does (Roboflow exports write `train: ../train/images` in the
+    dataset folder itself).
 
     Args:
         path: the YAML file.
@@ -389,20 +471,37 @@ def read_yolo_data_yaml(path: str | Path) -> YoloData:
         root = path.parent / root
     names = content["names"]
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise InvalidInputError(path, f"The names mapping must have the keys 0..{len(names) - 1}, found {sorted(names)}.")
+        # YAML keys written quoted ('0': tumour) are strings; they name the same indices
+        names = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in names.items()}
+        if set(names) != set(range(len(names))):
+            raise InvalidInputError(path, f"The names mapping must have the keys 0..{len(names) - 1}, found "
+                                          f"{sorted(names, key=str)}.")
         class_names = [str(names[i]) for i in range(len(names))]
     elif isinstance(names, list):
         class_names = [str(name) for name in names]
     else:
         raise InvalidInputError(path, "names must be a list of class names or a mapping from class index to name.")
 
+    def entry(key: str, value: Any) -> Path:
+        value = str(value)
+        if Path(value).is_absolute():
+            return Path(value)
+        first = root / value
+        # Roboflow exports write `train: ../train/images` beside train/ with no `path:`; Ultralytics then tries
+        # the entry again without its leading '../' when the first path does not exist.
+        if first.exists() or not value.startswith("../"):
+            return first
+        second = root / value[3:]
+        # neither there: the entry as written, for the caller that lists the split to report (reading only the
+        # class names, e.g. for prediction, needs no split)
+        return second if second.exists() else first
+
     def split(key: str) -> list[Path]:
         value = content.get(key)
         if value is None:
             return []
         values = value if isinstance(value, list) else [value]
-        return [Path(v) if Path(v).is_absolute() else root / v for v in values]
+        return [entry(key, v) for v in values]
 
     return YoloData(root=root, train=split("train"), val=split("val"), test=split("test"), class_names=class_names)
 

@@ -91,3 +91,19 @@ def test_voc_errors_name_the_annotation(voc_root):
         read_voc_folder(voc_root, class_names=["gun"])
     assert info.value.path.name == "x1.xml" and "Unknown object name(s) knife" in str(info.value)
     assert "x2.xml" in str(info.value) and "No image" in str(info.value)
+
+
+def test_yolo_ignores_the_classes_txt_labelimg_writes_beside_the_labels(yolo_root):
+    (yolo_root / "labels/train/classes.txt").write_text("glioma\r\nmeningioma\r\npituitary\r\n")
+    assert [s.id for s in read_yolo_folder(yolo_root / "data.yaml")] == ["a", "b", "c"]
+    assert [s.id for s in read_yolo_folder(yolo_root, "train")] == ["a", "b", "c"]  # without a data.yaml too
+
+
+def test_yolo_reads_a_roboflow_export(tmp_path, make_image):
+    # Roboflow: <split>/images and <split>/labels, and a data.yaml whose entries start with '../' (no path: key).
+    for split in ("train", "valid"):
+        make_image(tmp_path / split / "images" / "a.jpg", (40, 50))
+        write_yolo(tmp_path / split / "labels" / "a.txt", [Box(5, 10, 25, 30, "glioma")], (50, 40), NAMES)
+    (tmp_path / "data.yaml").write_text(f"train: ../train/images\nval: ../valid/images\n\nnc: 3\nnames: {NAMES}\n")
+    (sample,) = read_yolo_folder(tmp_path / "data.yaml", "val")
+    assert sample.path == tmp_path / "valid/images/a.jpg" and sample.labels == ["glioma"]

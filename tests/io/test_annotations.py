@@ -174,3 +174,87 @@ def test_yolo_label_path_follows_ultralytics(tmp_path):
     assert yolo_label_path(nested) == tmp_path / "images" / "set" / "labels" / "b.txt"
     assert yolo_label_path(tmp_path / "scans" / "images") == tmp_path / "scans" / "images.txt"
     assert yolo_label_path(tmp_path / "scans" / "c.tif") == tmp_path / "scans" / "c.txt"  # no images folder: beside it
+
+
+def test_yolo_edge_boxes_rounded_by_label_tools_are_clipped(tmp_path):
+    # labelImg writes 6 decimals: this box ends on the border of a 2048 px wide image, but cx + w/2 = 1.0000005.
+    path = tmp_path / "edge.txt"
+    path.write_text("0 0.853516 0.500000 0.292969 0.100000\n0 0.0014995 0.5 0.003 0.1\n")
+    right, left = read_yolo(path, (2048, 1536), CLASSES)
+    assert right.x2 == 2048 and right.x1 == pytest.approx(1448, abs=0.01)
+    assert left.x1 == 0 and left.x2 == pytest.approx(6.143, abs=1e-3)
+    path.write_text("0 0.5 0.5 1.004 0.1\n")  # 4 px outside a 2048 px image: a wrong box, not rounding
+    with pytest.raises(InvalidInputError, match="outside") as info:
+        read_yolo(path, (2048, 1536), CLASSES)
+    assert info.value.line == 1
+    path.write_text("0 1.0002 0.5 0.0002 0.1\n")  # within the tolerance, but wholly beyond the border
+    with pytest.raises(InvalidInputError, match="covers none"):
+        read_yolo(path, (2048, 1536), CLASSES)
+
+
+def test_yolo_reads_whole_float_classes_and_refuses_fractions(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("1.0 0.5 0.5 0.25 0.5\n0.000000e+00 5.0e-01 5.0e-01 2.5e-01 5.0e-01\n")
+    assert [b.label for b in read_yolo(path, SIZE, CLASSES)] == ["gun", "knife"]
+    assert [b.label for b in read_yolo(path, SIZE)] == [1, 0]
+    path.write_text("0 0.5 0.5 0.1 0.1\n1.5 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(InvalidInputError, match="'1.5' is not a whole number") as info:
+        read_yolo(path, SIZE, CLASSES)
+    assert info.value.line == 2 and "f.txt, line 2" in str(info.value)
+
+
+def test_yolo_segmentation_polygons_become_their_enclosing_boxes(tmp_path):
+    path = tmp_path / "seg.txt"
+    path.write_text("0 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n1 0.5 0.5 0.25 0.5\n2 0.5 0.2 0.75 0.6 0.25 0.6\n")
+    boxes = read_yolo(path, SIZE, CLASSES)
+    assert boxes == [
+        Box(64.0, 48.0, 192.0, 144.0, "knife"),
+        Box(240.0, 120.0, 400.0, 360.0, "gun"),
+        Box(160.0, 96.0, 480.0, 288.0, "battery"),
+    ]
+    path.write_text("0 0.1 0.1 0.3 0.1 0.3 0.3 0.1\n")  # 7 coordinates: not x y pairs
+    with pytest.raises(InvalidInputError, match="found 8"):
+        read_yolo(path, SIZE, CLASSES)
+    path.write_text("0 0.1 0.1 0.3 0.1 0.3 nan 0.1 0.3\n")
+    with pytest.raises(InvalidInputError, match="not a number"):
+        read_yolo(path, SIZE, CLASSES)
+
+
+def test_voc_leaves_out_difficult_objects(tmp_path):
+    def obj(name, difficult):
+        flag = f"<difficult>{difficult}</difficult>" if difficult is not None else ""
+        return f"<object><name>{name}</name>{flag}<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>9</xmax><ymax>8</ymax></bndbox></object>"
+
+    path = tmp_path / "d.xml"
+    body = obj("knife", 0) + obj("gun", 1) + obj("battery", None) + obj("gun", " 1 ")
+    path.write_text(f"<annotation><size><width>10</width><height>10</height></size>{body}</annotation>")
+    boxes, _ = read_voc(path)
+    assert [b.label for b in boxes] == ["knife", "battery"]
+    path.write_text(f"<annotation><size><width>10</width><height>10</height></size>{obj('gun', 'maybe')}</annotation>")
+    with pytest.raises(InvalidInputError, match="<difficult> holds 'maybe'"):
+        read_voc(path)
+
+
+def test_data_yaml_retries_roboflow_parent_entries_without_the_leading_dots(tmp_path):
+    # Roboflow writes data.yaml beside train/ and valid/, with `../` entries and no `path:`.
+    for folder in ("train/images", "valid/images"):
+        (tmp_path / folder).mkdir(parents=True)
+    path = tmp_path / "data.yaml"
+    path.write_text("train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['gun']\n")
+    data = read_yolo_data_yaml(path)
+    assert data.train == [tmp_path / "train/images"] and data.val == [tmp_path / "valid/images"]
+    # Where the `../` path exists, it is taken as written.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnames: ['gun']\n")
+    assert read_yolo_data_yaml(tmp_path / "sub" / "data.yaml").train == [tmp_path / "sub" / "../train/images"]
+    # Where neither exists, the entry is kept as written for the split's reader to report; the names still read.
+    path.write_text("train: ../train/images\nval: ../test/images\nnames: {'0': gun, '1': knife}\n")
+    data = read_yolo_data_yaml(path)
+    assert data.val == [tmp_path / "../test/images"] and data.class_names == ["gun", "knife"]
+
+
+def test_yolo_label_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("\ufeff0 0.5 0.5 0.2 0.2\n", encoding="utf-8")
+    (box,) = read_yolo(path, (100, 100))
+    assert (box.x1, box.y1, box.x2, box.y2, box.label) == (40.0, 40.0, 60.0, 60.0, 0)
