@@ -8,6 +8,10 @@
         valid_concepts.csv, valid_concepts_manual.csv, valid/<ID>.jpg
         test/<ID>.jpg                    (the challenge gives no test concepts)
 
+ImageCLEFmedical 2022 and 2023 wrote the same files tab-separated, with the header `ID<tab>cuis`; the readers
+take the delimiter (comma, tab or the `|` the 2023 evaluator also accepts) from each file's header line and
+match column names whatever their case.
+
 Each image becomes a `Sample` whose `labels` are its CUIs (`meta["manual"]` holds the manual ones). Readers
 check everything that can be checked without decoding pixels (columns, duplicate IDs, image presence, CUIs
 missing from the mapping, an empty split) and report every problem with its file and line in one error.
@@ -27,6 +31,8 @@ from keras_medimg.errors import InvalidInputError, problems_error
 
 CONCEPT_COLUMNS = ("ID", "CUIs")
 MAPPING_COLUMNS = ("CUI", "Canonical name")
+#: The delimiters a concepts or mapping file may use, named as messages name them; the header line tells which.
+DELIMITERS = {",": "','", "\t": "a tab", "|": "'|'"}
 SPLITS = ("train", "valid", "test")
 
 Problem = tuple[int | None, str]
@@ -52,11 +58,18 @@ def parse_cuis(text: str) -> tuple[str, ...]:
     return tuple(cui for cui in (part.strip().upper() for part in text.split(";")) if cui)
 
 
-def csv_rows(path: str | Path) -> list[tuple[int, list[str]]]:
+def header_delimiter(header: str) -> str:
+    """The delimiter of a concepts or mapping file from its header line: a tab (ImageCLEFmedical 2022/2023,
+    `ID<tab>cuis`), else `|` (accepted by the 2023 evaluator), else a comma (ROCOv2 and 2024, `ID,CUIs`)."""
+    return "\t" if "\t" in header else "|" if "|" in header and "," not in header else ","
+
+
+def csv_rows(path: str | Path, *, delimiter: str = ",") -> list[tuple[int, list[str]]]:
     """The rows of a CSV file with their 1-based line numbers.
 
     Args:
         path: the CSV file (UTF-8, an optional byte-order mark is ignored).
+        delimiter: the field delimiter (see `header_delimiter` for files that may use another).
 
     Raises:
         InvalidInputError: the file is missing or is not readable UTF-8 CSV.
@@ -66,38 +79,50 @@ def csv_rows(path: str | Path) -> list[tuple[int, list[str]]]:
         raise InvalidInputError(path, "The file does not exist. Check the path and the dataset layout.")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, delimiter=delimiter)
             return [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInputError(path, f"The file is not a readable UTF-8 CSV file ({exc}).") from None
 
 
-def _check_header(path: Path, rows: list[tuple[int, list[str]]], columns: Sequence[str]) -> None:
+def delimiter_of(path: Path) -> str:
+    """The delimiter of a file by its header line (see `header_delimiter`)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return header_delimiter(fh.readline())
+    except (OSError, UnicodeDecodeError):
+        return ","  # csv_rows names the problem
+
+
+def _check_header(path: Path, rows: list[tuple[int, list[str]]], columns: Sequence[str], delimiter: str = ",") -> None:
     if not rows:
         raise InvalidInputError(path, f"The file is empty; it needs the header {','.join(columns)} and one row per entry.")
     header = [name.strip() for name in rows[0][1]]
-    missing = [name for name in columns if name not in header]
-    if missing or header[: len(columns)] != list(columns):
+    lowered = [name.lower() for name in header]  # 2022/2023 write `cuis`, ROCOv2 `CUIs`
+    missing = [name for name in columns if name.lower() not in lowered]
+    if missing or lowered[: len(columns)] != [name.lower() for name in columns]:
+        read_as = "" if delimiter == "," else f" (read as separated by {DELIMITERS[delimiter]}, as its first line is)"
         raise InvalidInputError(
             path,
-            f"The header must start with the columns {','.join(columns)}, but it reads {','.join(header) or '(nothing)'}; "
-            f"missing: {', '.join(missing) or 'none (wrong order)'}. Fix the first line of the file.",
+            f"The header must start with the columns {','.join(columns)}, but it reads {','.join(header) or '(nothing)'}"
+            f"{read_as}; missing: {', '.join(missing) or 'none (wrong order)'}. Fix the first line of the file.",
             line=rows[0][0],
         )
 
 
 def read_cui_mapping(path: str | Path) -> dict[str, str]:
-    """Read `cui_mapping.csv` (`CUI,Canonical name`) into CUI -> canonical name.
+    """Read `cui_mapping.csv` (`CUI,Canonical name`, or tab-separated) into CUI -> canonical name.
 
     Args:
-        path: the mapping file.
+        path: the mapping file; its delimiter is taken from its header line, its column names in any case.
 
     Raises:
         InvalidInputError: a missing column, a row without a CUI or name, or a CUI given twice.
     """
     path = Path(path)
-    rows = csv_rows(path)
-    _check_header(path, rows, MAPPING_COLUMNS)
+    delimiter = delimiter_of(path)
+    rows = csv_rows(path, delimiter=delimiter)
+    _check_header(path, rows, MAPPING_COLUMNS, delimiter)
     mapping: dict[str, str] = {}
     problems: list[Problem] = []
     for line, row in rows[1:]:
@@ -110,15 +135,16 @@ def read_cui_mapping(path: str | Path) -> dict[str, str]:
         else:
             mapping[cui] = name
     if problems:
-        raise problems_error(path, problems, "Fix the mapping file; each row must read CUI,Canonical name.")
+        raise problems_error(path, problems, f"Fix the mapping file; each row must read CUI{_shown(delimiter)}Canonical name.")
     return mapping
 
 
 def read_concepts_csv(path: str | Path, *, mapping: dict[str, str] | None = None) -> list[ConceptRow]:
-    """Read and check one concepts CSV (`ID,CUIs`).
+    """Read and check one concepts CSV (`ID,CUIs`; or `ID<tab>cuis`, the 2022/2023 format).
 
     Args:
-        path: `{split}_concepts.csv` or `{split}_concepts_manual.csv`.
+        path: `{split}_concepts.csv` or `{split}_concepts_manual.csv`; its delimiter is taken from its header
+            line, its column names in any case.
         mapping: CUI -> canonical name; when given, every CUI must be in it.
 
     Raises:
@@ -126,8 +152,9 @@ def read_concepts_csv(path: str | Path, *, mapping: dict[str, str] | None = None
             CUI missing from the mapping, or no rows at all; all of them listed in one error.
     """
     path = Path(path)
-    rows = csv_rows(path)
-    _check_header(path, rows, CONCEPT_COLUMNS)
+    delimiter = delimiter_of(path)
+    rows = csv_rows(path, delimiter=delimiter)
+    _check_header(path, rows, CONCEPT_COLUMNS, delimiter)
     records: list[ConceptRow] = []
     seen: set[str] = set()
     problems: list[Problem] = []
@@ -138,7 +165,7 @@ def read_concepts_csv(path: str | Path, *, mapping: dict[str, str] | None = None
             problems.append((line, "the row has no image ID"))
             continue
         if len(row) > 2:
-            problems.append((line, f"the row has {len(row)} fields; join the CUIs with ';', not ','"))
+            problems.append((line, f"the row has {len(row)} fields; join the CUIs with ';', not {DELIMITERS[delimiter]}"))
             continue
         if image_id in seen:
             problems.append((line, f"image ID '{image_id}' is given twice"))
@@ -152,10 +179,14 @@ def read_concepts_csv(path: str | Path, *, mapping: dict[str, str] | None = None
             problems.append((line, f"{', '.join(unknown)} of image '{image_id}' is not in cui_mapping.csv"))
         records.append(ConceptRow(line, image_id, cuis))
     if problems:
-        raise problems_error(path, problems, "Fix these rows; each must read ID,CUI;CUI;... with CUIs listed in cui_mapping.csv.")
+        raise problems_error(path, problems, f"Fix these rows; each must read ID{_shown(delimiter)}CUI;CUI;... with CUIs listed in cui_mapping.csv.")
     if not records:
         raise InvalidInputError(path, "The file lists no images. Give a split that holds at least one image.")
     return records
+
+
+def _shown(delimiter: str) -> str:
+    return "<tab>" if delimiter == "\t" else delimiter
 
 
 def concepts_path(root: str | Path, split: str, *, manual: bool = False) -> Path:

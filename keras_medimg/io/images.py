@@ -7,6 +7,7 @@ Arrays are grey `(H, W)` or colour `(H, W, 3)` in RGB order; OpenCV's BGR order 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,10 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: finds the DICM marker in it (scanners write IM000001 or UID-named files).
 IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
 _EIGHT_BIT_ONLY = (".jpg", ".jpeg", ".bmp")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+
+#: How much of a file `image_shape` reads for its header: 64 KiB hold the header of nearly every PNG, JPEG and BMP.
+HEADER_BYTES = 65536
 
 #: The largest image read, in pixels (2**28: a 16384 x 16384 image, 512 MiB at 16 bits). A file whose header
 #: claims more is refused before decoding: a 74-byte PNG can claim 10**10 pixels and make a decoder allocate
@@ -41,15 +46,32 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
-def image_shape(data: bytes) -> tuple[int, int] | None:
+def image_shape(data: bytes | str | Path) -> tuple[int, int] | None:
     """`(height, width)` from the header of a PNG, JPEG, BMP or TIFF file, without decoding it.
 
+    Given a path, only the header is read: the first `HEADER_BYTES`, and for a TIFF its first image file
+    directory wherever it lies. OpenCV and libtiff write that directory after the pixels, at the end of the file
+    (megabytes in for a 16-bit scan), so the first bytes of such a TIFF do not hold its size.
+
     Args:
-        data: the file's bytes, or its first bytes (64 KiB hold the header of nearly every JPEG).
+        data: the file's bytes, or its first bytes (64 KiB hold the header of nearly every JPEG; a TIFF needs the
+            bytes up to the end of its directory), or the path of the file.
 
     Returns:
         The size the header claims, or None when `data` is none of these formats or the header is not in it.
+
+    Raises:
+        OSError: a path that cannot be read.
     """
+    if isinstance(data, (str, Path)):
+        with open(data, "rb") as handle:
+
+            def read(offset: int, size: int) -> bytes:
+                handle.seek(offset)
+                return handle.read(size)
+
+            head = handle.read(HEADER_BYTES)
+            return _tiff_shape(head, read) if head[:4] in _TIFF_MAGIC else image_shape(head)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         width, height = struct.unpack(">II", data[16:24])
         return height, width
@@ -58,8 +80,8 @@ def image_shape(data: bytes) -> tuple[int, int] | None:
         return abs(height), abs(width)  # a negative height marks a top-down bitmap
     if data[:3] == b"\xff\xd8\xff":
         return _jpeg_shape(data)
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return _tiff_shape(data)
+    if data[:4] in _TIFF_MAGIC:
+        return _tiff_shape(data, lambda offset, size: data[offset : offset + size])
     return None
 
 
@@ -83,20 +105,25 @@ def _jpeg_shape(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _tiff_shape(data: bytes) -> tuple[int, int] | None:
-    # The first image file directory: ImageWidth (256) and ImageLength (257), each SHORT or LONG.
-    order = "<" if data[:2] == b"II" else ">"
-    if len(data) < 8:
+def _tiff_shape(head: bytes, read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
+    # The first image file directory: ImageWidth (256) and ImageLength (257), each SHORT or LONG. `read(offset,
+    # size)` gives the bytes there (fewer past the end), as the directory may lie anywhere in the file.
+    order = "<" if head[:2] == b"II" else ">"
+    if len(head) < 8:
         return None  # only the magic number: no directory to read (found by the property tests)
-    (offset,) = struct.unpack(order + "I", data[4:8])
-    if offset + 2 > len(data):
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    raw = read(offset, 2)
+    if len(raw) < 2:
         return None
-    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    (count,) = struct.unpack(order + "H", raw)
+    entries = read(offset + 2, 12 * count)
     size = {}
-    for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
-        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
+    for entry in range(0, len(entries) - 11, 12):
+        tag, kind = struct.unpack(order + "HH", entries[entry : entry + 4])
         if tag in (256, 257) and kind in (3, 4):
-            size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), data[entry + 8 : entry + (10 if kind == 3 else 12)])[0]
+            size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entries[entry + 8 : entry + (10 if kind == 3 else 12)])[0]
+            if len(size) == 2:
+                break
     return (size[257], size[256]) if len(size) == 2 else None
 
 
@@ -144,7 +171,12 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise InvalidInputError(path, "The image file does not exist. Check the path or the manifest that names it.")
     # imdecode on the bytes (rather than imread on the name) also opens paths with non-ASCII characters.
     data = np.fromfile(path, dtype=np.uint8)
-    check_pixel_count(path, image_shape(data[:65536].tobytes()) if data.size else None, max_pixels)
+    head = data[:HEADER_BYTES].tobytes()
+    if head[:4] in _TIFF_MAGIC:  # its size may lie past the first bytes (see image_shape)
+        shape = _tiff_shape(head, lambda offset, size: data[offset : offset + size].tobytes())
+    else:
+        shape = image_shape(head)
+    check_pixel_count(path, shape, max_pixels)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     except cv2.error:  # OpenCV's own size limit, for a header the check above cannot parse

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from keras_medimg.datasets.imageclef import csv_rows, parse_cuis, problems_error
+from keras_medimg.datasets.imageclef import csv_rows, delimiter_of, parse_cuis, problems_error
 from keras_medimg.errors import ConfigError
 
 #: The CUIs the secondary score keeps in the 2024 edition (the study's): modalities, then body regions.
@@ -95,7 +95,12 @@ Concepts = Mapping[str, Sequence[str]]
 
 
 def _is_header(row: list[str]) -> bool:
-    return bool(row) and row[0].strip() == "ID"
+    return bool(row) and row[0].strip().lower() == "id"
+
+
+def _rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The rows of a truth or run file, comma-, tab- (ImageCLEFmedical 2022/2023) or '|'-separated by its first line."""
+    return csv_rows(path, delimiter=delimiter_of(path))
 
 
 def read_truth(path: str | Path) -> dict[str, tuple[str, ...]]:
@@ -110,7 +115,7 @@ def read_truth(path: str | Path) -> dict[str, tuple[str, ...]]:
     path = Path(path)
     truth: dict[str, tuple[str, ...]] = {}
     problems: list[tuple[int | None, str]] = []
-    for index, (line, row) in enumerate(csv_rows(path)):
+    for index, (line, row) in enumerate(_rows(path)):
         if index == 0 and _is_header(row):
             continue
         if not row or not row[0].strip():
@@ -147,14 +152,14 @@ def read_submission(path: str | Path, truth_ids: Iterable[str]) -> dict[str, tup
     known = set(truth_ids)
     predictions: dict[str, tuple[str, ...]] = {}
     problems: list[tuple[int | None, str]] = []
-    for index, (line, row) in enumerate(csv_rows(path)):
+    for index, (line, row) in enumerate(_rows(path)):
         if index == 0 and _is_header(row):
             continue
         if not row or not row[0].strip():
             problems.append((line, "the row has no image ID; each row must read ID,CUI;CUI;..."))
             continue
         if len(row) > 2:
-            problems.append((line, f"the row has {len(row)} comma-separated fields; expected an ID and at most one CUI field"))
+            problems.append((line, f"the row has {len(row)} fields; expected an ID and at most one CUI field"))
             continue
         image_id = row[0].strip()
         if image_id not in known:

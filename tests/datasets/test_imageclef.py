@@ -109,3 +109,37 @@ def test_list_images_from_a_folder_and_from_a_csv(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInputError, match="no .*images"):
         list_images(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("delimiter", ["\t", "|"])
+def test_tab_and_pipe_separated_files_of_2022_and_2023_are_read(tmp_path, delimiter):
+    """ImageCLEFmedical 2022/2023: `ID<tab>cuis` (lower case), CUIs still joined by ';'; the mapping likewise."""
+    root = tmp_path / "data"
+    make_layout(root, "", images=["img_1", "img_2"])
+    (root / "cui_mapping.csv").write_text(MAPPING.replace(",", delimiter).replace("CUI", "cui"), encoding="utf-8")
+    (root / "train_concepts.csv").write_text(
+        f"ID{delimiter}cuis\nimg_1{delimiter}C0040405;c0817096\nimg_2{delimiter}C0027651\n", encoding="utf-8-sig")
+    (root / "train_concepts_manual.csv").write_text(f"id{delimiter}CUIS\nimg_1{delimiter}C0040405\n", encoding="utf-8")
+    samples = read_imageclef(root, "train")
+    assert [(s.id, s.labels, s.meta["manual"], s.meta["line"]) for s in samples] == [
+        ("img_1", ["C0040405", "C0817096"], ["C0040405"], 2), ("img_2", ["C0027651"], [], 3)]
+    assert read_cui_mapping(root / "cui_mapping.csv")["C0040405"] == "X-Ray Computed Tomography"
+
+
+def test_tab_separated_rows_with_a_third_field_name_the_tab(tmp_path):
+    root = make_layout(tmp_path / "data", "img_1,C0040405\n")
+    (root / "train_concepts.csv").write_text("ID\tcuis\nimg_1\tC0040405\tC0817096\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"line 2: the row has 3 fields; join the CUIs with ';', not a tab.*ID<tab>CUI;CUI"):
+        read_imageclef(root, "train")
+    (root / "train_concepts.csv").write_text("ID\tConcepts\nimg_1\tC0040405\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="read as separated by a tab.*missing: CUIs"):
+        read_imageclef(root, "train")
+
+
+def test_comma_files_keep_their_messages_and_any_case_of_column_names(tmp_path):
+    root = make_layout(tmp_path / "data", "img_1,C0040405\n")
+    (root / "train_concepts.csv").write_text("id,cuis\nimg_1,C0040405\n", encoding="utf-8")
+    assert [s.labels for s in read_imageclef(root, "train")] == [["C0040405"]]
+    (root / "train_concepts.csv").write_text("ID,CUIs\nimg_1,C0040405,C0817096\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"join the CUIs with ';', not ','.*each must read ID,CUI;CUI;\.\.\."):
+        read_imageclef(root, "train")

@@ -135,3 +135,74 @@ def test_two_images_with_one_id_are_named_in_both_layouts(tmp_path):
     dataset = read_voc_dataset(flat, strict=False, skipped=skipped)
     assert dataset.layout == "flat" and [s.id for s in dataset.samples] == ["s1"]
     assert any("unique across the set" in str(row) for row in skipped.rows())
+
+
+def test_split_files_with_a_byte_order_mark_and_unknown_ids(tmp_path):
+    root = _standard(tmp_path)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    # Windows tools write a BOM and CRLF: the first id must still be s0, not '\ufeffs0'.
+    for name, ids in (("train", b"s0\r\ns1\r\n"), ("val", b"s2\r\n"), ("test", b"s3\r\n")):
+        (root / "ImageSets" / "Main" / f"{name}.txt").write_bytes(b"\xef\xbb\xbf" + ids)
+    dataset = read_voc_dataset(root)
+    assert dataset.splits["train"] == ["s0", "s1"]
+    parts = split_dataset(dataset)
+    assert [[s.id for s in parts[k]] for k in ("train", "val", "test")] == [["s0", "s1"], ["s2"], ["s3"]]
+    # An id that names no annotation or image is reported with its file and line, not silently dropped.
+    (root / "ImageSets" / "Main" / "val.txt").write_bytes(b"\xef\xbb\xbfs2\n\ns9\n")
+    with pytest.raises(InvalidInputError, match="names no annotation") as info:
+        read_voc_dataset(root)
+    assert info.value.path.name == "val.txt" and info.value.line == 3 and "s9" in str(info.value)
+    skipped = Skipped()
+    dataset = read_voc_dataset(root, strict=False, skipped=skipped)
+    assert [(Path(r["path"]).name, r["line"]) for r in skipped.rows()] == [("val.txt", 3)]
+    assert [s.id for s in split_dataset(dataset)["val"]] == ["s2"]
+
+
+def test_annotations_in_subfolders_pair_with_the_image_at_the_same_path(tmp_path):
+    """CVAT / Datumaro: Annotations/<sub>/<id>.xml, JPEGImages/<sub>/<id>.png, split ids <sub>/<id>."""
+    for sub in ("task1", "task2"):  # the same file name in two subfolders is two images
+        _scan(tmp_path / "JPEGImages" / sub / "frame_000001.png")
+        write_voc(tmp_path / "Annotations" / sub / "frame_000001.xml", [Box(1, 2, 10, 12, sub)], (40, 30), "frame_000001.png")
+    _scan(tmp_path / "JPEGImages" / "top.png")
+    write_voc(tmp_path / "Annotations" / "top.xml", [], (40, 30), "top.png")
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    for name, ids in (("train", "task1/frame_000001\n"), ("val", "task2/frame_000001\n"), ("test", "top\n")):
+        (tmp_path / "ImageSets" / "Main" / f"{name}.txt").write_text(ids)
+    dataset = read_voc_dataset(tmp_path)
+    assert [(s.id, s.labels) for s in dataset.samples] == [
+        ("task1/frame_000001", ["task1"]), ("task2/frame_000001", ["task2"]), ("top", [])]
+    assert dataset.samples[1].path == tmp_path / "JPEGImages" / "task2" / "frame_000001.png"
+    parts = split_dataset(dataset)
+    assert [[s.id for s in parts[k]] for k in ("train", "val", "test")] == [
+        ["task1/frame_000001"], ["task2/frame_000001"], ["top"]]
+    # An annotation in a subfolder wants its image at the same path.
+    (tmp_path / "JPEGImages" / "task2" / "frame_000001.png").rename(tmp_path / "JPEGImages" / "frame_000001.png")
+    with pytest.raises(InvalidInputError, match="No image named task2/frame_000001"):
+        read_voc_dataset(tmp_path)
+
+
+def test_16_bit_tiff_with_its_size_after_the_pixels_is_size_checked(tmp_path):
+    # OpenCV/libtiff write the TIFF directory (its size) after the pixels, beyond the first 64 KiB here.
+    noise = np.random.default_rng(0).integers(0, 65536, size=(200, 300), dtype=np.uint16)
+    path = write_image(tmp_path / "JPEGImages" / "s0.tif", noise, bits=16)
+    assert int.from_bytes(path.read_bytes()[4:8], "little") > 65536
+    write_voc(tmp_path / "Annotations" / "s0.xml", [Box(1, 2, 10, 12, "key")], (600, 400), "s0.tif")
+    with pytest.raises(InvalidInputError, match="600x400 but s0.tif is 300x200"):
+        read_voc_dataset(tmp_path)
+    write_voc(tmp_path / "Annotations" / "s0.xml", [Box(1, 2, 10, 12, "key")], (300, 200), "s0.tif")
+    assert read_voc_dataset(tmp_path).samples[0].meta["size"] == (300, 200)
+
+
+def test_dicom_named_by_its_uid_without_a_suffix_is_an_image(tmp_path):
+    uid = "1.2.826.0.1.3680043.8.498.12345"  # its 'suffix' is .12345
+    pixels = np.zeros((30, 40), np.uint16)
+    for folder in ("standard/JPEGImages", "flat/scans"):
+        (tmp_path / folder).mkdir(parents=True)
+    _dicom(tmp_path / "standard" / "JPEGImages" / uid, pixels)
+    write_voc(tmp_path / "standard" / "Annotations" / f"{uid}.xml", [Box(1, 2, 10, 12, "key")], (40, 30), uid)
+    _dicom(tmp_path / "flat" / "scans" / uid, pixels)
+    write_voc(tmp_path / "flat" / "scans" / f"{uid}.xml", [Box(1, 2, 10, 12, "key")], (40, 30), uid)
+    for layout in ("standard", "flat"):
+        dataset = read_voc_dataset(tmp_path / layout)
+        assert dataset.layout == layout and [s.id for s in dataset.samples] == [uid]
+        assert dataset.samples[0].path.name == uid

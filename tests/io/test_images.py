@@ -198,6 +198,40 @@ def test_image_shape_reads_the_header_of_every_raster_format(tmp_path, suffix):
     np.testing.assert_array_equal(read_image(path), np.zeros((13, 17, 3), np.uint8))
 
 
+def _tiff_with_directory_at_the_end(path):
+    """A 16-bit TIFF as OpenCV/libtiff write it: the pixels first, the image file directory (the size) after
+    them, beyond the first 64 KiB. Returns the path and the directory's offset."""
+    pixels = np.random.default_rng(0).integers(0, 65536, size=(200, 300), dtype=np.uint16)  # noise: no compression
+    path = write_image(path, pixels, bits=16)
+    (offset,) = struct.unpack("<I", path.read_bytes()[4:8])
+    assert path.read_bytes()[:4] == b"II*\x00" and offset > 65536  # the case under test
+    return path, offset
+
+
+def test_image_shape_finds_a_tiffs_size_written_after_its_pixels(tmp_path):
+    path, _ = _tiff_with_directory_at_the_end(tmp_path / "a.tif")
+    assert image_shape(path) == image_shape(str(path)) == (200, 300)  # from the path: header and directory only
+    assert image_shape(path.read_bytes()) == (200, 300)
+    assert image_shape(path.read_bytes()[:65536]) is None  # the first bytes do not hold it
+    for suffix in (".png", ".jpg", ".bmp"):
+        assert image_shape(write_image(tmp_path / f"b{suffix}", np.zeros((13, 17), np.uint8))) == (13, 17)
+    (tmp_path / "c.txt").write_bytes(b"II*\x00\xff\xff\xff\x7f")  # a directory past the end of the file
+    assert image_shape(tmp_path / "c.txt") is None
+
+
+def test_a_tiff_whose_late_directory_claims_too_much_is_refused(tmp_path):
+    path, offset = _tiff_with_directory_at_the_end(tmp_path / "a.tif")
+    data = bytearray(path.read_bytes())
+    (count,) = struct.unpack("<H", data[offset : offset + 2])
+    for entry in range(offset + 2, offset + 2 + 12 * count, 12):
+        tag, kind = struct.unpack("<HH", data[entry : entry + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            data[entry + 2 : entry + 12] = struct.pack("<HII", 4, 1, 100000)
+    (tmp_path / "big.tif").write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="100000 x 100000"):
+        read_image(tmp_path / "big.tif")
+
+
 def test_a_jpeg_whose_frame_header_claims_too_much_is_refused(tmp_path):
     data = bytearray(write_image(tmp_path / "a.jpg", np.zeros((8, 8), np.uint8)).read_bytes())
     sof = data.index(b"\xff\xc0")

@@ -153,7 +153,7 @@ def test_read_submission_accepts_header_empty_fields_and_lower_case(tmp_path, tr
         ("img_1,C1\nimg_9,C1\nimg_3,C1\n", 2, "'img_9' is not in the ground truth"),
         ("img_1,C1\nimg_1,C2\nimg_3,C1\n", 2, "more than once"),
         ("img_1,C1;C2;C1\nimg_2,C1\nimg_3,C1\n", 1, "repeats the concept(s) C1"),
-        ("img_1,C1\nimg_2,C1,C2\nimg_3,C1\n", 2, "3 comma-separated fields"),
+        ("img_1,C1\nimg_2,C1,C2\nimg_3,C1\n", 2, "3 fields"),
         ("img_1,C1\n,C1\nimg_3,C1\n", 2, "no image ID"),
         ("img_1,C1\nimg_2,C1\n", None, "has 2 images but the ground truth has 3"),
     ],
@@ -238,3 +238,12 @@ def test_primary_f1_on_random_files_equals_the_official_procedure():
     predictions = {key: list(rng.choice(pool, rng.integers(0, 6), replace=False)) for key in truth}
     counted = [official_image_f1(set(t), set(predictions[k])) for k, t in truth.items() if t]
     assert primary_f1(truth, predictions) == pytest.approx(sum(counted) / len(counted))
+
+
+def test_truth_and_run_files_in_the_2022_2023_tab_separated_format(tmp_path):
+    truth = tmp_path / "valid_concepts.csv"
+    truth.write_text("ID\tcuis\nimg_1\tC1;C2\nimg_2\tC3\n")
+    assert read_truth(truth) == {"img_1": ("C1", "C2"), "img_2": ("C3",)}
+    run = tmp_path / "run.csv"
+    run.write_text("img_1|C1;C2\nimg_2|C4\n")  # the '|' the 2023 evaluator also takes
+    assert read_submission(run, ["img_1", "img_2"]) == {"img_1": ("C1", "C2"), "img_2": ("C4",)}
