@@ -38,11 +38,14 @@ import tensorflow as tf
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.dicom import DICOM_SUFFIXES
-from keras_medimg.io.images import check_pixel_count, decode_png_rows, image_shape
+from keras_medimg.io.images import BIGTIFF_MAGIC, check_pixel_count, decode_png_rows, image_shape
 from keras_medimg.preprocessing.augment import Augment
 from keras_medimg.preprocessing.normalize import Normalization, per_image_minmax
 
 LabelMode = Literal["int", "multi_hot"] | None
+# The end of a file searched for its end marker (PNG IEND, JPEG EOI): writers pad (zeros to a block size) or
+# append (camera trailers) after it, and a file cut short has no marker anywhere near its end.
+_TAIL = 8192
 _PNG, _JPEG, _BRIDGE = 0, 1, 2  # how a file is decoded: NumPy PNG reader, tf.io.decode_jpeg, NumPy bridge
 _SHUFFLE_BUFFER = 1024  # images held for shuffling after a cache; before a cache the whole path list is shuffled
 _CACHE_VERSION = 3  # bump when the decoded images would change, so old disk caches are not reused
@@ -83,7 +86,7 @@ def check_image_file(path: str | Path) -> FileCheck:
                 fh.seek(0)
                 head = fh.read(_JPEG_HEADER)
             size = fh.seek(0, 2)
-            fh.seek(max(0, size - 64))
+            fh.seek(max(0, size - _TAIL))
             tail = fh.read()
     except FileNotFoundError:
         return FileCheck(None, "The file does not exist.")
@@ -104,7 +107,8 @@ def check_image_file(path: str | Path) -> FileCheck:
         if b"\xff\xd9" not in tail:
             return FileCheck(None, "The JPEG file is truncated (it has no end-of-image marker).")
         return FileCheck(_JPEG)
-    if head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*") or head[:2] == b"BM" or path.suffix.lower() in DICOM_SUFFIXES:
+    if (head[128:132] == b"DICM" or head[:4] in (b"II*\x00", b"MM\x00*", *BIGTIFF_MAGIC) or head[:2] == b"BM"
+            or path.suffix.lower() in DICOM_SUFFIXES):
         return FileCheck(_BRIDGE)
     return FileCheck(None, "The file is not a PNG, JPEG, TIFF, BMP or DICOM image.")
 
@@ -266,10 +270,11 @@ class _PngReader:
                 pixels = _decode_png(fh.read())
         except OSError as exc:
             self.bridge.fail(name, f"The file cannot be read ({exc.strerror}).")
-            return np.zeros((1, 1, self.channels), np.float32), False
+            return np.zeros((self.size or 1, self.size or 1, self.channels), np.float32), False
         if pixels is None:
             self.bridge.fail(name, _CORRUPT)
-            return np.zeros((1, 1, self.channels), np.float32), False
+            # a placeholder of the size the plain branch promises (it is not resized again), dropped later
+            return np.zeros((self.size or 1, self.size or 1, self.channels), np.float32), False
         if self.size:
             pixels = _resize_array(pixels, self.size)
         image = pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
@@ -322,7 +327,9 @@ def _decode_resized(path, decoder, bridge: _Bridge, resize, png: _PngReader, cha
         return (image if png.size else resize(image)), tf.ensure_shape(ok, [])
 
     def jpeg():
-        image = resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=0)) / 255.0
+        # the accurate DCT, as OpenCV (read_image: prediction, prepare) decodes: the fast default differs by up to
+        # 5 grey levels, a train/predict skew
+        image = resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=0, dct_method="INTEGER_ACCURATE")) / 255.0
         return _to_channels(image, channels), tf.constant(True)
 
     def numpy_bridge():

@@ -24,6 +24,7 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
 _EIGHT_BIT_ONLY = (".jpg", ".jpeg", ".bmp")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+BIGTIFF_MAGIC = (b"II+\x00", b"MM\x00+")  # 64-bit offsets: OpenCV reads it; `read_image` checks its size decoded
 
 #: How much of a file `image_shape` reads for its header: 64 KiB hold the header of nearly every PNG, JPEG and BMP.
 HEADER_BYTES = 65536
@@ -159,8 +160,9 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         max_pixels: refuse files whose header claims more pixels than this, before decoding them.
 
     Returns:
-        `uint8` or `uint16` pixels (float32 for floating-point TIFF), grey `(H, W)` or RGB `(H, W, 3)`.
-        An alpha channel is dropped.
+        `uint8` or `uint16` pixels, grey `(H, W)` or RGB `(H, W, 3)`; an alpha channel is dropped. A TIFF of
+        another depth comes back as uint16 when its values fit 0..65535, else (signed CT values, floats outside
+        [0, 1]) as float32 min-max scaled to [0, 1] by its own range; a float TIFF in [0, 1] as float32.
 
     Raises:
         InvalidInputError: the file is missing, claims more than `max_pixels` pixels, or is not an image OpenCV
@@ -185,6 +187,9 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise InvalidInputError(
             path, "The file is not a readable PNG, JPEG, TIFF or BMP image (empty, truncated or another format). Replace it or remove it."
         )
+    if shape is None:  # a header not parsed above (BigTIFF...): the decoded size must pass the same limit
+        check_pixel_count(path, image.shape[:2], max_pixels)
+    image = _supported_depth(image)
     if image.ndim == 3 and image.shape[2] == 1:
         return image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 4:
@@ -192,6 +197,31 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if image.ndim == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
+
+
+def _supported_depth(image: np.ndarray) -> np.ndarray:
+    """TIFF pixels of another depth as uint16 or float32 in [0, 1], so every reader scales them alike.
+
+    Integers that fit 0..65535 (a 12-bit scan in a 32-bit TIFF) become uint16. Other integers (signed CT values
+    in int16/int32) and floats outside [0, 1] (a CT slice in HU) are min-max scaled by the image's own range: by
+    the dtype's maximum they came out nearly black or, clipped to [0, 1], two-valued.
+    """
+    if image.dtype in (np.uint8, np.uint16):
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = (int(image.min()), int(image.max())) if image.size else (0, 0)
+        if low >= 0 and high <= 65535:
+            return image.astype(np.uint16)
+    elif np.issubdtype(image.dtype, np.floating):
+        finite = np.isfinite(image)
+        if finite.all() and image.size and 0.0 <= image.min() and image.max() <= 1.0:
+            return image.astype(np.float32, copy=False)
+    else:
+        return image
+    values = np.where(np.isfinite(image), image, np.nan).astype(np.float64)
+    low, high = np.nanmin(values), np.nanmax(values)
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
 
 
 def read_pixels(path: str | Path, *, window: str | int | tuple = "auto", max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -335,3 +335,31 @@ def test_a_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path):
     skipped = Skipped()
     outputs, kept = predict_samples(_mean_model(), [Sample("b", bomb), *_flat_pngs(tmp_path, 1)], image_size=8, channels=1, skipped=skipped)
     assert [s.id for s in kept] == ["flat0"] and skipped.paths() == {str(bomb)}
+
+
+def test_a_png_only_set_with_a_png_corrupt_inside_skips_it(samples, tmp_path):
+    # With PNGs only, the PNG branch is the whole loader and its placeholder for the bad file is not resized:
+    # it must already have the model's size, or the run dies on a shape error instead of skipping the file.
+    pngs = [s for s in samples if s.path.suffix == ".png"]
+    bad = Sample("bad", _corrupt_inside(pngs[0].path, tmp_path / "inside.png"), label="benign")
+    skipped = Skipped()
+    images, kept = load_images_numpy([*pngs, bad], image_size=8, skipped=skipped)
+    assert images.shape == (len(pngs), 8, 8, 3) and [s.id for s in kept] == [s.id for s in pngs]
+    assert [Path(s.path).name for s in skipped] == ["inside.png"]
+
+
+def test_jpegs_decode_in_training_as_read_image_decodes_them(tmp_path, make_image):
+    # tf.io.decode_jpeg's fast DCT differed from OpenCV's by up to 5 grey levels: a train/predict skew.
+    from keras_medimg.io.images import read_pixels
+
+    path = make_image(tmp_path / "photo.jpg", (32, 32), bits=8, channels=3, seed=3)
+    images, _ = load_images_numpy([Sample("photo", path)], image_size=32, channels=3)
+    np.testing.assert_array_equal(images[0], read_pixels(path))
+
+
+def test_bytes_after_the_end_marker_are_not_truncation(samples, tmp_path):
+    # writers pad to a block size or append trailers after a JPEG's end marker or a PNG's IEND
+    for sample in samples[:4]:
+        padded = tmp_path / f"padded{sample.path.suffix}"
+        padded.write_bytes(sample.path.read_bytes() + bytes(512))
+        assert check_image_file(padded).decoder is not None, sample.path.suffix

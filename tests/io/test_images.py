@@ -258,3 +258,29 @@ def test_read_pixels_reads_dicom_through_the_dicom_reader_and_rasters_as_floats(
 def test_bmp_is_eight_bit_only(tmp_path):
     with pytest.raises(InvalidInputError, match="8 bits per pixel only"):
         write_image(tmp_path / "a.bmp", np.zeros((4, 4), np.uint16), bits=16)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32])
+def test_tiffs_of_other_depths_keep_their_grey_levels(tmp_path, dtype):
+    # A CT slice in HU as int16/int32/float32: by the dtype's maximum it came out nearly black (int32: 2.9e-5 at
+    # most), clipped to [0, 1] two-valued; min-max keeps every level in order.
+    hu = (np.arange(64).reshape(8, 8) * 100 - 1000).astype(dtype)
+    path = tmp_path / "ct.tif"
+    assert cv2.imwrite(str(path), hu)
+    pixels = read_pixels(path)
+    np.testing.assert_allclose(pixels, (hu.astype(np.float64) + 1000) / 6300, atol=1e-6)
+    # integers that fit 16 bits (a 12-bit scan in a 32-bit TIFF) are read as uint16, scaled as every 16-bit file
+    assert cv2.imwrite(str(path), (np.arange(64).reshape(8, 8) * 64).astype(np.uint32))
+    image = read_image(path)
+    assert image.dtype == np.uint16 and image.max() == 63 * 64
+
+
+def test_a_bigtiff_is_read_and_its_size_checked(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "big.tif"
+    Image.fromarray((np.arange(48).reshape(6, 8) * 5).astype(np.uint8)).save(path, big_tiff=True)
+    assert path.read_bytes()[:4] == b"II+\x00"
+    assert read_image(path).shape == (6, 8)
+    with pytest.raises(InvalidInputError, match="claims 8 x 6 pixels"):
+        read_image(path, max_pixels=40)
