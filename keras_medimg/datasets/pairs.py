@@ -471,6 +471,7 @@ def _extract_book(
         "pages": [extraction.pages[0], extraction.pages[-1]],
         "scanned_pages": extraction.scanned_pages,
         "page_scans": extraction.page_scans,
+        "warnings": list(extraction.warnings),  # a damaged PDF repaired on opening, pages or images skipped
         "pairs": len(records),
         "methods": methods,
         "decorations": decorations,
@@ -526,6 +527,10 @@ def report_markdown(reports: Sequence[dict[str, Any]]) -> str:
             f"- decorations dropped: {', '.join(f'{k}: {v}' for k, v in sorted(rep['decorations'].items())) or 'none'}",
             f"- OCR pairs under the confidence threshold (listed in low_confidence.jsonl, not in pairs.jsonl): {len(rep['low_confidence'])}",
             "",
+        ]
+        if rep.get("warnings"):  # a damaged PDF repaired on opening, pages or images PyMuPDF could not read
+            lines += [f"### Problems reading the PDF ({len(rep['warnings'])})", "", *(f"- {w}" for w in rep["warnings"]), ""]
+        lines += [
             f"### Captions without images ({len(rep['captions_without_images'])})",
             "",
         ]

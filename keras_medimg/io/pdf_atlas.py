@@ -42,8 +42,14 @@ log = logging.getLogger(__name__)
 
 Rect = tuple[float, float, float, float]
 
-#: A caption block starts with this (case-insensitive): "Figure 3.", "Fig. 3", "FIGURE 3-2", "Figure 12.4a".
-CAPTION_PATTERN = r"^\s*fig(?:ure)?\.?\s*(?P<figure>\d+(?:\s*[-\u2013.]\s*\d+)*[a-z]?)\b"
+#: A caption block starts with this (case-insensitive): "Figure 3.", "Fig. 3", "FIGURE 3-2", "Figure 12.4a", and
+#: may list its panels right after the number ("Fig. 3.2 a, b", "Fig. 3.4a,b", "Fig. 3.3 a\u2013d"): group
+#: "panels". The number never runs on across a "." or dash followed by a space ("Figure 4. 52-year-old woman" is
+#: Figure 4), and a single letter set apart ("Figure 7.15 a shows") is not a panel list.
+CAPTION_PATTERN = (
+    r"^\s*fig(?:ure)?\.?\s*(?P<figure>\d+(?:[-\u2013.]\d+)*(?:[a-z](?!\s*[,\u2013-]\s*[a-h]\b))?)"
+    r"(?:\s*(?P<panels>[a-h](?:\s*[,\u2013-]\s*[a-h])+)(?![\w\u2013-]))?\b"
+)
 #: A caption that continues a figure from an earlier page: "Figure 3 (continued)", "Fig. 3 cont'd".
 CONTINUED_PATTERN = r"\(?\s*(?:continued|cont(?:'d|\.|inued))\s*\)?"
 #: A panel marker inside a caption: "(a)", "(B)".
@@ -122,6 +128,8 @@ class PlacedImage:
         digest: MD5 of the image data (equal for the same image placed twice).
         decoration: why the image is not a figure ("" for figures): "small", "repeated on N pages", "thin".
         pixels: the pixels, for regions cut from a rendered scanned page (None: read them from the PDF).
+        orientation: how the stored pixels are turned to look as on the page: (transpose, flip rows, flip
+            columns), applied in that order; from the placement matrix and the page rotation.
     """
 
     page: int
@@ -134,6 +142,7 @@ class PlacedImage:
     digest: str
     decoration: str = ""
     pixels: np.ndarray | None = field(default=None, repr=False)
+    orientation: tuple[bool, bool, bool] = (False, False, False)
 
 
 @dataclass
@@ -163,7 +172,8 @@ class PageLayout:
 
 @dataclass
 class Caption:
-    """A caption found on a page: its figure number, label ("Figure 3"), cleaned text without the label."""
+    """A caption found on a page: its figure number, label ("Figure 3", "Fig. 3.2 a, b"), cleaned text without
+    the label, and the panel letters its label lists ("Fig. 3.3 a\u2013d": a, b, c, d)."""
 
     page: int
     bbox: Rect
@@ -172,6 +182,7 @@ class Caption:
     text: str
     continued: bool = False
     confidence: float | None = None
+    panels: tuple[str, ...] = ()
 
 
 @dataclass
@@ -211,7 +222,8 @@ def _pymupdf() -> Any:
 
 
 def open_atlas(path: str | Path, *, password: str | None = None) -> Any:
-    """Open a PDF with PyMuPDF, with errors that say what is wrong with the file.
+    """Open a PDF with PyMuPDF, with errors that say what is wrong with the file. A damaged PDF that PyMuPDF
+    repairs on opening (a truncated download) opens with a warning (`repair_note`): pages or images may be lost.
 
     Raises:
         InvalidInputError: the file is missing, not a PDF, damaged, encrypted (and `password` does not open
@@ -235,7 +247,15 @@ def open_atlas(path: str | Path, *, password: str | None = None) -> Any:
     if doc.page_count == 0:
         doc.close()
         raise InvalidInputError(path, "The PDF has no pages (it may be damaged). Re-download or re-export it.")
+    if getattr(doc, "is_repaired", False):
+        log.warning("%s", repair_note(path))
     return doc
+
+
+def repair_note(path: str | Path) -> str:
+    """What to say about a PDF that was damaged and repaired when it was opened."""
+    return (f"{Path(path).name}: the PDF is damaged (e.g. truncated) and was repaired when opened; pages or images "
+            "missing from the results may have been lost to the damage. Re-download or re-export it.")
 
 
 def parse_pages(spec: str | None, page_count: int) -> list[int]:
@@ -269,43 +289,158 @@ def sha256_file(path: str | Path) -> str:
 # === Reading pages ===============================================================================================
 
 
-def read_layout(doc: Any, pages: Iterable[int], settings: AtlasSettings | None = None) -> list[PageLayout]:
+def read_layout(
+    doc: Any, pages: Iterable[int], settings: AtlasSettings | None = None, problems: list[str] | None = None
+) -> list[PageLayout]:
     """The images, text blocks and figure frames of the given 1-based pages.
 
     Pages without any text are scanned pages (`PageLayout.scanned`); their text blocks and figures come from
-    `read_scanned_page` when OCR is on. Decorations are marked on the images (`mark_decorations`).
+    `read_scanned_page` when OCR is on. Decorations are marked on the images (`mark_decorations`). An image the
+    PDF cannot decode (a damaged object) is left out, a page PyMuPDF cannot read at all is skipped; each is logged
+    and described in `problems` (naming the file and page).
     """
     settings = settings or AtlasSettings()
-    layouts = [_read_page(doc[number - 1], number) for number in pages]
+    problems = problems if problems is not None else []
+    name = Path(doc.name).name if getattr(doc, "name", "") else "PDF"
+    layouts = []
+    for number in pages:
+        try:
+            layouts.append(_read_page(doc[number - 1], number, doc, problems, name))
+        except MedImgError:
+            raise
+        except Exception as exc:  # PyMuPDF raises its FzError* (RuntimeError) kinds for damaged objects
+            _problem(problems, f"{name}, page {number}: the page cannot be read ({_pdf_error(exc)}); it was skipped.")
     mark_decorations(layouts, settings)
     return layouts
 
 
-def _read_page(page: Any, number: int) -> PageLayout:
+def _problem(problems: list[str], message: str) -> None:
+    log.warning("%s", message)
+    problems.append(message)
+
+
+def _pdf_error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+def _image_infos(page: Any, doc: Any, number: int, problems: list[str], name: str) -> list[dict[str, Any]]:
+    """The page's image placements with their digests and xrefs; images whose data cannot be decoded (PyMuPDF
+    leaves them out of the placements) are reported in `problems`."""
+    try:
+        return page.get_image_info(hashes=True, xrefs=True)
+    except MedImgError:
+        raise
+    except Exception:  # an image is damaged: match the placements with the images that can be decoded
+        pass
+    pymupdf = _pymupdf()
+    infos = page.get_image_info(hashes=True)
+    xref_of: dict[bytes, int] = {}
+    for item in page.get_images(full=True):
+        xref = int(item[0])
+        try:
+            xref_of[bytes(pymupdf.Pixmap(doc, xref).digest)] = xref
+        except Exception as exc:
+            _problem(problems, f"{name}, page {number}: image {xref} cannot be decoded ({_pdf_error(exc)}); it was skipped.")
+    for info in infos:
+        info["xref"] = xref_of.get(bytes(info.get("digest") or b""), 0)
+    return infos
+
+
+def image_orientation(transform: Sequence[float], rotation: Sequence[float] = (1, 0, 0, 1, 0, 0)) -> tuple[bool, bool, bool]:
+    """How to turn stored pixels to look as on the page: (transpose, flip rows, flip columns).
+
+    `transform` is PyMuPDF's placement matrix of the image (the unit square, rows downwards, onto the page) and
+    `rotation` the page's rotation matrix. Only flips and quarter turns are undone; a skewed or arbitrarily
+    rotated placement keeps the stored orientation.
+
+    Example:
+        >>> image_orientation((-180, 0, 0, 240, 252, 72))  # drawn mirrored left-right
+        (False, False, True)
+    """
+    a0, b0, c0, d0 = transform[:4]
+    ra, rb, rc, rd = rotation[:4]
+    a, b = a0 * ra + b0 * rc, a0 * rb + b0 * rd  # where a step along a stored row goes on the shown page
+    c, d = c0 * ra + d0 * rc, c0 * rb + d0 * rd  # where a step down a stored column goes
+    tol = 1e-3 * max(abs(a), abs(b), abs(c), abs(d), 1e-9)
+    if abs(b) <= tol and abs(c) <= tol:
+        return (False, d < 0, a < 0)
+    if abs(a) <= tol and abs(d) <= tol:  # quarter turn: stored rows run down the page
+        return (True, b < 0, c < 0)
+    return (False, False, False)
+
+
+def orient(pixels: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
+    """Stored pixels (H, W) or (H, W, C) turned as `image_orientation` says."""
+    transpose, flip_rows, flip_columns = orientation
+    if transpose:
+        pixels = np.swapaxes(pixels, 0, 1)
+    if flip_rows:
+        pixels = pixels[::-1]
+    if flip_columns:
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def split_columns(lines: Sequence[Rect]) -> list[list[int]]:
+    """Indices of a text block's lines grouped into columns: lines that overlap horizontally (directly or
+    through other lines) form one column; columns are set apart by a horizontal gap. PyMuPDF returns two captions
+    set on the same baseline in two columns as one block of two lines side by side.
+
+    Example:
+        >>> split_columns([(60, 336, 168, 347), (312, 336, 418, 347)])
+        [[0], [1]]
+    """
+    order = sorted(range(len(lines)), key=lambda i: lines[i][0])
+    columns: list[list[int]] = []
+    right = -float("inf")
+    for i in order:
+        if columns and lines[i][0] < right:
+            columns[-1].append(i)
+            right = max(right, lines[i][2])
+        else:
+            columns.append([i])
+            right = lines[i][2]
+    return [sorted(column) for column in columns]
+
+
+def _read_page(page: Any, number: int, doc: Any = None, problems: list[str] | None = None, name: str = "PDF") -> PageLayout:
     layout = PageLayout(number, float(page.rect.width), float(page.rect.height))
-    for index, info in enumerate(page.get_image_info(hashes=True, xrefs=True)):
+    problems = problems if problems is not None else []
+    rotation = tuple(page.rotation_matrix)
+    infos = _image_infos(page, doc if doc is not None else page.parent, number, problems, name)
+    for index, info in enumerate(infos):
         bbox = tuple(float(v) for v in info["bbox"])
         width_pt = max(bbox[2] - bbox[0], 1e-6)
+        xref = int(info.get("xref") or 0)
+        transform = tuple(info.get("transform") or (1.0, 0.0, 0.0, 1.0, 0.0, 0.0))
+        # Inline images are rendered from the page (already as shown); others are turned when read.
+        orientation = image_orientation(transform, rotation) if xref else (False, False, False)
+        across = info["height"] if image_orientation(transform)[0] else info["width"]  # pixels across the page
         layout.images.append(
             PlacedImage(
                 page=number,
                 index=index,
-                xref=int(info.get("xref") or 0),
+                xref=xref,
                 bbox=bbox,
                 width=int(info["width"]),
                 height=int(info["height"]),
-                dpi=round(info["width"] / width_pt * 72.0, 1),
+                dpi=round(across / width_pt * 72.0, 1),
                 digest=bytes(info.get("digest") or b"").hex(),
+                orientation=orientation,
             )
         )
     layout.images = merge_tiles(layout.images)
     for block in page.get_text("dict", flags=0)["blocks"]:
         if block.get("type") != 0:
             continue
-        lines = ["".join(span["text"] for span in line["spans"]) for line in block["lines"]]
-        text = "\n".join(line for line in lines if line.strip())
-        if text.strip():
-            layout.blocks.append(TextBlock(number, tuple(float(v) for v in block["bbox"]), text))
+        boxes = [tuple(float(v) for v in line["bbox"]) for line in block["lines"]]
+        horizontal = all(abs(line.get("dir", (1, 0))[1]) < 1e-3 for line in block["lines"])
+        for column in split_columns(boxes) if horizontal else [list(range(len(boxes)))]:
+            lines = ["".join(span["text"] for span in block["lines"][i]["spans"]) for i in column]
+            text = "\n".join(line for line in lines if line.strip())
+            if text.strip():
+                box = _union(boxes[i] for i in column) if len(column) < len(boxes) else tuple(float(v) for v in block["bbox"])
+                layout.blocks.append(TextBlock(number, box, text))
     layout.text = page.get_text()
     layout.scanned = not layout.text.strip()
     layout.frames = _frames(page, layout.images)
@@ -419,14 +554,16 @@ def _in_margin(bbox: Rect, layout: PageLayout, margin: float) -> bool:
 
 
 def clean_caption(text: str, headers: set[str] | frozenset[str] = frozenset()) -> str:
-    """Caption text as a sentence: ligatures (ﬁ, ﬂ) spelled out, words hyphenated at line ends joined, soft
-    hyphens and running-header lines removed, whitespace collapsed.
+    """Caption text as a sentence: ligatures (ﬁ, ﬂ) spelled out, words hyphenated at line ends joined (with "-",
+    the hyphen U+2010 or a soft hyphen U+00AD), soft hyphens and running-header lines removed, whitespace collapsed.
 
     Example:
         >>> clean_caption("An oval mass with circum-\\nscribed margins, ﬁne\\nlinear calciﬁcations.")
         'An oval mass with circumscribed margins, fine linear calcifications.'
     """
-    text = unicodedata.normalize("NFKC", text).replace("\u00ad", "")
+    text = unicodedata.normalize("NFKC", text).replace("\u2010", "-")
+    # A soft hyphen is shown only where the word breaks at a line end: the word goes on after the break.
+    text = re.sub(r"\u00ad\s*", "", text)
     joined = ""
     for raw in text.splitlines():
         line = " ".join(raw.split())
@@ -473,9 +610,29 @@ def find_captions(layout: PageLayout, settings: AtlasSettings, headers: set[str]
                 text=rest.lstrip(" .:;~-\u2013\u2014").strip(),
                 continued=bool(more),
                 confidence=block.confidence,
+                panels=panel_letters(match.groupdict().get("panels")),
             )
         )
     return captions
+
+
+def panel_letters(listed: str | None) -> tuple[str, ...]:
+    """The panel letters of a label's panel list, ranges spelled out.
+
+    Example:
+        >>> panel_letters("a\u2013d"), panel_letters("a, b"), panel_letters(None)
+        (('a', 'b', 'c', 'd'), ('a', 'b'), ())
+    """
+    if not listed:
+        return ()
+    letters: list[str] = []
+    for part in re.split(r"\s*,\s*", listed.lower()):
+        ends = re.split(r"\s*[-\u2013]\s*", part)
+        if len(ends) == 2 and ends[0] <= ends[1]:
+            letters.extend(chr(c) for c in range(ord(ends[0]), ord(ends[1]) + 1))
+        else:
+            letters.extend(ends)
+    return tuple(dict.fromkeys(letter for letter in letters if letter))
 
 
 def _is_reference(after_label: str, continued: re.Pattern[str]) -> bool:
@@ -798,6 +955,9 @@ def _assign(edges: Sequence[_Edge], preferred: str) -> dict[int, int]:
 
 def _figure_pairs(images: Sequence[PlacedImage], caption: Caption, method: str, settings: AtlasSettings) -> list[AtlasPair]:
     panels = split_panels(caption.text, len(images), settings.panel_pattern)
+    if panels is None and len(images) > 1 and len(caption.panels) == len(images):
+        # "Fig. 3.2 a, b Craniocaudal (a) and oblique (b) views": the label names the panels in reading order.
+        panels = [(letter, caption.text) for letter in caption.panels]
     if panels is None:
         return [AtlasPair(im, caption.text, caption.figure, method, ocr_confidence=caption.confidence) for im in images]
     return [
@@ -883,28 +1043,56 @@ def figure_number_of(text: str, settings: AtlasSettings) -> str | None:
 
 
 def image_pixels(doc: Any, image: PlacedImage) -> np.ndarray:
-    """The native pixels of a placed image: uint8 grey (H, W) when the image is grey (or RGB with equal
-    channels), else RGB (H, W, 3). CMYK and other colour spaces are converted to RGB; alpha is dropped."""
+    """The native pixels of a placed image, turned as the reader sees them on the page (flips and quarter turns
+    of the placement and the page rotation, `PlacedImage.orientation`): uint8 grey (H, W) when the image is grey
+    (or RGB with equal channels), else RGB (H, W, 3). CMYK, Separation, DeviceN, Lab and other colour spaces are
+    converted to RGB (grey when they have one component); alpha is dropped.
+
+    Raises:
+        InvalidInputError: the image data cannot be decoded (a damaged object), naming the file and page.
+    """
     if image.pixels is not None:
         return image.pixels
+    try:
+        array = _decoded(doc, image)
+    except MedImgError:
+        raise
+    except Exception as exc:  # PyMuPDF's FzError* kinds for damaged objects
+        what = f"image {image.xref}" if image.xref else "an inline image"
+        raise InvalidInputError(
+            getattr(doc, "name", "") or "PDF",
+            f"page {image.page}: {what} cannot be decoded ({_pdf_error(exc)}); the PDF is damaged. Re-download or re-export it.",
+        ) from None
+    if array.shape[-1] == 1:
+        array = array[..., 0]
+    elif np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]):
+        array = array[..., 0]
+    return orient(array, image.orientation) if image.xref else array.copy()
+
+
+#: Colour spaces whose samples are shown as they are stored.
+_SHOWN_AS_STORED = ("DeviceGray", "DeviceRGB", "ICCBased(Gray", "ICCBased(RGB")
+
+
+def _decoded(doc: Any, image: PlacedImage) -> np.ndarray:
+    """The stored pixels as (H, W, 1) grey or (H, W, 3) RGB."""
     pymupdf = _pymupdf()
     if image.xref:
         pix = pymupdf.Pixmap(doc, image.xref)
         if pix.alpha:
             pix = pymupdf.Pixmap(pix, 0)
-        if pix.n not in (1, 3):
+        space = pix.colorspace
+        if space is not None and not space.name.startswith(_SHOWN_AS_STORED):
+            # Separation (a black plate stores ink, not light), DeviceN, Lab, CMYK: converted as the page shows them
+            pix = pymupdf.Pixmap(pymupdf.csGRAY if space.n == 1 else pymupdf.csRGB, pix)
+        elif pix.n not in (1, 3):
             pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
     else:  # an inline image: render its rectangle at its own resolution
         page = doc[image.page - 1]
         zoom = max(image.dpi, 72.0) / 72.0
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=pymupdf.Rect(image.bbox))
     array = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.stride)[:, : pix.width * pix.n]
-    array = array.reshape(pix.height, pix.width, pix.n)
-    if pix.n == 1:
-        return array[..., 0].copy()
-    if np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]):
-        return array[..., 0].copy()
-    return array.copy()
+    return array.reshape(pix.height, pix.width, pix.n)
 
 
 def render_page(doc: Any, number: int, dpi: int) -> np.ndarray:
@@ -1037,6 +1225,8 @@ class AtlasExtraction:
         low_confidence: OCR pairs under `min_ocr_confidence`, listed, not kept.
         scanned_pages: pages whose text layer was empty (read with OCR when OCR is on).
         page_scans: pages that are one scanned picture with a text layer over it (figures cut from the page).
+        warnings: problems met while reading, each naming the file (and page): a damaged PDF repaired on
+            opening, pages or images skipped because PyMuPDF could not read them.
     """
 
     source: Path
@@ -1049,6 +1239,7 @@ class AtlasExtraction:
     low_confidence: list[AtlasPair] = field(default_factory=list)
     scanned_pages: list[int] = field(default_factory=list)
     page_scans: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _scan_job(job: tuple[np.ndarray, PageLayout, AtlasSettings]) -> PageLayout:
@@ -1107,7 +1298,9 @@ def extract_atlas(
         if not numbers:
             raise InvalidInputError(path, f"The page range {pages!r} selects no page of this {doc.page_count}-page PDF.")
         result = AtlasExtraction(path, sha256_file(path), numbers)
-        layouts = read_layout(doc, numbers, settings)
+        if getattr(doc, "is_repaired", False):
+            result.warnings.append(repair_note(path))
+        layouts = read_layout(doc, numbers, settings, problems=result.warnings)
         result.scanned_pages = [layout.number for layout in layouts if layout.scanned]
         if settings.ocr == "always" or (settings.ocr == "auto" and len(result.scanned_pages) == len(numbers)):
             ocr.require_tesseract()  # nothing to do without it
@@ -1131,6 +1324,7 @@ def extract_atlas(
         if not any(layout.images for layout in layouts):
             raise InvalidInputError(
                 path, f"The PDF has no images on the pages read ({_page_span(numbers)}). Check the file and the --pages range."
+                + "".join(f" {note}" for note in result.warnings)
             )
         result.decorations = [im for layout in layouts for im in layout.images if im.decoration]
         pair = pair_positional if settings.pairing == "positional" else pair_layout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from keras_medimg.errors import InvalidInputError, MedImgError  # noqa: E402
 from keras_medimg.io import ocr  # noqa: E402
 from keras_medimg.io.pdf_atlas import (  # noqa: E402
     AtlasSettings,
+    PlacedImage,
     clean_caption,
     extract_atlas,
     find_captions,
@@ -666,3 +669,159 @@ def test_the_other_edge_is_read_when_the_likelier_band_has_no_separator():
     found = ocr.read_burned_caption(np.vstack([title, shot, caption]))
     assert found is not None and found.figure == "3.6" and found.caption == "Skip images option"
     assert found.band.side == "bottom"
+
+
+# === Publisher PDFs: caption labels, columns, placement, colour spaces, damage ===================================
+
+
+def two_images_and(doc, captions, panels=1):
+    """A page with `panels` images per caption, side by side in the caption's column, the caption under them."""
+    page = doc.new_page(width=612, height=792)
+    columns = [(60, 290), (322, 552)] if len(captions) == 2 else [(60, 552)]
+    for k, ((x0, x1), caption) in enumerate(zip(columns, captions)):
+        step = (x1 - x0) / panels
+        for i in range(panels):
+            page.insert_image(pymupdf.Rect(x0 + i * step, 80, x0 + (i + 1) * step - 6, 330),
+                              pixmap=pixmap(picture(10 * k + i + 30)), keep_proportion=False)
+        text(page, (x0, 336, x1, 380), caption)
+    return page
+
+
+def test_numbers_after_the_figure_label_and_panel_lists_are_not_the_figure_number(tmp_path):
+    doc = pymupdf.open()
+    two_images_and(doc, ["Figure 4. 52-year-old woman with a palpable lump.", "Figure 10. 3 cm irregular mass."])
+    two_images_and(doc, ["Fig. 3.4a,b Craniocaudal and oblique views.", "Figure 2. 2D synthesized mammogram."])
+    doc.save(tmp_path / "numbers.pdf")
+    result = extract_atlas(tmp_path / "numbers.pdf", AtlasSettings(ocr="never"), workers=1)
+    found = sorted({(p.page, p.figure, p.caption) for p in result.pairs})
+    assert found == [
+        (1, "10", "3 cm irregular mass."), (1, "4", "52-year-old woman with a palpable lump."),
+        (2, "2", "2D synthesized mammogram."), (2, "3.4", "Craniocaudal and oblique views."),
+    ]
+
+
+def test_springer_captions_with_panel_letters_after_the_number_are_captions(tmp_path):
+    doc = pymupdf.open()
+    two_images_and(doc, ["Fig. 3.2 a, b Craniocaudal (a) and mediolateral oblique (b) views of a mass."], panels=2)
+    two_images_and(doc, ["Fig. 3.3 a-d Four views of a spiculated carcinoma."], panels=2)
+    doc.save(tmp_path / "springer.pdf")
+    result = extract_atlas(tmp_path / "springer.pdf", AtlasSettings(ocr="never"), workers=1)
+    got = [(p.page, p.figure, p.panel, p.caption) for p in sorted(result.pairs, key=lambda p: (p.page, p.image.bbox[0]))]
+    assert got == [
+        (1, "3.2", "a", "Craniocaudal (a) and mediolateral oblique (b) views of a mass."),
+        (1, "3.2", "b", "Craniocaudal (a) and mediolateral oblique (b) views of a mass."),
+        (2, "3.3", None, "Four views of a spiculated carcinoma."),  # four panels named, two images: no letters
+        (2, "3.3", None, "Four views of a spiculated carcinoma."),
+    ]
+    assert not result.images_without_captions and not result.captions_without_images
+
+
+def test_captions_of_two_columns_on_one_baseline_stay_apart(tmp_path):
+    doc = pymupdf.open()
+    two_images_and(doc, ["Figure 1. Round mass, left.", "Figure 2. Oval mass, right."])
+    doc.save(tmp_path / "columns.pdf")
+    assert len(pymupdf.open(tmp_path / "columns.pdf")[0].get_text("dict", flags=0)["blocks"][-1]["lines"]) == 2  # one block
+    result = extract_atlas(tmp_path / "columns.pdf", AtlasSettings(ocr="never"), workers=1)
+    got = sorted((round(p.image.bbox[0]), p.figure, p.caption) for p in result.pairs)
+    assert got == [(60, "1", "Round mass, left."), (322, "2", "Oval mass, right.")]
+
+
+def test_soft_hyphen_and_unicode_hyphen_at_a_line_end_join_the_word(tmp_path):
+    assert clean_caption("An oval mass with calcifica\u00ad\ntions.") == "An oval mass with calcifications."
+    assert clean_caption("An oval mass with calcifica\u2010\ntions.") == "An oval mass with calcifications."
+    assert clean_caption("BI\u2010\nRADS 4, circum\u00ad scribed.") == "BI-RADS 4, circumscribed."
+
+
+def _placed(tmp_path, name, cm, rotate=0, colour=None):
+    """A page with one 90x120 picture drawn by the content stream `q <cm> cm /Im Do Q` (PDF coordinates)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    gray = picture(7)
+    gray[:20, :30] = 255  # a bright corner at the top left shows how the picture is turned
+    xref = page.insert_image(pymupdf.Rect(0, 0, 10, 10), pixmap=pixmap(gray))
+    if colour is not None:  # stored as ink of a Separation (black plate): 255 is full black
+        function = doc.get_new_xref()
+        doc.update_object(function, "<</FunctionType 2/Domain[0 1]/C0[0 0 0 0]/C1[0 0 0 1]/N 1>>")
+        doc.update_object(xref, f"<</Type/XObject/Subtype/Image/Width 90/Height 120/BitsPerComponent 8"
+                                f"/ColorSpace[/Separation/Black/DeviceCMYK {function} 0 R]>>")
+        doc.update_stream(xref, (255 - gray).tobytes())
+    resource = page.get_images(full=True)[0][7]
+    doc.update_stream(page.get_contents()[0], f"q {cm} cm /{resource} Do Q".encode())
+    text(page, (72, 340, 400, 380), "Figure 1. Mass.")
+    if rotate:
+        page.set_rotation(rotate)
+    doc.save(tmp_path / name)
+    return tmp_path / name, gray
+
+
+@pytest.mark.parametrize("cm, rotate, turn", [
+    ("180 0 0 240 72 480", 0, lambda a: a),
+    ("-180 0 0 240 252 480", 0, lambda a: a[:, ::-1]),  # mirrored left-right
+    ("180 0 0 -240 72 720", 0, lambda a: a[::-1]),  # upside down
+    ("0 180 -240 0 312 480", 0, lambda a: np.rot90(a, 1)),  # a quarter turn counter-clockwise
+    ("-180 0 0 -240 252 720", 0, lambda a: np.rot90(a, 2)),
+    ("0 -180 240 0 72 660", 0, lambda a: np.rot90(a, -1)),
+    ("180 0 0 240 72 480", 90, lambda a: np.rot90(a, -1)),  # page /Rotate 90: shown turned clockwise
+    ("180 0 1 240 72 480", 0, lambda a: a),  # skewed: left as stored
+])
+def test_pixels_are_turned_as_the_page_shows_them(tmp_path, cm, rotate, turn):
+    path, gray = _placed(tmp_path, "turned.pdf", cm, rotate)
+    doc = pymupdf.open(path)
+    (image,) = read_layout(doc, [1])[0].images
+    np.testing.assert_array_equal(image_pixels(doc, image), turn(gray))
+    if rotate == 0 and "1 240" not in cm:  # the page as rendered agrees
+        pix = doc[0].get_pixmap(dpi=72, colorspace=pymupdf.csGRAY, clip=pymupdf.Rect(image.bbox))
+        shown = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.stride)[:, : pix.width]
+        top_left_bright = shown[: shown.shape[0] // 4, : shown.shape[1] // 4].mean() > 200
+        assert top_left_bright == (turn(gray)[:10, :10].mean() > 200)
+
+
+def test_separation_colour_is_converted_as_shown_not_returned_as_ink(tmp_path):
+    path, gray = _placed(tmp_path, "separation.pdf", "180 0 0 240 72 480", colour="separation")
+    doc = pymupdf.open(path)
+    (image,) = read_layout(doc, [1])[0].images
+    pixels = image_pixels(doc, image)
+    assert pixels.shape == gray.shape and np.corrcoef(pixels.ravel(), gray.ravel())[0, 1] > 0.95
+
+
+def test_a_damaged_image_is_skipped_and_reported_with_file_and_page(tmp_path, caplog):
+    doc = pymupdf.open()
+    for number in (1, 2):
+        page = doc.new_page(width=612, height=792)
+        page.insert_image(pymupdf.Rect(72, 72, 252, 312), pixmap=pixmap(picture(40 + number)))
+        text(page, (72, 318, 400, 360), f"Figure {number}. Mass number {number}.")
+    broken = doc.get_new_xref()
+    doc.update_object(broken, "<</Garbage true>>")
+    image = doc[0].get_images()[0][0]
+    doc.xref_set_key(image, "ColorSpace", f"{broken} 0 R")
+    doc.save(tmp_path / "damaged.pdf")
+    with caplog.at_level("WARNING"):
+        result = extract_atlas(tmp_path / "damaged.pdf", AtlasSettings(ocr="never"), workers=1)
+    assert [(p.page, p.figure) for p in result.pairs] == [(2, "2")]
+    assert len(result.warnings) == 1 and "damaged.pdf, page 1" in result.warnings[0] and "skipped" in result.warnings[0]
+    assert "damaged.pdf, page 1" in caplog.text
+    doc = pymupdf.open(tmp_path / "damaged.pdf")
+    bad = PlacedImage(page=1, index=0, xref=image, bbox=(72, 72, 252, 312), width=90, height=120, dpi=36, digest="")
+    with pytest.raises(InvalidInputError, match="page 1: image"):
+        image_pixels(doc, bad)
+
+
+def test_a_truncated_pdf_is_repaired_with_a_warning(tmp_path, caplog):
+    doc = pymupdf.open()
+    for number in (1, 2, 3):
+        page = doc.new_page(width=612, height=792)
+        page.insert_image(pymupdf.Rect(72, 72, 252, 312), pixmap=pixmap(picture(50 + number)))
+        text(page, (72, 318, 400, 360), f"Figure {number}. Mass number {number}.")
+    data = doc.tobytes()
+    (tmp_path / "cut.pdf").write_bytes(data[: int(len(data) * 0.9)])
+    with caplog.at_level("WARNING"):
+        result = extract_atlas(tmp_path / "cut.pdf", AtlasSettings(ocr="never"), workers=1)
+    assert any("cut.pdf" in note and "repaired" in note for note in result.warnings)
+    assert "cut.pdf" in caplog.text and "damaged" in caplog.text
+    # and the book's report says so, where a person reads why pages are missing
+    from keras_medimg.datasets.pairs import extract_books, write_outputs
+
+    written = write_outputs(extract_books([tmp_path / "cut.pdf"], tmp_path / "out", AtlasSettings(ocr="never"), workers=1),
+                            tmp_path / "out", contact_sheet=False)
+    assert "repaired" in json.loads(written["report"].read_text())["books"][0]["warnings"][0]
+    assert "Problems reading the PDF (1)" in written["report_md"].read_text()
