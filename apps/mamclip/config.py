@@ -61,7 +61,7 @@ class DataConfig:
 
     pairs: str | None = None  # pairs.jsonl / JSON / CSV (image, caption); null = the demo atlases, extracted
     image_root: str | None = None  # folder the pairs' image paths are relative to; null = the pairs file's folder
-    val_fraction: float = 0.2  # share of pairs held out (by book page) for validation loss and retrieval recall
+    val_fraction: float = 0.2  # share of pairs held out (by book page and figure) for validation loss and retrieval recall
     dataset: Literal["teknofest", "vindr", "embed", "csv"] = "teknofest"  # layout of the classification data
     root: str | None = None  # classification data folder; null = the demo set (TEKNOFEST layout)
     demo_pairs: int = 96  # demo: pairs in the text-layer atlas (the OCR atlas adds a third more)

@@ -290,12 +290,14 @@ def _page_of(record: PairRecord) -> int | None:
 
 
 def split_groups(records: Sequence[PairRecord]) -> list[int]:
-    """A group number per record: records of one book page, of one figure (a figure continued over pages) or with
-    the same caption share a group, so a split never puts one figure, or one caption, on both sides.
+    """A group number per record: records of one book page, or of one figure (a figure continued over pages),
+    share a group, so a split never puts one figure on both sides.
 
     A record without a `page` field takes its page from a `page_<n>_img_<m>` image name (MAM-CLIP's
-    extract_mam.py gives every image of a page one of that page's captions); one with neither is its own group
-    unless its caption is shared.
+    extract_mam.py gives every image of a page one of that page's captions, so a page is the unit that must not
+    be split); one with neither is its own group. Identical captions elsewhere are not grouped: templated
+    captions ("Left breast, mass.") would make whole validation splits of one caption, where retrieval cannot be
+    measured.
     """
     parent = list(range(len(records)))
 
@@ -308,7 +310,7 @@ def split_groups(records: Sequence[PairRecord]) -> list[int]:
     first: dict[tuple, int] = {}
     for i, record in enumerate(records):
         book = record.source_sha256 or record.source or str(record.file)
-        keys = [("caption", record.caption.casefold())]
+        keys = []
         page = _page_of(record)
         if page is not None:
             # without a page field, the book is the image's folder (one folder per extracted book)
@@ -325,9 +327,9 @@ def split_groups(records: Sequence[PairRecord]) -> list[int]:
 
 def split_pairs(records: Sequence[PairRecord], *, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[PairRecord], list[PairRecord]]:
     """Split into train and validation by group (`split_groups`): about `val_fraction` of the records go to
-    validation, whole pages, figures and captions at a time. A group that would take validation past 1.5 times its
-    share is passed over (a caption repeated across hundreds of pairs, "Negative mammogram.", is one group), unless
-    validation would otherwise stay empty; then the smallest group goes.
+    validation, whole pages and figures at a time. A group that would take validation past 1.5 times its share
+    (a long figure, a page of many images) is passed over, unless validation would otherwise stay empty; then the
+    smallest group goes.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}.")

@@ -102,22 +102,24 @@ def test_split_never_puts_one_page_or_figure_on_both_sides(tmp_path):
     assert split_pairs(records, val_fraction=0.25, seed=3) == (train, val)
 
 
-def test_split_groups_the_study_json_by_the_page_in_its_image_names_and_by_caption(tmp_path):
+def test_split_groups_the_study_json_by_the_page_in_its_image_names(tmp_path):
     # MAM-CLIP's extract_mam.py writes {"image": "page_<i>_img_<j>.jpg", "caption": ...} with no page field and gives
     # every image of a page one of the page's captions: each record its own group would leak captions into validation.
     rows = [{"image": f"page_{page}_img_{j}.jpg", "caption": f"Caption {page}{'ab'[j % 2]}."}
             for page in range(10) for j in range(4)]
-    rows.append({"image": "figure_x.jpg", "caption": "Caption 3a."})  # no page, but page 3's caption
     (tmp_path / "pairs.json").write_text(json.dumps(rows))
     records = read_pairs(tmp_path / "pairs.json", check_images=False)
     groups = split_groups(records)
     assert len(set(groups)) == 10
-    assert groups[-1] == groups[12]  # the shared caption joins page 3's group
     train, val = split_pairs(records, val_fraction=0.2, seed=0)
     assert val and not {r.caption for r in train} & {r.caption for r in val}
     # two books extracted into two folders, one JSON: page 1 of one is not page 1 of the other
     other = [PairRecord(tmp_path / "book2" / "page_1_img_0.jpg", "Other book, page 1.")]
     assert len(set(split_groups(records + other))) == 11
+    # templated captions repeated across pages are not grouped: validation keeps several captions to retrieve
+    templated = [PairRecord(tmp_path / f"{i}.png", ("Left mass.", "Right mass.", "No mass.")[i % 3]) for i in range(48)]
+    train, val = split_pairs(templated, val_fraction=0.25, seed=0)
+    assert len(val) == 12 and len({r.caption for r in val}) == 3
 
 
 def test_a_byte_order_mark_is_not_part_of_the_json(tmp_path):
@@ -128,13 +130,13 @@ def test_a_byte_order_mark_is_not_part_of_the_json(tmp_path):
         assert [r.caption for r in read_pairs(tmp_path / name)] == ["Oval mass."], name
 
 
-def test_a_caption_shared_by_most_pairs_does_not_take_the_validation_split(tmp_path):
-    records = [PairRecord(tmp_path / f"n{i}.png", "Negative mammogram.") for i in range(60)]
-    records += [PairRecord(tmp_path / f"f{i}.png", f"Finding {i}.") for i in range(40)]
+def test_a_page_that_would_overfill_validation_is_passed_over(tmp_path):
+    records = [PairRecord(tmp_path / f"n{i}.png", f"Plate {i}.", source="b.pdf", page=1) for i in range(60)]
+    records += [PairRecord(tmp_path / f"f{i}.png", f"Finding {i}.", source="b.pdf", page=2 + i) for i in range(40)]
     for seed in range(5):
         train, val = split_pairs(records, val_fraction=0.1, seed=seed)
-        assert 8 <= len(val) <= 15 and all(r.caption != "Negative mammogram." for r in val), seed
+        assert 8 <= len(val) <= 15 and all(r.page != 1 for r in val), seed
     # only large groups: the smallest one still makes a validation split
-    train, val = split_pairs(records[:60] + [PairRecord(tmp_path / f"o{i}.png", "Other.") for i in range(30)],
-                             val_fraction=0.1)
-    assert [r.caption for r in val] == ["Other."] * 30
+    others = [PairRecord(tmp_path / f"o{i}.png", f"Other {i}.", source="b.pdf", page=2) for i in range(30)]
+    train, val = split_pairs(records[:60] + others, val_fraction=0.1)
+    assert {r.page for r in val} == {2} and len(val) == 30
