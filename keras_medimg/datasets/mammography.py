@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from keras_medimg.datasets import mammo_labels
 from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.datasets.sources import image_id_of
 from keras_medimg.errors import InvalidInputError, problems_error
 
 CLASSES = ("benign", "malignant")  # index 1 = positive
@@ -44,14 +46,10 @@ def birads_label(birads: int) -> str | None:
 
 
 def parse_birads(text: str) -> int | None:
-    """'BI-RADS 4', 'BIRADS 4a', '4', 4.0 -> 4; empty -> None; anything else raises ValueError."""
-    value = str(text).strip()
-    if value in ("", "nan", "None"):
-        return None
-    match = re.fullmatch(r"(?:bi-?rads)?\s*([0-6])(?:\.0)?\s*[abc]?", value, flags=re.IGNORECASE)
-    if match is None:
-        raise ValueError(f"'{value}' is not a BI-RADS category (0-6, e.g. 'BI-RADS 4')")
-    return int(match.group(1))
+    """`mammo_labels.parse_birads` as a number: 'BI-RADS 4', 'BIRADS 4a', '4', 4.0 -> 4; empty -> None;
+    anything else raises ValueError."""
+    category = mammo_labels.parse_birads(text)
+    return None if category is None else int(category)
 
 
 def normalise_view(text: str) -> str:
@@ -186,10 +184,10 @@ def _number(text: str | None) -> int | None:
 
 
 def _default_id(given: str) -> str:
-    """The id of a manifest row without one: its path without the suffix, the root and '..' parts, so that
-    `/data/img/b0.png` and `../img/b0.png` give ids that stay inside an output folder."""
-    parts = [p for p in Path(given).with_suffix("").parts if p not in ("..", ".") and p != Path(given).anchor]
-    return "/".join(parts)
+    """The id of a manifest row without one: its path without the image suffix (`sources.image_id_of`), the root
+    and '..' parts, so that `/data/img/b0.png` and `../img/b0.png` give ids that stay inside an output folder."""
+    path = Path(given)
+    return image_id_of("/".join(p for p in path.parts if p not in ("..", ".", path.anchor)))
 
 
 def _manifest_sample(path: Path, row: Mapping[str, str], columns: Mapping[str, str], optional: Mapping[str, str],

@@ -71,7 +71,7 @@ def list_images(
         raise InvalidInputError(
             source, f"The file is not an image this tool reads ({_ACCEPTED}) nor a CSV of image IDs. Pass one of those."
         )
-    return [Sample(id=_without_suffix(source.name), path=source)]
+    return [Sample(id=image_id_of(source.name), path=source)]
 
 
 def find_images(
@@ -92,7 +92,7 @@ def find_images(
     candidates: dict[str, set[Path]] = {}
     for sample in _folder_samples(folder, recursive=recursive, exclude=exclude, skipped=None) if folder.is_dir() else []:
         relative = sample.path.relative_to(folder).as_posix()
-        for key in (sample.id, relative, _without_suffix(relative)):
+        for key in (sample.id, relative, image_id_of(relative)):
             candidates.setdefault(key, set()).add(sample.path)
     found: dict[str, Path] = {}
     problems: list[tuple[int | None, str]] = []
@@ -128,8 +128,9 @@ def _folder_samples(folder: Path, *, recursive: bool, exclude: Iterable[str | Pa
     return [Sample(id=image_id, path=path) for image_id, (_, path) in zip(ids, relative)]
 
 
-def _without_suffix(name: str) -> str:
-    # Only an image suffix is one: '1.2.840.10008.3' (a DICOM file named by its UID) keeps its digits.
+def image_id_of(name: str) -> str:
+    """An image file's (relative) name without its image suffix, the id readers give it: only an image suffix
+    is one, so '1.2.840.10008.3' (a DICOM file named by its UID) keeps its digits."""
     path = PurePosixPath(name)
     return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_SUFFIXES else name
 
@@ -137,7 +138,7 @@ def _without_suffix(name: str) -> str:
 def _unique_ids(names: Sequence[str]) -> list[str]:
     """Relative names without suffix; names whose id would be shared keep their suffix (all of them, so no file
     wins over another), until every id is unique (full relative names always are)."""
-    ids = [_without_suffix(name) for name in names]
+    ids = [image_id_of(name) for name in names]
     while True:
         counts = Counter(ids)
         clashes = [i for i, image_id in enumerate(ids) if counts[image_id] > 1 and image_id != names[i]]

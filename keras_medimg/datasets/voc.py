@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from keras_medimg.datasets.records import Sample, Skipped
-from keras_medimg.datasets.sources import _without_suffix
+from keras_medimg.datasets.sources import image_id_of
 from keras_medimg.datasets.yolo import raise_problems
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.annotations import read_voc
@@ -184,7 +184,7 @@ def _is_image(path: Path) -> bool:
 
 
 def _image_id(path: Path) -> str:
-    return _without_suffix(path.name)
+    return image_id_of(path.name)
 
 
 def _claim_id(seen: dict[str, Path], key: str, path: Path, problems: list[InvalidInputError], why: str) -> bool:
@@ -216,7 +216,7 @@ def _standard_pairs(root: Path) -> Pairs:
             if _is_image(path):
                 # An image pairs with the annotation at its own path under the folder (<sub>/<id>); else, as
                 # before subfolders were read, with Annotations/<id>.xml wherever the image lies in the folder.
-                relative = _without_suffix(path.relative_to(folder).as_posix())
+                relative = image_id_of(path.relative_to(folder).as_posix())
                 _claim_id(images, relative if relative in xml_files else _image_id(path), path, problems,
                           "an annotation can belong to only one.")
     problems += [InvalidInputError(path, f"The image has no annotation Annotations/{key}.xml. Add it (an empty "

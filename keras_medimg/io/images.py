@@ -71,8 +71,7 @@ def image_shape(data: bytes | str | Path) -> tuple[int, int] | None:
                 handle.seek(offset)
                 return handle.read(size)
 
-            head = handle.read(HEADER_BYTES)
-            return _tiff_shape(head, read) if head[:4] in _TIFF_MAGIC else image_shape(head)
+            return _shape(handle.read(HEADER_BYTES), read)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         width, height = struct.unpack(">II", data[16:24])
         return height, width
@@ -84,6 +83,11 @@ def image_shape(data: bytes | str | Path) -> tuple[int, int] | None:
     if data[:4] in _TIFF_MAGIC:
         return _tiff_shape(data, lambda offset, size: data[offset : offset + size])
     return None
+
+
+def _shape(head: bytes, read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
+    """`image_shape` of a file's first bytes, a TIFF's directory read with `read(offset, size)` wherever it lies."""
+    return _tiff_shape(head, read) if head[:4] in _TIFF_MAGIC else image_shape(head)
 
 
 def _jpeg_shape(data: bytes) -> tuple[int, int] | None:
@@ -173,11 +177,7 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise InvalidInputError(path, "The image file does not exist. Check the path or the manifest that names it.")
     # imdecode on the bytes (rather than imread on the name) also opens paths with non-ASCII characters.
     data = np.fromfile(path, dtype=np.uint8)
-    head = data[:HEADER_BYTES].tobytes()
-    if head[:4] in _TIFF_MAGIC:  # its size may lie past the first bytes (see image_shape)
-        shape = _tiff_shape(head, lambda offset, size: data[offset : offset + size].tobytes())
-    else:
-        shape = image_shape(head)
+    shape = _shape(data[:HEADER_BYTES].tobytes(), lambda offset, size: data[offset : offset + size].tobytes())
     check_pixel_count(path, shape, max_pixels)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
@@ -206,20 +206,14 @@ def _supported_depth(image: np.ndarray) -> np.ndarray:
     in int16/int32) and floats outside [0, 1] (a CT slice in HU) are min-max scaled by the image's own range: by
     the dtype's maximum they came out nearly black or, clipped to [0, 1], two-valued.
     """
-    if image.dtype in (np.uint8, np.uint16):
+    if image.dtype in (np.uint8, np.uint16) or not np.issubdtype(image.dtype, np.number):
         return image
-    if np.issubdtype(image.dtype, np.integer):
-        low, high = (int(image.min()), int(image.max())) if image.size else (0, 0)
-        if low >= 0 and high <= 65535:
-            return image.astype(np.uint16)
-    elif np.issubdtype(image.dtype, np.floating):
-        finite = np.isfinite(image)
-        if finite.all() and image.size and 0.0 <= image.min() and image.max() <= 1.0:
-            return image.astype(np.float32, copy=False)
-    else:
-        return image
-    values = np.where(np.isfinite(image), image, np.nan).astype(np.float64)
+    values = np.where(np.isfinite(image), image, np.nan).astype(np.float64)  # the decoder never gives an empty one
     low, high = np.nanmin(values), np.nanmax(values)
+    if np.issubdtype(image.dtype, np.integer) and low >= 0 and high <= 65535:
+        return image.astype(np.uint16)
+    if np.issubdtype(image.dtype, np.floating) and not np.isnan(values).any() and low >= 0.0 and high <= 1.0:
+        return image.astype(np.float32)
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
 

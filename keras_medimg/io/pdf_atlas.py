@@ -330,17 +330,21 @@ def _image_infos(page: Any, doc: Any, number: int, problems: list[str], name: st
         return page.get_image_info(hashes=True, xrefs=True)
     except MedImgError:
         raise
-    except Exception:  # an image is damaged: match the placements with the images that can be decoded
-        pass
+    except Exception as exc:  # an image is damaged: match the placements with the images that can be decoded
+        failure = _pdf_error(exc)
     pymupdf = _pymupdf()
     infos = page.get_image_info(hashes=True)
     xref_of: dict[bytes, int] = {}
+    reported = len(problems)
     for item in page.get_images(full=True):
         xref = int(item[0])
         try:
             xref_of[bytes(pymupdf.Pixmap(doc, xref).digest)] = xref
         except Exception as exc:
             _problem(problems, f"{name}, page {number}: image {xref} cannot be decoded ({_pdf_error(exc)}); it was skipped.")
+    if len(problems) == reported:  # no single image to blame: say what failed
+        _problem(problems, f"{name}, page {number}: the images' references cannot be read ({failure}); they were "
+                           "matched by their data, and an image without a match is cut from the rendered page.")
     for info in infos:
         info["xref"] = xref_of.get(bytes(info.get("digest") or b""), 0)
     return infos
@@ -403,11 +407,10 @@ def split_columns(lines: Sequence[Rect]) -> list[list[int]]:
     return [sorted(column) for column in columns]
 
 
-def _read_page(page: Any, number: int, doc: Any = None, problems: list[str] | None = None, name: str = "PDF") -> PageLayout:
+def _read_page(page: Any, number: int, doc: Any, problems: list[str], name: str) -> PageLayout:
     layout = PageLayout(number, float(page.rect.width), float(page.rect.height))
-    problems = problems if problems is not None else []
     rotation = tuple(page.rotation_matrix)
-    infos = _image_infos(page, doc if doc is not None else page.parent, number, problems, name)
+    infos = _image_infos(page, doc, number, problems, name)
     for index, info in enumerate(infos):
         bbox = tuple(float(v) for v in info["bbox"])
         width_pt = max(bbox[2] - bbox[0], 1e-6)
