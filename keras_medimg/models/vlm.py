@@ -121,12 +121,9 @@ class WordPieceTokenizer:
     @classmethod
     def from_folder(cls, folder: str | Path, *, sequence_length: int = 100) -> WordPieceTokenizer:
         """The vocabulary of a keras-hub preset folder (assets/tokenizer/vocabulary.txt) or a Hugging Face folder
-        (vocab.txt; `do_lower_case` from tokenizer_config.json when present)."""
+        (vocab.txt). Lower-casing as the folder says (see `_lowercase_of`); uncased when it says nothing."""
         folder = Path(folder)
-        lowercase = True
-        config = folder / "tokenizer_config.json"
-        if config.is_file():
-            lowercase = bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True))
+        lowercase = _lowercase_of(folder)
         for candidate in (folder / "vocab.txt", folder / "assets" / "tokenizer" / "vocabulary.txt"):
             if candidate.is_file():
                 return cls.from_file(candidate, sequence_length=sequence_length, lowercase=lowercase)
@@ -193,6 +190,30 @@ class WordPieceTokenizer:
                 continue
             text += token[2:] if token.startswith("##") else (" " + token if text else token)
         return text
+
+
+def _lowercase_of(folder: Path) -> bool:
+    """Whether a BERT folder's tokenizer lower-cases: Hugging Face's tokenizer_config.json (`do_lower_case`) or
+    tokenizer.json (`normalizer.lowercase`), keras-hub's tokenizer.json (`config.lowercase`); True when none says
+    (Hugging Face's BertTokenizer default). A cased model read lower-cased would map most words to [UNK]."""
+    def read(name: str) -> Any:
+        path = folder / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8-sig"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(path, f"is not valid JSON ({exc}).") from exc
+
+    hf_config = read("tokenizer_config.json")
+    if isinstance(hf_config, dict) and "do_lower_case" in hf_config:
+        return bool(hf_config["do_lower_case"])
+    tokenizer = read("tokenizer.json")
+    if isinstance(tokenizer, dict):
+        for section in (tokenizer.get("config"), tokenizer.get("normalizer")):  # keras-hub | Hugging Face fast
+            if isinstance(section, dict) and "lowercase" in section:
+                return bool(section["lowercase"])
+    return True
 
 
 def split_words(text: str, *, lowercase: bool = True) -> list[str]:
@@ -402,13 +423,17 @@ def load_bert(spec: TextEncoderSpec, *, vocabulary_size: int, sequence_length: i
     folder = Path(spec.preset).expanduser()
     if not folder.is_dir():
         raise InvalidInputError(folder, "the text encoder folder does not exist. Pass a keras-hub BERT preset folder "
-                                        "or a Hugging Face BERT folder (config.json, vocab.txt, model.safetensors).")
+                                        "or a Hugging Face BERT folder (config.json, vocab.txt, model.safetensors or "
+                                        "pytorch_model.bin).")
+    from keras_medimg.models.hf_bert import bert_preset_folder
+
+    readable = bert_preset_folder(folder)  # pytorch_model.bin or a missing pooler: a converted copy
     try:
-        bert = keras_hub.models.BertBackbone.from_preset(str(folder))
+        bert = keras_hub.models.BertBackbone.from_preset(str(readable))
     except Exception as exc:
-        raise InvalidInputError(folder, f"is not a loadable BERT ({type(exc).__name__}: {exc}). keras-hub reads a "
-                                        "keras-hub preset folder, or a Hugging Face folder whose weights are "
-                                        "model.safetensors (convert pytorch_model.bin with safetensors first).") from exc
+        raise InvalidInputError(folder, f"is not a loadable BERT ({type(exc).__name__}: {exc}). Pass a keras-hub "
+                                        "BERT preset folder, or a Hugging Face BERT folder (config.json, vocab.txt, "
+                                        "model.safetensors or pytorch_model.bin).") from exc
     if bert.vocabulary_size != vocabulary_size:
         raise InvalidInputError(folder, f"the BERT has {bert.vocabulary_size} token embeddings but its vocabulary "
                                         f"has {vocabulary_size} tokens; pass the vocabulary of this model.")

@@ -84,6 +84,23 @@ def test_tokenizer_reads_a_hugging_face_folder(tmp_path):
         vlm.WordPieceTokenizer.from_folder(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("files, lowercase", [
+    ({}, True),  # Hugging Face's default
+    ({"tokenizer_config.json": '{"do_lower_case": false}'}, False),
+    ({"tokenizer.json": '{"normalizer": {"type": "BertNormalizer", "lowercase": false}}'}, False),  # HF fast only
+    ({"tokenizer.json": '{"class_name": "BertTokenizer", "config": {"lowercase": false}}'}, False),  # keras-hub
+    ({"tokenizer_config.json": '{"do_lower_case": true}', "tokenizer.json": '{"normalizer": {"lowercase": false}}'},
+     True),  # the slow tokenizer's config wins, as in transformers
+])
+def test_a_cased_bert_folder_keeps_capitals(tmp_path, files, lowercase):
+    (tmp_path / "vocab.txt").write_text("\n".join([*vlm.SPECIAL_TOKENS, "Mass", "mass"]) + "\n")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    tok = vlm.WordPieceTokenizer.from_folder(tmp_path, sequence_length=4)
+    assert tok.lowercase is lowercase
+    assert tok.encode(["Mass"])["token_ids"][0, 1] == (6 if lowercase else 5)
+
+
 def test_whole_word_masking_proportions_and_labels():
     import tensorflow as tf
 
