@@ -434,7 +434,9 @@ def load_bert(spec: TextEncoderSpec, *, vocabulary_size: int, sequence_length: i
         raise InvalidInputError(folder, f"is not a loadable BERT ({type(exc).__name__}: {exc}). Pass a keras-hub "
                                         "BERT preset folder, or a Hugging Face BERT folder (config.json, vocab.txt, "
                                         "model.safetensors or pytorch_model.bin).") from exc
-    if bert.vocabulary_size != vocabulary_size:
+    # More embeddings than vocabulary lines is common (vocab_size padded to a multiple of 8 or 64): the extra rows
+    # are never looked up. Fewer would index past the table.
+    if bert.vocabulary_size < vocabulary_size:
         raise InvalidInputError(folder, f"the BERT has {bert.vocabulary_size} token embeddings but its vocabulary "
                                         f"has {vocabulary_size} tokens; pass the vocabulary of this model.")
     if bert.max_sequence_length < sequence_length:

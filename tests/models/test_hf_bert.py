@@ -179,6 +179,8 @@ def test_the_converted_copy_is_reused_and_redone_when_the_checkpoint_changes(tmp
 
 
 def test_folders_keras_hub_cannot_read_say_what_to_download(tmp_path, home):
+    from safetensors.numpy import save_file
+
     tf_only = write_folder(tmp_path / "tf", {"tf_model.h5": lambda p: p.write_bytes(b"HDF")})
     with pytest.raises(InvalidInputError, match=r"tf_model.h5.*Download the PyTorch weights"):
         hf_bert.bert_preset_folder(tf_only)
@@ -189,6 +191,18 @@ def test_folders_keras_hub_cannot_read_say_what_to_download(tmp_path, home):
         '{"weight_map": {"embeddings.word_embeddings.weight": "pytorch_model-00001-of-00002.bin"}}')})
     with pytest.raises(InvalidInputError, match="pytorch_model-00001-of-00002.bin.*every shard"):
         hf_bert.bert_preset_folder(index)
+    # A vocabulary longer than the embedding table would look up rows that do not exist; a shorter one is fine.
+    st = write_folder(tmp_path / "st", {"model.safetensors": lambda p: save_file(hf_state(), str(p))})
+    for extra, fits in ((["[unused0]"], False), ([], True)):
+        (st / "vocab.txt").write_text("\n".join([*vlm.SPECIAL_TOKENS, *WORDS[: len(WORDS) - 1 + len(extra)], *extra]))
+        tok = vlm.WordPieceTokenizer.from_folder(st, sequence_length=12)
+        load = lambda: vlm.load_bert(vlm.TextEncoderSpec(preset=str(st)), vocabulary_size=tok.vocabulary_size,  # noqa: E731
+                                     sequence_length=12)
+        if fits:
+            assert load().vocabulary_size == CONFIG["vocab_size"] == tok.vocabulary_size + 1
+        else:
+            with pytest.raises(InvalidInputError, match="vocabulary of this model"):
+                load()
     roberta = write_folder(tmp_path / "roberta", {})
     (roberta / "config.json").write_text(json.dumps({**CONFIG, "model_type": "roberta"}))
     with pytest.raises(InvalidInputError, match="'roberta'.*BERT"):
