@@ -21,7 +21,7 @@ Keras' torch backend runs eagerly here, as plain PyTorch does (`jit_compile=True
 the plain-PyTorch runner does not use either).
 
 Configs: tiny = ConvNeXt-tiny at 64 px, BERT 2 x 64, text 64, batch 8 (the demo's scale with the study's image
-family); study = ConvNeXt-small at 768 x 768 (the Keras image tower is square; the study used 1024 x 768), BERT-base
+family); study = ConvNeXt-small at the study's 1024 x 768 (height x width), BERT-base
 (12 x 768, vocabulary 30522, PubMedBERT's size), text 100, embedding 768, batch 8 (the study's per-step batch);
 study-b2 = the study's model at batch 2, the size one CPU process holds in memory:
 
@@ -43,9 +43,9 @@ import time
 from pathlib import Path
 
 CONFIGS = {
-    "tiny": {"backbone": "convnext_tiny", "image": 64, "embed": 64, "vocab": 512, "length": 64, "layers": 2,
+    "tiny": {"backbone": "convnext_tiny", "image": (64, 64), "embed": 64, "vocab": 512, "length": 64, "layers": 2,
              "hidden": 64, "heads": 2, "intermediate": 128, "fusion_heads": 8, "batch": 8},
-    "study": {"backbone": "convnext_small", "image": 768, "embed": 768, "vocab": 30522, "length": 100, "layers": 12,
+    "study": {"backbone": "convnext_small", "image": (1024, 768), "embed": 768, "vocab": 30522, "length": 100, "layers": 12,
               "hidden": 768, "heads": 12, "intermediate": 3072, "fusion_heads": 8, "batch": 8},
 }
 # The study's model at a batch a CPU holds: one training step of study at batch 8 needs more than this
@@ -62,7 +62,7 @@ def _inputs(c: dict, seed: int = 0) -> dict:
     token_ids[:, 0], token_ids[:, -1] = 2, 3
     weights = (rng.uniform(size=(b, n)) < 0.15).astype("float32")
     weights[:, 0] = weights[:, -1] = 0
-    return {"images": rng.uniform(size=(b, c["image"], c["image"], 3)).astype("float32"), "token_ids": token_ids,
+    return {"images": rng.uniform(size=(b, *c["image"], 3)).astype("float32"), "token_ids": token_ids,
             "padding_mask": np.ones((b, n), "int32"), "masked_token_ids": np.where(weights > 0, 4, token_ids).astype("int32"),
             "mlm_labels": token_ids, "mlm_weights": weights}
 
@@ -87,7 +87,7 @@ def _keras_step(c: dict, jit: bool):
     tok = vlm.WordPieceTokenizer(vocabulary, sequence_length=c["length"])
     text = vlm.TextEncoderSpec(num_layers=c["layers"], num_heads=c["heads"], hidden_dim=c["hidden"],
                                intermediate_dim=c["intermediate"], dropout=0.0)
-    model = vlm.build_mamclip(tok, image_size=c["image"], backbone=c["backbone"], text=text, embed_dim=c["embed"],
+    model = vlm.build_mamclip(tok, image_size=tuple(c["image"]), backbone=c["backbone"], text=text, embed_dim=c["embed"],
                               fusion_heads=c["fusion_heads"])
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-6), jit_compile=jit)
     x = _inputs(c)

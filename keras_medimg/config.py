@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 import yaml
 
 from keras_medimg.errors import ConfigError
@@ -339,6 +340,19 @@ def check_ranges(cfg: Any, *, prefix: str = "") -> None:
                 f"Config key '{dotted}' must be {_describe(low, high, low_open, high_open)}, got {value!r}. "
                 f"Fix it in the config file or with --set {dotted}=VALUE."
             )
+
+
+def image_hw(image_size: int | Sequence[int], key: str = "model.image_size") -> tuple[int, int]:
+    """`(height, width)` of an image size: one side (a square) or `[height, width]` (mammograms are taller than
+    wide: MAM-CLIP's 1024x768). A `ConfigError` naming `key` for anything else."""
+    sides = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size]
+    if not 1 <= len(sides) <= 2 or not all(_is_side(v) for v in sides):
+        raise ConfigError(f"{key} must be a side in pixels (64) or [height, width] ([1024, 768]); got {image_size!r}.")
+    return int(sides[0]), int(sides[-1])
+
+
+def _is_side(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= 1
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

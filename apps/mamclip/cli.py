@@ -35,10 +35,23 @@ def mamclip() -> None:
 mamclip.add_command(atlas)
 
 
-def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any]):
-    from keras_medimg.apps.mamclip.config import MamclipConfig
+STUDY_HELP = ("The paper's settings: ImageNet ConvNeXt-small, 1024x768, embedding 768, text 100 ([CLS]), batch 8 x 8 "
+              "accumulation, AdamW 1e-4, 25 epochs, flips + downscale + grid distortion; fine-tuning at 1K-30K and "
+              "all labels, VLM vs ImageNet, 4 folds (README). Pretraining needs --text-encoder (PubMedBERT).")
 
-    return resolve_config(MamclipConfig, "mamclip", config_file, overrides, options)
+
+def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any], *, study: bool = False,
+            needs_text_encoder: bool = False):
+    """Defaults (or --config), then `STUDY` with --study, then the options given, then --set."""
+    from keras_medimg.apps.mamclip.config import STUDY, MamclipConfig
+
+    if study:
+        options = {**STUDY, **{k: v for k, v in options.items() if v is not None}}
+    cfg = resolve_config(MamclipConfig, "mamclip", config_file, overrides, options)
+    if study and needs_text_encoder and cfg.model.text_encoder is None:
+        raise click.UsageError("--study pretrains from PubMedBERT, as the paper does: pass --text-encoder with its "
+                               "folder (Hugging Face: config.json, vocab.txt, pytorch_model.bin or model.safetensors).")
+    return cfg
 
 
 def _place(project: str | None, name: str | None, exist_ok: bool):
@@ -84,6 +97,7 @@ def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides
 @click.option("--text-encoder", type=click.Path(file_okay=False), default=None,
               help="BERT folder: a keras-hub preset or a Hugging Face folder such as PubMedBERT's (model.text_encoder).")
 @click.option("--backbone", default=None, help="Image encoder from the registry (model.backbone).")
+@click.option("--study", is_flag=True, default=False, help=STUDY_HELP)
 @click.option("--strict", is_flag=True, default=None, help="Stop at the first bad pair instead of skipping it.")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @backend_option
@@ -91,9 +105,9 @@ def demo_data(out_dir: str, seed: int | None, config_file: str | None, overrides
 @run_options
 @resume_option
 def pretrain(pairs: str | None, image_root: str | None, epochs: int | None, batch_size: int | None,
-             accumulation_steps: int | None, text_encoder: str | None, backbone: str | None, strict: bool | None,
-             seed: int | None, config_file: str | None, overrides: tuple[str, ...], project: str | None,
-             name: str | None, exist_ok: bool, resume: str | None) -> None:
+             accumulation_steps: int | None, text_encoder: str | None, backbone: str | None, study: bool,
+             strict: bool | None, seed: int | None, config_file: str | None, overrides: tuple[str, ...],
+             project: str | None, name: str | None, exist_ok: bool, resume: str | None) -> None:
     """Pretrain the dual encoder (InfoNCE + lambda * MLM) on image-caption pairs; reports retrieval recall."""
     from keras_medimg.apps.mamclip import pipeline
     from keras_medimg.runs import open_run
@@ -103,10 +117,10 @@ def pretrain(pairs: str | None, image_root: str | None, epochs: int | None, batc
                "model.text_encoder": text_encoder, "model.backbone": backbone, "strict": strict, "seed": seed}
     if resume:
         run = open_run(resume, "mamclip", "pretrain")
-        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
+        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)  # the saved config has it all
     else:
         run = _place(project, name, exist_ok)
-        cfg = _config(config_file, overrides, options)
+        cfg = _config(config_file, overrides, options, study=study, needs_text_encoder=True)
     result = pipeline.pretrain(cfg, run=run, resume=bool(resume))
     click.echo(result.table)
     print_run_summary(result.run.dir)
@@ -124,10 +138,11 @@ def pretrain(pairs: str | None, image_root: str | None, epochs: int | None, batc
               help="Label counts or fractions for the label-count curve, e.g. 1000,3000,all or 0.25,0.5,1.0.")
 @click.option("--epochs", type=int, default=None, help="finetune.epochs per fold.")
 @click.option("--folds", type=int, default=None, help="finetune.folds (study: 4).")
+@click.option("--study", is_flag=True, default=False, help=STUDY_HELP)
 def finetune(dataset: str | None, task: str | None, init: str | None, inits: str | None, train_samples: str | None,
-             epochs: int | None, folds: int | None, data: str | None, seed: int | None, strict: bool | None,
-             config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
-             exist_ok: bool) -> None:
+             epochs: int | None, folds: int | None, study: bool, data: str | None, seed: int | None,
+             strict: bool | None, config_file: str | None, overrides: tuple[str, ...], project: str | None,
+             name: str | None, exist_ok: bool) -> None:
     """Fine-tune the image encoder with patient-grouped k-fold CV: average F1 mean ± std, per-class F1,
     confusion matrices, and the label-count curve (CSV, Markdown, plot)."""
     from keras_medimg.apps.mamclip import pipeline
@@ -135,7 +150,7 @@ def finetune(dataset: str | None, task: str | None, init: str | None, inits: str
     cfg = _config(config_file, overrides, {
         "data.dataset": dataset, "data.root": data, "finetune.task": task, "finetune.init": init,
         "finetune.train_samples": _samples(train_samples), "finetune.epochs": epochs, "finetune.folds": folds,
-        "seed": seed, "strict": strict})
+        "seed": seed, "strict": strict}, study=study)
     chosen = None
     if inits:
         chosen = {}
@@ -197,19 +212,22 @@ def embed(weights: str, source: str | None, texts: str | None, strict: bool | No
 @click.option("--epochs", type=int, default=None, help="finetune.epochs per fold.")
 @click.option("--train-samples", default=None, help="Label counts or fractions of the curve, e.g. 40,all.")
 @click.option("--pairs", type=click.Path(dir_okay=False), default=None, help="Your pairs file instead of the demo.")
+@click.option("--text-encoder", type=click.Path(file_okay=False), default=None,
+              help="BERT folder: a keras-hub preset or a Hugging Face folder such as PubMedBERT's (model.text_encoder).")
+@click.option("--study", is_flag=True, default=False, help=STUDY_HELP)
 @_classification_options
 def train(pretrain_epochs: int | None, epochs: int | None, train_samples: str | None, pairs: str | None,
-          dataset: str | None, task: str | None, data: str | None, seed: int | None, strict: bool | None,
-          config_file: str | None, overrides: tuple[str, ...], project: str | None, name: str | None,
-          exist_ok: bool) -> None:
+          text_encoder: str | None, study: bool, dataset: str | None, task: str | None, data: str | None,
+          seed: int | None, strict: bool | None, config_file: str | None, overrides: tuple[str, ...],
+          project: str | None, name: str | None, exist_ok: bool) -> None:
     """The whole study: demo data -> atlas extraction -> pretraining -> fine-tuning label-count curve (VLM init
     against the other inits), ending with the study's table."""
     from keras_medimg.apps.mamclip import pipeline
 
     cfg = _config(config_file, overrides, {
         "pretrain.epochs": pretrain_epochs, "finetune.epochs": epochs, "finetune.train_samples": _samples(train_samples),
-        "data.pairs": pairs, "data.dataset": dataset, "finetune.task": task, "data.root": data, "seed": seed,
-        "strict": strict})
+        "data.pairs": pairs, "model.text_encoder": text_encoder, "data.dataset": dataset, "finetune.task": task,
+        "data.root": data, "seed": seed, "strict": strict}, study=study, needs_text_encoder=True)
     result = pipeline.train(cfg, run=_place(project, name, exist_ok))
     click.echo(result.table)
     click.echo(f"Total {result.metrics['seconds']:.0f} s.")

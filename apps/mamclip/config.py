@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from keras_medimg.apps.mamclip.atlas_config import AtlasConfig
-from keras_medimg.config import ExportConfig
+from keras_medimg.config import ExportConfig, image_hw
 from keras_medimg.datasets.mammo_labels import TaskConfig
 from keras_medimg.preprocessing.augment import GridAugment
 
@@ -69,13 +69,29 @@ class DataConfig:
     demo_height: int = 128  # demo: classification image height (width 3/4 of it)
 
 
+#: `--study`: the paper's setup. ImageNet ConvNeXt (small; tiny is the other released size), PubMedBERT (its folder
+#: with --text-encoder, read from its [CLS] state), 1024x768 images, 768-wide embeddings, captions of 100 tokens,
+#: batch 8 x 8 accumulation = 64, AdamW 1e-4 with the code's weight decay 1e-6, 25 epochs, flips + mild downscale +
+#: grid distortion; fine-tuning at the label counts of Fig. 3, VLM against ImageNet, 4 folds. Mixed precision stays
+#: `auto` (float16 on a GPU, as the study). Options given beside --study, and --set, override these.
+STUDY = {
+    "model.backbone": "convnext_small", "model.weights": "imagenet", "model.image_size": [1024, 768],
+    "model.embed_dim": 768, "model.text_pooling": "cls", "model.text_length": 100,
+    "pretrain.epochs": 25, "pretrain.batch_size": 8, "pretrain.accumulation_steps": 8, "pretrain.learning_rate": 1e-4,
+    "pretrain.weight_decay": 1e-6, "pretrain.augment.hflip": True, "pretrain.augment.zoom_min": 0.9,
+    "pretrain.augment.grid_distortion": 0.3,
+    "finetune.train_samples": ["1000", "3000", "5000", "10000", "20000", "30000", "all"],
+    "finetune.inits": ["vlm", "imagenet"], "finetune.folds": 4,
+}
+
+
 @dataclass
 class VlmConfig:
     """The dual encoder (`keras_medimg.models.vlm`)."""
 
     backbone: str = "convnextv2_atto"  # image encoder from the registry (study: convnext_small / convnext_tiny)
     weights: str | None = None  # image backbone: null (random) | imagenet | a local weights file
-    image_size: int = 64  # square input side (study: 1024x768)
+    image_size: int | list[int] = 64  # input side, or [height, width] (study: [1024, 768])
     embed_dim: int = 64  # shared embedding width (study: 768)
     text_encoder: str | None = None  # BERT folder: keras-hub preset or Hugging Face (PubMedBERT); null = tiny BERT
     text_layers: int = 2  # tiny BERT only: transformer layers
@@ -89,6 +105,9 @@ class VlmConfig:
     fusion_layers: int = 1  # fusion transformer layers (study: 1)
     fusion_heads: int = 8  # fusion attention heads (study: 8)
     fusion_mlp_ratio: int = 4  # fusion MLP width / model width (study: 4)
+
+    def __post_init__(self) -> None:
+        image_hw(self.image_size)  # a side or [height, width], else a ConfigError naming the key
 
 
 @dataclass

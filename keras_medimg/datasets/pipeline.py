@@ -35,6 +35,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from keras_medimg.config import image_hw
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.dicom import DICOM_SUFFIXES
@@ -260,8 +261,9 @@ class _PngReader:
     (or stops a strict run).
     """
 
-    def __init__(self, bridge: _Bridge, size: int, channels: int):
+    def __init__(self, bridge: _Bridge, size: tuple[int, int] | None, channels: int):
         self.bridge, self.size, self.channels = bridge, size, channels
+        self._empty = (*(size or (1, 1)), channels)  # a placeholder of the size the plain branch promises
 
     def __call__(self, path: bytes) -> tuple[np.ndarray, bool]:
         name = path.decode()
@@ -270,11 +272,10 @@ class _PngReader:
                 pixels = _decode_png(fh.read())
         except OSError as exc:
             self.bridge.fail(name, f"The file cannot be read ({exc.strerror}).")
-            return np.zeros((self.size or 1, self.size or 1, self.channels), np.float32), False
+            return np.zeros(self._empty, np.float32), False
         if pixels is None:
             self.bridge.fail(name, _CORRUPT)
-            # a placeholder of the size the plain branch promises (it is not resized again), dropped later
-            return np.zeros((self.size or 1, self.size or 1, self.channels), np.float32), False
+            return np.zeros(self._empty, np.float32), False  # not resized again; dropped later
         if self.size:
             pixels = _resize_array(pixels, self.size)
         image = pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
@@ -296,15 +297,16 @@ def _decode_png(data: bytes) -> np.ndarray | None:
     return pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]] if pixels.shape[2] in (3, 4) else pixels
 
 
-def _resize_array(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Resize to `size` x `size` as the TensorFlow branch does: area averaging when shrinking, else bilinear."""
+def _resize_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to `size` (height, width) as the TensorFlow branch does: area averaging when shrinking, else
+    bilinear."""
     import cv2
 
     height, width, channels = pixels.shape
-    if (height, width) == (size, size):
+    if (height, width) == size:
         return pixels
-    method = cv2.INTER_AREA if height > size or width > size else cv2.INTER_LINEAR
-    return cv2.resize(pixels, (size, size), interpolation=method).reshape(size, size, channels)
+    method = cv2.INTER_AREA if height > size[0] or width > size[1] else cv2.INTER_LINEAR
+    return cv2.resize(pixels, size[::-1], interpolation=method).reshape(*size, channels)
 
 
 def _channels_array(image: np.ndarray, channels: int) -> np.ndarray:
@@ -360,27 +362,28 @@ def _median(image, size: int):
     return tf.ensure_shape(filtered, image.shape)
 
 
-def _loader(image_size: int, channels: int, resize: str, denoise_median: int, bridge: _Bridge, kinds: Sequence[int],
-            minmax: bool = False):
+def _loader(size: tuple[int, int], channels: int, resize: str, denoise_median: int, bridge: _Bridge,
+            kinds: Sequence[int], minmax: bool = False):
+    height, width = size
+
     def resized(image):
         # Shrinking (512 -> 224) averages over each output pixel's area, as OpenCV's INTER_AREA does, so fine
         # texture does not alias; it costs half of an antialiased bilinear resize. Enlarging is bilinear.
         shape = tf.shape(image)
-        shrinking = tf.logical_or(shape[0] > image_size, shape[1] > image_size)
+        shrinking = tf.logical_or(shape[0] > height, shape[1] > width)
         if resize == "letterbox":
             return tf.cond(
                 shrinking,
-                lambda: tf.image.resize_with_pad(image, image_size, image_size, method="area"),
-                lambda: tf.image.resize_with_pad(image, image_size, image_size),
+                lambda: tf.image.resize_with_pad(image, height, width, method="area"),
+                lambda: tf.image.resize_with_pad(image, height, width),
             )
-        size = [image_size, image_size]
         return tf.cond(shrinking, lambda: tf.image.resize(image, size, method="area"), lambda: tf.image.resize(image, size))
 
-    png = _PngReader(bridge, image_size if resize == "plain" else 0, channels)
+    png = _PngReader(bridge, size if resize == "plain" else None, channels)
 
     def load(path, decoder, target):
         image, ok = _decode_resized(path, decoder, bridge, resized, png, channels, kinds)
-        image = tf.ensure_shape(image, [image_size, image_size, channels])
+        image = tf.ensure_shape(image, [height, width, channels])
         if denoise_median > 1:
             image = _median(image, denoise_median)
         if minmax:  # Normalization.minmax: each image's own range, before augmentation (the affine part is per batch)
@@ -396,7 +399,7 @@ def _loader(image_size: int, channels: int, resize: str, denoise_median: int, br
 def make_dataset(
     samples: Sequence[Sample],
     *,
-    image_size: int,
+    image_size: int | Sequence[int],
     training: bool,
     batch_size: int,
     channels: int = 3,
@@ -418,7 +421,7 @@ def make_dataset(
 
     Args:
         samples: the images (PNG 8/16-bit, JPEG, DICOM, TIFF, BMP; decided by the file's bytes, not its name).
-        image_size: side of the square images the model takes.
+        image_size: the size of the images the model takes: one side (a square) or (height, width).
         training: apply `augment` (and shuffle, unless `shuffle` says otherwise).
         batch_size: images per batch.
         channels: 3 (grey copied to RGB, for ImageNet backbones) or 1.
@@ -434,14 +437,13 @@ def make_dataset(
         deterministic: keep element order fixed under parallel decoding (same batches every run for a seed).
             Without shuffling the order of `samples` is always kept, so predictions line up with them.
         denoise_median: odd median-filter size applied after resizing; 0 for none.
-        resize: "plain" stretches to the square; "letterbox" keeps the aspect ratio and pads with 0.
+        resize: "plain" stretches to `image_size`; "letterbox" keeps the aspect ratio and pads with 0.
         skipped: receives every bad file skipped, with the reason.
         strict: raise `InvalidInputError` on the first bad file instead of skipping it.
         drop_remainder: drop the last, smaller batch.
 
     Returns:
-        A `tf.data.Dataset` of `(images, labels)` batches, images float32 `(B, image_size, image_size,
-        channels)`, labels int32 `(B,)` or float32 `(B, classes)`; or of images alone for `label_mode=None`.
+        A `tf.data.Dataset` of `(images, labels)` batches, images float32 `(B, height, width, channels)`, labels int32 `(B,)` or float32 `(B, classes)`; or of images alone for `label_mode=None`.
 
     Raises:
         InvalidInputError: a bad file with `strict`, a label outside `class_names`, or no usable image left.
@@ -572,7 +574,7 @@ def _pipeline(
     targets: np.ndarray | None,
     *,
     grey: bool,
-    image_size: int,
+    image_size: int | Sequence[int],
     training: bool,
     batch_size: int,
     channels: int,
@@ -608,7 +610,8 @@ def _pipeline(
     kinds = sorted(set(decoders))
     _single_threaded_opencv()
     minmax = normalization is not None and normalization.minmax
-    load = _loader(image_size, work_channels, resize, denoise_median, bridge, kinds, minmax)
+    size = image_hw(image_size)
+    load = _loader(size, work_channels, resize, denoise_median, bridge, kinds, minmax)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if _JPEG in kinds:
         # TensorFlow decodes JPEGs and fails on corrupt ones with an op error, which only `ignore_errors` drops;
@@ -620,7 +623,7 @@ def _pipeline(
 
         def end_of_pass(_):
             ok = tf.ensure_shape(tf.numpy_function(arrivals.end_of_pass, [], tf.bool, stateful=True), [])
-            return tf.zeros([image_size, image_size, work_channels]), target_tensor[0], ok, tf.constant("")
+            return tf.zeros([*size, work_channels]), target_tensor[0], ok, tf.constant("")
 
         dataset = dataset.ignore_errors().map(arrived)
         dataset = dataset.concatenate(tf.data.Dataset.range(1).map(end_of_pass))
@@ -631,7 +634,9 @@ def _pipeline(
     elif cache is not None:
         folder = Path(cache)
         folder.mkdir(parents=True, exist_ok=True)
-        settings = (image_size, work_channels, resize, denoise_median, tuple(decoders), minmax)
+        # A square keeps the key it always had: caches written before (height, width) sizes stay valid.
+        key_size = size[0] if size[0] == size[1] else size
+        settings = (key_size, work_channels, resize, denoise_median, tuple(decoders), minmax)
         dataset = dataset.cache(str(folder / _cache_name(samples, settings)))
     if shuffle and cache is not None:
         dataset = dataset.shuffle(min(count, _SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
@@ -666,7 +671,7 @@ def _pipeline(
 def _in_order(
     samples: Sequence[Sample],
     *,
-    image_size: int,
+    image_size: int | Sequence[int],
     channels: int,
     normalization: Normalization | None,
     resize: str,
@@ -703,7 +708,7 @@ def _in_order(
 def load_images_numpy(
     samples: Sequence[Sample],
     *,
-    image_size: int,
+    image_size: int | Sequence[int],
     channels: int = 3,
     normalization: Normalization | None = None,
     resize: Literal["plain", "letterbox"] = "plain",
@@ -721,7 +726,7 @@ def load_images_numpy(
         batch_size: images decoded per step.
 
     Returns:
-        float32 `(N, image_size, image_size, channels)` images and the `N` samples they are (bad files are left
+        float32 `(N, height, width, channels)` images and the `N` samples they are (bad files are left
         out, in `skipped`), in the order of `samples`.
     """
     images, indices = [], []
@@ -732,7 +737,7 @@ def load_images_numpy(
         images.append(batch)
         indices += index.tolist()
     if not images:
-        return np.zeros((0, image_size, image_size, channels), np.float32), []
+        return np.zeros((0, *image_hw(image_size), channels), np.float32), []
     return np.concatenate(images), [samples[i] for i in indices]
 
 
@@ -740,7 +745,7 @@ def predict_samples(
     model: Any,
     samples: Sequence[Sample],
     *,
-    image_size: int,
+    image_size: int | Sequence[int],
     channels: int = 3,
     normalization: Normalization | None = None,
     batch_size: int = 32,

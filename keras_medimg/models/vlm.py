@@ -397,14 +397,17 @@ class TextEncoderSpec:
 TINY_TEXT = TextEncoderSpec(num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128, pooling="mean")
 
 
-def build_image_tower(backbone: str, *, image_size: int, embed_dim: int, weights: str | Path | None = None,
-                      name: str = "image_encoder") -> keras.Model:
-    """Registry backbone ("backbone") -> global average pooling -> LayerNorm -> Dense(embed_dim) ("image_projection")."""
+def build_image_tower(backbone: str, *, image_size: int | Sequence[int], embed_dim: int,
+                      weights: str | Path | None = None, name: str = "image_encoder") -> keras.Model:
+    """Registry backbone ("backbone") -> global average pooling -> LayerNorm -> Dense(embed_dim) ("image_projection"),
+    on images of `image_size` (a side, or (height, width))."""
+    from keras_medimg.config import image_hw
     from keras_medimg.models.backbones import build_backbone
 
-    body = build_backbone(backbone, input_shape=(image_size, image_size, 3), weights=weights)
+    shape = (*image_hw(image_size), 3)
+    body = build_backbone(backbone, input_shape=shape, weights=weights)
     body.name = "backbone"
-    images = keras.Input((image_size, image_size, 3), name="images")
+    images = keras.Input(shape, name="images")
     features = keras.layers.GlobalAveragePooling2D(name="pool")(body(images))
     # As ConvNeXt's own head: pooled features are layer-normalised before the linear layer. Without it the
     # pooled vector is dominated by a component shared by all images, and the embeddings collapse to one direction.
@@ -613,7 +616,7 @@ class VlmSpec:
     """Everything `build_mamclip` needs besides the tokenizer (stored in the run's weights/vlm.json)."""
 
     backbone: str = "convnextv2_atto"
-    image_size: int = 64
+    image_size: int | tuple[int, int] = 64  # a side, or (height, width)
     embed_dim: int = 64
     weights: str | None = None
     text: TextEncoderSpec = TINY_TEXT
@@ -627,7 +630,8 @@ class VlmSpec:
         return asdict(self)
 
 
-def build_mamclip(tokenizer: WordPieceTokenizer, *, image_size: int = 64, backbone: str = "convnextv2_atto",
+def build_mamclip(tokenizer: WordPieceTokenizer, *, image_size: int | Sequence[int] = 64,
+                  backbone: str = "convnextv2_atto",
                   text: TextEncoderSpec = TINY_TEXT, embed_dim: int = 64, weights: str | Path | None = None,
                   fusion_layers: int = 1, fusion_heads: int = 8, fusion_mlp_ratio: int = 4, mlm_weight: float = 0.5,
                   logit_scale_init: float = LOGIT_SCALE_INIT) -> MamClip:
@@ -635,7 +639,7 @@ def build_mamclip(tokenizer: WordPieceTokenizer, *, image_size: int = 64, backbo
 
     Args:
         tokenizer: the captions' tokenizer (its vocabulary size and sequence length shape the text side).
-        image_size: square input side (study: 1024x768; the demo: 64).
+        image_size: input side, or (height, width) (study: (1024, 768); the demo: 64).
         backbone: registry name (study: convnext_small or convnext_tiny; convnextv2_* and efficientnetv2b3 too).
         text: the BERT to use (a preset folder such as PubMedBERT's, or a random one of a given size).
         embed_dim: shared embedding width (study: 768).

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_medimg.config import image_hw
 from keras_medimg.datasets.records import Sample, Skipped
 from keras_medimg.errors import ConfigError, InvalidInputError
 
@@ -234,10 +235,10 @@ def export_encoders(model: Any, tokenizer: Any, out: Path, *, info: Mapping[str,
     scale = float(keras.ops.convert_to_numpy(model.clipped_scale()))
     common = {**metadata, "logit_scale": float(np.exp(scale)), "log_logit_scale": scale,
               "embed_dim": int(model.image_encoder.output_shape[-1]), "spec": info["spec"]}
-    size = info["spec"]["image_size"]
+    size = list(image_hw(info["spec"]["image_size"]))  # [height, width]
     image_result = export_model(vlm.image_embedder(model), out / "image_encoder", formats=list(formats), atol=atol,
                                 metadata={**common, "part": "image_encoder", "preprocessing": {
-                                    "image_size": [size, size], "channels": 3, "grey_to_rgb": "repeat",
+                                    "image_size": size, "channels": 3, "grey_to_rgb": "repeat",
                                     "scale": "per-image min-max to [0, 1]",
                                     "normalization": {"mean": list(norm.mean), "std": list(norm.std)}}})
     enc = tokenizer.encode(["an irregular mass with spiculated margins", "scattered fibroglandular density"])
@@ -296,7 +297,7 @@ def check_vlm_init(source: str | Path, backbone: str) -> None:
                           "model.backbone=convnext_tiny (or convnext_small, as the checkpoint's name says).")
 
 
-def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int,
+def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int | Sequence[int],
                   weights: str | None = None) -> Any:
     """The headless image backbone a fine-tuning starts from: "vlm" (the image encoder of the pretrain run
     `vlm_source`, or of a PyTorch checkpoint such as the study's released `pretrain_convnext_tiny.ckpt`),
@@ -305,7 +306,7 @@ def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, im
 
     from keras_medimg.models.backbones import build_backbone
 
-    shape = (image_size, image_size, 3)
+    shape = (*image_hw(image_size), 3)
     if init == "imagenet":
         return build_backbone(backbone, input_shape=shape, weights=weights or "imagenet")
     if init == "none":
@@ -319,9 +320,11 @@ def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, im
         return build_backbone(backbone, input_shape=shape, weights=str(vlm_source))
     model, _ = open_vlm(vlm_source)
     pretrained = model.image_encoder.get_layer("backbone")
-    if tuple(pretrained.input_shape[1:3]) != (image_size, image_size):
-        raise ConfigError(f"The pretrained encoder takes {pretrained.input_shape[1]}-pixel images but "
-                          f"model.image_size is {image_size}; set model.image_size to match.")
+    if tuple(pretrained.input_shape[1:3]) != shape[:2]:
+        height, width = pretrained.input_shape[1:3]
+        taken = height if height == width else [height, width]
+        raise ConfigError(f"The pretrained encoder of {vlm_source} takes {height}x{width} images but model.image_size "
+                          f"is {image_size}; set model.image_size to {taken}.")
     if pretrained.dtype_policy.name == keras.config.dtype_policy().name:
         return pretrained
     # Layers keep the policy they were built under: to fine-tune under another (finetune.mixed_precision), the

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class CurveSettings:
     """How every fold of the curve trains and reads its images.
 
-    image_size / normalization: the classifier's input, as for `datasets.pipeline.make_dataset`.
+    image_size / normalization: the classifier's input (a side or (height, width)), as for
+        `datasets.pipeline.make_dataset`.
     folds: k of the k-fold split; seed: seeds the folds, the subsets and each fold's data order.
     epochs, batch_size, learning_rate, weight_decay: AdamW training of each fold.
     class_weight: "none" or "balanced" (inverse class frequency of each fold's training subset).
@@ -40,7 +41,7 @@ class CurveSettings:
         fitted in `distribute.strategy_scope(distribution)`, `batch_size` being the global batch.
     """
 
-    image_size: int
+    image_size: int | tuple[int, int]
     normalization: Any = None
     folds: int = 4
     seed: int = 0

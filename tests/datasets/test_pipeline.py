@@ -11,7 +11,7 @@ import pytest
 from keras_medimg.datasets.pipeline import check_image_file, encode_labels, load_images_numpy, make_dataset, predict_samples
 from keras_medimg.training.trainer import balanced_class_weight
 from keras_medimg.datasets.records import Sample, Skipped
-from keras_medimg.errors import InvalidInputError
+from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.io.images import write_image
 from keras_medimg.preprocessing.augment import Augment
 from keras_medimg.preprocessing.normalize import CAFFE, IMAGENET, Normalization
@@ -363,3 +363,47 @@ def test_bytes_after_the_end_marker_are_not_truncation(samples, tmp_path):
         padded = tmp_path / f"padded{sample.path.suffix}"
         padded.write_bytes(sample.path.read_bytes() + bytes(512))
         assert check_image_file(padded).decoder is not None, sample.path.suffix
+
+
+def _left_bright(height, width):
+    pixels = np.full((height, width), 0.1, np.float32)
+    pixels[:, : width // 2] = 0.9
+    return pixels
+
+
+def test_height_by_width_sizes_in_every_decoder_and_letterbox(tmp_path):
+    """(height, width) input (MAM-CLIP's 1024x768): each decoder gives the same (H, W) image, stretched with its
+    left half still on the left; letterbox pads above and below a square picture."""
+    import cv2
+    import tensorflow as tf
+
+    picture = _left_bright(120, 72)
+    files = [write_image(tmp_path / "a.png", picture, bits=16), write_image(tmp_path / "b.png", picture, bits=8),
+             tmp_path / "c.jpg", tmp_path / "d.tif"]
+    cv2.imwrite(str(files[2]), np.round(picture * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    cv2.imwrite(str(files[3]), np.round(picture * 65535).astype(np.uint16))
+    samples = [Sample(p.name, p) for p in files]
+    ((batch,),) = _batches(make_dataset(samples, image_size=(40, 24), training=False, batch_size=4, channels=1,
+                                        label_mode=None))
+    expected = tf.image.resize(picture[..., None], [40, 24], method="area").numpy()
+    assert batch.shape == (4, 40, 24, 1)
+    for image, path in zip(batch, files):
+        np.testing.assert_allclose(image, expected, atol=2e-3, err_msg=path.name)
+    # A square picture letterboxed into 40x24: a 24x24 picture with 8 padded rows above and below.
+    square = write_image(tmp_path / "sq.png", np.full((60, 60), 0.8, np.float32), bits=8)
+    ((boxed,),) = _batches(make_dataset([Sample("sq", square)], image_size=[40, 24], training=False, batch_size=1,
+                                        channels=1, label_mode=None, resize="letterbox"))
+    rows = boxed[0, :, :, 0].mean(axis=1)
+    assert np.all(rows[:8] == 0) and np.all(rows[32:] == 0) and np.allclose(rows[8:32], 0.8, atol=0.01)
+    empty, kept = load_images_numpy([], image_size=(40, 24), channels=3)
+    assert empty.shape == (0, 40, 24, 3) and kept == []
+
+
+def test_a_height_by_width_size_gets_its_own_cache_and_a_square_keeps_its_key(samples, tmp_path):
+    cache = tmp_path / "cache"
+    for size in (32, (32, 32), [32, 32], (32, 24)):
+        list(make_dataset(samples[:2], image_size=size, training=False, batch_size=2, cache=cache).as_numpy_iterator())
+    names = {p.name.split(".")[0] for p in cache.iterdir()}
+    assert len(names) == 2  # one for the square however it is written, one for 32x24
+    with pytest.raises(ConfigError, match=r"\[height, width\]"):
+        make_dataset(samples[:2], image_size=(32, 24, 3), training=False, batch_size=2)

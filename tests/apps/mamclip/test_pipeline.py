@@ -113,3 +113,44 @@ def test_finetune_curve_beats_the_majority_baseline_on_a_separable_set(tmp_path)
     majority = 2 * 0.5 / 1.5 / 3  # macro F1 of always "square" (half the images)
     assert rows[0]["macro_f1_mean"] > majority + 0.3
     assert rows[0]["macro_f1_mean"] > 0.7
+
+
+@pytest.mark.slow
+def test_a_height_by_width_input_runs_from_pretraining_to_fine_tuning(tmp_path):
+    """model.image_size [height, width] (the study's 1024x768, here 64x32): the pretrained encoder takes that
+    shape, fine-tuning from it reads images at it, and a run at another size is told which size to set."""
+    from keras_medimg.models import vlm_tasks
+
+    pairs = write_pairs(tmp_path, n=16)
+    cfg = tiny_config(MamclipConfig(), pairs, epochs=1)
+    cfg = replace(cfg, model=replace(cfg.model, image_size=[64, 32]))
+    run_dir = pipeline.pretrain(cfg, run=RunPlace(tmp_path / "runs", "hw")).run.dir
+    model, _ = vlm_tasks.open_vlm(run_dir)
+    assert tuple(model.image_encoder.input_shape[1:3]) == (64, 32)
+    samples = [Sample(id=f"{i}", path=tmp_path / "img" / f"{i}.png", label=["left", "right", "none"][i % 3],
+                      group=f"p{i}") for i in range(12)]
+    cfg = replace(cfg, finetune=replace(cfg.finetune, epochs=1, folds=2, batch_size=4))
+    rows = pipeline.run_curve(samples, ["left", "right", "none"], {"vlm": ("vlm", str(run_dir))}, ["all"], cfg,
+                              pipeline.Skipped())
+    assert rows[0]["init"] == "vlm" and len(rows[0]["fold_macro_f1"]) == 2
+    with pytest.raises(ConfigError, match=r"64x32 images.*model.image_size to \[64, 32\]"):
+        vlm_tasks.init_backbone("vlm", run_dir, backbone=cfg.model.backbone, image_size=32)
+
+
+def test_study_switch_sets_the_papers_setup_and_given_options_win(tmp_path):
+    from click.testing import CliRunner
+
+    from keras_medimg.apps.cli import cli
+    from keras_medimg.apps.mamclip.cli import _config
+
+    cfg = _config(None, ("pretrain.epochs=3",), {"pretrain.batch_size": 4, "model.text_encoder": str(tmp_path)},
+                  study=True, needs_text_encoder=True)
+    assert (cfg.model.backbone, cfg.model.weights, cfg.model.image_size, cfg.model.embed_dim) == \
+        ("convnext_small", "imagenet", [1024, 768], 768)
+    assert (cfg.model.text_pooling, cfg.model.text_length, cfg.pretrain.accumulation_steps) == ("cls", 100, 8)
+    assert cfg.pretrain.augment.grid_distortion == 0.3 and cfg.pretrain.augment.hflip
+    assert cfg.finetune.train_samples[0] == "1000" and cfg.finetune.inits == ["vlm", "imagenet"]
+    assert (cfg.pretrain.batch_size, cfg.pretrain.epochs) == (4, 3)  # an option beside --study, then --set
+    assert _config(None, (), {}).model.image_size == 64  # without the switch: the demo
+    result = CliRunner().invoke(cli, ["mamclip", "pretrain", "--study", "--project", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--text-encoder" in result.output and not (tmp_path / "r").exists()
