@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
@@ -16,7 +17,9 @@ from keras_medimg.apps.options import (
     resume_option,
     run_options,
 )
+from keras_medimg.config import read_yaml
 
+log = logging.getLogger(__name__)
 DATASETS = ["teknofest", "vindr", "embed", "csv"]
 TASKS = ["birads5", "birads3", "density"]
 
@@ -37,21 +40,33 @@ mamclip.add_command(atlas)
 
 STUDY_HELP = ("The paper's settings: ImageNet ConvNeXt-small, 1024x768, embedding 768, text 100 ([CLS]), batch 8 x 8 "
               "accumulation, AdamW 1e-4, 25 epochs, flips + downscale + grid distortion; fine-tuning at 1K-30K and "
-              "all labels, VLM vs ImageNet, 4 folds (README). Pretraining needs --text-encoder (PubMedBERT).")
+              "all labels, VLM vs ImageNet, 4 folds (README). Pretraining needs --text-encoder (PubMedBERT). Keys "
+              "in --config, options given and --set win over it.")
 
 
 def _config(config_file: str | None, overrides: tuple[str, ...], options: dict[str, Any], *, study: bool = False,
             needs_text_encoder: bool = False):
-    """Defaults (or --config), then `STUDY` with --study, then the options given, then --set."""
+    """Defaults, then `STUDY` with --study, then the keys of a --config file, then the options given, then --set."""
     from keras_medimg.apps.mamclip.config import STUDY, MamclipConfig
 
     if study:
-        options = {**STUDY, **{k: v for k, v in options.items() if v is not None}}
+        in_file = _dotted_keys(read_yaml(config_file)) if config_file else set()
+        study_keys = {k: v for k, v in STUDY.items() if k not in in_file}
+        options = {**study_keys, **{k: v for k, v in options.items() if v is not None}}
     cfg = resolve_config(MamclipConfig, "mamclip", config_file, overrides, options)
     if study and needs_text_encoder and cfg.model.text_encoder is None:
         raise click.UsageError("--study pretrains from PubMedBERT, as the paper does: pass --text-encoder with its "
                                "folder (Hugging Face: config.json, vocab.txt, pytorch_model.bin or model.safetensors).")
     return cfg
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + str(key))
+        if isinstance(value, dict):
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def _place(project: str | None, name: str | None, exist_ok: bool):
@@ -117,7 +132,9 @@ def pretrain(pairs: str | None, image_root: str | None, epochs: int | None, batc
                "model.text_encoder": text_encoder, "model.backbone": backbone, "strict": strict, "seed": seed}
     if resume:
         run = open_run(resume, "mamclip", "pretrain")
-        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)  # the saved config has it all
+        if study:
+            log.warning("--study is left out on --resume: the run continues with its saved config.yaml.")
+        cfg = _config(config_file or str(run.dir / "config.yaml"), overrides, options)
     else:
         run = _place(project, name, exist_ok)
         cfg = _config(config_file, overrides, options, study=study, needs_text_encoder=True)
@@ -151,6 +168,9 @@ def finetune(dataset: str | None, task: str | None, init: str | None, inits: str
         "data.dataset": dataset, "data.root": data, "finetune.task": task, "finetune.init": init,
         "finetune.train_samples": _samples(train_samples), "finetune.epochs": epochs, "finetune.folds": folds,
         "seed": seed, "strict": strict}, study=study)
+    if study and not init and not inits:
+        raise click.UsageError("--study compares the VLM-pretrained encoder with ImageNet's on the same folds: pass "
+                               "--inits vlm:RUN,imagenet (or one --init).")
     chosen = None
     if inits:
         chosen = {}

@@ -6,7 +6,8 @@ are neither: PubMedBERT, the MAM-CLIP study's text encoder, is released as `pyto
 saved from a masked-language model (`BertForMaskedLM`) has no pooler. `bert_preset_folder` gives keras-hub a
 folder it can read without touching the user's: such a folder is converted once into
 `<medimg home>/hf_bert/<key>/` (config.json + model.safetensors, float32), keyed by the source files' paths, sizes
-and modification times, so a second run reuses it and a changed checkpoint is converted again.
+and modification times, so a second run reuses it and a changed checkpoint is converted again (the outdated copy
+is then deleted). A config.json without `model_type` (BERTs of transformers' first years) is taken as a BERT.
 
 The pickled checkpoints are read with `torch.load(weights_only=True)` (`torch_weights.read_state_dict`), so
 nothing in them is executed. A missing pooler is added as zeros: MAM-CLIP reads the [CLS] state or the mean of the
@@ -18,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +54,29 @@ def bert_preset_folder(folder: str | Path) -> Path:
         config = json.loads(config_file.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(config_file, f"is not valid JSON ({exc}).") from exc
-    if not isinstance(config, dict) or "model_type" not in config:
-        return folder  # a keras-hub preset: its config.json names the Keras class instead
-    if config["model_type"] != "bert":
-        raise InvalidInputError(config_file, f"describes a Hugging Face '{config['model_type']}' model; the text "
-                                             "encoder must be a BERT (model_type 'bert'), such as PubMedBERT.")
+    if not isinstance(config, dict) or "class_name" in config or (folder / "metadata.json").is_file():
+        return folder  # a keras-hub preset: its config.json names the Keras class
+    model_type = config.get("model_type", "bert")  # BERT configs of transformers' first years have none
+    if model_type != "bert":
+        raise InvalidInputError(config_file, f"describes a Hugging Face '{model_type}' model; the text encoder "
+                                             "must be a BERT (model_type 'bert'), such as PubMedBERT.")
     shards = _weight_files(folder)
-    if shards[0].name.startswith("model.safetensors") and _has_pooler(shards):
+    if "model_type" in config and shards[0].suffix == ".safetensors" and _has_pooler(shards):
         return folder
     from keras_medimg.backend import medimg_home
 
-    target = medimg_home() / "hf_bert" / _key(folder, [config_file, *shards])
+    home = medimg_home() / "hf_bert"
+    target = home / _key(folder, [config_file, *shards])
     if (target / SAFETENSORS).is_file() and (target / "config.json").is_file():
         return target
+    try:  # before reading hundreds of megabytes
+        home.mkdir(parents=True, exist_ok=True)
+        if not os.access(home, os.W_OK):
+            raise PermissionError(f"no write permission on {home}")
+    except OSError as exc:
+        raise InvalidInputError(folder, f"needs a converted copy of its weights for keras-hub, which cannot be "
+                                        f"written ({exc}). Set MEDIMG_HOME to a writable folder, or save the model "
+                                        "with safetensors (model.safetensors) and BERT's pooler.") from exc
     state: dict[str, np.ndarray] = {}
     for shard in shards:
         state.update(_read(shard))
@@ -77,8 +90,9 @@ def bert_preset_folder(folder: str | Path) -> Path:
         state[prefix + _POOLER] = np.zeros((hidden, hidden), np.float32)
         state[prefix + "pooler.dense.bias"] = np.zeros((hidden,), np.float32)
         added = " (the checkpoint has no pooler, so a zero one was added: MAM-CLIP does not use BERT's pooled output)"
-    _write(target, config_file, state)
+    _write(target, {**config, "model_type": "bert"}, state, source=folder)
     log.info("Converted the BERT weights of %s to %s for keras-hub%s.", folder, target, added)
+    _remove_stale(home, folder, keep=target)
     return target
 
 
@@ -130,17 +144,19 @@ def _key(folder: Path, files: list[Path]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _write(target: Path, config_file: Path, state: dict[str, np.ndarray]) -> None:
-    """config.json + model.safetensors into `target`, built in a temporary folder beside it and renamed into place,
-    so a killed conversion never leaves a half-written copy that a later run would trust."""
+def _write(target: Path, config: dict, state: dict[str, np.ndarray], *, source: Path) -> None:
+    """config.json + model.safetensors (+ source.json, the folder it came from) into `target`, built in a temporary
+    folder beside it and renamed into place, so a killed conversion never leaves a half-written copy that a later
+    run would trust."""
     from safetensors.numpy import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        shutil.copyfile(config_file, work / "config.json")
+        (work / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        (work / "source.json").write_text(json.dumps({"folder": str(source.resolve())}), encoding="utf-8")
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, str(work / SAFETENSORS),
                   metadata={"format": "pt"})
+        os.chmod(work, 0o755)  # mkdtemp's 0700 would keep the copy from other users of a shared MEDIMG_HOME
         try:
             work.rename(target)
         except OSError:  # another process finished the same conversion first
@@ -148,3 +164,22 @@ def _write(target: Path, config_file: Path, state: dict[str, np.ndarray]) -> Non
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale(home: Path, folder: Path, *, keep: Path, max_age_s: float = 86400.0) -> None:
+    """Delete the older copies of `folder` (its checkpoint changed since) and temporary folders a killed conversion
+    left more than `max_age_s` ago: each is a whole float32 model."""
+    source = str(folder.resolve())
+    for path in home.iterdir():
+        if path == keep or not path.is_dir():
+            continue
+        try:
+            if path.name.startswith("."):
+                stale = time.time() - path.stat().st_mtime > max_age_s
+            else:
+                stale = json.loads((path / "source.json").read_text(encoding="utf-8")).get("folder") == source
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("Removed the outdated converted copy %s.", path)

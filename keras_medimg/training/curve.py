@@ -57,7 +57,10 @@ class CurveSettings:
 
 
 def parse_train_samples(values: Sequence[str], available: int) -> list[tuple[str, int]]:
-    """Label counts ("1000") or fractions ("0.25") -> [(name, count)], each at most `available`; [] = all."""
+    """Label counts ("1000") or fractions ("0.25") -> [(name, count)], each at most `available`; [] = all.
+
+    Counts past `available` would train the same full set again (the study's 30000 on a smaller dataset): each
+    count is trained once, under "all" when that is asked for, and the others are named in a warning."""
     out = []
     for value in values or ["all"]:
         text = str(value).strip()
@@ -72,7 +75,17 @@ def parse_train_samples(values: Sequence[str], available: int) -> list[tuple[str
         if count < 2:
             raise ConfigError(f"finetune.train_samples: '{text}' gives {count} training images; use at least 2.")
         out.append((text, min(count, available)))
-    return out
+    kept: dict[int, str] = {}
+    for name, count in out:
+        if count not in kept or name == "all":
+            kept[count] = name
+    dropped = [name for name, count in out if kept[count] != name]
+    if dropped:
+        log.warning("finetune.train_samples: %s give the same %s training images as %s; each is trained once.",
+                    ", ".join(dropped), ", ".join(sorted({str(c) for n, c in out if n in dropped})),
+                    ", ".join(sorted({kept[c] for n, c in out if n in dropped})))
+    order = {name: i for i, (name, _) in enumerate(out)}
+    return sorted(((name, count) for count, name in kept.items()), key=lambda row: order[row[0]])
 
 
 def subsample(samples: Sequence[Sample], count: int, seed: int) -> list[Sample]:
@@ -158,14 +171,14 @@ def head_logits(head: Any, **kwargs) -> Any:
 
 def _fold_data(samples: Sequence[Sample], class_names: Sequence[str], settings: CurveSettings, *, skipped: Skipped,
                seed: int):
-    from keras_medimg.datasets.pipeline import make_dataset
+    from keras_medimg.datasets.pipeline import make_dataset, memory_cache_for
     from keras_medimg.training.distribute import worker
 
     # The same batches in the same order on every run (the curve compares inits by small differences, so a run
     # must repeat exactly) and on every worker (each keeps its share of a global batch, whole ones only).
     return make_dataset(samples, image_size=settings.image_size, training=True, batch_size=settings.batch_size,
                         channels=3, normalization=settings.normalization, augment=settings.augment,
-                        class_names=class_names, cache="memory", seed=seed, skipped=skipped, strict=settings.strict,
+                        class_names=class_names, cache=memory_cache_for(len(samples), settings.image_size), seed=seed, skipped=skipped, strict=settings.strict,
                         deterministic=True, drop_remainder=worker().count > 1)
 
 

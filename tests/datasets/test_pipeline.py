@@ -407,3 +407,14 @@ def test_a_height_by_width_size_gets_its_own_cache_and_a_square_keeps_its_key(sa
     assert len(names) == 2  # one for the square however it is written, one for 32x24
     with pytest.raises(ConfigError, match=r"\[height, width\]"):
         make_dataset(samples[:2], image_size=(32, 24, 3), training=False, batch_size=2)
+
+
+def test_memory_cache_only_when_the_decoded_set_fits(caplog):
+    from keras_medimg.datasets.pipeline import memory_cache_for
+
+    assert memory_cache_for(1000, 64) == "memory"  # the demo: 48 MB
+    with caplog.at_level("INFO"):
+        assert memory_cache_for(40000, [1024, 768], channels=1) is None  # the study's TEKNOFEST: 125 GB
+    assert "1024x768" in caplog.text and "decoded every epoch" in caplog.text
+    assert memory_cache_for(10, (100, 50), channels=1, budget=10 * 100 * 50 * 4) == "memory"
+    assert memory_cache_for(11, (100, 50), channels=1, budget=10 * 100 * 50 * 4) is None

@@ -170,7 +170,7 @@ def test_the_converted_copy_is_reused_and_redone_when_the_checkpoint_changes(tmp
     torch.save(as_masked_lm_checkpoint(hf_state(seed=1)), folder / "pytorch_model.bin")
     os.utime(folder / "pytorch_model.bin", ns=(stamp + 10**9, stamp + 10**9))
     second = hf_bert.bert_preset_folder(folder)
-    assert second != first
+    assert second != first and not first.exists()  # the outdated copy (a whole model) is deleted
     _, token_ids, mask = encode(folder, TEXTS)
     got = sequence_output(folder, token_ids, mask)
     np.testing.assert_allclose(got[mask.astype(bool)], numpy_bert(hf_state(seed=1), token_ids, mask)[mask.astype(bool)],
@@ -238,3 +238,39 @@ def test_pretraining_runs_on_a_published_bert_folder(tmp_path, home):
     start = state["embeddings.word_embeddings.weight"]
     moved = np.abs(keras.ops.convert_to_numpy(embeddings) - start).max()
     assert embeddings.shape == start.shape and 0 < moved < 0.05  # one epoch at lr 5e-4 from the checkpoint
+
+
+def test_safetensors_without_a_pooler_sharded_safetensors_and_a_config_without_model_type(tmp_path, home):
+    from safetensors.numpy import save_file
+
+    state = hf_state()
+    no_pooler = {k: v for k, v in state.items() if not k.startswith("pooler.")}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    writers = {name: (lambda p, part=part: save_file({k: state[k] for k in part}, str(p))) for name, part in shards.items()}
+    writers["model.safetensors.index.json"] = lambda p: p.write_text(json.dumps(
+        {"weight_map": {k: name for name, part in shards.items() for k in part}}))
+    folders = {"no pooler": write_folder(tmp_path / "np", {"model.safetensors": lambda p: save_file(no_pooler, str(p))}),
+               "sharded": write_folder(tmp_path / "sh", writers),
+               "no model_type": write_folder(tmp_path / "old", {"model.safetensors": lambda p: save_file(state, str(p))})}
+    (folders["no model_type"] / "config.json").write_text(json.dumps({k: v for k, v in CONFIG.items() if k != "model_type"}))
+    # keras-hub reads a sharded safetensors BERT with its pooler where it is; the others need a converted copy.
+    assert hf_bert.bert_preset_folder(folders["sharded"]) == folders["sharded"]
+    assert hf_bert.bert_preset_folder(folders["no pooler"]).parent == home / "hf_bert"
+    assert hf_bert.bert_preset_folder(folders["no model_type"]).parent == home / "hf_bert"
+    _, token_ids, mask = encode(folders["sharded"], TEXTS)
+    expected = numpy_bert(state, token_ids, mask)[mask.astype(bool)]
+    for name, folder in folders.items():
+        np.testing.assert_allclose(sequence_output(folder, token_ids, mask)[mask.astype(bool)], expected, atol=2e-4,
+                                   err_msg=name)
+
+
+def test_an_unwritable_home_is_named_before_the_weights_are_read(tmp_path, monkeypatch):
+    import torch
+
+    blocker = tmp_path / "home_is_a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("MEDIMG_HOME", str(blocker))
+    folder = write_folder(tmp_path / "bin", {"pytorch_model.bin": lambda p: torch.save(as_masked_lm_checkpoint(hf_state()), p)})
+    with pytest.raises(InvalidInputError, match="MEDIMG_HOME to a writable folder"):
+        hf_bert.bert_preset_folder(folder)

@@ -10,8 +10,11 @@ from keras_medimg.training.curve import CurveSettings, ResettableClassifier, par
 
 
 def test_label_counts_and_fractions():
-    assert parse_train_samples(["40", "0.5", "all", "1000"], 100) == [
-        ("40", 40), ("0.5", 50), ("all", 100), ("1000", 100)]
+    assert parse_train_samples(["40", "0.5", "all", "1000"], 100) == [("40", 40), ("0.5", 50), ("all", 100)]
+    # The study's counts on a smaller set: every count past it is the whole set, trained once.
+    assert parse_train_samples(["1000", "3000", "5000", "10000"], 4000) == [("1000", 1000), ("3000", 3000),
+                                                                          ("5000", 4000)]
+    assert parse_train_samples(["0.5", "50"], 100) == [("0.5", 50)]
     assert parse_train_samples([], 7) == [("all", 7)]
     with pytest.raises(ConfigError, match="not a count"):
         parse_train_samples(["many"], 10)

@@ -154,3 +154,12 @@ def test_study_switch_sets_the_papers_setup_and_given_options_win(tmp_path):
     assert _config(None, (), {}).model.image_size == 64  # without the switch: the demo
     result = CliRunner().invoke(cli, ["mamclip", "pretrain", "--study", "--project", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--text-encoder" in result.output and not (tmp_path / "r").exists()
+    # A --config file's keys win over --study; the study fills in the rest.
+    own = tmp_path / "own.yaml"
+    own.write_text("model:\n  backbone: convnext_tiny\n  image_size: 512\n")
+    cfg = _config(str(own), (), {}, study=True)
+    assert (cfg.model.backbone, cfg.model.image_size, cfg.model.embed_dim) == ("convnext_tiny", 512, 768)
+    # Fine-tuning under --study must say which inits to compare (the study's: VLM against ImageNet).
+    result = CliRunner().invoke(cli, ["mamclip", "finetune", "--study", "--data", str(tmp_path), "--project",
+                                      str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--inits vlm:RUN,imagenet" in result.output and not (tmp_path / "r").exists()
