@@ -405,6 +405,11 @@ def test_a_height_by_width_size_gets_its_own_cache_and_a_square_keeps_its_key(sa
         list(make_dataset(samples[:2], image_size=size, training=False, batch_size=2, cache=cache).as_numpy_iterator())
     names = {p.name.split(".")[0] for p in cache.iterdir()}
     assert len(names) == 2  # one for the square however it is written, one for 32x24
+    from keras_medimg.datasets.pipeline import _cache_name
+
+    # The square's files carry the key written before sizes could be (height, width): old caches stay valid.
+    old_key = _cache_name(samples[:2], (32, 3, "plain", 0, (0, 0), False)).split(".")[0]
+    assert old_key in names
     with pytest.raises(ConfigError, match=r"\[height, width\]"):
         make_dataset(samples[:2], image_size=(32, 24, 3), training=False, batch_size=2)
 
