@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 import zlib
@@ -31,7 +30,9 @@ with atheris.instrument_imports():
 SLOW_SECONDS = 5.0
 HANG_SECONDS = 30  # an input still running after this is a hang: libFuzzer stops the run with "timeout"
 _state = {"executions": 0, "escapes": {}, "slow": 0, "report": None, "started": time.monotonic()}
-_scratch = Path(tempfile.mkdtemp(prefix="medimg-fuzz-"))
+# The files each input is written to, beside the report: libFuzzer leaves through C's exit(), so a temporary
+# folder of its own would outlive every run (one was left in /tmp per CI run).
+_scratch = Path(".")
 
 
 def _seeds(corpus: Path) -> None:
@@ -90,7 +91,10 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
+    global _scratch
     seconds, report = int(sys.argv[1]), Path(sys.argv[2])
+    _scratch = report.parent / f"{report.stem}_scratch"
+    _scratch.mkdir(parents=True, exist_ok=True)
     corpus = Path(sys.argv[3]) if len(sys.argv) > 3 else _scratch / "corpus"
     _seeds(corpus)
     _state["report"], _state["started"] = report, time.monotonic()
