@@ -26,6 +26,7 @@ from keras_medimg.errors import MedImgError, require
 
 T = TypeVar("T")
 R = TypeVar("R")
+J = TypeVar("J")
 
 #: What comes before a burned-in caption; the caption is the text after the match that comes first in the text.
 #: "Figure 12 ~ Oval mass ..." (the ACR atlas' tilde), "12 - Oval mass ...", "Figure 12. Oval mass ...".
@@ -383,6 +384,16 @@ class OcrPool:
             context = multiprocessing.get_context("spawn")  # as datasets.prepare: no forked copies of TF state
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
         return list(self._pool.map(func, items, chunksize=1))
+
+    def map_prepared(self, func: Callable[[J], R], items: Sequence[T], prepare: Callable[[T], J], *,
+                     ahead: int = 4) -> list[R]:
+        """`[func(prepare(item)) for item in items]`, with only `ahead` jobs per worker prepared at a time: jobs
+        that hold pixels (a scanned page at 200 dpi is ~4 MB, an atlas picture 1-3 MB) are never all in memory."""
+        out: list[R] = []
+        step = max(1, ahead * self.workers)
+        for start in range(0, len(items), step):
+            out += self.map(func, [prepare(item) for item in items[start:start + step]])
+        return out
 
     def close(self) -> None:
         if self._pool is not None:

@@ -825,3 +825,42 @@ def test_a_truncated_pdf_is_repaired_with_a_warning(tmp_path, caplog):
                             tmp_path / "out", contact_sheet=False)
     assert "repaired" in json.loads(written["report"].read_text())["books"][0]["warnings"][0]
     assert "Problems reading the PDF (1)" in written["report_md"].read_text()
+
+
+def test_scanned_pages_and_pictures_are_decoded_a_few_per_worker_at_a_time(tmp_path, monkeypatch):
+    """A scanned atlas of hundreds of pages (about 4 MB of pixels each at 200 dpi) is never rendered whole before
+    OCR, nor are an atlas's pictures decoded all at once for the burned-caption search: jobs go to the workers in
+    groups of JOBS_AHEAD_PER_WORKER per worker, and every page is read."""
+    from keras_medimg.io import pdf_atlas
+
+    doc = pymupdf.open()
+    for i in range(10):
+        doc.new_page().insert_image(pymupdf.Rect(0, 0, 595, 842), pixmap=pixmap(picture(i, 200, 150)))
+    path = tmp_path / "scans.pdf"
+    doc.save(path)
+    groups, read = [], []
+
+    def fake_map(self, func, items):
+        items = list(items)
+        groups.append((func.__name__, len(items)))
+        return [func(item) for item in items]
+
+    def _scan_job(job):
+        pixels, layout, _ = job
+        read.append(layout.number)
+        assert pixels.ndim == 2 and pixels.shape[0] > 1000  # the page rendered at scan_dpi
+        return layout
+
+    def _burned_job(job):
+        return None
+
+    monkeypatch.setattr(pdf_atlas.ocr.OcrPool, "map", fake_map)
+    monkeypatch.setattr(pdf_atlas, "_scan_job", _scan_job)
+    monkeypatch.setattr(pdf_atlas, "_burned_job", _burned_job)
+    monkeypatch.setattr(pdf_atlas.ocr, "require_tesseract", lambda: None)
+    monkeypatch.setattr(pdf_atlas.ocr, "tesseract_available", lambda: True)
+    monkeypatch.setattr(pdf_atlas, "JOBS_AHEAD_PER_WORKER", 2)
+    result = extract_atlas(path, AtlasSettings(ocr="auto"), workers=2)
+    assert read == list(range(1, 11)) and result.scanned_pages == list(range(1, 11))
+    assert groups == [("_scan_job", 4), ("_scan_job", 4), ("_scan_job", 2),
+                      ("_burned_job", 4), ("_burned_job", 4), ("_burned_job", 2)]
