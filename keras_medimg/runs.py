@@ -63,18 +63,23 @@ TEMP_MARK = ".tmp"
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^/]*)?$")
 
 
-def _new_file_mode() -> int:
-    """0666 less the process umask: the mode `open()` would give a new file."""
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return int(line.split()[1], 8)
     except OSError:
         pass
     mask = os.umask(0o022)  # no /proc: read the umask by setting it (and put it back at once)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would give a new file."""
+    return 0o666 & ~_umask()
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -91,6 +96,31 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     if removed:
         log.info("Removed %d temporary file(s) left by an interrupted write in %s", len(removed), folder)
     return removed
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success rename it to `target`, whole.
+
+    For caches that several processes may fill at once (the demo data, converted weights): a killed writer never
+    leaves a half-written `target` that a later run would trust, and when another process renamed its complete
+    copy into place first, that one is kept and this one removed. The folder gets the mode a new folder would
+    (mkdtemp's 0700 kept a shared cache from its other users).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():  # not another process's complete copy
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager

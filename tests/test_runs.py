@@ -139,3 +139,28 @@ def test_a_worker_other_than_the_chief_writes_a_private_copy(tmp_path, monkeypat
     assert not fresh.dir.is_relative_to(tmp_path) and not resumed.dir.is_relative_to(tmp_path)
     assert (resumed.dir / "weights" / "last.keras").read_bytes() == b"chief's checkpoint"
     assert not (chief_run.dir / "config.yaml").exists()  # the chief's folder is the chief's to write
+
+
+def test_staged_folder_is_whole_or_absent_and_readable_by_others(tmp_path):
+    from keras_medimg.runs import staged_folder
+
+    target = tmp_path / "cache" / "copy"
+    with pytest.raises(RuntimeError), staged_folder(target) as work:
+        (work / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed half way")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with staged_folder(target) as work:
+        (work / "whole.bin").write_bytes(b"x")
+    assert [p.name for p in target.iterdir()] == ["whole.bin"]
+    old_mask = os.umask(0o022)
+    try:
+        with staged_folder(tmp_path / "cache" / "shared") as work:
+            pass
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE((tmp_path / "cache" / "shared").stat().st_mode) == 0o755  # not mkdtemp's 0700
+    # Another process's complete copy already in place: it is kept, this one removed.
+    with staged_folder(target) as work:
+        (work / "second.bin").write_bytes(b"y")
+    assert [p.name for p in target.iterdir()] == ["whole.bin"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["copy", "shared"]

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +76,11 @@ def bert_preset_folder(folder: str | Path) -> Path:
         raise InvalidInputError(folder, f"needs a converted copy of its weights for keras-hub, which cannot be "
                                         f"written ({exc}). Set MEDIMG_HOME to a writable folder, or save the model "
                                         "with safetensors (model.safetensors) and BERT's pooler.") from exc
+    from keras_medimg.models.torch_weights import read_state_dict
+
     state: dict[str, np.ndarray] = {}
     for shard in shards:
-        state.update(_read(shard))
+        state.update(read_state_dict(shard))
     anchors = [k for k in state if k.endswith(_ANCHOR)]
     if not anchors:
         raise InvalidInputError(shards[0], f"holds no BERT weights (no '{_ANCHOR}'); pass the folder of a BERT model.")
@@ -132,12 +133,6 @@ def _has_pooler(shards: list[Path]) -> bool:
     return False
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
-    from keras_medimg.models.torch_weights import read_state_dict
-
-    return read_state_dict(path)
-
-
 def _key(folder: Path, files: list[Path]) -> str:
     """Folder path + each file's name, size and modification time: a changed checkpoint gets a new copy."""
     parts = [str(folder.resolve())] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
@@ -145,25 +140,17 @@ def _key(folder: Path, files: list[Path]) -> str:
 
 
 def _write(target: Path, config: dict, state: dict[str, np.ndarray], *, source: Path) -> None:
-    """config.json + model.safetensors (+ source.json, the folder it came from) into `target`, built in a temporary
-    folder beside it and renamed into place, so a killed conversion never leaves a half-written copy that a later
-    run would trust."""
+    """config.json + model.safetensors (+ source.json, the folder it came from) into `target`, whole or not at all
+    (`runs.staged_folder`)."""
     from safetensors.numpy import save_file
 
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    from keras_medimg.runs import staged_folder
+
+    with staged_folder(target) as work:
         (work / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
         (work / "source.json").write_text(json.dumps({"folder": str(source.resolve())}), encoding="utf-8")
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}, str(work / SAFETENSORS),
                   metadata={"format": "pt"})
-        os.chmod(work, 0o755)  # mkdtemp's 0700 would keep the copy from other users of a shared MEDIMG_HOME
-        try:
-            work.rename(target)
-        except OSError:  # another process finished the same conversion first
-            if not (target / SAFETENSORS).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _remove_stale(home: Path, folder: Path, *, keep: Path, max_age_s: float = 86400.0) -> None:

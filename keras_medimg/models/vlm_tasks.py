@@ -142,8 +142,8 @@ def pairs_dataset(records: Sequence[Any], encoded: Mapping[str, np.ndarray], tok
     samples = [Sample(id=f"pair{i}", path=r.image, label=str(i)) for i, r in enumerate(records)]
     images = make_dataset(samples, image_size=s.image_size, training=training, batch_size=s.batch_size,
                           channels=3, normalization=s.normalization, augment=s.augment if training else None,
-                          class_names=[x.label for x in samples], cache=memory_cache_for(len(samples), s.image_size), seed=s.seed, skipped=skipped,
-                          strict=s.strict, deterministic=True,
+                          class_names=[x.label for x in samples], cache=memory_cache_for(len(samples), s.image_size),
+                          seed=s.seed, skipped=skipped, strict=s.strict, deterministic=True,
                           drop_remainder=s.fixed_batches or (training and len(samples) > s.batch_size))
     tokens = {k: tf.constant(encoded[k]) for k in ("token_ids", "padding_mask", "word_ids")}
     seeds = tf.data.Dataset.random(seed=s.seed, rerandomize_each_iteration=training).batch(2)

@@ -75,17 +75,15 @@ def parse_train_samples(values: Sequence[str], available: int) -> list[tuple[str
         if count < 2:
             raise ConfigError(f"finetune.train_samples: '{text}' gives {count} training images; use at least 2.")
         out.append((text, min(count, available)))
-    kept: dict[int, str] = {}
-    for name, count in out:
-        if count not in kept or name == "all":
-            kept[count] = name
-    dropped = [name for name, count in out if kept[count] != name]
+    # One name per count, "all" preferred; each count at the place of its first name.
+    names = {count: "all" if ("all", count) in out else name for name, count in reversed(out)}
+    unique = [(names[count], count) for count in dict.fromkeys(count for _, count in out)]
+    dropped = [name for name, count in out if name != names[count]]
     if dropped:
-        log.warning("finetune.train_samples: %s give the same %s training images as %s; each is trained once.",
-                    ", ".join(dropped), ", ".join(sorted({str(c) for n, c in out if n in dropped})),
-                    ", ".join(sorted({kept[c] for n, c in out if n in dropped})))
-    order = {name: i for i, (name, _) in enumerate(out)}
-    return sorted(((name, count) for count, name in kept.items()), key=lambda row: order[row[0]])
+        log.warning("finetune.train_samples: %s give the same training images as %s (%d available); each count is "
+                    "trained once.", ", ".join(dropped), ", ".join(dict.fromkeys(names[c] for n, c in out if n in dropped)),
+                    available)
+    return unique
 
 
 def subsample(samples: Sequence[Sample], count: int, seed: int) -> list[Sample]:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,19 +43,10 @@ def ensure_demo_data(name: str, generate: Callable[..., Any], **params: Any) -> 
     target = medimg_home() / "demo" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    from keras_medimg.runs import staged_folder
+
+    with staged_folder(target) as staging:
         generate(staging, **params)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another process renamed its complete copy into place first (the target is a non-empty folder).
-            if not target.is_dir():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
