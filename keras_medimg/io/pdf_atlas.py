@@ -407,18 +407,34 @@ def split_columns(lines: Sequence[Rect]) -> list[list[int]]:
     return [sorted(column) for column in columns]
 
 
+def shown_rect(rect: Sequence[float], rotation: Sequence[float]) -> Rect:
+    """A rectangle of PyMuPDF's unrotated page space (where it reports images, text and drawings) on the page as
+    it is shown (`page.rect`, the rendered pixels), given the page's `rotation_matrix`."""
+    a, b, c, d, e, f = (float(v) for v in rotation[:6])
+    if (a, b, c, d, e, f) == (1.0, 0.0, 0.0, 1.0, 0.0, 0.0):
+        return tuple(float(v) for v in rect[:4])
+    xs, ys = [], []
+    for x, y in ((rect[0], rect[1]), (rect[2], rect[1]), (rect[0], rect[3]), (rect[2], rect[3])):
+        xs.append(x * a + y * c + e)
+        ys.append(x * b + y * d + f)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
 def _read_page(page: Any, number: int, doc: Any, problems: list[str], name: str) -> PageLayout:
+    # Everything is placed on the page as shown: a page with /Rotate (a landscape page, a scan stored sideways)
+    # is read the way its reader sees it, as its rendered pixels and its images' pixels are.
     layout = PageLayout(number, float(page.rect.width), float(page.rect.height))
     rotation = tuple(page.rotation_matrix)
     infos = _image_infos(page, doc, number, problems, name)
     for index, info in enumerate(infos):
-        bbox = tuple(float(v) for v in info["bbox"])
+        bbox = shown_rect(info["bbox"], rotation)
         width_pt = max(bbox[2] - bbox[0], 1e-6)
         xref = int(info.get("xref") or 0)
         transform = tuple(info.get("transform") or (1.0, 0.0, 0.0, 1.0, 0.0, 0.0))
+        shown = image_orientation(transform, rotation)
         # Inline images are rendered from the page (already as shown); others are turned when read.
-        orientation = image_orientation(transform, rotation) if xref else (False, False, False)
-        across = info["height"] if image_orientation(transform)[0] else info["width"]  # pixels across the page
+        orientation = shown if xref else (False, False, False)
+        across = info["height"] if shown[0] else info["width"]  # pixels across the page
         layout.images.append(
             PlacedImage(
                 page=number,
@@ -436,18 +452,24 @@ def _read_page(page: Any, number: int, doc: Any, problems: list[str], name: str)
     for block in page.get_text("dict", flags=0)["blocks"]:
         if block.get("type") != 0:
             continue
-        boxes = [tuple(float(v) for v in line["bbox"]) for line in block["lines"]]
-        horizontal = all(abs(line.get("dir", (1, 0))[1]) < 1e-3 for line in block["lines"])
+        boxes = [shown_rect(line["bbox"], rotation) for line in block["lines"]]
+        horizontal = all(abs(_shown_direction(line.get("dir", (1, 0)), rotation)[1]) < 1e-3 for line in block["lines"])
         for column in split_columns(boxes) if horizontal else [list(range(len(boxes)))]:
             lines = ["".join(span["text"] for span in block["lines"][i]["spans"]) for i in column]
             text = "\n".join(line for line in lines if line.strip())
             if text.strip():
-                box = _union(boxes[i] for i in column) if len(column) < len(boxes) else tuple(float(v) for v in block["bbox"])
+                box = _union(boxes[i] for i in column) if len(column) < len(boxes) else shown_rect(block["bbox"], rotation)
                 layout.blocks.append(TextBlock(number, box, text))
     layout.text = page.get_text()
     layout.scanned = not layout.text.strip()
-    layout.frames = _frames(page, layout.images)
+    layout.frames = _frames(page, layout.images, rotation)
     return layout
+
+
+def _shown_direction(direction: Sequence[float], rotation: Sequence[float]) -> tuple[float, float]:
+    """A text line's writing direction (PyMuPDF's unrotated `dir`) on the page as shown."""
+    a, b, c, d = (float(v) for v in rotation[:4])
+    return (direction[0] * a + direction[1] * c, direction[0] * b + direction[1] * d)
 
 
 def merge_tiles(images: Sequence[PlacedImage], tolerance: float = 0.75) -> list[PlacedImage]:
@@ -494,7 +516,7 @@ def _join_tiles(a: PlacedImage, b: PlacedImage, tol: float) -> PlacedImage | Non
     )
 
 
-def _frames(page: Any, images: Sequence[PlacedImage]) -> list[Rect]:
+def _frames(page: Any, images: Sequence[PlacedImage], rotation: Sequence[float] = (1, 0, 0, 1, 0, 0)) -> list[Rect]:
     """Vector rectangles that enclose at least one image (a figure's frame), smaller than the page."""
     if not images:
         return []
@@ -504,7 +526,7 @@ def _frames(page: Any, images: Sequence[PlacedImage]) -> list[Rect]:
         rect = drawing.get("rect")
         if rect is None or rect.width * rect.height >= 0.9 * page_area:
             continue
-        box = (rect.x0, rect.y0, rect.x1, rect.y1)
+        box = shown_rect((rect.x0, rect.y0, rect.x1, rect.y1), rotation)
         if any(_contains(box, image.bbox, 2.0) for image in images) and box not in frames:
             frames.append(box)
     return frames

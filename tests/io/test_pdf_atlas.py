@@ -864,3 +864,51 @@ def test_scanned_pages_and_pictures_are_decoded_a_few_per_worker_at_a_time(tmp_p
     assert read == list(range(1, 11)) and result.scanned_pages == list(range(1, 11))
     assert groups == [("_scan_job", 4), ("_scan_job", 4), ("_scan_job", 2),
                       ("_burned_job", 4), ("_burned_job", 4), ("_burned_job", 2)]
+
+
+def _turned_page(doc, rotate: int):
+    """A page stored sideways with /Rotate `rotate`, so that it is shown upright, portrait (612 x 792 as shown)."""
+    page = doc.new_page(width=792, height=612)
+    page.set_rotation(rotate)
+    return page
+
+
+@pytest.mark.parametrize("rotate", [90, 270])
+def test_a_page_shown_turned_is_read_as_it_is_shown(tmp_path, rotate):
+    """A landscape-stored page with /Rotate: the figure and its caption sit one above the other as the reader sees
+    them (PyMuPDF reports them in the page's unrotated space, where the caption is beside the picture)."""
+    doc = pymupdf.open()
+    page = _turned_page(doc, rotate)
+    gray = picture(3)
+    gray[:20, :30] = 255  # a bright top-left corner shows how the picture is turned
+    shown = pymupdf.Rect(72, 100, 252, 340)
+    page.insert_image(shown * page.derotation_matrix, pixmap=pixmap(gray), rotate=rotate)
+    page.insert_textbox(pymupdf.Rect(72, 346, 400, 380) * page.derotation_matrix, "Figure 1. An oval mass.",
+                        fontsize=9, rotate=rotate)
+    doc.save(tmp_path / "turned.pdf")
+    result = extract_atlas(tmp_path / "turned.pdf", AtlasSettings(ocr="never"), workers=1)
+    (pair,) = result.pairs
+    assert pair.caption == "An oval mass."
+    assert np.allclose(pair.image.bbox, tuple(shown), atol=1.0)
+    np.testing.assert_array_equal(image_pixels(pymupdf.open(tmp_path / "turned.pdf"), pair.image), gray)
+
+
+@pytest.mark.parametrize("rotate", [90, 270])
+def test_a_scan_stored_sideways_with_an_ocr_text_layer_gives_its_figure(tmp_path, rotate):
+    """A scanned page kept sideways with /Rotate and an invisible OCR text layer (as OCR software writes it):
+    the figure is cut from the page as shown, above its caption."""
+    scan = np.full((1100, 850), 250, np.uint8)
+    scan[150:550, 200:650] = picture(5, 400, 450)
+    doc = pymupdf.open()
+    page = _turned_page(doc, rotate)
+    page.insert_image(page.rect * page.derotation_matrix, pixmap=pixmap(scan), rotate=rotate)
+    scale = 612 / 850
+    where = pymupdf.Point(120 * scale, 620 * scale) * page.derotation_matrix
+    page.insert_text(where, "Figure 1. An irregular mass with spiculated margins.", fontsize=10, render_mode=3,
+                     rotate=rotate)
+    doc.save(tmp_path / "scan.pdf")
+    result = extract_atlas(tmp_path / "scan.pdf", AtlasSettings(ocr="never"), workers=1)
+    (pair,) = result.pairs
+    assert pair.caption == "An irregular mass with spiculated margins."
+    x0, y0, x1, y1 = (v / scale for v in pair.image.bbox)  # page points -> scan pixels
+    assert abs(x0 - 200) < 12 and abs(y0 - 150) < 12 and abs(x1 - 650) < 12 and abs(y1 - 550) < 12
