@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 
 Rect = tuple[float, float, float, float]
 
-#: A caption block starts with this (case-insensitive): "Figure 3.", "Fig. 3", "FIGURE 3-2", "Figure 12.4a", and
-#: may list its panels right after the number ("Fig. 3.2 a, b", "Fig. 3.4a,b", "Fig. 3.3 a\u2013d"): group
+#: A caption block starts with this (case-insensitive): "Figure 3.", "Fig. 3", "FIGURE 3-2", "Figure 12.4a", an
+#: appendix's or supplement's "Figure A1", "Figure B.2", "Fig. S3", and may list its panels right after the number ("Fig. 3.2 a, b", "Fig. 3.4a,b", "Fig. 3.3 a\u2013d"): group
 #: "panels". The number never runs on across a "." or dash followed by a space ("Figure 4. 52-year-old woman" is
 #: Figure 4), and a single letter set apart ("Figure 7.15 a shows") is not a panel list.
 CAPTION_PATTERN = (
-    r"^\s*fig(?:ure)?\.?\s*(?P<figure>\d+(?:[-\u2013.]\d+)*(?:[a-z](?!\s*[,\u2013-]\s*[a-h]\b))?)"
+    r"^\s*fig(?:ure)?\.?\s*(?P<figure>(?:[a-z][-.]?)?\d+(?:[-\u2013.]\d+)*(?:[a-z](?!\s*[,\u2013-]\s*[a-h]\b))?)"
     r"(?:\s*(?P<panels>[a-h](?:\s*[,\u2013-]\s*[a-h])+)(?![\w\u2013-]))?\b"
 )
 #: A caption that continues a figure from an earlier page: "Figure 3 (continued)", "Fig. 3 cont'd".

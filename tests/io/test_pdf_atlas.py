@@ -912,3 +912,16 @@ def test_a_scan_stored_sideways_with_an_ocr_text_layer_gives_its_figure(tmp_path
     assert pair.caption == "An irregular mass with spiculated margins."
     x0, y0, x1, y1 = (v / scale for v in pair.image.bbox)  # page points -> scan pixels
     assert abs(x0 - 200) < 12 and abs(y0 - 150) < 12 and abs(x1 - 650) < 12 and abs(y1 - 550) < 12
+
+
+@pytest.mark.parametrize("label, figure", [("Figure A1.", "A1"), ("Figure B.2", "B.2"), ("Fig. S3", "S3"),
+                                           ("FIGURE C-4", "C-4"), ("Figure 12.4a", "12.4a")])
+def test_appendix_and_supplement_figure_numbers_are_captions(tmp_path, label, figure):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 100, 252, 340), pixmap=pixmap(picture(11)))
+    text(page, (72, 346, 400, 380), f"{label} A round mass with circumscribed margins.")
+    text(page, (72, 420, 540, 480), "Figures 2 and 3 show the same case; see Figure 2 for the other view.")
+    doc.save(tmp_path / "appendix.pdf")
+    (pair,) = extract_atlas(tmp_path / "appendix.pdf", AtlasSettings(ocr="never"), workers=1).pairs
+    assert (pair.figure, pair.caption) == (figure, "A round mass with circumscribed margins.")
