@@ -66,7 +66,7 @@ class DataConfig:
     root: str | None = None  # classification data folder; null = the demo set (TEKNOFEST layout)
     demo_pairs: int = 96  # demo: pairs in the text-layer atlas (the OCR atlas adds a third more)
     demo_patients: int = 48  # demo: patients (x 4 views) in the classification set
-    demo_height: int = 128  # demo: classification image height (width 3/4 of it)
+    demo_height: int = 128  # demo: classification image height (width 3/4 of it); the atlas mammograms are taken at it too
 
 
 #: `--study`: the paper's setup. ImageNet ConvNeXt (small; tiny is the other released size), PubMedBERT (its folder

@@ -39,8 +39,9 @@ def demo_data(out_dir: str | Path, cfg: MamclipConfig) -> dict[str, Path]:
     from keras_medimg.datasets.synthetic.mammo_cls import write_classification_demo
 
     out = Path(out_dir)
-    atlases = write_demo_atlases(out / "atlas", seed=cfg.seed, pairs=cfg.data.demo_pairs)
     height = cfg.data.demo_height
+    # The atlas mammograms are taken at the classification set's resolution, so a finding looks alike in both.
+    atlases = write_demo_atlases(out / "atlas", seed=cfg.seed, pairs=cfg.data.demo_pairs, detector_rows=height)
     root = write_classification_demo(out / "classification", patients=cfg.data.demo_patients, height=height,
                                      width=height * 3 // 4, seed=cfg.seed)
     return {"atlas_text": atlases["text_pdf"], "atlas_ocr": atlases["ocr_pdf"], "classification": root}

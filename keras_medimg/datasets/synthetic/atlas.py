@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from keras_medimg.datasets.synthetic.mammo import MAX_VALUE, Lesion, draw_mammogram, random_lesion
@@ -101,13 +102,28 @@ def view_sentence(view: str, laterality: str) -> str:
     return f"{SIDE_WORDS[laterality]} {VIEW_WORDS[view]} view."
 
 
-def case_image(rng: np.random.Generator, case: Case, *, view: str | None = None, height: int = 256, width: int = 192) -> np.ndarray:
-    """The case drawn as an 8-bit grey image (atlases print 8-bit pictures)."""
+#: Rows of the synthetic detector the atlas mammograms are taken with: the classification demo's default height.
+DETECTOR_ROWS = 128
+
+
+def case_image(rng: np.random.Generator, case: Case, *, view: str | None = None, height: int = 256, width: int = 192,
+               detector_rows: int | None = None) -> np.ndarray:
+    """The case drawn as an 8-bit grey image of `height` x `width` (atlases print 8-bit pictures).
+
+    With `detector_rows` the mammogram is taken at that many rows and enlarged to the print size, as atlases print
+    enlarged mammograms. `draw_mammogram` draws spicules, distortion lines and calcification specks a pixel or two
+    wide whatever the image size, so a picture drawn straight at 256-384 rows shows them 2-3 times finer, relative
+    to the breast, than a screening image drawn at 128: shrunk to a 64-pixel model input, the same finding looked
+    different in the atlas and in the classification set (fine specks that vanish against a bright blob).
+    """
+    rows = detector_rows or height
     pixels = draw_mammogram(
-        rng, height=height, width=width, view=view or case.view, laterality=case.laterality,
-        density=case.density, lesions=case.lesions,
-    )
-    return np.round(pixels.astype(np.float32) * (255.0 / MAX_VALUE)).astype(np.uint8)
+        rng, height=rows, width=max(1, round(rows * width / height)), view=view or case.view,
+        laterality=case.laterality, density=case.density, lesions=case.lesions,
+    ).astype(np.float32)
+    if rows != height:
+        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.round(pixels * (255.0 / MAX_VALUE)).astype(np.uint8)
 
 
 def _pixmap(pymupdf: Any, gray: np.ndarray) -> Any:
@@ -155,7 +171,7 @@ def _caption_height(text: str, width: float, size: float = 9) -> float:
     return lines * size * 1.25 + 12
 
 
-def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[str, Any]]:
+def _text_atlas(path: Path, rng: np.random.Generator, pairs: int, detector_rows: int | None) -> list[dict[str, Any]]:
     """Typeset the text-layer atlas; returns the ground-truth pairs."""
     pymupdf = require("pymupdf", extra="atlas", feature="Writing the demo atlas")
     book = _Book(pymupdf)
@@ -188,7 +204,7 @@ def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[s
             text = f"Figure {figure}. {findings} (a) {view_sentence('CC', case.laterality)} (b) {view_sentence('MLO', case.laterality)}"
             rects = [(MARGIN, top, MARGIN + img_w, top + img_h), (MARGIN + img_w + 6, top, MARGIN + 2 * img_w + 6, top + img_h)]
             for rect, view in zip(rects, views):
-                book.image(rect, case_image(rng, case, view=view))
+                book.image(rect, case_image(rng, case, view=view, detector_rows=detector_rows))
             book.text((MARGIN, top + img_h + 6, MARGIN + 2 * img_w + 6, top + img_h + 6 + _caption_height(text, 2 * img_w)), text)
             for rect, view, letter in zip(rects, views, "ab"):
                 caption = f"{findings} {view_sentence(view, case.laterality)}"
@@ -199,7 +215,7 @@ def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[s
             height = _caption_height(text, 320)
             book.text((MARGIN, top, MARGIN + 320, top + height), text)
             rect = (MARGIN, top + height + 4, MARGIN + 150, top + height + 204)
-            book.image(rect, case_image(rng, case))
+            book.image(rect, case_image(rng, case, detector_rows=detector_rows))
             truth.append(_truth(path, page_no, rect, figure, text.split(". ", 1)[1], case, case.view))
             made += 1
         else:
@@ -209,7 +225,7 @@ def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[s
             if made == 0 and "circumscribed" in text:  # a word hyphenated at a line end, as typesetters do
                 text = text.replace("circumscribed", "circum-\nscribed", 1)
             rect = (MARGIN, top, MARGIN + 150, top + 200)
-            book.image(rect, case_image(rng, case))
+            book.image(rect, case_image(rng, case, detector_rows=detector_rows))
             book.text((MARGIN, top + 206, MARGIN + 320, top + 206 + _caption_height(text, 320)), text)
             truth.append(_truth(path, page_no, rect, figure, caption, case, case.view))
             made += 1
@@ -219,7 +235,7 @@ def _text_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[s
                 other = "MLO" if case.view == "CC" else "CC"
                 more = f"{view_sentence(other, case.laterality)} The same findings are seen."
                 rect = (MARGIN, 70.0, MARGIN + 150, 270.0)
-                book.image(rect, case_image(rng, case, view=other))
+                book.image(rect, case_image(rng, case, view=other, detector_rows=detector_rows))
                 book.text((MARGIN, 276, MARGIN + 320, 276 + _caption_height(more, 320) + 12), f"Figure {figure} (continued). {more}")
                 truth.append(_truth(path, book.doc.page_count, rect, figure, f"{caption} {more}", case, other))
                 made += 1
@@ -260,7 +276,7 @@ def burn_caption(pymupdf: Any, picture: np.ndarray, text: str, *, size: float = 
     return np.vstack([picture, band[:, :width]])
 
 
-def _ocr_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[str, Any]]:
+def _ocr_atlas(path: Path, rng: np.random.Generator, pairs: int, detector_rows: int | None) -> list[dict[str, Any]]:
     """Typeset the burned-caption atlas (two images a page, the last page a scan); returns the ground truth."""
     pymupdf = require("pymupdf", extra="atlas", feature="Writing the demo atlas")
     doc = pymupdf.open()
@@ -272,7 +288,7 @@ def _ocr_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[st
         if number == pairs and pairs > 1:
             scan_case = (number, case, caption)
             break
-        picture = case_image(rng, case, height=384, width=288)
+        picture = case_image(rng, case, height=384, width=288, detector_rows=detector_rows)
         burned = burn_caption(pymupdf, picture, f"Figure {number} ~ {caption}")
         if (number - 1) % 2 == 0:
             page = doc.new_page(width=PAGE[0], height=PAGE[1])
@@ -287,17 +303,18 @@ def _ocr_atlas(path: Path, rng: np.random.Generator, pairs: int) -> list[dict[st
         truth[-1]["picture_rows"] = picture.shape[0]
     if scan_case is not None:
         number, case, caption = scan_case
-        truth.append(_scanned_page(pymupdf, doc, path, rng, number, case, caption))
+        truth.append(_scanned_page(pymupdf, doc, path, rng, number, case, caption, detector_rows))
     doc.save(path, garbage=3, deflate=True)
     return truth
 
 
-def _scanned_page(pymupdf: Any, doc: Any, path: Path, rng: np.random.Generator, number: int, case: Case, caption: str) -> dict[str, Any]:
+def _scanned_page(pymupdf: Any, doc: Any, path: Path, rng: np.random.Generator, number: int, case: Case, caption: str,
+                  detector_rows: int | None) -> dict[str, Any]:
     """A page typeset with a figure and its caption, then rasterised: a scan without a text layer."""
     draft = pymupdf.open()
     page = draft.new_page(width=PAGE[0], height=PAGE[1])
     rect = (MARGIN, 100.0, MARGIN + 180.0, 340.0)
-    page.insert_image(pymupdf.Rect(*rect), pixmap=_pixmap(pymupdf, case_image(rng, case, height=320, width=240)))
+    page.insert_image(pymupdf.Rect(*rect), pixmap=_pixmap(pymupdf, case_image(rng, case, height=320, width=240, detector_rows=detector_rows)))
     text = f"Figure {number}. {caption}"
     page.insert_textbox(pymupdf.Rect(MARGIN, 348, MARGIN + 400, 348 + _caption_height(text, 400, 11) + 20), text, fontsize=11, fontname="helv")
     scan = page.get_pixmap(matrix=pymupdf.Matrix(200 / 72, 200 / 72), colorspace=pymupdf.csGRAY, alpha=False)
@@ -308,7 +325,8 @@ def _scanned_page(pymupdf: Any, doc: Any, path: Path, rng: np.random.Generator, 
     return entry
 
 
-def write_demo_atlases(out_dir: str | Path, *, seed: int = 0, pairs: int = 24, ocr_pairs: int | None = None) -> dict[str, Any]:
+def write_demo_atlases(out_dir: str | Path, *, seed: int = 0, pairs: int = 24, ocr_pairs: int | None = None,
+                       detector_rows: int | None = DETECTOR_ROWS) -> dict[str, Any]:
     """Write the two demo atlases and their ground truth into `out_dir`.
 
     Args:
@@ -317,6 +335,8 @@ def write_demo_atlases(out_dir: str | Path, *, seed: int = 0, pairs: int = 24, o
         pairs: image-caption pairs in the text-layer atlas (at least 1).
         ocr_pairs: pairs in the burned-caption atlas (default: a third of `pairs`, at least 3); its last pair is
             on a scanned page.
+        detector_rows: rows the mammograms are taken at before they are enlarged to their print size (see
+            `case_image`); match it to the classification set's image height. None draws them at print size.
 
     Returns:
         `{"text_pdf": Path, "ocr_pdf": Path, "truth": Path, "pairs": list[dict]}`: the two PDFs, truth.jsonl, and
@@ -330,11 +350,12 @@ def write_demo_atlases(out_dir: str | Path, *, seed: int = 0, pairs: int = 24, o
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     text_pdf, ocr_pdf = out / "atlas_text.pdf", out / "atlas_ocr.pdf"
-    truth = _text_atlas(text_pdf, rng, pairs)
-    truth += _ocr_atlas(ocr_pdf, rng, ocr_pairs if ocr_pairs is not None else max(3, pairs // 3))
+    truth = _text_atlas(text_pdf, rng, pairs, detector_rows)
+    truth += _ocr_atlas(ocr_pdf, rng, ocr_pairs if ocr_pairs is not None else max(3, pairs // 3), detector_rows)
     truth_path = out / "truth.jsonl"
     truth_path.write_text("".join(json.dumps(row) + "\n" for row in truth), encoding="utf-8")
     return {"text_pdf": text_pdf, "ocr_pdf": ocr_pdf, "truth": truth_path, "pairs": truth}
 
 
-write_demo_atlases.version = 2  # for ensure_demo_data's cache key; 2: BI-RADS 0 (architectural distortion) cases
+# for ensure_demo_data's cache key; 2: BI-RADS 0 (architectural distortion) cases; 3: taken at DETECTOR_ROWS, enlarged
+write_demo_atlases.version = 3
