@@ -20,6 +20,8 @@ import numpy as np
 
 from keras_medimg.apps.mamclip.config import MamclipConfig
 from keras_medimg.datasets.records import Sample, Skipped
+from keras_medimg.datasets.synthetic.atlas import write_demo_atlases
+from keras_medimg.datasets.synthetic.mammo_cls import write_classification_demo
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.models import vlm_tasks
 from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, start_run
@@ -33,18 +35,26 @@ APP = "mamclip"
 # === Demo data ===
 
 
-def demo_data(out_dir: str | Path, cfg: MamclipConfig) -> dict[str, Path]:
-    """Write the demo atlases (atlas/) and the TEKNOFEST-layout classification set (classification/)."""
-    from keras_medimg.datasets.synthetic.atlas import write_demo_atlases
-    from keras_medimg.datasets.synthetic.mammo_cls import write_classification_demo
-
+def _write_demo(out_dir: str | Path, *, seed: int, pairs: int, patients: int, height: int) -> None:
+    """The demo's two atlas PDFs (atlas/) and TEKNOFEST-layout classification set (classification/)."""
     out = Path(out_dir)
-    height = cfg.data.demo_height
     # The atlas mammograms are taken at the classification set's resolution, so a finding looks alike in both.
-    atlases = write_demo_atlases(out / "atlas", seed=cfg.seed, pairs=cfg.data.demo_pairs, detector_rows=height)
-    root = write_classification_demo(out / "classification", patients=cfg.data.demo_patients, height=height,
-                                     width=height * 3 // 4, seed=cfg.seed)
-    return {"atlas_text": atlases["text_pdf"], "atlas_ocr": atlases["ocr_pdf"], "classification": root}
+    write_demo_atlases(out / "atlas", seed=seed, pairs=pairs, detector_rows=height)
+    write_classification_demo(out / "classification", patients=patients, height=height, width=height * 3 // 4, seed=seed)
+
+
+_write_demo.version = f"{write_demo_atlases.version}.{write_classification_demo.version}"  # ensure_demo_data's key
+
+
+def demo_data(out_dir: str | Path | None, cfg: MamclipConfig) -> dict[str, Path]:
+    """Write the demo atlases (atlas/) and the TEKNOFEST-layout classification set (classification/) into
+    `out_dir`, or (None) make or reuse the shared copy for this seed and these sizes in `$MEDIMG_HOME/demo/`."""
+    from keras_medimg.datasets.synthetic import demo_data as make_demo
+
+    root = make_demo("mamclip", _write_demo, out_dir, seed=cfg.seed, pairs=cfg.data.demo_pairs,
+                     patients=cfg.data.demo_patients, height=cfg.data.demo_height)
+    return {"atlas_text": root / "atlas" / "atlas_text.pdf", "atlas_ocr": root / "atlas" / "atlas_ocr.pdf",
+            "classification": root / "classification"}
 
 
 def extract_demo_pairs(demo: dict[str, Path], out_dir: Path, cfg: MamclipConfig) -> Path:
@@ -394,19 +404,25 @@ def export(cfg: MamclipConfig, weights: str, *, run: Run | RunPlace | None = Non
 def train(cfg: MamclipConfig, *, run: RunPlace | None = None, data_dir: str | Path | None = None) -> RunResult:
     """demo data -> atlas extraction -> pretraining -> the label-count curve for each init (VLM against the others).
 
-    With `cfg.data.pairs` and `cfg.data.root` given, the demo is skipped and the user's data is used.
+    With `cfg.data.pairs` and `cfg.data.root` given, the demo is skipped and the user's data is used. The demo is
+    the shared cached copy for `cfg.seed` and the demo sizes, or is written into `data_dir` (with the atlas stage's
+    pairs/ beside it).
     """
     place = run or RunPlace()
     started = time.time()
-    work = Path(data_dir) if data_dir is not None else Path(place.project or "runs") / APP / "demo_data"
     stages: dict[str, Any] = {}
     if cfg.data.pairs is None or cfg.data.root is None:
         t = time.time()
-        demo = demo_data(work, cfg)
+        demo = demo_data(data_dir, cfg)
         stages["demo_data_seconds"] = round(time.time() - t, 1)
         t = time.time()
+        # One atlas-stage folder per demo (seed and sizes): runs of other seeds, at the same time or not, never
+        # write each other's pairs.jsonl. Its books are reused while the PDFs and settings are unchanged.
+        work = Path(data_dir) if data_dir is not None else (
+            Path(place.project or "runs") / APP / "demo_data" / demo["classification"].parent.name)
         pairs_file = extract_demo_pairs(demo, work / "pairs", cfg) if cfg.data.pairs is None else None
         stages["atlas_seconds"] = round(time.time() - t, 1)
+        stages.update(demo_data=str(demo["classification"].parent), pairs_file=str(pairs_file) if pairs_file else None)
         cfg = replace(cfg, data=replace(cfg.data, pairs=cfg.data.pairs or str(pairs_file),
                                         root=cfg.data.root or str(demo["classification"])))
     name = place.name or "train"

@@ -163,3 +163,40 @@ def test_study_switch_sets_the_papers_setup_and_given_options_win(tmp_path):
     result = CliRunner().invoke(cli, ["mamclip", "finetune", "--study", "--data", str(tmp_path), "--project",
                                       str(tmp_path / "r")])
     assert result.exit_code == 2 and "--inits vlm:RUN,imagenet" in result.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("tesseract"), reason="the tesseract program is not installed")
+def test_train_runs_of_two_seeds_in_one_project_keep_their_own_demo(tmp_path, monkeypatch):
+    """`train` on the demo: each seed gets its own cached demo and atlas-stage folder, so two runs in one project
+    (at the same time or one after the other) never read each other's atlases, pairs or classification set; the
+    same seed reuses its copy."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("MEDIMG_HOME", str(tmp_path / "home"))
+    seen = {}
+
+    def fake_pretrain(cfg, run=None, resume=False):
+        seen.setdefault(cfg.seed, {})["pairs"] = Path(cfg.data.pairs).read_text()
+        return SimpleNamespace(run=SimpleNamespace(dir=tmp_path / f"pre{cfg.seed}"), table="",
+                               metrics={"retrieval_val": {}, "pairs": 0, "seconds": 0.0})
+
+    def fake_finetune(cfg, run=None, inits=None):
+        seen[cfg.seed]["root"] = cfg.data.root
+        return SimpleNamespace(run=SimpleNamespace(dir=tmp_path / f"fine{cfg.seed}"), table="",
+                               metrics={"rows": [], "seconds": 0.0})
+
+    monkeypatch.setattr(pipeline, "pretrain", fake_pretrain)
+    monkeypatch.setattr(pipeline, "finetune", fake_finetune)
+    base = MamclipConfig()
+    base = replace(base, data=replace(base.data, demo_pairs=4, demo_patients=2, demo_height=64),
+                   atlas=replace(base.atlas, contact_sheet=False, workers=1))
+    runs = {}
+    for seed in (0, 1, 0):
+        result = pipeline.train(replace(base, seed=seed), run=RunPlace(str(tmp_path / "runs"), f"s{seed}", True))
+        runs.setdefault(seed, []).append(result.metrics)
+    first, other = runs[0][0], runs[1][0]
+    assert first["demo_data"] != other["demo_data"] and first["pairs_file"] != other["pairs_file"]
+    assert seen[0]["root"] != seen[1]["root"] and seen[0]["pairs"] != seen[1]["pairs"]
+    assert runs[0][1]["demo_data"] == first["demo_data"]  # the same seed reuses its demo
+    assert Path(first["demo_data"]).is_relative_to(tmp_path / "home")
+    assert len(seen[0]["pairs"].splitlines()) >= 4
