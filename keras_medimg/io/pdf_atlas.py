@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 Rect = tuple[float, float, float, float]
 
 #: A caption block starts with this (case-insensitive): "Figure 3.", "Fig. 3", "FIGURE 3-2", "Figure 12.4a", an
-#: appendix's or supplement's "Figure A1", "Figure B.2", "Fig. S3", and may list its panels right after the number ("Fig. 3.2 a, b", "Fig. 3.4a,b", "Fig. 3.3 a\u2013d"): group
-#: "panels". The number never runs on across a "." or dash followed by a space ("Figure 4. 52-year-old woman" is
-#: Figure 4), and a single letter set apart ("Figure 7.15 a shows") is not a panel list.
+#: appendix's or supplement's "Figure A1", "Figure B.2", "Fig. S3", and may list its panels right after the number
+#: ("Fig. 3.2 a, b", "Fig. 3.4a,b", "Fig. 3.3 a\u2013d"): group "panels". The number never runs on across a "." or
+#: dash followed by a space ("Figure 4. 52-year-old woman" is Figure 4), and a single letter set apart ("Figure 7.15 a
+#: shows") is not a panel list.
 CAPTION_PATTERN = (
     r"^\s*fig(?:ure)?\.?\s*(?P<figure>(?:[a-z][-.]?)?\d+(?:[-\u2013.]\d+)*(?:[a-z](?!\s*[,\u2013-]\s*[a-h]\b))?)"
     r"(?:\s*(?P<panels>[a-h](?:\s*[,\u2013-]\s*[a-h])+)(?![\w\u2013-]))?\b"
@@ -453,7 +454,8 @@ def _read_page(page: Any, number: int, doc: Any, problems: list[str], name: str)
         if block.get("type") != 0:
             continue
         boxes = [shown_rect(line["bbox"], rotation) for line in block["lines"]]
-        horizontal = all(abs(_shown_direction(line.get("dir", (1, 0)), rotation)[1]) < 1e-3 for line in block["lines"])
+        directions = [_shown_direction(line.get("dir", (1, 0)), rotation) for line in block["lines"]]
+        horizontal = all(abs(dy) < 1e-3 for _, dy in directions)
         for column in split_columns(boxes) if horizontal else [list(range(len(boxes)))]:
             lines = ["".join(span["text"] for span in block["lines"][i]["spans"]) for i in column]
             text = "\n".join(line for line in lines if line.strip())
