@@ -20,13 +20,11 @@ import numpy as np
 
 from keras_medimg.apps.mamclip.config import MamclipConfig
 from keras_medimg.datasets.records import Sample, Skipped
-from keras_medimg.datasets.synthetic.atlas import write_demo_atlases
-from keras_medimg.datasets.synthetic.mammo_cls import write_classification_demo
 from keras_medimg.errors import ConfigError, InvalidInputError
 from keras_medimg.models import vlm_tasks
 from keras_medimg.runs import Run, RunPlace, RunResult, finish_run, start_run
 from keras_medimg.training.checkpoints import epoch_checkpoint, resume_state
-from keras_medimg.training.curve import CurveSettings, label_count_curve, write_curve
+from keras_medimg.training.curve import CurveSettings, compare_at_smallest, label_count_curve, write_curve
 
 log = logging.getLogger(__name__)
 APP = "mamclip"
@@ -35,26 +33,14 @@ APP = "mamclip"
 # === Demo data ===
 
 
-def _write_demo(out_dir: str | Path, *, seed: int, pairs: int, patients: int, height: int) -> None:
-    """The demo's two atlas PDFs (atlas/) and TEKNOFEST-layout classification set (classification/)."""
-    out = Path(out_dir)
-    # The atlas mammograms are taken at the classification set's resolution, so a finding looks alike in both.
-    write_demo_atlases(out / "atlas", seed=seed, pairs=pairs, detector_rows=height)
-    write_classification_demo(out / "classification", patients=patients, height=height, width=height * 3 // 4, seed=seed)
-
-
-_write_demo.version = f"{write_demo_atlases.version}.{write_classification_demo.version}"  # ensure_demo_data's key
-
-
 def demo_data(out_dir: str | Path | None, cfg: MamclipConfig) -> dict[str, Path]:
     """Write the demo atlases (atlas/) and the TEKNOFEST-layout classification set (classification/) into
     `out_dir`, or (None) make or reuse the shared copy for this seed and these sizes in `$MEDIMG_HOME/demo/`."""
     from keras_medimg.datasets.synthetic import demo_data as make_demo
+    from keras_medimg.datasets.synthetic.mamclip import generate_mamclip, mamclip_demo_paths
 
-    root = make_demo("mamclip", _write_demo, out_dir, seed=cfg.seed, pairs=cfg.data.demo_pairs,
-                     patients=cfg.data.demo_patients, height=cfg.data.demo_height)
-    return {"atlas_text": root / "atlas" / "atlas_text.pdf", "atlas_ocr": root / "atlas" / "atlas_ocr.pdf",
-            "classification": root / "classification"}
+    return mamclip_demo_paths(make_demo("mamclip", generate_mamclip, out_dir, seed=cfg.seed, pairs=cfg.data.demo_pairs,
+                                        patients=cfg.data.demo_patients, height=cfg.data.demo_height))
 
 
 def extract_demo_pairs(demo: dict[str, Path], out_dir: Path, cfg: MamclipConfig) -> Path:
@@ -436,31 +422,10 @@ def train(cfg: MamclipConfig, *, run: RunPlace | None = None, data_dir: str | Pa
     rows = fine.metrics["rows"]
     metrics = {"pretrain_run": str(pre.run.dir), "finetune_run": str(fine.run.dir),
                "retrieval_val": pre.metrics["retrieval_val"], "pairs": pre.metrics["pairs"],
-               "rows": rows, "verdict": _verdict(rows), **stages,
+               "rows": rows, "verdict": compare_at_smallest(rows, "vlm", label="VLM"), **stages,
                "pretrain_seconds": pre.metrics["seconds"], "finetune_seconds": fine.metrics["seconds"],
                "seconds": round(time.time() - started, 1)}
     table = pre.table + "\n\n" + f"Fine-tuning ({cfg.finetune.task}, {cfg.finetune.folds}-fold):\n" + fine.table
     if metrics["verdict"]:
         table += "\n\n" + metrics["verdict"]
     return finish_run(run, metrics, table=table)
-
-
-def _verdict(rows: list[dict[str, Any]]) -> str:
-    """At the smallest label count: VLM init against each other init, by more than the fold std or not."""
-    if not rows:
-        return ""
-    smallest = min(r["train_images"] for r in rows)
-    at = {r["init"]: r for r in rows if r["train_images"] == smallest}
-    if "vlm" not in at:
-        return ""
-    v = at["vlm"]
-    lines = []
-    for init, r in at.items():
-        if init == "vlm":
-            continue
-        gap = v["macro_f1_mean"] - r["macro_f1_mean"]
-        std = max(v["macro_f1_std"], r["macro_f1_std"])
-        lines.append(f"At {smallest} labels, VLM init {'beats' if gap > std else 'does not beat'} {init} init by "
-                     f"more than the fold std: {v['macro_f1_mean']:.3f} vs {r['macro_f1_mean']:.3f} "
-                     f"(gap {gap:+.3f}, std {std:.3f}).")
-    return "\n".join(lines)

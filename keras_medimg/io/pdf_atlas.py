@@ -411,14 +411,9 @@ def split_columns(lines: Sequence[Rect]) -> list[list[int]]:
 def shown_rect(rect: Sequence[float], rotation: Sequence[float]) -> Rect:
     """A rectangle of PyMuPDF's unrotated page space (where it reports images, text and drawings) on the page as
     it is shown (`page.rect`, the rendered pixels), given the page's `rotation_matrix`."""
-    a, b, c, d, e, f = (float(v) for v in rotation[:6])
-    if (a, b, c, d, e, f) == (1.0, 0.0, 0.0, 1.0, 0.0, 0.0):
-        return tuple(float(v) for v in rect[:4])
-    xs, ys = [], []
-    for x, y in ((rect[0], rect[1]), (rect[2], rect[1]), (rect[0], rect[3]), (rect[2], rect[3])):
-        xs.append(x * a + y * c + e)
-        ys.append(x * b + y * d + f)
-    return (min(xs), min(ys), max(xs), max(ys))
+    pymupdf = _pymupdf()
+    shown = pymupdf.Rect(*rect[:4]) * pymupdf.Matrix(*rotation[:6])  # the box around the turned rectangle
+    return (shown.x0, shown.y0, shown.x1, shown.y1)
 
 
 def _read_page(page: Any, number: int, doc: Any, problems: list[str], name: str) -> PageLayout:

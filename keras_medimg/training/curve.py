@@ -7,7 +7,7 @@ std over folds, per-class F1 and the summed confusion matrix; `write_curve` writ
 matrices into a run folder.
 
 Pieces: `CurveSettings`, `parse_train_samples`, `subsample`, `ResettableClassifier`, `head_logits`,
-`label_count_curve`, `write_curve`.
+`label_count_curve`, `compare_at_smallest`, `write_curve`.
 """
 
 from __future__ import annotations
@@ -269,6 +269,29 @@ def _init_rows(init_name: str, make_backbone: Callable[[], Any], samples: Sequen
                      k + 1, reports[-1]["macro"]["f1"], time.time() - started)
         rows.append(_summary_row(init_name, size_name, count, reports, class_names))
     return rows
+
+
+def compare_at_smallest(rows: Sequence[Mapping[str, Any]], reference: str, *, label: str | None = None) -> str:
+    """At the curve's smallest label count: the `reference` init against every other init, one line each, saying
+    whether its macro F1 is higher by more than the fold std (the larger of the two rows' std). "" when the
+    reference has no row there."""
+    if not rows:
+        return ""
+    smallest = min(r["train_images"] for r in rows)
+    at = {r["init"]: r for r in rows if r["train_images"] == smallest}
+    if reference not in at:
+        return ""
+    ref, name = at[reference], label or reference
+    lines = []
+    for init, r in at.items():
+        if init == reference:
+            continue
+        gap = ref["macro_f1_mean"] - r["macro_f1_mean"]
+        std = max(ref["macro_f1_std"], r["macro_f1_std"])
+        lines.append(f"At {smallest} labels, {name} init {'beats' if gap > std else 'does not beat'} {init} init by "
+                     f"more than the fold std: {ref['macro_f1_mean']:.3f} vs {r['macro_f1_mean']:.3f} "
+                     f"(gap {gap:+.3f}, std {std:.3f}).")
+    return "\n".join(lines)
 
 
 def write_curve(run: Any, rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], title: str) -> str:

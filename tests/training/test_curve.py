@@ -95,3 +95,21 @@ def test_the_curve_is_reproducible_run_to_run(tmp_path):
             for _ in range(2)]
     assert runs[0][0]["fold_macro_f1"] == runs[1][0]["fold_macro_f1"]
     assert runs[0][0]["confusion_matrix"] == runs[1][0]["confusion_matrix"]
+
+
+def test_compare_at_smallest_reads_only_the_smallest_count_and_the_larger_std():
+    from keras_medimg.training.curve import compare_at_smallest
+
+    def row(init, images, mean, std):
+        return {"init": init, "train_images": images, "macro_f1_mean": mean, "macro_f1_std": std}
+
+    rows = [row("vlm", 24, 0.50, 0.02), row("none", 24, 0.44, 0.05), row("imagenet", 24, 0.46, 0.03),
+            row("vlm", 144, 0.10, 0.0), row("none", 144, 0.90, 0.0)]  # a larger count never decides
+    lines = compare_at_smallest(rows, "vlm", label="VLM").splitlines()
+    assert lines == [
+        "At 24 labels, VLM init beats none init by more than the fold std: 0.500 vs 0.440 (gap +0.060, std 0.050).",
+        "At 24 labels, VLM init beats imagenet init by more than the fold std: 0.500 vs 0.460 (gap +0.040, std 0.030).",
+    ]
+    # the other row's larger std counts: a gap of 0.06 under a std of 0.07 is not enough
+    assert "does not beat none" in compare_at_smallest([row("vlm", 24, 0.50, 0.01), row("none", 24, 0.44, 0.07)], "vlm")
+    assert compare_at_smallest([row("none", 24, 0.4, 0.1)], "vlm") == "" and compare_at_smallest([], "vlm") == ""
