@@ -40,7 +40,7 @@ def demo_data(out_dir: str | Path | None, cfg: MamclipConfig) -> dict[str, Path]
     from keras_medimg.datasets.synthetic.mamclip import generate_mamclip, mamclip_demo_paths
 
     return mamclip_demo_paths(make_demo("mamclip", generate_mamclip, out_dir, seed=cfg.seed, pairs=cfg.data.demo_pairs,
-                                        patients=cfg.data.demo_patients, height=cfg.data.demo_height))
+                                        ocr_pairs=cfg.data.demo_ocr_pairs, patients=cfg.data.demo_patients, height=cfg.data.demo_height))
 
 
 def extract_demo_pairs(demo: dict[str, Path], out_dir: Path, cfg: MamclipConfig) -> Path:

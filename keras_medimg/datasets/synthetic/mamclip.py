@@ -13,11 +13,12 @@ from keras_medimg.datasets.synthetic.atlas import write_demo_atlases
 from keras_medimg.datasets.synthetic.mammo_cls import write_classification_demo
 
 
-def generate_mamclip(out_dir: str | Path, *, seed: int = 0, pairs: int = 96, patients: int = 48, height: int = 128) -> None:
-    """Write the atlases (`pairs` text-layer pairs, a third more burned-in) and `patients` x 4 views of
-    `height` x 3/4 `height` pixels into `out_dir`."""
+def generate_mamclip(out_dir: str | Path, *, seed: int = 0, pairs: int = 96, ocr_pairs: int | None = None,
+                     patients: int = 48, height: int = 128) -> None:
+    """Write the atlases (`pairs` text-layer pairs, `ocr_pairs` burned-in ones, default a third of `pairs`) and
+    `patients` x 4 views of `height` x 3/4 `height` pixels into `out_dir`."""
     out = Path(out_dir)
-    write_demo_atlases(out / "atlas", seed=seed, pairs=pairs, detector_rows=height)
+    write_demo_atlases(out / "atlas", seed=seed, pairs=pairs, ocr_pairs=ocr_pairs, detector_rows=height)
     write_classification_demo(out / "classification", patients=patients, height=height, width=height * 3 // 4, seed=seed)
 
 

@@ -188,7 +188,7 @@ def test_train_runs_of_two_seeds_in_one_project_keep_their_own_demo(tmp_path, mo
     monkeypatch.setattr(pipeline, "pretrain", fake_pretrain)
     monkeypatch.setattr(pipeline, "finetune", fake_finetune)
     base = MamclipConfig()
-    base = replace(base, data=replace(base.data, demo_pairs=4, demo_patients=2, demo_height=64),
+    base = replace(base, data=replace(base.data, demo_pairs=4, demo_ocr_pairs=3, demo_patients=2, demo_height=64),
                    atlas=replace(base.atlas, contact_sheet=False, workers=1))
     runs = {}
     for seed in (0, 1, 0):
