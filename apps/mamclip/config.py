@@ -115,7 +115,7 @@ class VlmConfig:
 class PretrainConfig:
     """`medimg mamclip pretrain`: InfoNCE + lambda * MLM on image-caption pairs."""
 
-    epochs: int = 10  # demo: 10 x 1,548 pairs (study: 25 in the paper, 75 in the code)
+    epochs: int = 20  # demo: 20 x 1,548 pairs (study: 25 in the paper, 75 in the code)
     batch_size: int = 8  # pairs per step, the contrastive negatives (study: 8 per step)
     accumulation_steps: int = 1  # steps whose gradients are summed before one update (study: 8, batch 64)
     learning_rate: float = 0.0002  # AdamW (study: 1e-4; from scratch at 1e-3 the image embeddings collapse)

@@ -39,8 +39,9 @@ def demo_data(out_dir: str | Path | None, cfg: MamclipConfig) -> dict[str, Path]
     from keras_medimg.datasets.synthetic import demo_data as make_demo
     from keras_medimg.datasets.synthetic.mamclip import generate_mamclip, mamclip_demo_paths
 
-    return mamclip_demo_paths(make_demo("mamclip", generate_mamclip, out_dir, seed=cfg.seed, pairs=cfg.data.demo_pairs,
-                                        ocr_pairs=cfg.data.demo_ocr_pairs, patients=cfg.data.demo_patients, height=cfg.data.demo_height))
+    d = cfg.data
+    return mamclip_demo_paths(make_demo("mamclip", generate_mamclip, out_dir, seed=cfg.seed, pairs=d.demo_pairs,
+                                        ocr_pairs=d.demo_ocr_pairs, patients=d.demo_patients, height=d.demo_height))
 
 
 def extract_demo_pairs(demo: dict[str, Path], out_dir: Path, cfg: MamclipConfig) -> Path:
