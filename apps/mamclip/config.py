@@ -150,6 +150,7 @@ class FinetuneConfig:
     learning_rate: float = 0.0005  # AdamW
     weight_decay: float = 0.0001
     class_weight: Literal["none", "balanced"] = "balanced"  # balanced = inverse class frequency in each subset
+    pool_norm: bool = True  # LayerNorm before the head, as ConvNeXt's head; a vlm init starts from its pretrained one
     augment: GridAugment = field(default_factory=lambda: GridAugment(probability=0.5, hflip=True))
     # the classifiers fine-tuned, whatever the pretraining used: "auto" = mixed float16 only with a GPU | true | false
     mixed_precision: Literal["auto", True, False] = "auto"

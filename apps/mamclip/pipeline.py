@@ -242,7 +242,8 @@ def curve_settings(cfg: MamclipConfig) -> CurveSettings:
                          normalization=vlm_tasks.image_normalization(cfg.model.backbone),
                          folds=f.folds, seed=cfg.seed, epochs=f.epochs, batch_size=f.batch_size,
                          learning_rate=f.learning_rate, weight_decay=f.weight_decay, class_weight=f.class_weight,
-                         augment=f.augment, strict=cfg.strict, verbose=f.verbose, distribution=f.distribution)
+                         pool_norm=f.pool_norm, augment=f.augment, strict=cfg.strict, verbose=f.verbose,
+                         distribution=f.distribution)
 
 
 def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tuple[str, str | None]],
@@ -250,7 +251,7 @@ def run_curve(samples: list[Sample], class_names: list[str], inits: dict[str, tu
     """`training.curve.label_count_curve` for every init (vlm:RUN, imagenet, none) on the same folds and subsets."""
     from keras_medimg.training.trainer import precision_scope
 
-    backbones = {name: partial(vlm_tasks.init_backbone, init, source, backbone=cfg.model.backbone,
+    backbones = {name: partial(vlm_tasks.init_start, init, source, backbone=cfg.model.backbone,
                                image_size=cfg.model.image_size, weights=cfg.model.weights)
                  for name, (init, source) in inits.items()}
     # Every init's backbone and classifier are built and compiled under finetune.mixed_precision.

@@ -1,7 +1,7 @@
 """Image classifiers: a registry backbone + global pooling + optional hidden layer + dropout + head.
 
 Layers are named so that every app, the trainer, Grad-CAM and the exporters find them: "backbone", "pool",
-"hidden" (when hidden_units > 0), "dropout" (when dropout > 0) and "predictions" (softmax for one label per
+"pool_norm" (when pool_norm), "hidden" (when hidden_units > 0), "dropout" (when dropout > 0) and "predictions" (softmax for one label per
 image, sigmoid for multi-label; float32 even under mixed precision so that probabilities stay exact).
 
 Fine-tuning follows the studies: with pretrained weights, first train the head on a frozen backbone, then unfreeze
@@ -36,6 +36,7 @@ def build_classifier(
     multilabel: bool = False,
     weights: str | Path | None = None,
     pooling: str = "avg",
+    pool_norm: bool = False,
     hidden_units: int = 0,
     dropout: float = 0.0,
     freeze: str = "none",
@@ -50,6 +51,7 @@ def build_classifier(
         multilabel: sigmoid outputs (independent labels) instead of one softmax over the classes.
         weights: backbone weights when `backbone` is a name: None, "imagenet" or a local path.
         pooling: "avg" or "max" global pooling of the feature map.
+        pool_norm: LayerNorm on the pooled features (ConvNeXt's own head: norm, then the linear layer).
         hidden_units: width of an extra Dense(relu) layer before the head; 0 for none.
         dropout: dropout rate before the head; 0 for none.
         freeze: freezing policy, see `apply_freeze`.
@@ -86,6 +88,8 @@ def build_classifier(
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = backbone(inputs)
     x = POOLINGS[pooling](name="pool")(x)
+    if pool_norm:
+        x = keras.layers.LayerNormalization(epsilon=1e-6, name="pool_norm")(x)
     if hidden_units > 0:
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
     if dropout > 0:

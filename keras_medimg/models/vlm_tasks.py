@@ -302,31 +302,41 @@ def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, im
     """The headless image backbone a fine-tuning starts from: "vlm" (the image encoder of the pretrain run
     `vlm_source`, or of a PyTorch checkpoint such as the study's released `pretrain_convnext_tiny.ckpt`),
     "imagenet" (`weights`, default the ImageNet download) or "none" (random), at `image_size`."""
+    return init_start(init, vlm_source, backbone=backbone, image_size=image_size, weights=weights)[0]
+
+
+def init_start(init: str, vlm_source: str | Path | None, *, backbone: str, image_size: int | Sequence[int],
+               weights: str | None = None) -> tuple[Any, dict[str, list[np.ndarray]]]:
+    """`init_backbone`, and the head weights a classifier on it starts from (`training.curve`): for a pretrain run,
+    {"pool_norm": [gamma, beta]}, the image tower's LayerNorm on the pooled features, which its features were
+    trained to be read through; {} otherwise (a fresh LayerNorm)."""
     import keras
 
     from keras_medimg.models.backbones import build_backbone
 
     shape = (*image_hw(image_size), 3)
     if init == "imagenet":
-        return build_backbone(backbone, input_shape=shape, weights=weights or "imagenet")
+        return build_backbone(backbone, input_shape=shape, weights=weights or "imagenet"), {}
     if init == "none":
-        return build_backbone(backbone, input_shape=shape, weights=None)
+        return build_backbone(backbone, input_shape=shape, weights=None), {}
     if init != "vlm":
         raise ConfigError(f"Unknown init '{init}'. Use vlm:RUN, imagenet or none.")
     if vlm_source is None:
         raise ConfigError("--init vlm needs a pretrain run: pass --init vlm:RUN.")
     if is_torch_checkpoint(vlm_source):
         # A released PyTorch model (MAM-CLIP's pretrain_convnext_tiny.ckpt): its image encoder only.
-        return build_backbone(backbone, input_shape=shape, weights=str(vlm_source))
+        return build_backbone(backbone, input_shape=shape, weights=str(vlm_source)), {}
     model, _ = open_vlm(vlm_source)
     pretrained = model.image_encoder.get_layer("backbone")
+    norms = [layer for layer in model.image_encoder.layers if layer.name == "pool_norm"]
+    head = {"pool_norm": [np.array(w) for w in norms[0].get_weights()]} if norms else {}
     if tuple(pretrained.input_shape[1:3]) != shape[:2]:
         height, width = pretrained.input_shape[1:3]
         taken = height if height == width else [height, width]
         raise ConfigError(f"The pretrained encoder of {vlm_source} takes {height}x{width} images but model.image_size "
                           f"is {image_size}; set model.image_size to {taken}.")
     if pretrained.dtype_policy.name == keras.config.dtype_policy().name:
-        return pretrained
+        return pretrained, head
     # Layers keep the policy they were built under: to fine-tune under another (finetune.mixed_precision), the
     # weights go into a fresh backbone built under the global policy.
     fresh = build_backbone(backbone, input_shape=shape, weights=None)
@@ -339,4 +349,4 @@ def init_backbone(init: str, vlm_source: str | Path | None, *, backbone: str, im
     logging.getLogger(__name__).info("Rebuilt the pretrained '%s' encoder from the '%s' to the '%s' dtype policy "
                                      "(finetune.mixed_precision).", backbone, pretrained.dtype_policy.name,
                                      fresh.dtype_policy.name)
-    return fresh
+    return fresh, head

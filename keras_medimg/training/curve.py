@@ -36,6 +36,7 @@ class CurveSettings:
     folds: k of the k-fold split; seed: seeds the folds, the subsets and each fold's data order.
     epochs, batch_size, learning_rate, weight_decay: AdamW training of each fold.
     class_weight: "none" or "balanced" (inverse class frequency of each fold's training subset).
+    pool_norm: LayerNorm on the pooled features before the head, as ConvNeXt's own head (`build_classifier`).
     augment: a `preprocessing.augment.Augment` for the training images, or None.
     distribution: "none" | "mirrored" | "multiworker" (`training.distribute`): each init's classifier is built and
         fitted in `distribute.strategy_scope(distribution)`, `batch_size` being the global batch.
@@ -50,6 +51,7 @@ class CurveSettings:
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
     class_weight: str = "balanced"
+    pool_norm: bool = False
     augment: Any = None
     strict: bool = False
     verbose: int = 0
@@ -109,6 +111,8 @@ class ResettableClassifier:
 
     `model` is what trains: the classifier up to the head's logits, compiled with a cross-entropy on logits.
     `classifier` is the softmax classifier (layer "predictions") on the same variables: what predicts.
+    `head_weights` (classifier layer name -> weights) starts those head layers from pretrained values, such as a
+    pretrained encoder's "pool_norm"; names of layers the classifier does not have are ignored.
 
     Training on the softmax output instead fails on every backend but TensorFlow: Keras' torch and JAX
     cross-entropy clips probabilities to [1e-7, 1 - 1e-7] before the log, and the clip has no gradient, so once
@@ -117,12 +121,17 @@ class ResettableClassifier:
     because its cross-entropy finds the logits behind a softmax op and uses them.
     """
 
-    def __init__(self, backbone: Any, num_classes: int, settings: CurveSettings):
+    def __init__(self, backbone: Any, num_classes: int, settings: CurveSettings,
+                 head_weights: Mapping[str, Sequence[Any]] | None = None):
         import keras
 
         from keras_medimg.models.classifier import build_classifier
 
-        self.classifier = build_classifier(backbone, num_classes)
+        self.classifier = build_classifier(backbone, num_classes, pool_norm=settings.pool_norm)
+        names = {layer.name for layer in self.classifier.layers}
+        for name, values in (head_weights or {}).items():
+            if name in names:
+                self.classifier.get_layer(name).set_weights(list(values))
         head = self.classifier.get_layer("predictions")
         self.model = keras.Model(self.classifier.input, head_logits(head, name="logits")(head.input),
                                  name=f"{self.classifier.name}_logits")
@@ -213,7 +222,9 @@ def label_count_curve(samples: Sequence[Sample], class_names: Sequence[str],
     Args:
         samples: labelled samples (`group` = patient, kept on one side of every split).
         class_names: the classes in output order; every sample's label is one of them.
-        backbones: init name -> a function that builds that init's headless backbone (called once per init).
+        backbones: init name -> a function that builds that init's headless backbone (called once per init), or
+            a (backbone, head_weights) pair whose head weights start the classifier's head layers of those names
+            (see `ResettableClassifier`).
         sizes: label counts, fractions or "all" (see `parse_train_samples`), taken from each fold's training part.
         settings: how each fold trains.
         skipped: receives unreadable images.
@@ -249,7 +260,9 @@ def _init_rows(init_name: str, make_backbone: Callable[[], Any], samples: Sequen
     # Every init from the same random state: reproducible, and inits differ by their weights only (without it
     # the head's start depended on whatever ran before in the process, and a CI order failed the separable set).
     set_seed(settings.seed)
-    trainer = ResettableClassifier(make_backbone(), len(class_names), settings)
+    start = make_backbone()
+    backbone, head_weights = start if isinstance(start, tuple) else (start, None)
+    trainer = ResettableClassifier(backbone, len(class_names), settings, head_weights)
     rows = []
     for size_name, count in counts:
         reports = []

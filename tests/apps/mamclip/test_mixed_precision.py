@@ -137,7 +137,7 @@ def test_finetune_key_rebuilds_a_pretrained_encoder_under_its_policy(tokenizer, 
 
     def curve(samples, class_names, backbones, sizes, settings, skipped):
         seen["policy"] = keras.config.dtype_policy().name
-        seen["backbone"] = backbones["vlm"]()
+        seen["backbone"], seen["head"] = backbones["vlm"]()
         return []
 
     monkeypatch.setattr(pipeline, "label_count_curve", curve)
@@ -146,6 +146,9 @@ def test_finetune_key_rebuilds_a_pretrained_encoder_under_its_policy(tokenizer, 
     backbone = seen["backbone"]
     assert backbone.dtype_policy.name == "mixed_float16"
     for ours, theirs in zip(backbone.get_weights(), pretrained.image_encoder.get_layer("backbone").get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    # The LayerNorm on the pooled features comes along for the classifier's head (finetune.pool_norm).
+    for ours, theirs in zip(seen["head"]["pool_norm"], pretrained.image_encoder.get_layer("pool_norm").get_weights()):
         np.testing.assert_array_equal(ours, theirs)
     # Under the same policy the pretrained encoder itself is used.
     cfg = _config(finetune=False)
