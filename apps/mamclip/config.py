@@ -66,7 +66,7 @@ class DataConfig:
     root: str | None = None  # classification data folder; null = the demo set (TEKNOFEST layout)
     demo_pairs: int = 1500  # demo: pairs in the text-layer atlas (the study pretrained on 2,313)
     demo_ocr_pairs: int = 48  # demo: pairs in the burned-in-caption atlas (read by OCR, the slow part of extraction)
-    demo_patients: int = 48  # demo: patients (x 4 views) in the classification set
+    demo_patients: int = 128  # demo: patients (x 4 views) in the classification set
     demo_height: int = 128  # demo: classification image height (width 3/4 of it); the atlas mammograms are taken at it too
 
 
