@@ -1,8 +1,9 @@
 """Image classifiers: a registry backbone + global pooling + optional hidden layer + dropout + head.
 
 Layers are named so that every app, the trainer, Grad-CAM and the exporters find them: "backbone", "pool",
-"pool_norm" (when pool_norm), "hidden" (when hidden_units > 0), "dropout" (when dropout > 0) and "predictions" (softmax for one label per
-image, sigmoid for multi-label; float32 even under mixed precision so that probabilities stay exact).
+"pool_norm" (when pool_norm), "hidden" (when hidden_units > 0), "dropout" (when dropout > 0) and "predictions"
+(softmax for one label per image, sigmoid for multi-label; float32 even under mixed precision so that probabilities
+stay exact).
 
 Fine-tuning follows the studies: with pretrained weights, first train the head on a frozen backbone, then unfreeze
 (by the freeze policy) with a lower learning rate. `finetune_phases` describes those phases;
