@@ -90,7 +90,7 @@ def build_classifier(
     x = backbone(inputs)
     x = POOLINGS[pooling](name="pool")(x)
     if pool_norm:
-        x = keras.layers.LayerNormalization(epsilon=1e-6, name="pool_norm")(x)
+        x = pool_norm_layer()(x)
     if hidden_units > 0:
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
     if dropout > 0:
@@ -101,6 +101,13 @@ def build_classifier(
     model = keras.Model(inputs, outputs, name=f"{backbone_name}_classifier")
     apply_freeze(model, freeze)
     return model
+
+
+def pool_norm_layer() -> keras.layers.Layer:
+    """ConvNeXt's head LayerNorm on pooled features, layer "pool_norm": the one layer that both a classifier
+    (`pool_norm=True`) and the MAM-CLIP image tower put there, so that a pretrained tower's weights mean the same in
+    a classifier."""
+    return keras.layers.LayerNormalization(epsilon=1e-6, name="pool_norm")
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

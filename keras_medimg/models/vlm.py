@@ -403,6 +403,7 @@ def build_image_tower(backbone: str, *, image_size: int | Sequence[int], embed_d
     on images of `image_size` (a side, or (height, width))."""
     from keras_medimg.config import image_hw
     from keras_medimg.models.backbones import build_backbone
+    from keras_medimg.models.classifier import pool_norm_layer
 
     shape = (*image_hw(image_size), 3)
     body = build_backbone(backbone, input_shape=shape, weights=weights)
@@ -411,7 +412,7 @@ def build_image_tower(backbone: str, *, image_size: int | Sequence[int], embed_d
     features = keras.layers.GlobalAveragePooling2D(name="pool")(body(images))
     # As ConvNeXt's own head: pooled features are layer-normalised before the linear layer. Without it the
     # pooled vector is dominated by a component shared by all images, and the embeddings collapse to one direction.
-    features = keras.layers.LayerNormalization(epsilon=1e-6, name="pool_norm")(features)
+    features = pool_norm_layer()(features)
     embedding = keras.layers.Dense(embed_dim, name="image_projection")(features)
     return keras.Model(images, embedding, name=name)
 
